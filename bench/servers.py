@@ -1,0 +1,204 @@
+"""Starting, watching and stopping the servers under test.
+
+Each server runs as its own process so that its CPU time can be read from
+``/proc/<pid>/stat`` independently of the load generator's.  The time of
+live child processes is added in, in case a server hands work to workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+XEND_EXT = "xend-ext"
+REFERENCE = "reference"
+SERVERS = (XEND_EXT, REFERENCE)
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+_TICKS = os.sysconf("SC_CLK_TCK")
+#: The directory holding the ``bench`` package, so ``-m bench.reference_server``
+#: and ``-m xend_ext`` resolve whatever the caller's working directory.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or never accepted connections."""
+
+
+def free_port() -> int:
+    """Ask the kernel for an unused port; the small race is acceptable here."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _proc_cpu_ticks(pid: int) -> int:
+    """utime + stime of one process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat", "rb") as stream:
+        stat = stream.read()
+    # comm may contain spaces or parentheses: fields resume after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live children, grandchildren, ... of pid (threads' children included)."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for child in map(int, children):
+                found.append(child)
+                stack.append(child)
+    return found
+
+
+@dataclass
+class ServerProcess:
+    """A running server: its process, address and scratch directory."""
+
+    name: str
+    objects: int
+    port: int
+    popen: subprocess.Popen[bytes]
+    workdir: tempfile.TemporaryDirectory[str]
+    log_path: Path
+    command: list[str] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (user + system)."""
+        ticks = 0
+        for pid in [self.popen.pid, *_descendants(self.popen.pid)]:
+            try:
+                ticks += _proc_cpu_ticks(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return ticks / _TICKS
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the server's stdout/stderr, for error reports."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def exit_report(self) -> str:
+        """Why the server is gone: code and last log line first, then the tail.
+
+        The last line of a Python traceback names the exception, which is
+        what a reader of a one-line progress message needs.
+        """
+        tail = self.log_tail()
+        last = tail.splitlines()[-1].strip() if tail.strip() else "(no output)"
+        return f"exited with code {self.popen.poll()}: {last}\n{tail}"
+
+    def stop(self) -> None:
+        """SIGTERM, wait, and only then SIGKILL; always clean the scratch dir."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGTERM)
+                try:
+                    self.popen.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait()
+        finally:
+            self.workdir.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _command(name: str, objects: int, port: int, workdir: str) -> list[str]:
+    """The command line for one server kind, holding ``objects`` host_cpus."""
+    if name == XEND_EXT:
+        return [
+            sys.executable, "-m", "xend_ext", "serve",
+            "--state-dir", workdir,
+            "--listen", f"{HOST}:{port}",
+            "--unix", "none",
+            "--backend", "sim",
+            "--cpus", str(objects),
+            "--auth", "none",
+        ]  # fmt: skip
+    if name == REFERENCE:
+        return [
+            sys.executable, "-m", "bench.reference_server",
+            "--host", HOST,
+            "--port", str(port),
+            "--state", os.path.join(workdir, "state.xml"),
+            "--objects", str(objects),
+        ]  # fmt: skip
+    raise ValueError(f"unknown server {name!r}")
+
+
+def start(name: str, objects: int) -> ServerProcess:
+    """Launch a server and return once it accepts TCP connections."""
+    workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
+    port = free_port()
+    log_path = Path(workdir.name) / "server.log"
+    state_dir = os.path.join(workdir.name, "state")
+    os.mkdir(state_dir)
+    command = _command(name, objects, port, state_dir)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=os.getcwd(),
+        )
+    server = ServerProcess(name, objects, port, popen, workdir, log_path, command)
+    try:
+        _wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: ServerProcess) -> None:
+    """Poll until the port accepts connections or the process gives up.
+
+    The port, not the "listening" log line, is the readiness signal: the
+    line's wording may change, a refused connection cannot.
+    """
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        code = server.popen.poll()
+        if code is not None:
+            raise ServerStartError(f"{server.name} {server.exit_report()} during startup")
+        try:
+            with socket.create_connection((HOST, server.port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServerStartError(
+        f"{server.name} not accepting on {HOST}:{server.port} after {STARTUP_TIMEOUT:.0f} s:\n{server.log_tail()}"
+    )

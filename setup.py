@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="xend-ext",
+    version="0.1.0",
+    description="A Xen-API server with CPU pools, VM groups, scheduling domains and a runtime policy manager",
+    python_requires=">=3.11",
+    packages=find_packages(include=["xend_ext", "xend_ext.*", "xenapi_classes", "xenapi_classes.*", "schemas", "bench"]),
+    package_data={"schemas": ["*.rng"]},
+    install_requires=[
+        "httptools>=0.6",
+        "defusedxml>=0.7",
+        "lxml>=5.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "xenapi>=24.0", "trustme>=1.1", "ruff>=0.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "xend-ext=xend_ext.main:main",
+            "xm=xend_ext.cli.main:main",
+        ]
+    },
+)

@@ -1,0 +1,217 @@
+"""The wire as API.md §1 says, through the official XenAPI client and raw XML-RPC."""
+
+from __future__ import annotations
+
+import http.client
+import urllib.parse
+import xmlrpc.client
+
+import pytest
+import XenAPI
+from conftest import fails, ok
+
+
+def test_official_client_tcp_login_and_records(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "", "1.0", "tests")
+    try:
+        records = session.xenapi.host.get_all_records()
+        assert len(records) == 1
+        (ref, rec), = records.items()
+        assert ref.startswith("OpaqueRef:")
+        assert rec["API_version_major"] == "2"
+        assert len(rec["host_CPUs"]) == 8
+        assert rec["free_cpus"] == "8"
+        cpus = session.xenapi.host_cpu.get_all_records()
+        assert sorted(int(c["number"]) for c in cpus.values()) == list(range(8))
+        assert all(c["host"] == ref for c in cpus.values())
+    finally:
+        session.xenapi.session.logout()
+
+
+def test_official_client_unix_socket(server):
+    session = XenAPI.Session(server.sock_url, transport=XenAPI.UDSTransport())
+    session.xenapi.login_with_password("root", "")
+    assert len(session.xenapi.host.get_all_records()) == 1
+    session.xenapi.session.logout()
+
+
+def test_stale_session_is_session_invalid(server):
+    proxy, session = server.login()
+    ok(proxy.session.logout(session))
+    assert fails(proxy.host.get_all(session)) == ["SESSION_INVALID", session]
+    assert fails(proxy.host.get_all("OpaqueRef:nonsense")) == ["SESSION_INVALID", "OpaqueRef:nonsense"]
+
+
+def test_official_client_relogs_in_after_session_invalid(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "")
+    server.proxy().session.logout(session._session)  # the session dies behind the client's back
+    assert len(session.xenapi.host.get_all()) == 1  # XenAPI.py logs in again on SESSION_INVALID
+
+
+def test_bad_ref_is_handle_invalid(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "")
+    with pytest.raises(XenAPI.Failure) as err:
+        session.xenapi.host.get_record("OpaqueRef:00000000-0000-0000-0000-000000000000")
+    assert err.value.details == ["HANDLE_INVALID", "host", "OpaqueRef:00000000-0000-0000-0000-000000000000"]
+    cpu = session.xenapi.host_cpu.get_all()[0]
+    with pytest.raises(XenAPI.Failure) as err:
+        session.xenapi.host.get_record(cpu)  # a ref of another class
+    assert err.value.details == ["HANDLE_INVALID", "host", cpu]
+
+
+def test_wrong_argument_count(server):
+    proxy, s = server.login()
+    assert fails(proxy.host.get_record(s)) == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "host.get_record", "1", "0"]
+    host = ok(proxy.host.get_all(s))[0]
+    assert fails(proxy.host.get_record(s, host, "extra")) == [
+        "MESSAGE_PARAMETER_COUNT_MISMATCH", "host.get_record", "1", "2"]
+    assert fails(proxy.host.get_all()) == ["SESSION_INVALID", ""]  # no session at all
+    # login takes 2 to 4 arguments
+    assert fails(proxy.session.login_with_password("root")) == [
+        "MESSAGE_PARAMETER_COUNT_MISMATCH", "session.login_with_password", "2", "1"]
+    assert fails(proxy.session.login_with_password("a", "b", "1.1", "o", "x")) == [
+        "MESSAGE_PARAMETER_COUNT_MISMATCH", "session.login_with_password", "4", "5"]
+    for args in (("root", ""), ("root", "", "1.1"), ("root", "", "1.1", "me")):
+        ok(proxy.session.login_with_password(*args))
+
+
+def test_unknown_method(server):
+    proxy, s = server.login()
+    assert fails(proxy.host.fly(s)) == ["MESSAGE_METHOD_UNKNOWN", "host.fly"]
+    assert fails(proxy.nosuchclass.get_all(s)) == ["MESSAGE_METHOD_UNKNOWN", "nosuchclass.get_all"]
+    # accessors are synchronous only
+    assert fails(getattr(proxy, "Async.host.get_record")(s, "x")) == [
+        "MESSAGE_METHOD_UNKNOWN", "Async.host.get_record"]
+
+
+def test_bare_uuid_accepted_as_ref(server):
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    uuid = ok(proxy.host.get_uuid(s, host))
+    assert host == "OpaqueRef:" + uuid or host.startswith("OpaqueRef:")
+    assert ok(proxy.host.get_record(s, uuid))["uuid"] == uuid
+    assert ok(proxy.host.get_by_uuid(s, uuid)) == host
+    assert fails(proxy.host.get_by_uuid(s, "not-a-uuid")) == ["UUID_INVALID", "host", "not-a-uuid"]
+
+
+def test_ints_are_strings_on_the_wire(server):
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    body = xmlrpc.client.dumps((s, host), "host.get_record").encode()
+    url = urllib.parse.urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    conn.request("POST", "/RPC2", body, {"Content-Type": "text/xml"})
+    text = conn.getresponse().read().decode()
+    assert "<int>" not in text and "<i4>" not in text and "<i8>" not in text
+    assert "<name>API_version_major</name>\n<value><string>2</string></value>" in text
+    # and inputs accept both an int and a decimal string
+    cpu_numbers = ok(proxy.host_cpu.get_all_records_where(s, 'field "number"="3"'))
+    assert len(cpu_numbers) == 1
+
+
+def test_wrong_types(server):
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    assert fails(proxy.host.set_name_label(s, host, 42)) == ["FIELD_TYPE_ERROR", "value"]
+    assert fails(proxy.host.set_other_config(s, host, ["a"])) == ["FIELD_TYPE_ERROR", "value"]
+    assert fails(proxy.host.get_record(s, 12)) == ["FIELD_TYPE_ERROR", "self"]
+    assert fails(proxy.host.get_all_records_where(s, {"x": 1})) == ["FIELD_TYPE_ERROR", "expr"]
+
+
+def test_keep_alive_both_paths(server):
+    url = urllib.parse.urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    for path in ("/", "/RPC2", "/", "/RPC2"):
+        conn.request("POST", path, xmlrpc.client.dumps(("root", ""), "session.login_with_password").encode(),
+                     {"Content-Type": "text/xml"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Connection") == "keep-alive"
+        reply = xmlrpc.client.loads(resp.read())[0][0]
+        assert ok(reply).startswith("OpaqueRef:")
+    assert conn.sock is not None  # one connection served all four
+
+
+def test_generic_accessors_and_maps(server):
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    ok(proxy.host.set_name_label(s, host, "web-host"))
+    assert ok(proxy.host.get_name_label(s, host)) == "web-host"
+    assert ok(proxy.host.get_by_name_label(s, "web-host")) == [host]
+    ok(proxy.host.add_to_other_config(s, host, "rack", "7"))
+    assert fails(proxy.host.add_to_other_config(s, host, "rack", "8")) == [
+        "MAP_DUPLICATE_KEY", "host", "other_config", host, "rack"]
+    assert ok(proxy.host.get_other_config(s, host)) == {"rack": "7"}
+    ok(proxy.host.remove_from_other_config(s, host, "rack"))
+    ok(proxy.host.remove_from_other_config(s, host, "rack"))  # absent: nothing to do
+    assert ok(proxy.host.get_other_config(s, host)) == {}
+    # read-only fields have no setter
+    assert fails(proxy.host.set_sched_policy(s, host, "credit2")) == ["MESSAGE_METHOD_UNKNOWN",
+                                                                      "host.set_sched_policy"]
+
+
+def test_get_all_records_where(server):
+    proxy, s = server.login()
+    where = proxy.host_cpu.get_all_records_where
+    assert len(ok(where(s, 'field "number"="1" or field "number"="2"'))) == 2
+    assert len(ok(where(s, 'not (field "number"="1" or field "number"="2")'))) == 6
+    assert len(ok(where(s, 'field "vendor"="GenuineSim" and field "number"="7"'))) == 1
+    assert len(ok(where(s, "true"))) == 8
+    assert len(ok(where(s, "false"))) == 0
+    err = fails(where(s, 'field "nosuch"="1"'))
+    assert err[0] == "INVALID_VALUE" and err[1] == 'field "nosuch"="1"' and "nosuch" in err[2]
+    assert fails(where(s, 'field "number"='))[0] == "INVALID_VALUE"
+
+
+def test_list_methods(server):
+    proxy, s = server.login()
+    raw = proxy.system.listMethods()
+    assert isinstance(raw, list)  # not wrapped, as XAPI does
+    wrapped = ok(proxy.host.list_methods(s))
+    assert wrapped == raw
+    for name in ("session.login_with_password", "host.get_record", "host.add_to_other_config",
+                 "host_cpu.get_unassigned_cpus", "event.from", "task.cancel", "Async.host_cpu.get_unassigned_cpus"):
+        assert name in raw
+    # every listed name answers (with something other than MESSAGE_METHOD_UNKNOWN)
+    for name in raw:
+        if name.startswith("system.") or name in ("event.next", "session.logout"):
+            continue
+        reply = getattr(proxy, name)(s)
+        if reply["Status"] == "Failure":
+            assert reply["ErrorDescription"][0] != "MESSAGE_METHOD_UNKNOWN", name
+
+
+def test_async_task(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "")
+    task = session.xenapi.Async.host_cpu.get_unassigned_cpus()
+    assert task.startswith("OpaqueRef:")
+    events = getattr(session.xenapi.event, "from")(["task/" + task], "", 5.0)
+    for _ in range(50):
+        rec = session.xenapi.task.get_record(task)
+        if rec["status"] != "pending":
+            break
+        events = getattr(session.xenapi.event, "from")(["task/" + task], events["token"], 5.0)
+    assert rec["status"] == "success"
+    assert rec["progress"] == 1.0
+    assert rec["result"].startswith("<value>") and "OpaqueRef:" in rec["result"]
+    assert rec["owner"] == "root"
+    session.xenapi.task.destroy(task)
+    with pytest.raises(XenAPI.Failure) as err:
+        session.xenapi.task.get_record(task)
+    assert err.value.details[0] == "HANDLE_INVALID"
+
+
+def test_async_failure_lands_in_task(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "")
+    # errors found before the task exists are ordinary failures
+    with pytest.raises(XenAPI.Failure) as err:
+        session.xenapi.Async.host_cpu.get_unassigned_cpus("extra")
+    assert err.value.details[0] == "MESSAGE_PARAMETER_COUNT_MISMATCH"
+    with pytest.raises(XenAPI.Failure) as err:
+        session.xenapi.task.cancel("OpaqueRef:nope")
+    assert err.value.details == ["HANDLE_INVALID", "task", "OpaqueRef:nope"]

@@ -1,0 +1,17 @@
+"""One module per Xen-API class. Each declares its class; ``build_registry`` collects them."""
+
+from __future__ import annotations
+
+import importlib
+
+from xend_ext.datamodel import Registry
+
+MODULES = ("system", "session", "event", "task", "host", "host_cpu")
+
+
+def build_registry() -> Registry:
+    registry = Registry()
+    for name in MODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.install(registry)
+    return registry

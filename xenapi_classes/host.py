@@ -1,0 +1,68 @@
+"""``host``: the machine xend-ext manages. Created from the backend's facts at first start and
+reconciled with them at every start (a simulated host may be given more pCPUs)."""
+
+from __future__ import annotations
+
+from xend_ext import types as T
+from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
+
+API_VERSION = (2, 0)
+
+
+def _free_cpus(db, host):
+    return sum(1 for ref in db.field_value(host, "host_CPUs") if not db.field_value(db.get(ref), "cpu_pool"))
+
+
+host = XenAPIClass(
+    "host",
+    "A physical host",
+    [
+        Field("name_label", T.String, RW, doc="a human-readable name"),
+        Field("name_description", T.String, RW, doc="notes"),
+        Field("API_version_major", T.Int, RO, default=API_VERSION[0], doc="major Xen-API version"),
+        Field("API_version_minor", T.Int, RO, default=API_VERSION[1], doc="minor Xen-API version"),
+        Field("software_version", T.Map(T.String, T.String), RO, doc="versions of the software stack"),
+        Field("cpu_configuration", T.Map(T.String, T.String), RO, doc="CPU topology"),
+        Field("sched_policy", T.String, RO, default="credit", doc="the hypervisor's default scheduler"),
+        Field("resident_VMs", T.Set(T.Ref("VM")), RO, reverse=("VM", "resident_on"), doc="VMs on this host"),
+        Field("resident_cpu_pools", T.Set(T.Ref("cpu_pool")), RO, reverse=("cpu_pool", "resident_on"),
+              doc="CPU pools on this host"),
+        Field("host_CPUs", T.Set(T.Ref("host_cpu")), RO, reverse=("host_cpu", "host"), doc="physical CPUs"),
+        Field("free_cpus", T.Int, RO, compute=_free_cpus, doc="pCPUs in no CPU pool"),
+        Field("memory_total", T.Int, RO, compute=lambda db, h: db.backend.host_info().memory_total,
+              doc="bytes of RAM"),
+        Field("memory_free", T.Int, RO, compute=lambda db, h: db.backend.host_info().memory_free,
+              doc="bytes of RAM not used by domains"),
+        Field("other_config", T.Map(T.String, T.String), RW, doc="additional configuration"),
+    ],
+    default_role=POOL_ADMIN,
+)
+
+
+@host.message(result=T.Set(T.String), role=READ_ONLY)
+def list_methods(ctx):
+    """Every wire name the server answers to."""
+    return ctx.registry.wire_names()
+
+
+def reconcile(ctx):
+    """Make the stored host agree with the backend's facts (first start, or new hardware)."""
+    info = ctx.backend.host_info()
+    facts = {
+        "software_version": dict(info.software_version),
+        "cpu_configuration": dict(info.cpu_configuration),
+        "sched_policy": info.sched_policy,
+        "API_version_major": API_VERSION[0],
+        "API_version_minor": API_VERSION[1],
+    }
+    hosts = list(ctx.db.all("host"))
+    if not hosts:
+        ctx.db.create("host", {"name_label": info.hostname, **facts})
+        return
+    for name, value in facts.items():
+        ctx.db.set(hosts[0], name, value)
+
+
+def install(registry):
+    registry.add(host)
+    registry.on_start.append(reconcile)

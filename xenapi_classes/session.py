@@ -1,0 +1,130 @@
+"""``session``: login, logout and who is calling. Sessions live in memory only, as in XAPI and
+xend: after a restart clients get ``SESSION_INVALID`` and the official client logs in again."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from xend_ext import types as T
+from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, Field, XenAPIClass
+from xend_ext.model import new_uuid
+from xend_ext.wire import REF_PREFIX, XenAPIError
+
+MAX_SESSIONS = 10_000
+INACTIVE_LIMIT = dt.timedelta(hours=24)
+
+
+def _now():
+    return dt.datetime.now(dt.timezone.utc)
+
+
+session = XenAPIClass(
+    "session",
+    "A connection of a client to the server",
+    [
+        Field("this_host", T.Ref("host"), RO, doc="the host the session is on"),
+        Field("this_user", T.String, RO, doc="the user who logged in"),
+        Field("role", T.String, RO, doc="the user's role: read-only, vm-operator or pool-admin"),
+        Field("originator", T.String, RO, doc="what the client said it is"),
+        Field("last_active", T.DateTime, RO, default=_now, doc="time of the last call"),
+        Field("validation_time", T.DateTime, RO, default=_now, doc="time of the login"),
+        Field("is_local_superuser", T.Bool, RO),
+    ],
+    default_role=READ_ONLY,
+    persist=False,
+    events=False,
+    generic=False,  # sessions are private: no get_all_records of everybody's handles
+)
+
+
+def check_session(ctx, ref):
+    """The dispatcher's session check: exact refs only (a session's uuid is not a credential)."""
+    obj = ctx.db.find(ref)
+    if obj is None or obj.cls is not session:
+        raise XenAPIError("SESSION_INVALID", ref)
+    obj.values["last_active"] = _now()
+    return obj
+
+
+def _own(ctx, ref, message):
+    if ref != ctx.session.ref and ctx.role != POOL_ADMIN:
+        raise XenAPIError("RBAC_PERMISSION_DENIED", f"session.{message}",
+                          "only your own session may be read (or any, as pool-admin)")
+    return ctx.db.get(ref)
+
+
+def _evict(ctx):
+    sessions = list(ctx.db.all("session"))
+    cutoff = _now() - INACTIVE_LIMIT
+    stale = [s for s in sessions if s.values["last_active"] < cutoff]
+    if len(sessions) - len(stale) >= MAX_SESSIONS:
+        live = sorted((s for s in sessions if s not in stale), key=lambda s: s.values["last_active"])
+        stale += live[: len(sessions) - len(stale) - MAX_SESSIONS + 1]
+    for s in stale:
+        ctx.services.hub.forget_session(s.ref)
+        ctx.db.destroy(s)
+
+
+@session.message(("uname", T.String), ("pwd", T.String), ("version", T.String, "1.1"),
+                 ("originator", T.String, ""), result=T.Ref("session"), session=False, async_ok=False,
+                 errors=("SESSION_AUTHENTICATION_FAILED",))
+async def login_with_password(ctx, uname, pwd, version, originator):
+    """Log in; with auth ``none`` anyone is pool-admin, with ``file`` the password file decides."""
+    role = await ctx.services.auth.authenticate(uname, pwd)
+    if role is None:
+        raise XenAPIError("SESSION_AUTHENTICATION_FAILED")
+    _evict(ctx)
+    hosts = list(ctx.db.all("host"))
+    obj = ctx.db.create("session", {
+        "this_host": hosts[0].ref if hosts else "OpaqueRef:NULL",
+        "this_user": uname,
+        "role": role,
+        "originator": originator,
+        "is_local_superuser": role == POOL_ADMIN,
+    }, ref=REF_PREFIX + new_uuid())
+    return obj.ref
+
+
+@session.message(result=None, async_ok=False)
+def logout(ctx):
+    """End this session."""
+    ctx.services.hub.forget_session(ctx.session.ref)
+    ctx.db.destroy(ctx.session)
+
+
+@session.message(("self", T.Ref("session")), result=T.Ref("host"), async_ok=False)
+def get_this_host(ctx, ref):
+    return _own(ctx, ref, "get_this_host").values["this_host"]
+
+
+@session.message(("self", T.Ref("session")), result=T.String, async_ok=False)
+def get_this_user(ctx, ref):
+    return _own(ctx, ref, "get_this_user").values["this_user"]
+
+
+@session.message(("self", T.Ref("session")), result=T.String, async_ok=False)
+def get_uuid(ctx, ref):
+    return _own(ctx, ref, "get_uuid").values["uuid"]
+
+
+@session.message(("self", T.Ref("session")), result=T.DateTime, async_ok=False)
+def get_last_active(ctx, ref):
+    return _own(ctx, ref, "get_last_active").values["last_active"]
+
+
+@session.message(("self", T.Ref("session")), result=T.Struct, async_ok=False)
+def get_record(ctx, ref):
+    return ctx.db.record(_own(ctx, ref, "get_record"))
+
+
+@session.message(result=T.Set(T.Ref("session")), async_ok=False)
+def get_all(ctx):
+    """Your own session; a pool-admin sees every session."""
+    if ctx.role == POOL_ADMIN:
+        return [s.ref for s in ctx.db.all("session")]
+    return [ctx.session.ref]
+
+
+def install(registry):
+    registry.add(session)
+    registry.check_session = check_session

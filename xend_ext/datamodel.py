@@ -1,0 +1,372 @@
+"""Declarations of Xen-API classes, and everything generic derived from them.
+
+A class module in ``xenapi_classes/`` builds one :class:`XenAPIClass` with its fields and its
+own messages. The accessors (``get_<f>``, ``set_<f>``, map and set editors), the record calls,
+``get_all_records_where``, ``create``/``destroy``, the role checks and the events are derived here
+from those declarations; no code is written per field.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field as dc_field
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import types as T
+from .wire import XenAPIError
+
+if TYPE_CHECKING:
+    from .dispatch import Context
+    from .model import Database, Obj
+
+# Roles, least privileged first: a message names its minimum role.
+ROLES = ("read-only", "vm-operator", "pool-admin")
+READ_ONLY, VM_OPERATOR, POOL_ADMIN = ROLES
+
+# Field qualifiers, as in XAPI's datamodel.
+RW = "RW"  # given at create, changed by set_<f>
+STATIC_RO = "StaticRO"  # given at create, never changed by a client
+RO = "DynamicRO"  # maintained by the server
+
+REQUIRED = object()  # a create record must give this field
+
+
+def role_rank(role: str) -> int:
+    return ROLES.index(role)
+
+
+@dataclass
+class Field:
+    name: str
+    type: T.Type
+    qualifier: str = RO
+    default: Any = None  # None: the type's default; a callable: called with no argument
+    doc: str = ""
+    validate: Callable[["Context", "Obj | None", Any], None] | None = None
+    persist: bool = True
+    reverse: tuple[str, str] | None = None  # computed: refs of <class> objects whose <field> names me
+    compute: Callable[["Database", "Obj"], Any] | None = None  # computed from other state at read time
+    set_role: str | None = None
+
+    @property
+    def derived(self) -> bool:
+        return self.reverse is not None or self.compute is not None
+
+    @property
+    def writable(self) -> bool:
+        return self.qualifier == RW and not self.derived
+
+    @property
+    def in_constructor(self) -> bool:
+        return self.qualifier in (RW, STATIC_RO) and not self.derived
+
+    def make_default(self) -> Any:
+        if self.default is REQUIRED:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", self.name, "", "required: the record must give this field")
+        if self.default is None:
+            return self.type.fresh_default()
+        return self.default() if callable(self.default) else self.default
+
+
+@dataclass
+class Param:
+    name: str
+    type: T.Type
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+@dataclass
+class Message:
+    name: str
+    params: list[Param]
+    result: T.Type | None
+    impl: Callable[..., Any]
+    role: str = READ_ONLY
+    doc: str = ""
+    errors: tuple[str, ...] = ()
+    session: bool = True  # False only for the login calls
+    async_ok: bool = True  # accessors are sync-only, like in XAPI
+    capability: str | None = None  # backend capability the message needs
+    raw_reply: bool = False  # system.* replies are not wrapped in the Xen-API envelope
+    is_async_impl: bool = dc_field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.is_async_impl = inspect.iscoroutinefunction(self.impl)
+        self.required = sum(1 for p in self.params if p.default is REQUIRED)
+
+
+class XenAPIClass:
+    """One Xen-API class: its fields, its messages, and what the server derives for it."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        fields: list[Field],
+        *,
+        default_role: str = POOL_ADMIN,
+        persist: bool = True,
+        events: bool = True,
+        creatable: bool = False,
+        destroyable: bool = False,
+        generic: bool = True,
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.default_role = default_role
+        self.persist = persist
+        self.events = events
+        self.creatable = creatable
+        self.destroyable = destroyable
+        self.generic = generic
+        self.fields: dict[str, Field] = {"uuid": Field("uuid", T.String, RO, doc="unique identifier")}
+        for f in fields:
+            self.fields[f.name] = f
+        self.messages: dict[str, Message] = {}
+        # hooks a class module may set: called inside the generic create/destroy
+        self.on_create: Callable[["Context", dict], None] | None = None
+        self.after_create: Callable[["Context", "Obj"], None] | None = None
+        self.on_destroy: Callable[["Context", "Obj"], None] | None = None
+        self._custom: dict[str, Message] = {}
+
+    # -- declaration helpers -------------------------------------------------------------
+    def message(
+        self,
+        *params: tuple,
+        result: T.Type | None = None,
+        role: str | None = None,
+        name: str | None = None,
+        errors: tuple[str, ...] = (),
+        session: bool = True,
+        async_ok: bool = True,
+        capability: str | None = None,
+        raw_reply: bool = False,
+    ) -> Callable:
+        """Decorator declaring a message; ``params`` are ``(name, type)`` or ``(name, type, default)``."""
+
+        def register(fn: Callable) -> Callable:
+            msg = Message(
+                name=name or fn.__name__,
+                params=[Param(*p) for p in params],
+                result=result,
+                impl=fn,
+                role=role or self.default_role,
+                doc=(fn.__doc__ or "").strip(),
+                errors=errors,
+                session=session,
+                async_ok=async_ok,
+                capability=capability,
+                raw_reply=raw_reply,
+            )
+            self._custom[msg.name] = msg
+            return fn
+
+        return register
+
+    @property
+    def has_name_label(self) -> bool:
+        return "name_label" in self.fields
+
+    def stored_fields(self) -> list[Field]:
+        return [f for f in self.fields.values() if not f.derived and f.persist]
+
+    # -- derivation ----------------------------------------------------------------------
+    def build(self) -> None:
+        """Derive the generic messages, then let the class's own declarations override them."""
+        self.messages = {}
+        if self.generic:
+            self._derive_generic()
+        self.messages.update(self._custom)
+
+    def _add(self, name: str, params: list[tuple], result, impl, role: str, doc: str, async_ok=False) -> None:
+        self.messages[name] = Message(
+            name, [Param(*p) for p in params], result, impl, role=role, doc=doc, async_ok=async_ok
+        )
+
+    def _derive_generic(self) -> None:
+        cls = self.name
+        me = T.Ref(cls)
+        self._add("get_all", [], T.Set(me), lambda ctx: [o.ref for o in ctx.db.all(cls)], READ_ONLY,
+                  f"every {cls}")
+        self._add("get_all_records", [], T.Map(me, T.Struct),
+                  lambda ctx: {o.ref: ctx.db.record(o) for o in ctx.db.all(cls)}, READ_ONLY,
+                  f"every {cls} with its record")
+        self._add("get_all_records_where", [("expr", T.String)], T.Map(me, T.Struct),
+                  lambda ctx, expr: _records_where(ctx, self, expr), READ_ONLY,
+                  f"the {cls} objects for which expr (XAPI's filter language) holds")
+        self._add("get_record", [("self", me)], T.Struct, lambda ctx, ref: ctx.db.record(ctx.db.get(ref)),
+                  READ_ONLY, "the whole record")
+        self._add("get_by_uuid", [("uuid", T.String)], me, lambda ctx, uuid: ctx.db.by_uuid(cls, uuid).ref,
+                  READ_ONLY, "the object with this uuid")
+        if self.has_name_label:
+            self._add("get_by_name_label", [("label", T.String)], T.Set(me),
+                      lambda ctx, label: [o.ref for o in ctx.db.all(cls) if o.values.get("name_label") == label],
+                      READ_ONLY, "every object with this name_label")
+        for f in self.fields.values():
+            self._derive_field(f, me)
+        if self.creatable:
+            self._add("create", [("args", T.Struct)], me, lambda ctx, rec: generic_create(ctx, self, rec),
+                      self.default_role, f"a new {cls} from a record", async_ok=True)
+        if self.destroyable:
+            self._add("destroy", [("self", me)], None, lambda ctx, ref: generic_destroy(ctx, self, ref),
+                      self.default_role, f"destroy the {cls}", async_ok=True)
+
+    def _derive_field(self, f: Field, me: T.Type) -> None:
+        fname = f.name
+        self._add(f"get_{fname}", [("self", me)], f.type,
+                  lambda ctx, ref: ctx.db.field_value(ctx.db.get(ref), fname), READ_ONLY, f"the {fname} field")
+        if not f.writable:
+            return
+        role = f.set_role or self.default_role
+        self._add(f"set_{fname}", [("self", me), ("value", f.type)], None,
+                  lambda ctx, ref, value: generic_set(ctx, self, ref, f, value), role, f"set the {fname} field")
+        if isinstance(f.type, T.MapType):
+            kt, vt = f.type.key, f.type.value
+            self._add(f"add_to_{fname}", [("self", me), ("key", kt), ("value", vt)], None,
+                      lambda ctx, ref, k, v: generic_map_add(ctx, self, ref, f, k, v), role,
+                      f"add a key to {fname}")
+            self._add(f"remove_from_{fname}", [("self", me), ("key", kt)], None,
+                      lambda ctx, ref, k: generic_map_remove(ctx, self, ref, f, k), role,
+                      f"remove a key from {fname} (nothing if absent)")
+        elif isinstance(f.type, T.SetType):
+            it = f.type.item
+            self._add(f"add_{fname}", [("self", me), ("value", it)], None,
+                      lambda ctx, ref, v: generic_set_add(ctx, self, ref, f, v), role,
+                      f"add a value to {fname} (nothing if present)")
+            self._add(f"remove_{fname}", [("self", me), ("value", it)], None,
+                      lambda ctx, ref, v: generic_set_remove(ctx, self, ref, f, v), role,
+                      f"remove a value from {fname} (nothing if absent)")
+
+
+# -- generic message bodies -------------------------------------------------------------
+
+def _validate(ctx: "Context", f: Field, obj: "Obj | None", value: Any) -> None:
+    if f.validate is not None:
+        f.validate(ctx, obj, value)
+
+
+def generic_set(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, value: Any) -> None:
+    obj = ctx.db.get(ref)
+    _validate(ctx, f, obj, value)
+    ctx.db.set(obj, f.name, value)
+
+
+def generic_map_add(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, key: Any, value: Any) -> None:
+    obj = ctx.db.get(ref)
+    if key in obj.values[f.name]:
+        raise XenAPIError("MAP_DUPLICATE_KEY", cls.name, f.name, ref, key)
+    if f.validate is not None:
+        _validate(ctx, f, obj, {**obj.values[f.name], key: value})
+    ctx.db.map_add(obj, f.name, key, value)
+
+
+def generic_map_remove(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, key: Any) -> None:
+    obj = ctx.db.get(ref)
+    if key not in obj.values[f.name]:
+        return
+    if f.validate is not None:
+        _validate(ctx, f, obj, {k: v for k, v in obj.values[f.name].items() if k != key})
+    ctx.db.map_remove(obj, f.name, key)
+
+
+def generic_set_add(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
+    obj = ctx.db.get(ref)
+    if item in obj.values[f.name]:
+        return
+    _validate(ctx, f, obj, [*obj.values[f.name], item])
+    ctx.db.set_add(obj, f.name, item)
+
+
+def generic_set_remove(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
+    obj = ctx.db.get(ref)
+    if item not in obj.values[f.name]:
+        return
+    _validate(ctx, f, obj, [v for v in obj.values[f.name] if v != item])
+    ctx.db.set_remove(obj, f.name, item)
+
+
+def coerce_record(ctx: "Context", cls: XenAPIClass, record: Any) -> dict:
+    """A create record: known constructor fields typed; server-maintained fields ignored."""
+    if not isinstance(record, dict):
+        raise XenAPIError("FIELD_TYPE_ERROR", "args")
+    values: dict = {}
+    for key, raw in record.items():
+        f = cls.fields.get(key)
+        if f is None:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", key, str(raw)[:200], f"{cls.name} has no field {key}")
+        if not f.in_constructor:
+            continue  # clients echo whole records back; server-maintained fields are not theirs to set
+        values[key] = f.type.coerce(raw, ctx.db, key)
+    for f in cls.fields.values():
+        if f.in_constructor:
+            if f.name not in values:
+                values[f.name] = f.make_default()
+            _validate(ctx, f, None, values[f.name])
+    return values
+
+
+def generic_create(ctx: "Context", cls: XenAPIClass, record: Any) -> str:
+    values = coerce_record(ctx, cls, record)
+    if cls.on_create is not None:
+        cls.on_create(ctx, values)
+    obj = ctx.db.create(cls.name, values)
+    if cls.after_create is not None:
+        cls.after_create(ctx, obj)
+    return obj.ref
+
+
+def generic_destroy(ctx: "Context", cls: XenAPIClass, ref: str) -> None:
+    obj = ctx.db.get(ref)
+    if cls.on_destroy is not None:
+        cls.on_destroy(ctx, obj)
+    ctx.db.destroy(obj)
+
+
+def _records_where(ctx: "Context", cls: XenAPIClass, expr: str) -> dict:
+    from .filter import compile_filter
+
+    predicate = compile_filter(expr, cls)
+    out = {}
+    for obj in ctx.db.all(cls.name):
+        if predicate(lambda name, o=obj: ctx.db.filter_text(o, name)):
+            out[obj.ref] = ctx.db.record(obj)
+    return out
+
+
+class Registry:
+    """Every declared class and the wire names they answer to."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, XenAPIClass] = {}
+        self.methods: dict[str, tuple[XenAPIClass, Message]] = {}
+        self.lower: dict[str, XenAPIClass] = {}
+        # hooks filled by class modules, so the core knows no class by name
+        self.check_session: Callable[["Context", str], "Obj"] | None = None
+        self.start_task: Callable[..., Any] | None = None
+        self.checkpoint: Callable[["Context"], None] = lambda ctx: None
+        self.set_progress: Callable[["Context", float], None] = lambda ctx, fraction: None
+        self.on_start: list[Callable[["Context"], Any]] = []
+
+    def add(self, cls: XenAPIClass) -> None:
+        cls.build()
+        self.classes[cls.name] = cls
+        self.lower[cls.name.lower()] = cls
+        for msg in cls.messages.values():
+            self.methods[f"{cls.name}.{msg.name}"] = (cls, msg)
+
+    def wire_names(self) -> list[str]:
+        names = list(self.methods)
+        names += [f"Async.{n}" for n, (_, m) in self.methods.items() if m.async_ok and m.session]
+        return sorted(names)
+
+    def description(self) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
+        """What the store needs to know of the persistent classes (see xend_ext.store)."""
+        out = {}
+        for cls in self.classes.values():
+            if not cls.persist:
+                continue
+            out[cls.name] = [
+                (f.name, f.type.kind, tuple(getattr(f.type, "values", ()))) for f in cls.stored_fields()
+            ]
+        return out

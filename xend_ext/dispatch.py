@@ -1,0 +1,140 @@
+"""From ``"<class>.<message>"`` and raw params to a reply: every check happens here, once.
+
+Order, as XAPI's generated server does it: method name, argument count, session, role, argument
+types (a bad reference is ``HANDLE_INVALID``), backend capability, then the body. A mutation is
+acknowledged only after its journal record is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .datamodel import ROLES, Message, XenAPIClass, role_rank
+from .wire import XenAPIError, failure, success
+
+if TYPE_CHECKING:
+    from .datamodel import Registry
+    from .model import Database, Obj
+
+log = logging.getLogger("xend_ext.dispatch")
+
+ASYNC_PREFIX = "Async."
+
+
+class Context:
+    """What a message body may use: the model, the backend, the caller's session."""
+
+    __slots__ = ("db", "backend", "services", "registry", "session", "role", "task", "method")
+
+    def __init__(self, services: "Services", method: str = "") -> None:
+        self.services = services
+        self.db: Database = services.db
+        self.backend = services.backend
+        self.registry: Registry = services.registry
+        self.session: Obj | None = None
+        self.role = ROLES[-1]
+        self.task: Obj | None = None
+        self.method = method
+
+    def checkpoint(self) -> None:
+        """A safe point of a long operation: stops here with TASK_CANCELLED if its task was cancelled."""
+        self.registry.checkpoint(self)
+
+    def progress(self, fraction: float) -> None:
+        self.registry.set_progress(self, fraction)
+
+    def require(self, capability: str) -> None:
+        if capability not in self.backend.capabilities:
+            raise XenAPIError("NOT_IMPLEMENTED", capability)
+
+
+class Services:
+    """The long-lived parts a context hands out; built once by the server."""
+
+    def __init__(self, registry: "Registry", db: "Database", backend: Any, store: Any, hub: Any, config: Any) -> None:
+        self.registry = registry
+        self.db = db
+        self.backend = backend
+        self.store = store
+        self.hub = hub
+        self.config = config
+        self.auth: Any = None
+
+    async def commit(self, seq: int) -> None:
+        """Wait until the journal holds everything up to ``seq``, then let its events out."""
+        await self.store.durable(seq)
+        self.hub.durable(seq)
+
+
+class Dispatcher:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.registry = services.registry
+
+    def resolve(self, method: str) -> tuple[XenAPIClass, Message, bool]:
+        run_async = method.startswith(ASYNC_PREFIX)
+        name = method[len(ASYNC_PREFIX):] if run_async else method
+        found = self.registry.methods.get(name)
+        if found is None or (run_async and not (found[1].async_ok and found[1].session)):
+            raise XenAPIError("MESSAGE_METHOD_UNKNOWN", method)
+        return found[0], found[1], run_async
+
+    async def call(self, method: str, params: tuple) -> tuple[dict | Any, bool]:
+        """Returns (reply, raw): raw replies (system.*) are not wrapped in the envelope."""
+        db = self.services.db
+        before = db.last_seq
+        raw = False
+        try:
+            cls, msg, run_async = self.resolve(method)
+            raw = msg.raw_reply
+            ctx = Context(self.services, method)
+            args = self._check(ctx, method, msg, params)
+            if run_async:
+                value = await self.registry.start_task(ctx, method[len(ASYNC_PREFIX):], msg, args)
+            else:
+                value = msg.impl(ctx, *args)
+                if msg.is_async_impl:
+                    value = await value
+            reply: Any = value if raw else success(value)
+        except XenAPIError as exc:
+            reply = failure(exc.description)
+        except Exception as exc:  # a bug: say so on the wire, keep serving
+            log.exception("internal error in %s", method)
+            reply = failure(["INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"])
+        if db.last_seq != before:
+            try:
+                await self.services.commit(db.last_seq)
+            except Exception as exc:
+                log.error("journal write failed: %s", exc)
+                reply = failure(["INTERNAL_ERROR", f"the change could not be made durable: {exc}"])
+        return reply, raw
+
+    def _check(self, ctx: Context, method: str, msg: Message, params: tuple) -> list:
+        given = len(params) - (1 if msg.session else 0)
+        if given < 0:
+            raise XenAPIError("SESSION_INVALID", "")  # not even a session was sent
+        if given < msg.required or given > len(msg.params):
+            expected = msg.required if given < msg.required else len(msg.params)
+            raise XenAPIError("MESSAGE_PARAMETER_COUNT_MISMATCH", method, expected, given)
+        if msg.session:
+            session_ref = params[0]
+            if not isinstance(session_ref, str):
+                raise XenAPIError("SESSION_INVALID", str(session_ref))
+            ctx.session = self.registry.check_session(ctx, session_ref)
+            ctx.role = ctx.session.values["role"]
+            if role_rank(ctx.role) < role_rank(msg.role):
+                permission = method.removeprefix(ASYNC_PREFIX).lower()
+                holders = ", ".join(ROLES[role_rank(msg.role):])
+                raise XenAPIError(
+                    "RBAC_PERMISSION_DENIED", permission,
+                    f"No permission in user session. (Roles with this permission: {holders})",
+                )
+            params = params[1:]
+        db = self.services.db
+        args = [p.type.coerce(value, db, p.name) for p, value in zip(msg.params, params)]
+        for p in msg.params[len(args):]:
+            args.append(p.default)
+        if msg.capability is not None:
+            ctx.require(msg.capability)
+        return args

@@ -1,0 +1,271 @@
+"""Events: XAPI's ``event.from`` and xend's ``event.register``/``next``, from one change log.
+
+A change becomes visible only once its journal record is durable, so a client never sees an
+event for something a crash could take back. Each change gets a generation number; tokens are
+generations, formatted like XAPI's (``"%020d,%020d"``) so clients that compare them as strings keep
+working. Generations start from the clock at boot, so tokens still increase across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from .wire import XenAPIError
+
+if TYPE_CHECKING:
+    from .model import Database, Obj
+
+LOG_LIMIT = 200_000
+QUEUE_LIMIT = 10_000
+
+
+def format_token(gen: int) -> str:
+    return "%020d,%020d" % (gen, 0)
+
+
+def parse_token(token: str) -> int:
+    if token == "":
+        return 0
+    head = token.split(",", 1)[0]
+    if not head.isdigit():
+        raise XenAPIError("EVENT_FROM_TOKEN_PARSE_FAILURE", token)
+    return int(head)
+
+
+class Subscription:
+    """A parsed list of ``"*"``, ``"<class>"`` and ``"<class>/<ref>"`` entries."""
+
+    def __init__(self, entries: list[str], known: dict[str, str]) -> None:
+        self.all = False
+        self.classes: set[str] = set()
+        self.objects: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise XenAPIError("EVENT_SUBSCRIPTION_PARSE_FAILURE", str(entry))
+            if entry == "*":
+                self.all = True
+                continue
+            cname, _, ref = entry.partition("/")
+            cname = known.get(cname.lower())
+            if cname is None:
+                raise XenAPIError("EVENT_SUBSCRIPTION_PARSE_FAILURE", entry)
+            if ref:
+                self.objects.add(ref)
+            else:
+                self.classes.add(cname)
+
+    def matches(self, cname: str, ref: str) -> bool:
+        return self.all or cname in self.classes or ref in self.objects
+
+
+class Registration:
+    """One session's xend-style queue (event.register / event.next)."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.queue: deque[dict] = deque()
+        self.lost = False
+        self.wakeup = asyncio.Event()
+
+
+class EventHub:
+    def __init__(self, queue_limit: int = QUEUE_LIMIT) -> None:
+        self.queue_limit = queue_limit
+        self.db: Database | None = None
+        self.generation = time.time_ns() // 1000  # microseconds: tokens keep increasing across restarts
+        self.published = self.generation
+        self.durable_seq = 0
+        self._pending: deque[tuple[int, int, Obj, str]] = deque()  # (seq, gen, obj, op) waiting for the journal
+        self._log_gens: list[int] = []
+        self._log: list[tuple[str, str, str, Obj]] = []  # (class, ref, op, obj)
+        self._log_start = 0
+        self._cond = asyncio.Condition()
+        self.registrations: dict[str, Registration] = {}
+        self.known_classes: dict[str, str] = {}
+        self.on_publish: list[Callable[[], None]] = []
+
+    def bind(self, db: "Database") -> None:
+        self.db = db
+        self.known_classes = {c.name.lower(): c.name for c in db.registry.classes.values() if c.events}
+
+    # -- producing ------------------------------------------------------------------------
+    def changed(self, obj: "Obj", op: str, seq: int) -> None:
+        self.generation += 1
+        if op == "add":
+            obj.ctime = self.generation
+        obj.mtime = self.generation
+        self._pending.append((seq, self.generation, obj, op))
+        if seq <= self.durable_seq:
+            self._publish_ready()
+
+    def durable(self, seq: int) -> None:
+        """The journal is on disk up to ``seq``: what waited for it becomes visible."""
+        if seq > self.durable_seq:
+            self.durable_seq = seq
+        self._publish_ready()
+
+    def _publish_ready(self) -> None:
+        published = False
+        while self._pending and self._pending[0][0] <= self.durable_seq:
+            seq, gen, obj, op = self._pending.popleft()
+            self._log_gens.append(gen)
+            self._log.append((obj.cls.name, obj.ref, op, obj))
+            self.published = gen
+            self._queue_for_registrations(gen, obj, op)
+            published = True
+        if published:
+            if len(self._log) > LOG_LIMIT:
+                cut = len(self._log) - LOG_LIMIT // 2
+                self._log_start = self._log_gens[cut]
+                del self._log[:cut]
+                del self._log_gens[:cut]
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    def _queue_for_registrations(self, gen: int, obj: "Obj", op: str) -> None:
+        if not self.registrations:
+            return
+        record = None
+        for reg in self.registrations.values():
+            if not reg.sub.matches(obj.cls.name, obj.ref) or reg.lost:
+                continue
+            if record is None:
+                record = self._event_record(gen, obj.cls.name, obj.ref, op, obj)
+            if len(reg.queue) >= self.queue_limit:
+                reg.lost = True
+                reg.queue.clear()
+            else:
+                reg.queue.append(record)
+            reg.wakeup.set()
+
+    def _event_record(self, gen: int, cname: str, ref: str, op: str, obj: "Obj | None") -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": str(gen),
+            "timestamp": "%.6f" % time.time(),
+            "class": cname.lower(),
+            "operation": op,
+            "ref": ref,
+        }
+        if op != "del" and obj is not None and self.db is not None and self.db.find(ref) is obj:
+            record["snapshot"] = self.db.record(obj)
+        return record
+
+    # -- event.from -----------------------------------------------------------------------
+    def collect(self, sub: Subscription, since: int) -> tuple[list[dict], int]:
+        """Coalesced changes after ``since``: one event per object, XAPI-style add/mod/del."""
+        upto = self.published
+        if since >= upto:
+            return [], upto
+        if since < self._log_start or since == 0:
+            return self._scan(sub, since, upto), upto
+        start = bisect.bisect_right(self._log_gens, since)
+        latest: dict[str, tuple[int, str, str, str, Obj]] = {}
+        for i in range(start, len(self._log)):
+            cname, ref, op, obj = self._log[i]
+            if not sub.matches(cname, ref):
+                continue
+            first = latest.get(ref)
+            gen = self._log_gens[i]
+            if first is None:
+                latest[ref] = (gen, cname, ref, op, obj)
+            else:
+                created_here = first[3] == "add"
+                if op == "del":
+                    new_op = "gone" if created_here else "del"
+                else:
+                    new_op = "add" if created_here else "mod"
+                latest[ref] = (gen, cname, ref, new_op, obj)
+        events = [self._event_record(g, c, r, op, o) for g, c, r, op, o in latest.values() if op != "gone"]
+        events.sort(key=lambda e: int(e["id"]))
+        return events, upto
+
+    def _scan(self, sub: Subscription, since: int, upto: int) -> list[dict]:
+        assert self.db is not None
+        events = []
+        for cname in self.known_classes.values():
+            for obj in self.db.tables[cname].values():
+                if since < obj.mtime <= upto and sub.matches(cname, obj.ref):
+                    op = "add" if obj.ctime > since else "mod"
+                    events.append(self._event_record(obj.mtime, cname, obj.ref, op, obj))
+        events.sort(key=lambda e: int(e["id"]))
+        return events
+
+    async def wait_from(self, sub: Subscription, since: int, timeout: float) -> tuple[list[dict], int]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            events, upto = self.collect(sub, since)
+            if events:
+                return events, upto
+            since = max(since, upto)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return [], upto
+            async with self._cond:
+                try:
+                    await asyncio.wait_for(self._cond.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    def valid_ref_counts(self) -> dict[str, int]:
+        assert self.db is not None
+        return {cname.lower(): len(self.db.tables[cname]) for cname in self.known_classes.values()}
+
+    # -- event.register / next --------------------------------------------------------------
+    def register(self, session: str, entries: list[str]) -> None:
+        reg = self.registrations.get(session)
+        if reg is None:
+            self.registrations[session] = Registration(Subscription(entries or ["*"], self.known_classes))
+            return
+        extra = Subscription(entries or ["*"], self.known_classes)
+        reg.sub.all |= extra.all
+        reg.sub.classes |= extra.classes
+        reg.sub.objects |= extra.objects
+
+    def unregister(self, session: str, entries: list[str]) -> None:
+        reg = self.registrations.get(session)
+        if reg is None:
+            return
+        if not entries:
+            del self.registrations[session]
+            return
+        drop = Subscription(entries, self.known_classes)
+        if drop.all:
+            del self.registrations[session]
+            return
+        reg.sub.classes -= drop.classes
+        reg.sub.objects -= drop.objects
+        if not (reg.sub.all or reg.sub.classes or reg.sub.objects):
+            del self.registrations[session]
+
+    async def next(self, session: str, alive: Callable[[], bool]) -> list[dict]:
+        while True:
+            reg = self.registrations.get(session)
+            if reg is None:
+                raise XenAPIError("SESSION_NOT_REGISTERED", session)
+            if reg.lost:
+                reg.lost = False
+                raise XenAPIError("EVENTS_LOST")
+            if reg.queue:
+                events = list(reg.queue)
+                reg.queue.clear()
+                reg.wakeup.clear()
+                return events
+            reg.wakeup.clear()
+            try:
+                await asyncio.wait_for(reg.wakeup.wait(), 5.0)
+            except asyncio.TimeoutError:
+                pass
+            if not alive():
+                raise XenAPIError("SESSION_INVALID", session)
+
+    def forget_session(self, session: str) -> None:
+        reg = self.registrations.pop(session, None)
+        if reg is not None:
+            reg.wakeup.set()

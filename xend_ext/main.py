@@ -1,0 +1,138 @@
+"""``xend-ext``: the server command (``serve``) and its password tool (``passwd``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .auth import AuthError, set_password
+from .datamodel import ROLES
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("XEND_EXT_STATE", "./var/state"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xend-ext", description="A Xen-API server with CPU pools, VM groups, "
+                                     "scheduling domains and a runtime policy manager.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--state-dir", type=Path, default=None,
+                       help="where the store lives (default ./var/state or $XEND_EXT_STATE)")
+    serve.add_argument("--listen", action="append", metavar="HOST:PORT",
+                       help="TCP listener, repeatable; 'none' disables TCP (default 127.0.0.1:9363)")
+    serve.add_argument("--unix", metavar="PATH",
+                       help="Unix socket (default <state dir>/xen-api.sock); 'none' disables it")
+    serve.add_argument("--backend", choices=["sim"], default="sim", help="hypervisor backend")
+    serve.add_argument("--cpus", type=int, default=8, help="pCPUs of the simulated host (default 8)")
+    serve.add_argument("--memory", type=int, default=16384, metavar="MIB",
+                       help="RAM of the simulated host in MiB (default 16384)")
+    serve.add_argument("--numa-nodes", type=int, default=1, help="NUMA nodes of the simulated host")
+    serve.add_argument("--sim-reboot", action="store_true",
+                       help="model a reboot of the simulated host before starting")
+    serve.add_argument("--auth", choices=["none", "file"], default="none",
+                       help="none: anyone is pool-admin; file: users of the password file")
+    serve.add_argument("--passwd-file", type=Path, help="password file (default <state dir>/passwd)")
+    serve.add_argument("--tls-cert", type=Path, help="certificate (PEM): TCP listeners serve HTTPS")
+    serve.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
+    serve.add_argument("--max-body", type=int, default=16 << 20, help="largest request body in bytes")
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds a client may take to send one request (default 30)")
+    serve.add_argument("--event-queue", type=int, default=10_000,
+                       help="events queued per event.register session before EVENTS_LOST (default 10000)")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+    pw = sub.add_parser("passwd", help="add a user or change a password or role (auth 'file')")
+    pw.add_argument("user")
+    pw.add_argument("--role", choices=ROLES, default="read-only")
+    pw.add_argument("--state-dir", type=Path, default=None)
+    pw.add_argument("--passwd-file", type=Path, help="default <state dir>/passwd")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    sub.add_parser("schema", help="print the RelaxNG schema of the state file (schemas/state.rng)")
+    return parser
+
+
+def schema(args: argparse.Namespace) -> int:
+    from xenapi_classes import build_registry
+
+    from .store.schema import relaxng
+
+    sys.stdout.write(relaxng(build_registry().description()))
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from .server import Config, parse_listen
+
+    state_dir = (args.state_dir or default_state_dir()).absolute()
+    listen_args = args.listen or ["127.0.0.1:9363"]
+    listen = [] if listen_args == ["none"] else [parse_listen(x) for x in listen_args if x != "none"]
+    if args.unix == "none":
+        unix = None
+    else:
+        unix = Path(args.unix).absolute() if args.unix else state_dir / "xen-api.sock"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
+                  memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
+                  auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                  max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue)
+
+
+async def _serve(config) -> int:
+    from .server import Server
+    from .store import StateDirLocked
+
+    server = Server(config)
+    try:
+        await server.start()
+    except StateDirLocked as exc:
+        logging.getLogger("xend_ext").error("%s", exc)
+        return 1
+    await server.serve_forever()
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="xend-ext: %(message)s", stream=sys.stderr)
+    try:
+        config = _config(args)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_serve(config))
+    except (ValueError, OSError) as exc:
+        print(f"xend-ext: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def passwd(args: argparse.Namespace) -> int:
+    path = args.passwd_file or (args.state_dir or default_state_dir()) / "passwd"
+    if args.password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"New password for {args.user}: ")
+        if getpass.getpass("Again: ") != password:
+            print("xend-ext: the passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    try:
+        set_password(Path(path), args.user, password, args.role)
+    except AuthError as exc:
+        print(f"xend-ext: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.user} is now {args.role} in {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"serve": serve, "passwd": passwd, "schema": schema}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The in-memory object model: the truth the server answers from.
+
+Every mutation goes through :class:`Database`, which keeps the reverse references, writes the
+journal record for persistent data and hands the change to the event hub. Handlers run on the
+event loop one at a time between awaits, so a mutation never sees another half done.
+"""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .wire import NULL_REF, REF_PREFIX, XenAPIError, strip_ref
+
+if TYPE_CHECKING:
+    from .datamodel import Registry, XenAPIClass
+    from .events import EventHub
+    from .store import Store
+
+
+class Obj:
+    __slots__ = ("cls", "ref", "values", "ctime", "mtime")
+
+    def __init__(self, cls: "XenAPIClass", ref: str, values: dict) -> None:
+        self.cls = cls
+        self.ref = ref
+        self.values = values
+        self.ctime = 0
+        self.mtime = 0
+
+    @property
+    def uuid(self) -> str:
+        return self.values["uuid"]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def __repr__(self) -> str:
+        return f"<{self.cls.name} {self.ref}>"
+
+
+def new_uuid() -> str:
+    return str(_uuid.uuid4())
+
+
+class Database:
+    def __init__(self, registry: "Registry", store: "Store | None", hub: "EventHub") -> None:
+        self.registry = registry
+        self.store = store
+        self.hub = hub
+        self.tables: dict[str, dict[str, Obj]] = {name: {} for name in registry.classes}
+        self.by_ref: dict[str, Obj] = {}
+        self.by_uuid_index: dict[tuple[str, str], Obj] = {}
+        # reverse references: (source class, source field) -> target ref -> ordered source refs
+        self.reverse: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
+        for cls in registry.classes.values():
+            for f in cls.fields.values():
+                # a back-reference to a class not (yet) declared is simply empty
+                if f.reverse and f.reverse[0] in registry.classes:
+                    self.reverse[f.reverse] = {}
+        self.backend: Any = None  # computed fields read live facts through it
+        self.last_seq = 0  # the newest journal record this model has written
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self, tables: dict[str, dict[str, dict]]) -> None:
+        """Rebuild objects from the store's encoded tables; fields added since get their default."""
+        for cname, rows in tables.items():
+            cls = self.registry.classes.get(cname)
+            if cls is None:
+                continue
+            for ref, encoded in rows.items():
+                values = {}
+                for f in cls.fields.values():
+                    if f.derived:
+                        continue
+                    if f.name in encoded:
+                        values[f.name] = f.type.decode(encoded[f.name])
+                    else:
+                        values[f.name] = f.make_default() if f.default is not None else f.type.fresh_default()
+                self._insert(Obj(cls, ref, values))
+
+    def capture(self) -> dict[str, dict[str, dict]]:
+        """Encoded copy of every persistent object, for a snapshot."""
+        out: dict[str, dict[str, dict]] = {}
+        for cls in self.registry.classes.values():
+            if not cls.persist:
+                continue
+            fields = cls.stored_fields()
+            out[cls.name] = {
+                obj.ref: {f.name: f.type.encode(obj.values[f.name]) for f in fields}
+                for obj in self.tables[cls.name].values()
+            }
+        return out
+
+    # -- reading -------------------------------------------------------------------------
+    def all(self, cname: str) -> Iterable[Obj]:
+        return list(self.tables[cname].values())
+
+    def count(self, cname: str) -> int:
+        return len(self.tables[cname])
+
+    def get(self, ref: str) -> Obj:
+        """An object already checked by the dispatcher (params of a Ref type are resolved)."""
+        return self.by_ref[ref]
+
+    def find(self, ref: str) -> Obj | None:
+        return self.by_ref.get(ref)
+
+    def lookup(self, cname: str, ref_or_uuid: str) -> Obj:
+        obj = self.by_ref.get(ref_or_uuid)
+        if obj is None and not ref_or_uuid.startswith(REF_PREFIX):
+            obj = self.by_uuid_index.get((cname, ref_or_uuid))
+        if obj is None or obj.cls.name != cname:
+            raise XenAPIError("HANDLE_INVALID", cname, ref_or_uuid)
+        return obj
+
+    def by_uuid(self, cname: str, uuid: str) -> Obj:
+        obj = self.by_uuid_index.get((cname, strip_ref(uuid)))
+        if obj is None:
+            raise XenAPIError("UUID_INVALID", cname, uuid)
+        return obj
+
+    def field_value(self, obj: Obj, name: str) -> Any:
+        f = obj.cls.fields[name]
+        if f.reverse is not None:
+            return list(self.reverse.get(f.reverse, {}).get(obj.ref, ()))
+        if f.compute is not None:
+            return f.compute(self, obj)
+        return obj.values[name]
+
+    def record(self, obj: Obj) -> dict:
+        return {name: self.field_value(obj, name) for name in obj.cls.fields}
+
+    def filter_text(self, obj: Obj, name: str) -> str | None:
+        f = obj.cls.fields.get(name)
+        if f is None:
+            return None
+        return f.type.filter_text(self.field_value(obj, name))
+
+    # -- mutating ------------------------------------------------------------------------
+    def create(self, cname: str, values: dict, ref: str | None = None) -> Obj:
+        cls = self.registry.classes[cname]
+        values = dict(values)
+        uuid = values.get("uuid") or new_uuid()
+        values["uuid"] = uuid
+        for f in cls.fields.values():
+            if not f.derived and f.name not in values:
+                values[f.name] = f.make_default()
+        obj = Obj(cls, ref or REF_PREFIX + uuid, values)
+        if (cname, uuid) in self.by_uuid_index or obj.ref in self.by_ref:
+            raise XenAPIError("INTERNAL_ERROR", f"duplicate {cname} {uuid}")
+        self._insert(obj)
+        if cls.persist:
+            encoded = {f.name: f.type.encode(values[f.name]) for f in cls.stored_fields()}
+            self._journal(("create", cname, obj.ref, encoded))
+        self._changed(obj, "add")
+        for key in self._reverse_keys(cls):
+            self._touch_targets(values[key[1]])
+        return obj
+
+    def destroy(self, obj: Obj) -> None:
+        cls = obj.cls
+        self._remove(obj)
+        if cls.persist:
+            self._journal(("destroy", cls.name, obj.ref))
+        self._changed(obj, "del")
+        for key in self._reverse_keys(cls):
+            self._touch_targets(obj.values[key[1]])
+
+    def set(self, obj: Obj, name: str, value: Any) -> None:
+        old = obj.values[name]
+        if old == value:
+            return
+        f = obj.cls.fields[name]
+        reverse_key = (obj.cls.name, name)
+        if reverse_key in self.reverse:
+            self._unindex(reverse_key, obj.ref, old)
+            self._index(reverse_key, obj.ref, value)
+        obj.values[name] = value
+        if obj.cls.persist and f.persist:
+            self._journal(("set", obj.cls.name, obj.ref, name, f.type.encode(value)))
+        self._changed(obj, "mod")
+        if reverse_key in self.reverse:
+            self._touch_targets(old)
+            self._touch_targets(value)
+
+    def map_add(self, obj: Obj, name: str, key: Any, value: Any) -> None:
+        f = obj.cls.fields[name]
+        obj.values[name][key] = value
+        if obj.cls.persist and f.persist:
+            self._journal(("map_add", obj.cls.name, obj.ref, name, f.type.key.encode(key), f.type.value.encode(value)))
+        self._changed(obj, "mod")
+
+    def map_remove(self, obj: Obj, name: str, key: Any) -> None:
+        f = obj.cls.fields[name]
+        del obj.values[name][key]
+        if obj.cls.persist and f.persist:
+            self._journal(("map_remove", obj.cls.name, obj.ref, name, f.type.key.encode(key)))
+        self._changed(obj, "mod")
+
+    def set_add(self, obj: Obj, name: str, item: Any) -> None:
+        self.set(obj, name, [*obj.values[name], item])
+
+    def set_remove(self, obj: Obj, name: str, item: Any) -> None:
+        self.set(obj, name, [v for v in obj.values[name] if v != item])
+
+    def touch(self, obj: Obj) -> None:
+        """Announce a change of computed fields (live state the backend reported)."""
+        self._changed(obj, "mod")
+
+    # -- internals -----------------------------------------------------------------------
+    def _journal(self, op: tuple) -> None:
+        if self.store is not None:
+            self.last_seq = self.store.append(op)
+
+    def _changed(self, obj: Obj, op: str) -> None:
+        if obj.cls.events:
+            self.hub.changed(obj, op, self.last_seq)
+
+    def _insert(self, obj: Obj) -> None:
+        self.tables[obj.cls.name][obj.ref] = obj
+        self.by_ref[obj.ref] = obj
+        self.by_uuid_index[(obj.cls.name, obj.values["uuid"])] = obj
+        for key in self._reverse_keys(obj.cls):
+            self._index(key, obj.ref, obj.values[key[1]])
+
+    def _remove(self, obj: Obj) -> None:
+        del self.tables[obj.cls.name][obj.ref]
+        del self.by_ref[obj.ref]
+        del self.by_uuid_index[(obj.cls.name, obj.values["uuid"])]
+        for key in self._reverse_keys(obj.cls):
+            self._unindex(key, obj.ref, obj.values[key[1]])
+
+    def _reverse_keys(self, cls: "XenAPIClass") -> list[tuple[str, str]]:
+        return [(cls.name, name) for name in cls.fields if (cls.name, name) in self.reverse]
+
+    def _index(self, key: tuple[str, str], source: str, target: Any) -> None:
+        index = self.reverse[key]
+        for t in _refs(target):
+            index.setdefault(t, {})[source] = None
+
+    def _unindex(self, key: tuple[str, str], source: str, target: Any) -> None:
+        index = self.reverse[key]
+        for t in _refs(target):
+            sources = index.get(t)
+            if sources is not None:
+                sources.pop(source, None)
+                if not sources:
+                    del index[t]
+
+    def _touch_targets(self, target: Any) -> None:
+        for t in _refs(target):
+            obj = self.by_ref.get(t)
+            if obj is not None:
+                self._changed(obj, "mod")
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [] if value == NULL_REF or not value else [value]
+    return [v for v in value if v != NULL_REF]

@@ -1,0 +1,195 @@
+"""The server: state, backend and listeners on one asyncio loop.
+
+Start-up order matters: lock and load the store, bind the model, ask the backend what the host
+is, let the class modules reconcile (``registry.on_start``), make that durable, and only then
+listen. Shutdown stops listening, finishes the journal and writes a final snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import wire
+from .auth import FileAuth, NoAuth
+from .dispatch import Context, Dispatcher, Services
+from .events import EventHub
+from .http import HttpProtocol, Limits, Request
+from .model import Database
+from .store import Store
+
+log = logging.getLogger("xend_ext")
+
+PARSE_IN_THREAD = 256 << 10  # bodies larger than this are parsed off the loop
+
+
+@dataclass
+class Config:
+    state_dir: Path
+    listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 9363)])
+    unix: Path | None = None
+    backend: str = "sim"
+    cpus: int = 8
+    memory_mib: int = 16384
+    numa_nodes: int = 1
+    sim_reboot: bool = False
+    auth: str = "none"
+    passwd_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body: int = 16 << 20
+    max_depth: int = 64
+    read_timeout: float = 30.0
+    event_queue: int = 10_000
+    compact_min_bytes: int = 4 << 20
+
+
+def make_backend(config: Config):
+    if config.backend == "sim":
+        from .backends.sim import SimBackend
+
+        return SimBackend(config.state_dir, cpus=config.cpus, memory_mib=config.memory_mib,
+                          numa_nodes=config.numa_nodes, reboot=config.sim_reboot)
+    raise ValueError(f"unknown backend {config.backend!r} (this build has: sim)")
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        from xenapi_classes import build_registry
+
+        self.config = config
+        self.registry = build_registry()
+        self.store = Store(config.state_dir, self.registry.description(),
+                           compact_min_bytes=config.compact_min_bytes)
+        self.hub = EventHub(queue_limit=config.event_queue)
+        self.db = Database(self.registry, self.store, self.hub)
+        self.backend = None
+        self.services: Services | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.listeners: list[asyncio.base_events.Server] = []
+        self.connections: set[HttpProtocol] = set()
+        self.limits = Limits(max_body=config.max_body, read_timeout=config.read_timeout)
+        self.stopping = asyncio.Event()
+        self.addresses: list[str] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before the first "listening" line is logged
+            loop.add_signal_handler(sig, self.stopping.set)
+        tables, seq = self.store.open()
+        try:
+            self.db.load(tables)
+            self.db.last_seq = seq
+            self.hub.durable_seq = seq
+            self.hub.bind(self.db)
+            self.store.set_capture(lambda: (self.db.capture(), self.db.last_seq))
+            self.backend = make_backend(self.config)
+            self.db.backend = self.backend
+            self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
+            self.services.auth = self._auth()
+            self.dispatcher = Dispatcher(self.services)
+            ctx = Context(self.services, "start")
+            for hook in self.registry.on_start:
+                result = hook(ctx)
+                if asyncio.iscoroutine(result):
+                    await result
+            await self.services.commit(self.db.last_seq)
+            await self._listen()
+        except BaseException:
+            await self.store.close()
+            raise
+
+    def _auth(self):
+        if self.config.auth == "none":
+            return NoAuth()
+        if self.config.auth == "file":
+            return FileAuth(self.config.passwd_file or self.config.state_dir / "passwd")
+        raise ValueError(f"unknown auth {self.config.auth!r}: use none or file")
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        factory = lambda: HttpProtocol(self.handle, self.limits, self.connections)  # noqa: E731
+        tls = None
+        if self.config.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key))
+        scheme = "https" if tls else "http"
+        for host, port in self.config.listen:
+            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True)
+            self.listeners.append(srv)
+            bound = srv.sockets[0].getsockname()
+            address = f"{scheme}://{_hostport(bound[0], bound[1])}/"
+            self.addresses.append(address)
+            log.info("listening on %s (Xen-API over %s)", address, "HTTPS" if tls else "HTTP")
+        if self.config.unix is not None:
+            path = self.config.unix
+            _remove_stale_socket(path)
+            srv = await loop.create_unix_server(factory, str(path))
+            os.chmod(path, 0o600)
+            self.listeners.append(srv)
+            self.addresses.append(f"unix:{path}")
+            log.info("listening on unix socket %s (Xen-API over HTTP)", path)
+
+    async def handle(self, request: Request) -> tuple[int, str, bytes]:
+        if request.path not in ("/", "/RPC2"):
+            return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
+        if request.method != "POST":
+            return 405, "text/plain", b"Xen-API needs POST\n"
+        try:
+            if len(request.body) > PARSE_IN_THREAD:
+                method, params = await asyncio.get_running_loop().run_in_executor(
+                    None, wire.loads_request, request.body, self.config.max_depth)
+            else:
+                method, params = wire.loads_request(request.body, self.config.max_depth)
+        except wire.BadRequest as exc:
+            return 400, "text/plain; charset=utf-8", f"{exc}\n".encode()
+        reply, raw = await self.dispatcher.call(method, params)
+        body = wire.dumps_raw(reply) if raw else wire.dumps_response(reply)
+        return 200, "text/xml", body
+
+    async def serve_forever(self) -> None:
+        await self.stopping.wait()
+        log.info("stopping: flushing the journal")
+        await self.stop()
+
+    async def stop(self) -> None:
+        for srv in self.listeners:
+            srv.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self.store.close()
+        if self.backend is not None:
+            self.backend.close()
+        if self.config.unix is not None:
+            _remove_stale_socket(self.config.unix)
+        log.info("stopped")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Only a socket is removed: a typo must never delete a regular file."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    socket.getaddrinfo(host, int(port))  # fails early with a clear error for a bad name
+    return host, int(port)

@@ -1,0 +1,22 @@
+"""Errors of the store, kept apart so journal, snapshot and Store can all raise them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StoreError(Exception):
+    """The state on disk cannot be read or written; the message names the file and cause."""
+
+
+class StateDirLocked(StoreError):
+    """Another server holds the state directory: two writers would corrupt each other."""
+
+    def __init__(self, state_dir: str | Path, pid: int | None):
+        self.state_dir = str(state_dir)
+        self.pid = pid
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"state directory {self.state_dir} is in use by another xend-ext server ({who}); "
+            "stop that server or choose another --state-dir"
+        )

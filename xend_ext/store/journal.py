@@ -1,0 +1,373 @@
+"""The journal: append-only files of SXP records, one mutation per line.
+
+Record format (one line, UTF-8, ``\\n``-terminated)::
+
+    (<seq> <crc> <op>)
+
+``seq`` is the decimal sequence number (1, 2, ... across files and restarts), ``crc``
+the CRC-32 (zlib) of the UTF-8 bytes ``"<seq> <op>"`` as 8 lowercase hex digits, and
+``op`` one SXP expression (:func:`xend_ext.sxp.dumps` never emits a line break)::
+
+    (create <class> <ref> ((<field> <value>) ...))
+    (destroy <class> <ref>)
+    (set <class> <ref> <field> <value>)
+    (map_add <class> <ref> <field> <key> <value>)
+    (map_remove <class> <ref> <field> <key>)
+    (set_add <class> <ref> <field> <item>)
+    (set_remove <class> <ref> <field> <item>)
+
+A scalar value is an atom, a set ``(item ...)``, a map ``((key value) ...)``; the
+field's kind in the description says which, so ``()`` is unambiguous.  Example::
+
+    (42 1c291ca3 (set VM OpaqueRef:5f0c name_label "web 1"))
+
+Files are named ``journal-<first seq, 20 digits>.sxp`` so sorting by name is replay
+order; a new file starts when the store compacts.  Recovery (:func:`replay`) applies
+the records after the snapshot's seq, checks that the numbers run on without a gap,
+ignores and truncates a bad or unterminated *last* line of the *last* file (a crash
+during a write that was never acknowledged), and refuses anything else that is bad:
+dropping it silently could lose acknowledged changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import sxp
+from .errors import StoreError
+from .fileio import fsync_dir, sync
+from .schema import Classes, FieldSpec, check_value, xml_unsafe
+from .snapshot import Tables
+
+__all__ = [
+    "JournalFile",
+    "OPS",
+    "ReplayError",
+    "apply_op",
+    "decode_op",
+    "encode_op",
+    "file_name",
+    "format_record",
+    "list_files",
+    "parse_record",
+    "replay",
+]
+
+log = logging.getLogger(__name__)
+
+OPS = ("create", "destroy", "set", "map_add", "map_remove", "set_add", "set_remove")
+
+_FILE = re.compile(r"journal-([0-9]{20})\.sxp")
+_RECORD = re.compile(rb"\(([0-9]{1,20}) ([0-9a-f]{8}) (.*)\)\n", re.DOTALL)
+
+
+def file_name(first_seq: int) -> str:
+    """Name of the journal file whose first record is ``first_seq``."""
+    return f"journal-{first_seq:020d}.sxp"
+
+
+@dataclass(slots=True)
+class JournalFile:
+    """A journal file on disk; ``last`` is its last record's seq (None while empty)."""
+
+    first: int
+    path: Path
+    last: int | None = None
+    size: int = 0
+
+
+def list_files(state_dir: Path) -> list[JournalFile]:
+    """The journal files of a state directory, in replay order."""
+    files = []
+    for entry in os.scandir(state_dir):
+        m = _FILE.fullmatch(entry.name)
+        if m and entry.is_file(follow_symlinks=False):
+            files.append(JournalFile(int(m.group(1)), Path(entry.path)))
+    files.sort(key=lambda f: f.first)
+    return files
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _field(classes: Classes, cls: object, fname: object) -> FieldSpec:
+    try:
+        return classes[cls][fname]  # type: ignore[index]
+    except KeyError:
+        if cls not in classes:
+            raise ValueError(f"unknown class {cls!r}") from None
+        raise ValueError(f"unknown field {cls}.{fname}") from None
+    except TypeError:
+        raise ValueError(f"bad class/field {cls!r}.{fname!r}") from None
+
+
+def _wire(kind: str, value: object) -> object:
+    """The SXP form of an encoded value (maps become lists of pairs)."""
+    if kind == "map":
+        return [[k, v] for k, v in value.items()]  # type: ignore[union-attr]
+    return value
+
+
+_ARITY = {
+    "create": 4,
+    "destroy": 3,
+    "set": 5,
+    "map_add": 6,
+    "map_remove": 5,
+    "set_add": 5,
+    "set_remove": 5,
+}
+
+
+def encode_op(op: tuple, classes: Classes) -> str:
+    """Check ``op`` against the description and return its SXP text; ValueError if bad.
+
+    Checking here, when the op is appended, keeps a model bug from writing a record
+    that would stop the next start.
+    """
+    if type(op) not in (tuple, list) or not op or _ARITY.get(op[0]) != len(op):
+        raise ValueError(f"malformed journal operation {op!r}")
+    name, cls, ref = op[0], op[1], op[2]
+    if type(ref) is not str or not ref:
+        raise ValueError(f"object reference must be a non-empty str: {op!r}")
+    if name == "destroy":
+        if cls not in classes:
+            raise ValueError(f"unknown class {cls!r}")
+        return sxp.dumps(op)
+    if name == "create":
+        fields = op[3]
+        specs = classes.get(cls) if type(cls) is str else None
+        if specs is None:
+            raise ValueError(f"unknown class {cls!r}")
+        if type(fields) is not dict:
+            raise ValueError(f"create needs a dict of fields, got {type(fields).__name__}")
+        if xml_unsafe(ref):
+            raise ValueError(f"{cls} reference {ref!r} has characters a snapshot cannot hold")
+        pairs = []
+        for fname, value in fields.items():
+            spec = specs.get(fname)
+            if spec is None:
+                raise ValueError(f"unknown field {cls}.{fname}")
+            check_value(spec, value)
+            pairs.append((fname, _wire(spec.kind, value)))
+        return sxp.dumps(("create", cls, ref, pairs))
+    spec = _field(classes, cls, op[3])
+    if name == "set":
+        check_value(spec, op[4])
+        return sxp.dumps(("set", cls, ref, op[3], _wire(spec.kind, op[4])))
+    want = "map" if name.startswith("map") else "set"
+    if spec.kind != want or not all(type(a) is str for a in op[4:]):
+        raise ValueError(f"{name} needs a {want} field and str arguments: {op!r}")
+    return sxp.dumps(op)
+
+
+def format_record(seq: int, payload: str) -> bytes:
+    """One journal line for the op text ``payload`` (see the module docstring)."""
+    head = b"%d" % seq
+    data = payload.encode("utf-8")
+    crc = zlib.crc32(data, zlib.crc32(head + b" "))
+    return b"(%s %08x %s)\n" % (head, crc, data)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class ReplayError(Exception):
+    """A record that is well-formed but cannot be applied (message says why)."""
+
+
+def parse_record(line: bytes) -> tuple[int, sxp.Sxp]:
+    """Split and verify one line; raise ReplayError if torn, damaged or unparsable."""
+    m = _RECORD.fullmatch(line)
+    if m is None:
+        if not line.endswith(b"\n"):
+            raise ReplayError("incomplete record (no end of line)")
+        raise ReplayError("malformed record")
+    seq_text, crc_text, payload = m.groups()
+    if zlib.crc32(seq_text + b" " + payload) != int(crc_text, 16):
+        raise ReplayError("checksum mismatch")
+    try:
+        return int(seq_text), sxp.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, sxp.SxpError) as exc:
+        raise ReplayError(f"unreadable operation: {exc}") from None
+
+
+def _scalar(spec: FieldSpec, value: object) -> object:
+    if spec.kind == "map":
+        if not isinstance(value, list):
+            raise ReplayError(f"field {spec.name}: map expected")
+        result: dict[str, str] = {}
+        for pair in value:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(type(x) is str for x in pair)):
+                raise ReplayError(f"field {spec.name}: bad map entry {pair!r}")
+            result[pair[0]] = pair[1]
+        return result
+    try:
+        check_value(spec, value)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    return value
+
+
+def decode_op(x: sxp.Sxp, classes: Classes) -> tuple:
+    """The op tuple for a parsed record, checked against the description."""
+    if not (isinstance(x, list) and len(x) >= 3 and all(type(a) is str for a in x[:3])):
+        raise ReplayError("not an operation")
+    name, cls, ref = x[0], x[1], x[2]
+    if cls not in classes:
+        raise ReplayError(f"unknown class {cls!r} (written by a different version?)")
+    specs = classes[cls]
+
+    def spec_of(fname: object) -> FieldSpec:
+        spec = specs.get(fname) if type(fname) is str else None
+        if spec is None:
+            raise ReplayError(f"unknown field {cls}.{fname} (written by a different version?)")
+        return spec
+
+    arity = {"create": 4, "destroy": 3, "set": 5, "map_add": 6}.get(name, 5)
+    if name not in OPS or len(x) != arity:
+        raise ReplayError(f"bad operation {name!r} with {len(x)} elements")
+    if name == "create":
+        if not isinstance(x[3], list):
+            raise ReplayError("create: field list expected")
+        fields = {}
+        for pair in x[3]:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise ReplayError(f"create: bad field {pair!r}")
+            fields[pair[0]] = _scalar(spec_of(pair[0]), pair[1])
+        return (name, cls, ref, fields)
+    if name == "destroy":
+        return (name, cls, ref)
+    spec = spec_of(x[3])
+    if name == "set":
+        return (name, cls, ref, x[3], _scalar(spec, x[4]))
+    want = "map" if name.startswith("map") else "set"
+    if spec.kind != want or not all(type(a) is str for a in x[4:]):
+        raise ReplayError(f"{name} on {spec.kind} field {cls}.{spec.name}")
+    return tuple(x)
+
+
+def apply_op(tables: Tables, op: tuple) -> None:
+    """Apply one decoded op to ``tables`` as the model did; ReplayError if impossible."""
+    name, cls, ref = op[0], op[1], op[2]
+    table = tables[cls]
+    if name == "create":
+        if ref in table:
+            raise ReplayError(f"create of {cls} {ref}, which already exists")
+        table[ref] = {f: _copy(v) for f, v in op[3].items()}
+        return
+    if name == "destroy":
+        table.pop(ref, None)
+        return
+    obj = table.get(ref)
+    if obj is None:
+        raise ReplayError(f"{name} on {cls} {ref}, which does not exist")
+    fname = op[3]
+    if name == "set":
+        obj[fname] = _copy(op[4])
+    elif name == "map_add":
+        obj.setdefault(fname, {})[op[4]] = op[5]
+    elif name == "map_remove":
+        obj.get(fname, {}).pop(op[4], None)
+    elif name == "set_add":
+        items = obj.setdefault(fname, [])
+        if op[4] not in items:
+            items.append(op[4])
+    else:  # set_remove
+        items = obj.get(fname)
+        if items and op[4] in items:
+            items.remove(op[4])
+
+
+def _copy(value: object) -> object:
+    if type(value) is list:
+        return list(value)
+    if type(value) is dict:
+        return dict(value)
+    return value
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def replay(
+    state_dir: Path, classes: Classes, tables: Tables, snapshot_seq: int
+) -> tuple[int, list[JournalFile]]:
+    """Apply every journal record after ``snapshot_seq`` to ``tables``.
+
+    Returns the last seq (at least ``snapshot_seq``) and the surviving files with their
+    last seq and size.  Truncates a torn tail; removes files left empty.
+    """
+    files = list_files(state_dir)
+    expected = snapshot_seq + 1  # next seq that must be applied
+    prev = 0  # last seq seen, to check ordering of records the snapshot covers
+    for index, jf in enumerate(files):
+        is_last_file = index == len(files) - 1
+        bad: tuple[int, int, str] | None = None  # (line number, offset, reason)
+        offset = 0
+        with open(jf.path, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if bad is not None:
+                    raise _corrupt(jf.path, bad[0], f"{bad[2]}, and records follow it")
+                try:
+                    seq, parsed = parse_record(line)
+                except ReplayError as exc:
+                    bad = (lineno, offset, str(exc))
+                    offset += len(line)
+                    continue
+                if seq <= prev or (jf.last is None and seq != jf.first):
+                    raise _corrupt(jf.path, lineno, f"record {seq} is out of order")
+                if seq > snapshot_seq:
+                    if seq != expected:
+                        raise _corrupt(
+                            jf.path, lineno, f"expected record {expected}, found {seq}: "
+                            "records are missing (a journal file deleted?)"
+                        )
+                    try:
+                        apply_op(tables, decode_op(parsed, classes))
+                    except ReplayError as exc:
+                        raise _corrupt(jf.path, lineno, str(exc)) from None
+                    expected = seq + 1
+                prev = jf.last = seq
+                offset += len(line)
+        if bad is not None:
+            if not is_last_file:
+                raise _corrupt(jf.path, bad[0], f"{bad[2]} at the end of a file that is not the last")
+            log.warning(
+                "%s line %d: %s; ignoring the unacknowledged last record (crash during a write)",
+                jf.path, bad[0], bad[2],
+            )
+            _truncate(jf.path, bad[1])
+        jf.size = offset
+    survivors = []
+    removed = False
+    for jf in files:
+        if jf.last is None:
+            os.unlink(jf.path)
+            removed = True
+        else:
+            survivors.append(jf)
+    if removed:
+        fsync_dir(state_dir)
+    return max(snapshot_seq, expected - 1), survivors
+
+
+def _corrupt(path: Path, lineno: int, why: str) -> StoreError:
+    return StoreError(
+        f"journal {path} line {lineno}: {why}; refusing to start so that no acknowledged "
+        "change is dropped (restore the state directory from a backup, or repair the file)"
+    )
+
+
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        sync(fd)
+    finally:
+        os.close(fd)

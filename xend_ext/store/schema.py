@@ -1,0 +1,219 @@
+"""The class description the store works from, value checks, and the state-file schema.
+
+The store knows no Xen-API class: it is handed a *description*
+``{class: [(field, kind, enum_values), ...]}`` and everything it checks or writes is
+derived from that, in the same way the wire layer derives accessors.  Values are
+*encoded* by the model before they reach us: scalars are ``str``, a set is a
+``list[str]``, a map is a ``dict[str, str]``.
+
+:func:`relaxng` turns the description into the RelaxNG grammar of the snapshot
+(``state.xml``).  Its output is deterministic (classes sorted by name, fields in
+declaration order) so a checked-in ``schemas/state.rng`` can be compared with it.  Each
+field is optional and fields may come in any order: a snapshot written before a field
+was added still loads, and the model fills in the default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from lxml import etree
+from lxml.builder import ElementMaker
+
+__all__ = [
+    "B64",
+    "FORMAT",
+    "KINDS",
+    "ROOT",
+    "Classes",
+    "Description",
+    "FieldSpec",
+    "check_value",
+    "normalize",
+    "relaxng",
+    "xml_unsafe",
+]
+
+Description = Mapping[str, Sequence[tuple[str, str, tuple[str, ...]]]]
+
+#: Snapshot format version written in ``<xend-ext-state format="1">``.
+FORMAT = "1"
+ROOT = "xend-ext-state"
+#: Value of the ``enc`` / ``key-enc`` attributes marking base64 (UTF-8, surrogatepass).
+B64 = "b64"
+
+SCALAR_KINDS = frozenset({"string", "int", "float", "bool", "datetime", "ref", "enum"})
+KINDS = SCALAR_KINDS | {"set", "map"}
+
+# Kinds whose text is free-form and may therefore need the base64 escape in XML.
+_TEXT_KINDS = frozenset({"string", "float", "datetime", "ref"})
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_INT = re.compile(r"[+-]?[0-9]+")
+# Characters XML 1.0 cannot carry (lxml refuses them, parsers reject them).
+_XML_UNSAFE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_unsafe(text: str) -> bool:
+    """True when ``text`` must be base64-escaped to survive an XML 1.0 round trip."""
+    return _XML_UNSAFE.search(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field as the store sees it: its kind, and for enums the allowed names."""
+
+    name: str
+    kind: str
+    values: frozenset[str]
+    check: Callable[[object], bool]
+
+
+Classes = dict[str, dict[str, FieldSpec]]
+
+
+def _is_str(v: object) -> bool:
+    return type(v) is str
+
+
+def _checker(kind: str, values: frozenset[str]) -> Callable[[object], bool]:
+    if kind in _TEXT_KINDS:
+        return _is_str
+    if kind == "int":
+        return lambda v: type(v) is str and _INT.fullmatch(v) is not None
+    if kind == "bool":
+        return lambda v: v in ("true", "false")
+    if kind == "enum":
+        return lambda v: type(v) is str and v in values
+    if kind == "set":
+        return lambda v: type(v) is list and all(type(i) is str for i in v)
+    return lambda v: type(v) is dict and all(
+        type(k) is str and type(x) is str for k, x in v.items()
+    )
+
+
+def normalize(description: Description) -> Classes:
+    """Check a description once and index it; bad names would only fail later, on disk."""
+    classes: Classes = {}
+    for cls, fields in description.items():
+        if not isinstance(cls, str) or not _NAME.fullmatch(cls):
+            raise ValueError(f"class name {cls!r} cannot be an XML element name")
+        specs: dict[str, FieldSpec] = {}
+        for entry in fields:
+            fname, kind, values = entry
+            if not isinstance(fname, str) or not _NAME.fullmatch(fname):
+                raise ValueError(f"field name {cls}.{fname!r} cannot be an XML element name")
+            if kind not in KINDS:
+                raise ValueError(f"field {cls}.{fname} has unknown kind {kind!r}")
+            if fname in specs:
+                raise ValueError(f"field {cls}.{fname} is declared twice")
+            if kind == "enum" and not values:
+                raise ValueError(f"enum field {cls}.{fname} has no values")
+            vals = frozenset(values or ())
+            specs[fname] = FieldSpec(fname, kind, vals, _checker(kind, vals))
+        classes[cls] = specs
+    return classes
+
+
+def check_value(spec: FieldSpec, value: object) -> None:
+    """Raise ValueError unless ``value`` is a correctly encoded value for ``spec``."""
+    if not spec.check(value):
+        if spec.kind == "enum":
+            expected = "one of " + ", ".join(sorted(spec.values))
+        else:
+            expected = {
+                "int": "a decimal integer string",
+                "bool": '"true" or "false"',
+                "set": "a list of str",
+                "map": "a dict of str to str",
+            }.get(spec.kind, "a str")
+        raise ValueError(f"field {spec.name} ({spec.kind}) must be {expected}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- RelaxNG
+
+RNG_NS = "http://relaxng.org/ns/structure/1.0"
+XSD_TYPES = "http://www.w3.org/2001/XMLSchema-datatypes"
+
+
+def relaxng(description: Description) -> str:
+    """The RelaxNG grammar (XML syntax) that every snapshot for ``description`` obeys."""
+    classes = normalize(description)
+    E = ElementMaker(namespace=RNG_NS, nsmap={None: RNG_NS})
+
+    def exact(text: str) -> etree._Element:
+        # type="string" (not the default token) so " true " is not accepted as "true".
+        return E.value(text, type="string")
+
+    def b64_text() -> etree._Element:
+        return E.group(E.attribute(exact(B64), name="enc"), E.data(type="base64Binary"))
+
+    def field_content(spec: FieldSpec) -> etree._Element:
+        if spec.kind in _TEXT_KINDS:
+            return E.ref(name="text")
+        if spec.kind == "int":
+            return E.data(type="integer")
+        if spec.kind == "bool":
+            return E.choice(exact("true"), exact("false"))
+        if spec.kind == "enum":
+            return E.choice(*[exact(v) for v in sorted(spec.values)])
+        if spec.kind == "set":
+            return E.ref(name="set")
+        return E.ref(name="map")
+
+    root_content: list[etree._Element] = [
+        E.attribute(exact(FORMAT), name="format"),
+        E.attribute(E.data(type="nonNegativeInteger"), name="seq"),
+    ]
+    defines: list[etree._Element] = []
+    for cls in sorted(classes):
+        specs = classes[cls]
+        members = [
+            E.optional(E.element(field_content(spec), name=fname))
+            for fname, spec in specs.items()
+        ]
+        if len(members) > 1:
+            body: list[etree._Element] = [E.interleave(*members)]
+        elif members:
+            body = members
+        else:
+            body = [E.empty()]
+        obj = E.element(E.attribute(E.data(type="string"), name="ref"), *body, name=cls)
+        table = E.element(
+            E.attribute(exact(cls), name="class"), E.zeroOrMore(obj), name="table"
+        )
+        defines.append(E.define(table, name=f"table.{cls}"))
+        root_content.append(E.optional(E.ref(name=f"table.{cls}")))
+
+    grammar = E.grammar(
+        etree.Comment(
+            " Schema of the xend-ext state file (state.xml), generated by "
+            "xend_ext.store.schema.relaxng() from the class declarations; do not edit. "
+        ),
+        E.start(E.element(*root_content, name=ROOT)),
+        # Free text, or base64 of its UTF-8 (surrogatepass) for what XML cannot carry.
+        E.define(E.choice(E.text(), b64_text()), name="text"),
+        E.define(E.zeroOrMore(E.element(E.ref(name="text"), name="item")), name="set"),
+        E.define(
+            E.zeroOrMore(
+                E.element(
+                    E.choice(
+                        E.attribute(E.data(type="string"), name="key"),
+                        E.group(
+                            E.attribute(E.data(type="base64Binary"), name="key"),
+                            E.attribute(exact(B64), name="key-enc"),
+                        ),
+                    ),
+                    E.ref(name="text"),
+                    name="entry",
+                )
+            ),
+            name="map",
+        ),
+        *defines,
+        datatypeLibrary=XSD_TYPES,
+    )
+    body = etree.tostring(grammar, pretty_print=True, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body
