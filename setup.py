@@ -11,6 +11,7 @@ setup(
         "httptools>=0.6",
         "defusedxml>=0.7",
         "lxml>=5.0",
+        "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "xenapi>=24.0", "trustme>=1.1", "ruff>=0.5"],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 
+from xenapi_classes import build_registry
 from xend_ext import types as T
 from xend_ext.datamodel import READ_ONLY
 from xend_ext.store.schema import relaxng
-from xenapi_classes import build_registry
 
 
 def test_generic_messages_are_derived_from_fields():

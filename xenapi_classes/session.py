@@ -15,7 +15,7 @@ INACTIVE_LIMIT = dt.timedelta(hours=24)
 
 
 def _now():
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 session = XenAPIClass(

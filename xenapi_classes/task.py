@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import xmlrpc.client
 
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
 from xend_ext.dispatch import Context
-from xend_ext.wire import XenAPIError, to_wire
+from xend_ext.wire import XenAPIError, dump_value
 
 log = logging.getLogger("xend_ext.task")
 
@@ -20,7 +19,7 @@ STATUS = T.Enum("task_status_type", "pending", "success", "failure", "cancelling
 
 
 def _now():
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 task = XenAPIClass(
@@ -123,11 +122,7 @@ async def _run(ctx, msg, args):
 
 def _result_text(value):
     """XAPI puts the XML-RPC text of the value in ``result`` (e.g. ``<value>OpaqueRef:…</value>``)."""
-    if value is None:
-        return ""
-    text = xmlrpc.client.dumps((to_wire(value),), methodresponse=True, allow_none=True)
-    start, end = text.index("<value>"), text.rindex("</value>") + len("</value>")
-    return text[start:end]
+    return "" if value is None else dump_value(value)
 
 
 def _forget_old(ctx):

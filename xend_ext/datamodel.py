@@ -9,8 +9,10 @@ from those declarations; no code is written per field.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field as dc_field
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import TYPE_CHECKING, Any
 
 from . import types as T
 from .wire import XenAPIError
@@ -42,10 +44,10 @@ class Field:
     qualifier: str = RO
     default: Any = None  # None: the type's default; a callable: called with no argument
     doc: str = ""
-    validate: Callable[["Context", "Obj | None", Any], None] | None = None
+    validate: Callable[[Context, Obj | None, Any], None] | None = None
     persist: bool = True
     reverse: tuple[str, str] | None = None  # computed: refs of <class> objects whose <field> names me
-    compute: Callable[["Database", "Obj"], Any] | None = None  # computed from other state at read time
+    compute: Callable[[Database, Obj], Any] | None = None  # computed from other state at read time
     set_role: str | None = None
 
     @property
@@ -125,9 +127,9 @@ class XenAPIClass:
             self.fields[f.name] = f
         self.messages: dict[str, Message] = {}
         # hooks a class module may set: called inside the generic create/destroy
-        self.on_create: Callable[["Context", dict], None] | None = None
-        self.after_create: Callable[["Context", "Obj"], None] | None = None
-        self.on_destroy: Callable[["Context", "Obj"], None] | None = None
+        self.on_create: Callable[[Context, dict], None] | None = None
+        self.after_create: Callable[[Context, Obj], None] | None = None
+        self.on_destroy: Callable[[Context, Obj], None] | None = None
         self._custom: dict[str, Message] = {}
 
     # -- declaration helpers -------------------------------------------------------------
@@ -174,6 +176,7 @@ class XenAPIClass:
     # -- derivation ----------------------------------------------------------------------
     def build(self) -> None:
         """Derive the generic messages, then let the class's own declarations override them."""
+        self.derived_fields = frozenset(f.name for f in self.fields.values() if f.derived)
         self.messages = {}
         if self.generic:
             self._derive_generic()
@@ -241,18 +244,18 @@ class XenAPIClass:
 
 # -- generic message bodies -------------------------------------------------------------
 
-def _validate(ctx: "Context", f: Field, obj: "Obj | None", value: Any) -> None:
+def _validate(ctx: Context, f: Field, obj: Obj | None, value: Any) -> None:
     if f.validate is not None:
         f.validate(ctx, obj, value)
 
 
-def generic_set(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, value: Any) -> None:
+def generic_set(ctx: Context, cls: XenAPIClass, ref: str, f: Field, value: Any) -> None:
     obj = ctx.db.get(ref)
     _validate(ctx, f, obj, value)
     ctx.db.set(obj, f.name, value)
 
 
-def generic_map_add(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, key: Any, value: Any) -> None:
+def generic_map_add(ctx: Context, cls: XenAPIClass, ref: str, f: Field, key: Any, value: Any) -> None:
     obj = ctx.db.get(ref)
     if key in obj.values[f.name]:
         raise XenAPIError("MAP_DUPLICATE_KEY", cls.name, f.name, ref, key)
@@ -261,7 +264,7 @@ def generic_map_add(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, key: A
     ctx.db.map_add(obj, f.name, key, value)
 
 
-def generic_map_remove(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, key: Any) -> None:
+def generic_map_remove(ctx: Context, cls: XenAPIClass, ref: str, f: Field, key: Any) -> None:
     obj = ctx.db.get(ref)
     if key not in obj.values[f.name]:
         return
@@ -270,7 +273,7 @@ def generic_map_remove(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, key
     ctx.db.map_remove(obj, f.name, key)
 
 
-def generic_set_add(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
+def generic_set_add(ctx: Context, cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
     obj = ctx.db.get(ref)
     if item in obj.values[f.name]:
         return
@@ -278,7 +281,7 @@ def generic_set_add(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, item: 
     ctx.db.set_add(obj, f.name, item)
 
 
-def generic_set_remove(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
+def generic_set_remove(ctx: Context, cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
     obj = ctx.db.get(ref)
     if item not in obj.values[f.name]:
         return
@@ -286,7 +289,7 @@ def generic_set_remove(ctx: "Context", cls: XenAPIClass, ref: str, f: Field, ite
     ctx.db.set_remove(obj, f.name, item)
 
 
-def coerce_record(ctx: "Context", cls: XenAPIClass, record: Any) -> dict:
+def coerce_record(ctx: Context, cls: XenAPIClass, record: Any) -> dict:
     """A create record: known constructor fields typed; server-maintained fields ignored."""
     if not isinstance(record, dict):
         raise XenAPIError("FIELD_TYPE_ERROR", "args")
@@ -306,7 +309,7 @@ def coerce_record(ctx: "Context", cls: XenAPIClass, record: Any) -> dict:
     return values
 
 
-def generic_create(ctx: "Context", cls: XenAPIClass, record: Any) -> str:
+def generic_create(ctx: Context, cls: XenAPIClass, record: Any) -> str:
     values = coerce_record(ctx, cls, record)
     if cls.on_create is not None:
         cls.on_create(ctx, values)
@@ -316,14 +319,14 @@ def generic_create(ctx: "Context", cls: XenAPIClass, record: Any) -> str:
     return obj.ref
 
 
-def generic_destroy(ctx: "Context", cls: XenAPIClass, ref: str) -> None:
+def generic_destroy(ctx: Context, cls: XenAPIClass, ref: str) -> None:
     obj = ctx.db.get(ref)
     if cls.on_destroy is not None:
         cls.on_destroy(ctx, obj)
     ctx.db.destroy(obj)
 
 
-def _records_where(ctx: "Context", cls: XenAPIClass, expr: str) -> dict:
+def _records_where(ctx: Context, cls: XenAPIClass, expr: str) -> dict:
     from .filter import compile_filter
 
     predicate = compile_filter(expr, cls)
@@ -342,11 +345,11 @@ class Registry:
         self.methods: dict[str, tuple[XenAPIClass, Message]] = {}
         self.lower: dict[str, XenAPIClass] = {}
         # hooks filled by class modules, so the core knows no class by name
-        self.check_session: Callable[["Context", str], "Obj"] | None = None
+        self.check_session: Callable[[Context, str], Obj] | None = None
         self.start_task: Callable[..., Any] | None = None
-        self.checkpoint: Callable[["Context"], None] = lambda ctx: None
-        self.set_progress: Callable[["Context", float], None] = lambda ctx, fraction: None
-        self.on_start: list[Callable[["Context"], Any]] = []
+        self.checkpoint: Callable[[Context], None] = lambda ctx: None
+        self.set_progress: Callable[[Context, float], None] = lambda ctx, fraction: None
+        self.on_start: list[Callable[[Context], Any]] = []
 
     def add(self, cls: XenAPIClass) -> None:
         cls.build()

@@ -8,6 +8,7 @@ acknowledged only after its journal record is durable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .datamodel import ROLES, Message, XenAPIClass, role_rank
@@ -27,7 +28,7 @@ class Context:
 
     __slots__ = ("db", "backend", "services", "registry", "session", "role", "task", "method")
 
-    def __init__(self, services: "Services", method: str = "") -> None:
+    def __init__(self, services: Services, method: str = "") -> None:
         self.services = services
         self.db: Database = services.db
         self.backend = services.backend
@@ -52,7 +53,7 @@ class Context:
 class Services:
     """The long-lived parts a context hands out; built once by the server."""
 
-    def __init__(self, registry: "Registry", db: "Database", backend: Any, store: Any, hub: Any, config: Any) -> None:
+    def __init__(self, registry: Registry, db: Database, backend: Any, store: Any, hub: Any, config: Any) -> None:
         self.registry = registry
         self.db = db
         self.backend = backend
@@ -80,8 +81,13 @@ class Dispatcher:
             raise XenAPIError("MESSAGE_METHOD_UNKNOWN", method)
         return found[0], found[1], run_async
 
-    async def call(self, method: str, params: tuple) -> tuple[dict | Any, bool]:
-        """Returns (reply, raw): raw replies (system.*) are not wrapped in the envelope."""
+    def call(self, method: str, params: tuple) -> tuple[Any, bool] | Awaitable[tuple[Any, bool]]:
+        """(reply, raw), or an awaitable of it when the call must wait (async body, journal).
+
+        Reads and failed checks complete right here, without a task: most calls are small reads,
+        and a task per call costs as much as the call. ``raw`` replies (system.*) are not
+        wrapped in the envelope.
+        """
         db = self.services.db
         before = db.last_seq
         raw = False
@@ -90,24 +96,41 @@ class Dispatcher:
             raw = msg.raw_reply
             ctx = Context(self.services, method)
             args = self._check(ctx, method, msg, params)
-            if run_async:
-                value = await self.registry.start_task(ctx, method[len(ASYNC_PREFIX):], msg, args)
-            else:
-                value = msg.impl(ctx, *args)
-                if msg.is_async_impl:
-                    value = await value
+            if run_async or msg.is_async_impl:
+                return self._call_async(ctx, method, msg, args, run_async, before)
+            value = msg.impl(ctx, *args)
             reply: Any = value if raw else success(value)
         except XenAPIError as exc:
             reply = failure(exc.description)
         except Exception as exc:  # a bug: say so on the wire, keep serving
-            log.exception("internal error in %s", method)
-            reply = failure(["INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"])
+            reply = _internal(method, exc)
         if db.last_seq != before:
-            try:
-                await self.services.commit(db.last_seq)
-            except Exception as exc:
-                log.error("journal write failed: %s", exc)
-                reply = failure(["INTERNAL_ERROR", f"the change could not be made durable: {exc}"])
+            return self._durable(reply, raw)
+        return reply, raw
+
+    async def _call_async(self, ctx: Context, method: str, msg: Message, args: list, run_async: bool,
+                          before: int) -> tuple[Any, bool]:
+        try:
+            if run_async:
+                value = await self.registry.start_task(ctx, method[len(ASYNC_PREFIX):], msg, args)
+            else:
+                value = await msg.impl(ctx, *args)
+            reply: Any = value if msg.raw_reply else success(value)
+        except XenAPIError as exc:
+            reply = failure(exc.description)
+        except Exception as exc:
+            reply = _internal(method, exc)
+        if self.services.db.last_seq != before:
+            return await self._durable(reply, msg.raw_reply)
+        return reply, msg.raw_reply
+
+    async def _durable(self, reply: Any, raw: bool) -> tuple[Any, bool]:
+        """Acknowledge only once the journal holds the change."""
+        try:
+            await self.services.commit(self.services.db.last_seq)
+        except Exception as exc:
+            log.error("journal write failed: %s", exc)
+            reply = failure(["INTERNAL_ERROR", f"the change could not be made durable: {exc}"])
         return reply, raw
 
     def _check(self, ctx: Context, method: str, msg: Message, params: tuple) -> list:
@@ -132,9 +155,14 @@ class Dispatcher:
                 )
             params = params[1:]
         db = self.services.db
-        args = [p.type.coerce(value, db, p.name) for p, value in zip(msg.params, params)]
+        args = [p.type.coerce(value, db, p.name) for p, value in zip(msg.params, params, strict=False)]
         for p in msg.params[len(args):]:
             args.append(p.default)
         if msg.capability is not None:
             ctx.require(msg.capability)
         return args
+
+
+def _internal(method: str, exc: Exception) -> dict:
+    log.exception("internal error in %s", method)
+    return failure(["INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"])

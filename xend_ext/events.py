@@ -12,7 +12,8 @@ import asyncio
 import bisect
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .wire import XenAPIError
 
@@ -24,7 +25,7 @@ QUEUE_LIMIT = 10_000
 
 
 def format_token(gen: int) -> str:
-    return "%020d,%020d" % (gen, 0)
+    return f"{gen:020d},{0:020d}"
 
 
 def parse_token(token: str) -> int:
@@ -88,12 +89,12 @@ class EventHub:
         self.known_classes: dict[str, str] = {}
         self.on_publish: list[Callable[[], None]] = []
 
-    def bind(self, db: "Database") -> None:
+    def bind(self, db: Database) -> None:
         self.db = db
         self.known_classes = {c.name.lower(): c.name for c in db.registry.classes.values() if c.events}
 
     # -- producing ------------------------------------------------------------------------
-    def changed(self, obj: "Obj", op: str, seq: int) -> None:
+    def changed(self, obj: Obj, op: str, seq: int) -> None:
         self.generation += 1
         if op == "add":
             obj.ctime = self.generation
@@ -129,7 +130,7 @@ class EventHub:
         async with self._cond:
             self._cond.notify_all()
 
-    def _queue_for_registrations(self, gen: int, obj: "Obj", op: str) -> None:
+    def _queue_for_registrations(self, gen: int, obj: Obj, op: str) -> None:
         if not self.registrations:
             return
         record = None
@@ -145,16 +146,18 @@ class EventHub:
                 reg.queue.append(record)
             reg.wakeup.set()
 
-    def _event_record(self, gen: int, cname: str, ref: str, op: str, obj: "Obj | None") -> dict[str, Any]:
+    def _event_record(self, gen: int, cname: str, ref: str, op: str, obj: Obj | None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "id": str(gen),
-            "timestamp": "%.6f" % time.time(),
+            "timestamp": f"{time.time():.6f}",
             "class": cname.lower(),
             "operation": op,
             "ref": ref,
         }
         if op != "del" and obj is not None and self.db is not None and self.db.find(ref) is obj:
-            record["snapshot"] = self.db.record(obj)
+            # a copy: queued events must not change when the object changes later
+            record["snapshot"] = {k: (v.copy() if isinstance(v, (dict, list)) else v)
+                                  for k, v in self.db.record(obj).items()}
         return record
 
     # -- event.from -----------------------------------------------------------------------
@@ -210,7 +213,7 @@ class EventHub:
             async with self._cond:
                 try:
                     await asyncio.wait_for(self._cond.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     def valid_ref_counts(self) -> dict[str, int]:
@@ -260,7 +263,7 @@ class EventHub:
             reg.wakeup.clear()
             try:
                 await asyncio.wait_for(reg.wakeup.wait(), 5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if not alive():
                 raise XenAPIError("SESSION_INVALID", session)

@@ -11,7 +11,8 @@ Values compare as the text XAPI's database would hold (ints in decimal, bools tr
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .wire import XenAPIError
 
@@ -47,7 +48,7 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]], cls: "XenAPIClass") -> None:
+    def __init__(self, tokens: list[tuple[str, str]], cls: XenAPIClass) -> None:
         self.tokens = tokens
         self.pos = 0
         self.cls = cls
@@ -108,7 +109,7 @@ class _Parser:
         right = self.value()
         return lambda get: left(get) == right(get)
 
-    def value(self) -> Callable[[Lookup], "str | None"]:
+    def value(self) -> Callable[[Lookup], str | None]:
         tok = self.peek()
         if tok is not None and tok[0] == "str":
             self.pos += 1
@@ -121,7 +122,7 @@ class _Parser:
         return lambda get: get(name)
 
 
-def compile_filter(expr: str, cls: "XenAPIClass") -> Predicate:
+def compile_filter(expr: str, cls: XenAPIClass) -> Predicate:
     """Parse once, then test each record; a bad expression is ``INVALID_VALUE [expr, why]``."""
     try:
         if len(expr) > MAX_EXPR:

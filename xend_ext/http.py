@@ -8,10 +8,11 @@ order, and any parse error is answered with a 4xx before the connection is close
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import httptools
 
@@ -43,8 +44,10 @@ class Request:
     headers: dict[str, str]
 
 
-# A handler turns a request into (status, content type, body).
-Handler = Callable[[Request], Awaitable[tuple[int, str, bytes]]]
+# A handler turns a request into (status, content type, body), or an awaitable of that when it
+# has to wait; answering at once where it can saves a task per request.
+Response = tuple[int, str, bytes]
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
 def http_response(status: int, ctype: str, body: bytes, keep_alive: bool, extra: str = "") -> bytes:
@@ -68,7 +71,8 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.paused = False
-        self.timer: asyncio.TimerHandle | None = None
+        # One deadline per connection, checked by sweep(): cheaper than a timer per request.
+        self.deadline = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -86,29 +90,20 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(503, "too many connections; try again later")
             return
         self.connections.add(self)
-        self._arm(self.limits.idle_timeout)
+        self.deadline = self.loop.time() + self.limits.idle_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.connections.discard(self)
-        self._disarm()
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timed_out(self) -> None:
-        self.timer = None
-        if self.busy:
+    def check_deadline(self, now: float) -> None:
+        """Called by sweep(): a request that is too slow gets 408, an idle connection is closed."""
+        if self.busy or self.closing or now < self.deadline:
             return
         if self.body_len or self.url or self.headers:
             self._fail(408, "the request did not arrive in time")
         elif self.transport is not None:
+            self.closing = True
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -130,7 +125,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
-        self._arm(self.limits.read_timeout)
+        self.deadline = self.loop.time() + self.limits.read_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -161,14 +156,18 @@ class HttpProtocol(asyncio.Protocol):
             headers=self.headers,
         )
         self._reset()
-        self._disarm()
+        if not self.busy:
+            result = self._call(request)
+            if not inspect.isawaitable(result):
+                self._write(request, result)
+                return
+            self.busy = True
+            self.loop.create_task(self._serve(request, result))
+            return
         self.pending.append(request)
         if len(self.pending) >= self.limits.max_pipelined and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
-        if not self.busy:
-            self.busy = True
-            self.loop.create_task(self._serve())
 
     def _count(self, n: int) -> None:
         self.header_bytes += n
@@ -176,38 +175,59 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(431, "request headers too large")
 
     # -- answering -----------------------------------------------------------------------
-    async def _serve(self) -> None:
+    def _call(self, request: Request) -> Response | Awaitable[Response]:
         try:
-            while self.pending and not self.closing:
+            return self.handler(request)
+        except Exception:  # the handler maps errors itself; this is a last guard
+            log.exception("request handler failed")
+            return 500, "text/plain", b"internal error\n"
+
+    def _write(self, request: Request, response: Response) -> bool:
+        """Send one response; False when the connection is finished."""
+        if self.closing or self.transport is None:
+            return False
+        status, ctype, body = response
+        self.transport.write(http_response(status, ctype, body, request.keep_alive))
+        if not request.keep_alive:
+            self.closing = True
+            self.transport.close()
+            return False
+        self.deadline = self.loop.time() + self.limits.idle_timeout
+        return True
+
+    async def _serve(self, request: Request, result: Awaitable[Response]) -> None:
+        """Finish a call that had to wait, then the requests pipelined behind it, in order."""
+        try:
+            while True:
+                try:
+                    response = await result
+                except Exception:
+                    log.exception("request handler failed")
+                    response = 500, "text/plain", b"internal error\n"
+                if not self._write(request, response) or not self.pending:
+                    return
                 request = self.pending.popleft()
                 if self.paused and self.transport is not None:
                     self.transport.resume_reading()
                     self.paused = False
-                try:
-                    status, ctype, body = await self.handler(request)
-                except Exception:  # the handler already maps errors; this is a last guard
-                    log.exception("request handler failed")
-                    status, ctype, body = 500, "text/plain", b"internal error\n"
-                if self.closing or self.transport is None:
-                    return
-                self.transport.write(http_response(status, ctype, body, request.keep_alive))
-                if not request.keep_alive:
-                    self.closing = True
-                    self.transport.close()
-                    return
+                result = self._call(request)
+                if not inspect.isawaitable(result):
+                    result = _ready(result)
         finally:
             self.busy = False
-            if not self.closing:
-                self._arm(self.limits.idle_timeout)
+            self.deadline = self.loop.time() + self.limits.idle_timeout
 
     def _fail(self, status: int, reason: str) -> None:
         if self.transport is None or self.closing:
             return
         self.closing = True
-        self._disarm()
         body = (reason + "\n").encode("utf-8", "replace")
         self.transport.write(http_response(status, "text/plain; charset=utf-8", body, False))
         self.transport.close()
+
+
+async def _ready(response: Response) -> Response:
+    return response
 
 
 class _Reject(Exception):
@@ -215,3 +235,14 @@ class _Reject(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+async def sweep(connections: set[HttpProtocol], limits: Limits) -> None:
+    """Enforce every connection's deadline, a few times per read timeout."""
+    loop = asyncio.get_running_loop()
+    interval = max(0.05, min(1.0, limits.read_timeout / 4))
+    while True:
+        await asyncio.sleep(interval)
+        now = loop.time()
+        for conn in list(connections):
+            conn.check_deadline(now)

@@ -100,12 +100,21 @@ async def _serve(config) -> int:
     return 0
 
 
+def run_loop(coro) -> int:
+    """uvloop where it is installed: libuv's loop halves the per-request cost of asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="xend-ext: %(message)s", stream=sys.stderr)
     try:
         config = _config(args)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_serve(config))
+        return run_loop(_serve(config))
     except (ValueError, OSError) as exc:
         print(f"xend-ext: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,8 @@ event loop one at a time between awaits, so a mutation never sees another half d
 from __future__ import annotations
 
 import uuid as _uuid
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .wire import NULL_REF, REF_PREFIX, XenAPIError, strip_ref
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 class Obj:
     __slots__ = ("cls", "ref", "values", "ctime", "mtime")
 
-    def __init__(self, cls: "XenAPIClass", ref: str, values: dict) -> None:
+    def __init__(self, cls: XenAPIClass, ref: str, values: dict) -> None:
         self.cls = cls
         self.ref = ref
         self.values = values
@@ -44,7 +45,7 @@ def new_uuid() -> str:
 
 
 class Database:
-    def __init__(self, registry: "Registry", store: "Store | None", hub: "EventHub") -> None:
+    def __init__(self, registry: Registry, store: Store | None, hub: EventHub) -> None:
         self.registry = registry
         self.store = store
         self.hub = hub
@@ -129,7 +130,11 @@ class Database:
         return obj.values[name]
 
     def record(self, obj: Obj) -> dict:
-        return {name: self.field_value(obj, name) for name in obj.cls.fields}
+        values = obj.values
+        derived = obj.cls.derived_fields
+        if not derived:
+            return {name: values[name] for name in obj.cls.fields}
+        return {name: (self.field_value(obj, name) if name in derived else values[name]) for name in obj.cls.fields}
 
     def filter_text(self, obj: Obj, name: str) -> str | None:
         f = obj.cls.fields.get(name)
@@ -231,7 +236,7 @@ class Database:
         for key in self._reverse_keys(obj.cls):
             self._unindex(key, obj.ref, obj.values[key[1]])
 
-    def _reverse_keys(self, cls: "XenAPIClass") -> list[tuple[str, str]]:
+    def _reverse_keys(self, cls: XenAPIClass) -> list[tuple[str, str]]:
         return [(cls.name, name) for name in cls.fields if (cls.name, name) in self.reverse]
 
     def _index(self, key: tuple[str, str], source: str, target: Any) -> None:

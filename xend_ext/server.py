@@ -8,26 +8,30 @@ listen. Shutdown stops listening, finishes the journal and writes a final snapsh
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
 import socket
 import ssl
 import stat
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
-from .http import HttpProtocol, Limits, Request
+from .http import HttpProtocol, Limits, Request, sweep
 from .model import Database
 from .store import Store
 
 log = logging.getLogger("xend_ext")
 
 PARSE_IN_THREAD = 256 << 10  # bodies larger than this are parsed off the loop
+Response = tuple[int, str, bytes]
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Server:
         if self.config.tls_cert:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key))
+        self._sweeper = loop.create_task(sweep(self.connections, self.limits))
         scheme = "https" if tls else "http"
         for host, port in self.config.listen:
             srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True)
@@ -137,22 +142,38 @@ class Server:
             self.addresses.append(f"unix:{path}")
             log.info("listening on unix socket %s (Xen-API over HTTP)", path)
 
-    async def handle(self, request: Request) -> tuple[int, str, bytes]:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
         if request.path not in ("/", "/RPC2"):
             return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
         if request.method != "POST":
             return 405, "text/plain", b"Xen-API needs POST\n"
+        if len(request.body) > PARSE_IN_THREAD:
+            return self._handle_large(request)
         try:
-            if len(request.body) > PARSE_IN_THREAD:
-                method, params = await asyncio.get_running_loop().run_in_executor(
-                    None, wire.loads_request, request.body, self.config.max_depth)
-            else:
-                method, params = wire.loads_request(request.body, self.config.max_depth)
+            method, params = wire.loads_request(request.body, self.config.max_depth)
         except wire.BadRequest as exc:
             return 400, "text/plain; charset=utf-8", f"{exc}\n".encode()
-        reply, raw = await self.dispatcher.call(method, params)
-        body = wire.dumps_raw(reply) if raw else wire.dumps_response(reply)
-        return 200, "text/xml", body
+        return self._respond(self.dispatcher.call(method, params))
+
+    def _respond(self, result: Any) -> Response | Awaitable[Response]:
+        if inspect.isawaitable(result):
+            return self._respond_later(result)
+        return 200, "text/xml", wire.dumps_response(result[0])  # raw replies are simply not wrapped
+
+    async def _respond_later(self, pending: Awaitable) -> Response:
+        reply, _raw = await pending
+        return 200, "text/xml", wire.dumps_response(reply)
+
+    async def _handle_large(self, request: Request) -> Response:
+        """Big bodies are parsed off the loop so other clients are not held up."""
+        try:
+            method, params = await asyncio.get_running_loop().run_in_executor(
+                None, wire.loads_request, request.body, self.config.max_depth)
+        except wire.BadRequest as exc:
+            return 400, "text/plain; charset=utf-8", f"{exc}\n".encode()
+        result = self._respond(self.dispatcher.call(method, params))
+        return (await result) if inspect.isawaitable(result) else result
 
     async def serve_forever(self) -> None:
         await self.stopping.wait()
@@ -160,6 +181,8 @@ class Server:
         await self.stop()
 
     async def stop(self) -> None:
+        if getattr(self, "_sweeper", None) is not None:
+            self._sweeper.cancel()
         for srv in self.listeners:
             srv.close()
         for conn in list(self.connections):

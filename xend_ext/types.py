@@ -24,7 +24,7 @@ class Type:
     kind = "string"  # the store's word for the shape of an encoded value
     default: Any = ""
 
-    def coerce(self, value: Any, db: "Database | None", field: str) -> Any:
+    def coerce(self, value: Any, db: Database | None, field: str) -> Any:
         raise NotImplementedError
 
     def encode(self, value: Any) -> Any:
@@ -124,7 +124,7 @@ class BoolType(Type):
         return text == "true"
 
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 class DateTimeType(Type):
@@ -134,11 +134,11 @@ class DateTimeType(Type):
 
     def coerce(self, value, db, field):
         if isinstance(value, _dt.datetime):
-            return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+            return value if value.tzinfo else value.replace(tzinfo=_dt.UTC)
         if isinstance(value, str):
             for fmt in ("%Y%m%dT%H:%M:%SZ", "%Y%m%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S"):
                 try:
-                    return _dt.datetime.strptime(value, fmt).replace(tzinfo=_dt.timezone.utc)
+                    return _dt.datetime.strptime(value, fmt).replace(tzinfo=_dt.UTC)
                 except ValueError:
                     continue
         raise _type_error(field)
@@ -147,7 +147,7 @@ class DateTimeType(Type):
         return format_datetime(value)
 
     def decode(self, text):
-        return _dt.datetime.strptime(text, "%Y%m%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+        return _dt.datetime.strptime(text, "%Y%m%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC)
 
 
 class EnumType(Type):

@@ -7,8 +7,10 @@ the official clients only understand ``ErrorDescription``. Integers travel as de
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
-import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 
 from defusedxml import DefusedXmlException
@@ -39,7 +41,7 @@ class BadRequest(Exception):
 
 
 def success(value: Any) -> dict:
-    return {"Status": "Success", "Value": "" if value is None else to_wire(value)}
+    return {"Status": "Success", "Value": "" if value is None else value}
 
 
 def failure(description: list[str]) -> dict:
@@ -49,75 +51,232 @@ def failure(description: list[str]) -> dict:
 def format_datetime(value: _dt.datetime) -> str:
     """XAPI's dateTime form: no dashes, always UTC with a trailing Z."""
     if value.tzinfo is not None:
-        value = value.astimezone(_dt.timezone.utc)
+        value = value.astimezone(_dt.UTC)
     return value.strftime("%Y%m%dT%H:%M:%SZ")
 
 
-def to_wire(value: Any) -> Any:
-    """Python value -> XML-RPC value following the Xen-API rules (ints and map keys as strings)."""
-    if isinstance(value, str) or isinstance(value, bool) or isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): to_wire(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_wire(v) for v in value]
-    if isinstance(value, _dt.datetime):
-        return xmlrpc.client.DateTime(format_datetime(value))
-    if value is None:
-        return ""
-    raise TypeError(f"cannot marshal {type(value).__name__}")
+def _escape(text: str) -> str:
+    if "&" in text or "<" in text or ">" in text:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
-def dumps_response(reply: dict) -> bytes:
-    return xmlrpc.client.dumps((reply,), methodresponse=True, allow_none=True).encode("utf-8")
+def _dump(value: Any, out: list[str]) -> None:
+    """One pass from Python values to XML-RPC text, applying the Xen-API rules on the way.
+
+    Strings go out as untyped ``<value>`` (XAPI's form; every client reads it as a string), ints
+    as decimal strings, map keys as strings. Replies are most of a small call's work, so strings
+    inside structs and arrays, the common case, are written inline without a recursive call.
+    """
+    kind = type(value)
+    if kind is str:
+        out.append("<value>" + _escape(value) + "</value>")
+    elif kind is dict:
+        parts = ["<value><struct>"]
+        for key, item in value.items():
+            name = _escape(key if type(key) is str else str(key))
+            if type(item) is str:
+                parts.append("<member><name>" + name + "</name><value>" + _escape(item) + "</value></member>")
+            else:
+                parts.append("<member><name>" + name + "</name>")
+                _dump(item, parts)
+                parts.append("</member>")
+        parts.append("</struct></value>")
+        out.append("".join(parts))
+    elif kind is list or kind is tuple:
+        parts = ["<value><array><data>"]
+        for item in value:
+            if type(item) is str:
+                parts.append("<value>" + _escape(item) + "</value>")
+            else:
+                _dump(item, parts)
+        parts.append("</data></array></value>")
+        out.append("".join(parts))
+    elif kind is bool:
+        out.append("<value><boolean>1</boolean></value>" if value else "<value><boolean>0</boolean></value>")
+    elif kind is int:
+        out.append(f"<value>{value:d}</value>")
+    elif kind is float:
+        out.append("<value><double>" + repr(value) + "</double></value>")
+    elif isinstance(value, _dt.datetime):
+        out.append("<value><dateTime.iso8601>" + format_datetime(value) + "</dateTime.iso8601></value>")
+    elif value is None:
+        out.append("<value></value>")
+    elif isinstance(value, (set, frozenset)):
+        _dump(list(value), out)
+    elif isinstance(value, int):  # int subclasses
+        out.append(f"<value>{value:d}</value>")
+    elif isinstance(value, str):
+        _dump(str(value), out)
+    else:
+        raise TypeError(f"cannot marshal {type(value).__name__}")
 
 
-def dumps_raw(value: Any) -> bytes:
-    """For the few calls (system.*) whose reply is not wrapped in the Xen-API envelope."""
-    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode("utf-8")
+def dump_value(value: Any) -> str:
+    """The XML-RPC text of one value (a task's ``result`` holds this, as in XAPI)."""
+    out: list[str] = []
+    _dump(value, out)
+    return "".join(out)
 
 
-class _DepthLimitedUnmarshaller(xmlrpc.client.Unmarshaller):
-    """Refuses deep nesting before it costs memory: a request nested 10,000 arrays deep is hostile."""
+_HEAD = "<?xml version='1.0'?>\n<methodResponse><params><param>"
+_TAIL = "</param></params></methodResponse>\n"
+
+
+def dumps_response(reply: Any) -> bytes:
+    out = [_HEAD]
+    _dump(reply, out)
+    out.append(_TAIL)
+    return "".join(out).encode("utf-8")
+
+
+
+class _RequestTarget:
+    """Builds the params of a methodCall from expat events, refusing deep nesting as it goes.
+
+    Our own small target rather than xmlrpc.client.Unmarshaller: the depth check costs no extra
+    layer of calls, and the types are exactly XML-RPC's (an untyped ``<value>`` is a string).
+    """
 
     def __init__(self, max_depth: int) -> None:
-        super().__init__(use_datetime=False, use_builtin_types=True)
-        self._depth = 0
-        self._max_depth = max_depth
+        self.max_depth = max_depth
+        self.depth = 0
+        self.values: list[Any] = []
+        self.marks: list[int] = []
+        self.text: list[str] = []
+        self.typed = False  # a typed element inside the current <value> produced the value
+        self.method: str | None = None
 
-    def start(self, tag, attrs):  # noqa: ANN001 - expat callback signature
-        self._depth += 1
-        if self._depth > self._max_depth:
-            raise BadRequest(f"XML nesting deeper than {self._max_depth} levels")
-        super().start(tag, attrs)
+    def xml(self, encoding: str | None, standalone: Any) -> None:
+        """The XML declaration: nothing to do (expat decodes the text)."""
 
-    def end(self, tag):  # noqa: ANN001
-        self._depth -= 1
-        return super().end(tag)
+    def start(self, tag: str, attrs: Any) -> None:
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise BadRequest(f"XML nesting deeper than {self.max_depth} levels")
+        if tag == "value":
+            self.typed = False
+        elif tag == "array" or tag == "struct":
+            self.marks.append(len(self.values))
+        elif tag not in _KNOWN:
+            raise BadRequest(f"unknown XML-RPC element <{tag[:40]}>")
+        self.text = []
+
+    def data(self, text: str) -> None:
+        self.text.append(text)
+
+    def end(self, tag: str) -> None:
+        self.depth -= 1
+        handler = _END.get(tag)
+        if handler is not None:
+            handler(self, "".join(self.text))
+        self.text = []
+
+    def _typed(self, value: Any) -> None:
+        self.values.append(value)
+        self.typed = True
+
+    def _value(self, text: str) -> None:
+        if not self.typed:
+            self.values.append(text)
+        self.typed = True
+
+    def _int(self, text: str) -> None:
+        try:
+            self._typed(int(text.strip()))
+        except ValueError:
+            raise BadRequest(f"bad integer {text[:40]!r}") from None
+
+    def _double(self, text: str) -> None:
+        try:
+            self._typed(float(text.strip()))
+        except ValueError:
+            raise BadRequest(f"bad double {text[:40]!r}") from None
+
+    def _boolean(self, text: str) -> None:
+        if text.strip() not in ("0", "1"):
+            raise BadRequest(f"bad boolean {text[:40]!r}")
+        self._typed(text.strip() == "1")
+
+    def _datetime(self, text: str) -> None:
+        text = text.strip()
+        for fmt in ("%Y%m%dT%H:%M:%SZ", "%Y%m%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S"):
+            try:
+                self._typed(_dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.UTC))
+                return
+            except ValueError:
+                continue
+        raise BadRequest(f"bad dateTime {text[:40]!r}")
+
+    def _base64(self, text: str) -> None:
+        try:
+            self._typed(base64.b64decode(text.encode("ascii")))
+        except (binascii.Error, UnicodeEncodeError):
+            raise BadRequest("bad base64") from None
+
+    def _collect(self) -> list[Any]:
+        if not self.marks:
+            raise BadRequest("unbalanced array or struct")
+        mark = self.marks.pop()
+        items = self.values[mark:]
+        del self.values[mark:]
+        return items
+
+    def _array(self, text: str) -> None:
+        self._typed(self._collect())
+
+    def _struct(self, text: str) -> None:
+        items = self._collect()
+        if len(items) % 2:
+            raise BadRequest("a struct member without a name or a value")
+        self._typed(dict(zip(items[::2], items[1::2], strict=True)))
+
+    def _name(self, text: str) -> None:
+        if not self.marks:
+            raise BadRequest("<name> outside a struct")
+        self.values.append(text)  # paired with the member's value by _struct
+
+    def _method(self, text: str) -> None:
+        self.method = text.strip()
+
+
+_END: dict[str, Callable[[_RequestTarget, str], None]] = {
+    "value": _RequestTarget._value,
+    "string": _RequestTarget._typed,
+    "int": _RequestTarget._int,
+    "i4": _RequestTarget._int,
+    "i8": _RequestTarget._int,
+    "double": _RequestTarget._double,
+    "boolean": _RequestTarget._boolean,
+    "dateTime.iso8601": _RequestTarget._datetime,
+    "base64": _RequestTarget._base64,
+    "nil": lambda self, text: self._typed(None),
+    "array": _RequestTarget._array,
+    "struct": _RequestTarget._struct,
+    "name": _RequestTarget._name,
+    "methodName": _RequestTarget._method,
+}
+_KNOWN = frozenset(_END) | {"methodCall", "params", "param", "data", "member"}
 
 
 def loads_request(body: bytes, max_depth: int = 64) -> tuple[str, tuple]:
     """Parse an XML-RPC methodCall with DTDs, entities and external references forbidden."""
-    unmarshaller = _DepthLimitedUnmarshaller(max_depth)
-    parser = DefusedExpatParser(unmarshaller, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    target = _RequestTarget(max_depth)
+    parser = DefusedExpatParser(target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     try:
         parser.feed(body)
         parser.close()
-        params = unmarshaller.close()
     except BadRequest:
         raise
     except DefusedXmlException as exc:
         raise BadRequest(f"forbidden XML construct: {exc}") from None
-    except (xmlrpc.client.ResponseError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise BadRequest(f"malformed XML-RPC request: {exc}") from None
     except Exception as exc:  # expat.ExpatError and friends
         raise BadRequest(f"malformed XML: {exc}") from None
-    method = unmarshaller.getmethodname()
-    if not method:
+    if not target.method:
         raise BadRequest("not an XML-RPC methodCall (no methodName)")
-    return method, tuple(params)
+    if target.marks:
+        raise BadRequest("unbalanced array or struct")
+    return target.method, tuple(target.values)
 
 
 def strip_ref(value: str) -> str:

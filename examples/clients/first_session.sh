@@ -13,15 +13,15 @@ call() {  # call METHOD PARAM... : every param is sent as a string
         "<?xml version='1.0'?><methodCall><methodName>$METHOD</methodName><params>$params</params></methodCall>" "$URL"
 }
 
-value() {  # the first <string> after <name>Value</name>
-    sed -n 's:.*<name>Value</name>[^<]*<value><string>\([^<]*\)</string>.*:\1:p' | head -n 1
+value() {  # the text of the Value member (typed <string> or untyped, both are strings)
+    sed -En 's:.*<name>Value</name>[^<]*<value>(<string>)?([^<]*)<.*:\2:p' | head -n 1
 }
 
 METHOD=session.login_with_password
 SESSION=$(call root "" | tr -d '\n' | value)
 echo "session: $SESSION"
 METHOD=host.get_all
-HOST=$(call "$SESSION" | tr -d '\n' | sed -n 's:.*<data>[^<]*<value><string>\([^<]*\)</string>.*:\1:p')
+HOST=$(call "$SESSION" | tr -d '\n' | sed -En 's:.*<data>[^<]*<value>(<string>)?([^<]*)<.*:\2:p')
 echo "host: $HOST"
 METHOD=host.get_name_label
 echo "name_label: $(call "$SESSION" "$HOST" | tr -d '\n' | value)"

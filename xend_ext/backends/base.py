@@ -51,5 +51,5 @@ class Backend(ABC):
     def host_info(self) -> HostInfo:
         """What the host is: CPUs, memory, scheduler, versions. Cheap enough to call per request."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Release connections and files; the hypervisor's domains keep running."""

@@ -36,6 +36,7 @@ class SimBackend(Backend):
         self.numa_nodes = numa_nodes
         self.boot_id = 0
         self._load(reboot)
+        self._info = self._describe()
 
     def _load(self, reboot: bool) -> None:
         state = sxp.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else None
@@ -54,6 +55,9 @@ class SimBackend(Backend):
         os.replace(tmp, self.path)
 
     def host_info(self) -> HostInfo:
+        return self._info
+
+    def _describe(self) -> HostInfo:
         per_node = -(-self.ncpus // self.numa_nodes)
         cpus = tuple(
             PhysicalCPU(number=n, vendor="GenuineSim", modelname="Simulated CPU", speed_mhz=2400,

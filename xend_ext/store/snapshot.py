@@ -236,7 +236,7 @@ def _decode_field(path: Path, cls: str, ref: str, el: etree._Element, kind: str)
             for entry in el.iterchildren(etree.Element):
                 key = entry.get("key")
                 if entry.get("key-enc") == B64:
-                    pass
+                    key = _unb64(key)
                 if key in result:
                     raise StoreError(f"snapshot {path}: {cls} {ref} {el.tag} has key {key!r} twice")
                 result[key] = _text(entry)
