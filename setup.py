@@ -6,7 +6,7 @@ setup(
     description="A Xen-API server with CPU pools, VM groups, scheduling domains and a runtime policy manager",
     python_requires=">=3.11",
     packages=find_packages(include=["xend_ext", "xend_ext.*", "xenapi_classes", "xenapi_classes.*", "schemas", "bench"]),
-    package_data={"schemas": ["*.rng"]},
+    package_data={"schemas": ["*.rng", "*.json"]},
     install_requires=[
         "httptools>=0.6",
         "defusedxml>=0.7",

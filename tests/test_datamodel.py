@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 from xenapi_classes import build_registry
 from xend_ext import types as T
-from xend_ext.datamodel import READ_ONLY
+from xend_ext.datamodel import READ_ONLY, describe
 from xend_ext.store.schema import relaxng
 
 
@@ -39,3 +40,13 @@ def test_checked_in_schema_matches_the_declarations():
     generated = relaxng(build_registry().description())
     checked_in = resources.files("schemas").joinpath("state.rng").read_text(encoding="utf-8")
     assert checked_in == generated
+
+
+def test_checked_in_api_description_matches_the_declarations():
+    """schemas/xenapi.json is generated: regenerate with `xend-ext describe > schemas/xenapi.json`."""
+    generated = json.dumps(describe(build_registry()), indent=1, sort_keys=True) + "\n"
+    checked_in = resources.files("schemas").joinpath("xenapi.json").read_text(encoding="utf-8")
+    assert checked_in == generated
+    api = json.loads(checked_in)
+    assert api["classes"]["host"]["messages"]["set_name_label"]["role"] == "pool-admin"
+    assert api["classes"]["host"]["fields"]["host_CPUs"]["qualifier"] == "computed"

@@ -16,7 +16,7 @@ def test_empty_token_returns_everything_as_add(server):
     proxy, s = server.login()
     result = event_from(proxy, s, ["*"], "")
     ops = {(e["class"], e["operation"]) for e in result["events"]}
-    assert ops == {("host", "add"), ("host_cpu", "add")}
+    assert ops == {("host", "add"), ("host_cpu", "add"), ("pool", "add")}
     assert len([e for e in result["events"] if e["class"] == "host_cpu"]) == 8
     assert result["valid_ref_counts"]["host_cpu"] == "8"  # ints travel as strings
     assert all("snapshot" in e and e["snapshot"]["uuid"] for e in result["events"])
@@ -129,3 +129,13 @@ def test_event_token_survives_restart(make_server, tmp_path):
     ok(proxy.host.set_name_label(s, host, "after-restart"))
     result = event_from(proxy, s, ["host"], token)
     assert any(e["snapshot"]["name_label"] == "after-restart" for e in result["events"])
+
+
+def test_after_restart_empty_token_still_returns_every_object(make_server):
+    server = make_server()
+    server.stop()
+    server = make_server(state_dir=server.state_dir)
+    proxy, s = server.login()
+    result = event_from(proxy, s, ["host", "host_cpu"], "")
+    assert sorted(e["class"] for e in result["events"]) == ["host"] + ["host_cpu"] * 8
+    assert {e["operation"] for e in result["events"]} == {"add"}

@@ -191,7 +191,8 @@ def every_op_sequence() -> list[tuple]:
         ("set_add", "VM_group", g, "VMs", a),  # already there
         ("set_remove", "VM", a, "groups", "y"),
         ("set_remove", "VM", a, "groups", "absent"),
-        ("destroy", "VM", b),
+        ("create", "VM", ref(4), vm(4)),
+        ("destroy", "VM", ref(4)),
         ("destroy", "VM", ref(99)),  # destroying what is gone is harmless
     ]
 
@@ -216,6 +217,10 @@ def test_every_op_and_kind_round_trips(tmp_path: Path, via: str) -> None:
 
     expected = asyncio.run(main())
     assert expected["VM"][ref(1)]["other_config"] == {"k": "v", "new": "2"}
+    assert expected["VM"][ref(1)]["groups"] == [ref(3)]
+    assert expected["VM"][ref(2)]["other_config"] == {"b": "2"}
+    assert expected["VM_group"][ref(3)]["VMs"] == [ref(1), ref(2)]
+    assert ref(4) not in expected["VM"]
     tables, seq = reopen(tmp_path)
     assert tables == expected
     assert seq == len(every_op_sequence())

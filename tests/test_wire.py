@@ -215,3 +215,11 @@ def test_async_failure_lands_in_task(server):
     with pytest.raises(XenAPI.Failure) as err:
         session.xenapi.task.cancel("OpaqueRef:nope")
     assert err.value.details == ["HANDLE_INVALID", "task", "OpaqueRef:nope"]
+
+
+def test_official_client_api_version(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "")
+    assert session.API_version == "2.0"  # pool.get_all -> pool.get_master -> host.get_API_version_*
+    pool = session.xenapi.pool.get_all()[0]
+    assert session.xenapi.pool.get_master(pool) == session.xenapi.host.get_all()[0]

@@ -6,7 +6,7 @@ import importlib
 
 from xend_ext.datamodel import Registry
 
-MODULES = ("system", "session", "event", "task", "host", "host_cpu")
+MODULES = ("system", "session", "event", "task", "host", "host_cpu", "pool")
 
 
 def build_registry() -> Registry:

@@ -373,3 +373,33 @@ class Registry:
                 (f.name, f.type.kind, tuple(getattr(f.type, "values", ()))) for f in cls.stored_fields()
             ]
         return out
+
+
+def describe(registry: Registry) -> dict:
+    """The API as data (schemas/xenapi.json): for clients in other languages and for docs."""
+    classes = {}
+    for cls in sorted(registry.classes.values(), key=lambda c: c.name):
+        classes[cls.name] = {
+            "doc": cls.doc,
+            "persistent": cls.persist,
+            "events": cls.events,
+            "fields": {
+                f.name: {"type": f.type.name, "qualifier": "computed" if f.derived else f.qualifier, "doc": f.doc}
+                for f in cls.fields.values()
+            },
+            "messages": {
+                m.name: {
+                    "params": [{"name": p.name, "type": p.type.name, "optional": p.default is not REQUIRED}
+                               for p in m.params],
+                    "result": m.result.name if m.result else "void",
+                    "role": m.role,
+                    "async": m.async_ok and m.session,
+                    "session": m.session,
+                    "errors": list(m.errors),
+                    "capability": m.capability,
+                    "doc": m.doc,
+                }
+                for m in sorted(cls.messages.values(), key=lambda m: m.name)
+            },
+        }
+    return {"roles": list(ROLES), "classes": classes}

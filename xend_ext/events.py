@@ -91,6 +91,7 @@ class EventHub:
 
     def bind(self, db: Database) -> None:
         self.db = db
+        self._log_start = self.generation  # older tokens are answered by a scan of every object
         self.known_classes = {c.name.lower(): c.name for c in db.registry.classes.values() if c.events}
 
     # -- producing ------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class EventHub:
         upto = self.published
         if since >= upto:
             return [], upto
-        if since < self._log_start or since == 0:
+        if since < self._log_start:
             return self._scan(sub, since, upto), upto
         start = bisect.bisect_right(self._log_gens, since)
         latest: dict[str, tuple[int, str, str, str, Obj]] = {}

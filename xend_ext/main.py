@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--passwd-file", type=Path, help="default <state dir>/passwd")
     pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     sub.add_parser("schema", help="print the RelaxNG schema of the state file (schemas/state.rng)")
+    sub.add_parser("describe", help="print the API as JSON: classes, fields, messages (schemas/xenapi.json)")
     return parser
 
 
@@ -65,6 +66,17 @@ def schema(args: argparse.Namespace) -> int:
     from .store.schema import relaxng
 
     sys.stdout.write(relaxng(build_registry().description()))
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    import json
+
+    from xenapi_classes import build_registry
+
+    from .datamodel import describe as describe_api
+
+    sys.stdout.write(json.dumps(describe_api(build_registry()), indent=1, sort_keys=True) + "\n")
     return 0
 
 
@@ -140,7 +152,8 @@ def passwd(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"serve": serve, "passwd": passwd, "schema": schema}[args.command](args)
+    commands = {"serve": serve, "passwd": passwd, "schema": schema, "describe": describe}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

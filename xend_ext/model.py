@@ -78,7 +78,11 @@ class Database:
                         values[f.name] = f.type.decode(encoded[f.name])
                     else:
                         values[f.name] = f.make_default() if f.default is not None else f.type.fresh_default()
-                self._insert(Obj(cls, ref, values))
+                obj = Obj(cls, ref, values)
+                # changed "at boot" as far as events know: a token from before the restart, or
+                # "", gets every object (we keep no per-object history across restarts)
+                obj.ctime = obj.mtime = self.hub.generation
+                self._insert(obj)
 
     def capture(self) -> dict[str, dict[str, dict]]:
         """Encoded copy of every persistent object, for a snapshot."""
