@@ -33,7 +33,6 @@ session = XenAPIClass(
     default_role=READ_ONLY,
     persist=False,
     events=False,
-    generic=False,  # sessions are private: no get_all_records of everybody's handles
 )
 
 
@@ -46,11 +45,9 @@ def check_session(ctx, ref):
     return obj
 
 
-def _own(ctx, ref, message):
-    if ref != ctx.session.ref and ctx.role != POOL_ADMIN:
-        raise XenAPIError("RBAC_PERMISSION_DENIED", f"session.{message}",
-                          "only your own session may be read (or any, as pool-admin)")
-    return ctx.db.get(ref)
+def _visible(ctx, obj):
+    """Sessions are private: your own, or any for a pool-admin."""
+    return ctx.role == POOL_ADMIN or (ctx.session is not None and obj.ref == ctx.session.ref)
 
 
 def _evict(ctx):
@@ -92,39 +89,7 @@ def logout(ctx):
     ctx.db.destroy(ctx.session)
 
 
-@session.message(("self", T.Ref("session")), result=T.Ref("host"), async_ok=False)
-def get_this_host(ctx, ref):
-    return _own(ctx, ref, "get_this_host").values["this_host"]
-
-
-@session.message(("self", T.Ref("session")), result=T.String, async_ok=False)
-def get_this_user(ctx, ref):
-    return _own(ctx, ref, "get_this_user").values["this_user"]
-
-
-@session.message(("self", T.Ref("session")), result=T.String, async_ok=False)
-def get_uuid(ctx, ref):
-    return _own(ctx, ref, "get_uuid").values["uuid"]
-
-
-@session.message(("self", T.Ref("session")), result=T.DateTime, async_ok=False)
-def get_last_active(ctx, ref):
-    return _own(ctx, ref, "get_last_active").values["last_active"]
-
-
-@session.message(("self", T.Ref("session")), result=T.Struct, async_ok=False)
-def get_record(ctx, ref):
-    return ctx.db.record(_own(ctx, ref, "get_record"))
-
-
-@session.message(result=T.Set(T.Ref("session")), async_ok=False)
-def get_all(ctx):
-    """Your own session; a pool-admin sees every session."""
-    if ctx.role == POOL_ADMIN:
-        return [s.ref for s in ctx.db.all("session")]
-    return [ctx.session.ref]
-
-
 def install(registry):
+    session.visible = _visible
     registry.add(session)
     registry.check_session = check_session

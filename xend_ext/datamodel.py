@@ -126,7 +126,9 @@ class XenAPIClass:
         for f in fields:
             self.fields[f.name] = f
         self.messages: dict[str, Message] = {}
-        # hooks a class module may set: called inside the generic create/destroy
+        # hooks a class module may set: who may see an object (default: everybody), and what
+        # runs inside the generic create/destroy
+        self.visible: Callable[[Context, Obj], bool] | None = None
         self.on_create: Callable[[Context, dict], None] | None = None
         self.after_create: Callable[[Context, Obj], None] | None = None
         self.on_destroy: Callable[[Context, Obj], None] | None = None
@@ -166,6 +168,17 @@ class XenAPIClass:
 
         return register
 
+    def visible_objects(self, ctx: Context) -> list[Obj]:
+        objs = ctx.db.all(self.name)
+        return objs if self.visible is None else [o for o in objs if self.visible(ctx, o)]
+
+    def readable(self, ctx: Context, ref: str, message: str) -> Obj:
+        obj = ctx.db.get(ref)
+        if self.visible is not None and not self.visible(ctx, obj):
+            raise XenAPIError("RBAC_PERMISSION_DENIED", f"{self.name}.{message}".lower(),
+                              f"this {self.name} is not yours to read")
+        return obj
+
     @property
     def has_name_label(self) -> bool:
         return "name_label" in self.fields
@@ -190,21 +203,23 @@ class XenAPIClass:
     def _derive_generic(self) -> None:
         cls = self.name
         me = T.Ref(cls)
-        self._add("get_all", [], T.Set(me), lambda ctx: [o.ref for o in ctx.db.all(cls)], READ_ONLY,
+        self._add("get_all", [], T.Set(me), lambda ctx: [o.ref for o in self.visible_objects(ctx)], READ_ONLY,
                   f"every {cls}")
         self._add("get_all_records", [], T.Map(me, T.Struct),
-                  lambda ctx: {o.ref: ctx.db.record(o) for o in ctx.db.all(cls)}, READ_ONLY,
+                  lambda ctx: {o.ref: ctx.db.record(o) for o in self.visible_objects(ctx)}, READ_ONLY,
                   f"every {cls} with its record")
         self._add("get_all_records_where", [("expr", T.String)], T.Map(me, T.Struct),
                   lambda ctx, expr: _records_where(ctx, self, expr), READ_ONLY,
                   f"the {cls} objects for which expr (XAPI's filter language) holds")
-        self._add("get_record", [("self", me)], T.Struct, lambda ctx, ref: ctx.db.record(ctx.db.get(ref)),
-                  READ_ONLY, "the whole record")
-        self._add("get_by_uuid", [("uuid", T.String)], me, lambda ctx, uuid: ctx.db.by_uuid(cls, uuid).ref,
+        self._add("get_record", [("self", me)], T.Struct,
+                  lambda ctx, ref: ctx.db.record(self.readable(ctx, ref, "get_record")), READ_ONLY, "the whole record")
+        self._add("get_by_uuid", [("uuid", T.String)], me,
+                  lambda ctx, uuid: self.readable(ctx, ctx.db.by_uuid(cls, uuid).ref, "get_by_uuid").ref,
                   READ_ONLY, "the object with this uuid")
         if self.has_name_label:
             self._add("get_by_name_label", [("label", T.String)], T.Set(me),
-                      lambda ctx, label: [o.ref for o in ctx.db.all(cls) if o.values.get("name_label") == label],
+                      lambda ctx, label: [o.ref for o in self.visible_objects(ctx)
+                                          if o.values.get("name_label") == label],
                       READ_ONLY, "every object with this name_label")
         for f in self.fields.values():
             self._derive_field(f, me)
@@ -218,7 +233,8 @@ class XenAPIClass:
     def _derive_field(self, f: Field, me: T.Type) -> None:
         fname = f.name
         self._add(f"get_{fname}", [("self", me)], f.type,
-                  lambda ctx, ref: ctx.db.field_value(ctx.db.get(ref), fname), READ_ONLY, f"the {fname} field")
+                  lambda ctx, ref: ctx.db.field_value(self.readable(ctx, ref, f"get_{fname}"), fname), READ_ONLY,
+                  f"the {fname} field")
         if not f.writable:
             return
         role = f.set_role or self.default_role
@@ -331,7 +347,7 @@ def _records_where(ctx: Context, cls: XenAPIClass, expr: str) -> dict:
 
     predicate = compile_filter(expr, cls)
     out = {}
-    for obj in ctx.db.all(cls.name):
+    for obj in cls.visible_objects(ctx):
         if predicate(lambda name, o=obj: ctx.db.filter_text(o, name)):
             out[obj.ref] = ctx.db.record(obj)
     return out
