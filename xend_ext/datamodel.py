@@ -366,6 +366,8 @@ class Registry:
         self.checkpoint: Callable[[Context], None] = lambda ctx: None
         self.set_progress: Callable[[Context, float], None] = lambda ctx, fraction: None
         self.on_start: list[Callable[[Context], Any]] = []
+        # checks every VM start runs (pools, scheduling domains...): raise to refuse the start
+        self.before_start: list[Callable[[Context, Obj], None]] = []
 
     def add(self, cls: XenAPIClass) -> None:
         cls.build()

@@ -7,8 +7,12 @@ acknowledged only after its journal record is durable.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Awaitable
+import weakref
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .datamodel import ROLES, Message, XenAPIClass, role_rank
@@ -45,6 +49,20 @@ class Context:
     def progress(self, fraction: float) -> None:
         self.registry.set_progress(self, fraction)
 
+    async def call_backend(self, action: Callable[..., Any], *args: Any) -> Any:
+        """Run a backend action off the loop; a BackendError becomes its Xen-API error."""
+        from .backends.base import BackendError
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.services.backend_pool, functools.partial(action, *args))
+        except BackendError as exc:
+            raise XenAPIError(exc.code, *exc.params) from None
+
+    def lock(self, ref: str) -> asyncio.Lock:
+        """The lock that keeps operations on one object in order while they wait on the backend."""
+        return self.services.lock(ref)
+
     def require(self, capability: str) -> None:
         if capability not in self.backend.capabilities:
             raise XenAPIError("NOT_IMPLEMENTED", capability)
@@ -61,6 +79,15 @@ class Services:
         self.hub = hub
         self.config = config
         self.auth: Any = None
+        # backend calls block (libvirt, subprocesses, fsync): a bounded pool keeps them off the loop
+        self.backend_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend")
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, ref: str) -> asyncio.Lock:
+        lock = self._locks.get(ref)
+        if lock is None:
+            lock = self._locks[ref] = asyncio.Lock()
+        return lock
 
     async def commit(self, seq: int) -> None:
         """Wait until the journal holds everything up to ``seq``, then let its events out."""

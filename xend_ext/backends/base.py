@@ -1,15 +1,19 @@
 """The backend interface: every hypervisor action goes through one of these.
 
 Small and uniform on purpose (like httpx's transports): the server asks for facts and actions,
-a backend answers or says it cannot. A backend declares what it can do in ``capabilities``; the
-dispatcher answers ``NOT_IMPLEMENTED [capability]`` for a message needing a missing one, before
-anything changes. The VM part of the interface arrives with the VM classes.
+a backend answers or raises :class:`BackendError`. A backend declares what it can do in
+``capabilities``; the dispatcher answers ``NOT_IMPLEMENTED [capability]`` for a message needing
+a missing one, before anything changes. The interface speaks of *domains* (what runs) and
+:class:`DomainConfig` (what to run), never of Xen-API objects: the server keeps the definitions,
+the backend keeps the running state.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class Capability:
@@ -17,6 +21,23 @@ class Capability:
 
     HOST = "host"
     NUMA = "numa"
+    LIFECYCLE = "lifecycle"  # start, shutdown, destroy, reboot
+    PAUSE = "pause"
+    SUSPEND = "suspend"  # suspend to an image the backend keeps, resume from it
+    SAVE = "save"  # save to / restore from a file
+    MIGRATE = "migrate"  # hand a domain to another xend-ext server
+    MEMORY_LIVE = "memory_live"
+    VCPUS_LIVE = "vcpus_live"
+    PIN = "pin"
+    SCHED_CREDIT = "sched_credit"  # weight and cap
+    UTILISATION = "utilisation"  # per-vCPU CPU use (the simulated host's scheduler model)
+
+
+class PowerState:
+    HALTED = "Halted"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SUSPENDED = "Suspended"
 
 
 @dataclass(frozen=True)
@@ -39,8 +60,57 @@ class HostInfo:
     cpu_configuration: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DomainConfig:
+    """What to run: the VM's stored definition, in the backend's terms."""
+
+    uuid: str
+    name: str
+    memory: int  # bytes at start
+    memory_max: int  # bytes
+    vcpus: int  # online at start
+    vcpus_max: int
+    weight: int = 256
+    cap: int = 0  # % of one pCPU, 0 = none
+    pins: dict[int, frozenset[int]] = field(default_factory=dict)  # vCPU -> pCPUs; absent: anywhere
+    kernel: str = ""
+    ramdisk: str = ""
+    args: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # ours to keep with the domain (pool, group...)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What runs: the live state the backend reports for one domain."""
+
+    uuid: str
+    name: str
+    domid: int
+    power_state: str
+    memory: int
+    memory_max: int
+    vcpus: int
+    vcpus_max: int
+    weight: int
+    cap: int
+    pins: dict[int, frozenset[int]]
+    vcpu_cpu: dict[int, int] = field(default_factory=dict)  # the pCPU each vCPU last ran on
+    utilisation: dict[int, float] = field(default_factory=dict)  # share of one pCPU, every vCPU busy
+    start_time: dt.datetime = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    is_control_domain: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
 class BackendError(Exception):
-    """The hypervisor refused or failed an action; carries a sentence for the operator."""
+    """The hypervisor refused or failed an action; carries a sentence for the operator.
+
+    ``code``/``params`` let a backend name a Xen-API error (e.g. HOST_NOT_ENOUGH_FREE_MEMORY).
+    """
+
+    def __init__(self, message: str, code: str = "BACKEND_ERROR", *params: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.params = [str(p) for p in params] if params else [message]
 
 
 class Backend(ABC):
@@ -50,6 +120,65 @@ class Backend(ABC):
     @abstractmethod
     def host_info(self) -> HostInfo:
         """What the host is: CPUs, memory, scheduler, versions. Cheap enough to call per request."""
+
+    # -- domains: facts ----------------------------------------------------------------
+    @abstractmethod
+    def domains(self) -> list[Domain]:
+        """Every domain that exists (running, paused or suspended); discovery at start."""
+
+    def domain(self, uuid: str) -> Domain | None:
+        return next((d for d in self.domains() if d.uuid == uuid), None)
+
+    # -- domains: actions; each returns the new live state, or None once the domain is gone --
+    def start(self, config: DomainConfig, paused: bool) -> Domain:
+        raise self.missing(Capability.LIFECYCLE)
+
+    def shutdown(self, uuid: str, clean: bool) -> None:
+        raise self.missing(Capability.LIFECYCLE)
+
+    def reboot(self, uuid: str, clean: bool, config: DomainConfig) -> Domain:
+        """Restart with ``config`` (the stored definition applies at every start, reboots too)."""
+        raise self.missing(Capability.LIFECYCLE)
+
+    def pause(self, uuid: str) -> Domain:
+        raise self.missing(Capability.PAUSE)
+
+    def unpause(self, uuid: str) -> Domain:
+        raise self.missing(Capability.PAUSE)
+
+    def suspend(self, uuid: str) -> Domain:
+        raise self.missing(Capability.SUSPEND)
+
+    def resume(self, uuid: str, paused: bool) -> Domain:
+        raise self.missing(Capability.SUSPEND)
+
+    def save(self, uuid: str, path: Path, metadata: dict[str, str]) -> None:
+        """Write the domain to ``path`` with ``metadata`` (the VM record); the domain is gone."""
+        raise self.missing(Capability.SAVE)
+
+    def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
+        """Bring a saved domain back; returns it and the metadata saved with it."""
+        raise self.missing(Capability.SAVE)
+
+    def read_image(self, path: Path) -> dict[str, str]:
+        """The metadata of a saved image, without restoring it (to find or create its VM)."""
+        raise self.missing(Capability.SAVE)
+
+    def set_memory(self, uuid: str, memory: int) -> Domain:
+        raise self.missing(Capability.MEMORY_LIVE)
+
+    def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
+        raise self.missing(Capability.VCPUS_LIVE)
+
+    def pin(self, uuid: str, vcpu: int, cpus: frozenset[int] | None) -> Domain:
+        """Restrict a vCPU to ``cpus`` (None: anywhere)."""
+        raise self.missing(Capability.PIN)
+
+    def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
+        raise self.missing(Capability.SCHED_CREDIT)
+
+    def missing(self, capability: str) -> BackendError:
+        return BackendError(f"the {self.name} backend cannot do {capability}", "NOT_IMPLEMENTED", capability)
 
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Release connections and files; the hypervisor's domains keep running."""

@@ -1,28 +1,81 @@
-"""The simulated host: a faithful model of a Xen host with N pCPUs, kept in its own state file.
+"""The simulated host: a faithful model of a Xen host, kept in its own state file.
 
-Restarting xend-ext is a toolstack restart: the simulated hypervisor's runtime state outlives
-the server in ``sim-host.sxp`` beside the store, just as domains outlive xend on a real host.
-``reboot=True`` models a host reboot first. Domains, pools and the scheduler model arrive with
-the VM and pool classes.
+Restarting xend-ext is a toolstack restart: the simulated hypervisor's domains outlive the server
+in ``sim-host.sxp`` beside the store, as domains outlive xend on a real host. ``reboot=True``
+models a host reboot first: every domain but Domain-0 is gone. Domains have domids, power states,
+memory, vCPUs, pins, weight and cap; save and suspend write real image files; CPU use comes from
+the fluid scheduler model (:mod:`xend_ext.sched_model`), with every vCPU of every running guest
+busy. Domain-0 is modelled idle, so it takes no share from the guests.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hashlib
 import os
 import platform
 import socket
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 from .. import sxp
-from .base import Backend, Capability, HostInfo, PhysicalCPU
+from ..sched_model import VCPU, Entity, solve
+from .base import Backend, BackendError, Capability, Domain, DomainConfig, HostInfo, PhysicalCPU, PowerState
 
 MIB = 1 << 20
 STATE_FILE = "sim-host.sxp"
+IMAGE_MAGIC = b"XEND-EXT-SIM-IMAGE 1\n"
+DOM0_UUID = "00000000-0000-0000-0000-000000000000"
+DOM0_MEMORY = 1024 * MIB
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _pins_to_sxp(pins: dict[int, frozenset[int]]) -> list:
+    return [["pin", str(v), ",".join(str(c) for c in sorted(cpus))] for v, cpus in sorted(pins.items())]
+
+
+def _pins_from_sxp(items: list) -> dict[int, frozenset[int]]:
+    return {int(v): frozenset(int(c) for c in cpus.split(",") if c) for _, v, cpus in items}
+
+
+def _domain_to_sxp(d: Domain) -> list:
+    return [
+        "domain",
+        ["uuid", d.uuid], ["name", d.name], ["domid", str(d.domid)], ["state", d.power_state],
+        ["memory", str(d.memory)], ["maxmem", str(d.memory_max)], ["vcpus", str(d.vcpus)],
+        ["vcpus_max", str(d.vcpus_max)], ["weight", str(d.weight)], ["cap", str(d.cap)],
+        ["start_time", d.start_time.strftime("%Y%m%dT%H:%M:%SZ")], ["control", "1" if d.is_control_domain else "0"],
+        ["pins", *_pins_to_sxp(d.pins)],
+        ["metadata", *[[k, v] for k, v in sorted(d.metadata.items())]],
+    ]
+
+
+def _domain_from_sxp(node: list) -> Domain:
+    get = lambda name, default=None: sxp.child_value(node, name, default)  # noqa: E731
+    pins = next((child[1:] for child in node[1:] if isinstance(child, list) and child[0] == "pins"), [])
+    meta = next((child[1:] for child in node[1:] if isinstance(child, list) and child[0] == "metadata"), [])
+    return Domain(
+        uuid=get("uuid"), name=get("name"), domid=int(get("domid")), power_state=get("state"),
+        memory=int(get("memory")), memory_max=int(get("maxmem")), vcpus=int(get("vcpus")),
+        vcpus_max=int(get("vcpus_max")), weight=int(get("weight")), cap=int(get("cap")),
+        pins=_pins_from_sxp(pins),
+        start_time=dt.datetime.strptime(get("start_time"), "%Y%m%dT%H:%M:%SZ").replace(tzinfo=dt.UTC),
+        is_control_domain=get("control") == "1", metadata={k: v for k, v in meta},
+    )
 
 
 class SimBackend(Backend):
     name = "sim"
-    capabilities = frozenset({Capability.HOST, Capability.NUMA})
+    capabilities = frozenset({
+        Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
+        Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
+        Capability.SCHED_CREDIT, Capability.UTILISATION,
+    })
 
     def __init__(self, state_dir: str | Path, cpus: int = 8, memory_mib: int = 16384, numa_nodes: int = 1,
                  reboot: bool = False) -> None:
@@ -30,23 +83,48 @@ class SimBackend(Backend):
             raise ValueError("a simulated host needs at least one pCPU")
         if numa_nodes < 1 or numa_nodes > cpus:
             raise ValueError("NUMA nodes must be between 1 and the number of pCPUs")
-        self.path = Path(state_dir) / STATE_FILE
+        if memory_mib * MIB <= DOM0_MEMORY:
+            raise ValueError(f"a simulated host needs more than {DOM0_MEMORY // MIB} MiB (Domain-0 has that)")
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / STATE_FILE
+        self.images = self.state_dir / "sim-images"
         self.ncpus = cpus
         self.memory_total = memory_mib * MIB
         self.numa_nodes = numa_nodes
+        self._lock = threading.RLock()  # backend calls run in worker threads
+        self._domains: dict[str, Domain] = {}
+        self._next_domid = 1
         self.boot_id = 0
+        self._util: tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]] | None = None
         self._load(reboot)
         self._info = self._describe()
 
+    # -- persistence of the simulated hypervisor ------------------------------------------
     def _load(self, reboot: bool) -> None:
         state = sxp.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else None
         previous = int(sxp.child_value(state, "boot", "0")) if state else 0
         # a new boot when the host never ran or was rebooted; otherwise the host kept running
         self.boot_id = previous + 1 if (state is None or reboot) else previous
+        if state is not None and not reboot:
+            self._next_domid = int(sxp.child_value(state, "next_domid", "1"))
+            for child in state[1:]:
+                if isinstance(child, list) and child and child[0] == "domain":
+                    d = _domain_from_sxp(child)
+                    self._domains[d.uuid] = d
+        if DOM0_UUID not in self._domains:
+            self._domains[DOM0_UUID] = Domain(
+                uuid=DOM0_UUID, name="Domain-0", domid=0, power_state=PowerState.RUNNING, memory=DOM0_MEMORY,
+                memory_max=DOM0_MEMORY, vcpus=min(self.ncpus, 4), vcpus_max=self.ncpus, weight=256, cap=0,
+                pins={}, start_time=_now(), is_control_domain=True)
+        if reboot and self.images.exists():
+            for image in self.images.iterdir():
+                image.unlink()
         self._save()
 
     def _save(self) -> None:
-        state = ["sim-host", ["boot", str(self.boot_id)], ["cpus", str(self.ncpus)]]
+        state = ["sim-host", ["boot", str(self.boot_id)], ["cpus", str(self.ncpus)],
+                 ["next_domid", str(self._next_domid)], *[_domain_to_sxp(d) for d in self._domains.values()]]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(sxp.dumps(state) + "\n")
@@ -54,8 +132,20 @@ class SimBackend(Backend):
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
 
+    def _commit(self, domain: Domain | None, uuid: str | None = None) -> Domain | None:
+        """Record a domain's new state (None: it is gone) and persist the simulated host."""
+        if domain is None:
+            self._domains.pop(uuid or "", None)
+        else:
+            self._domains[domain.uuid] = domain
+        self._util = None
+        self._save()
+        return self._live(domain) if domain is not None else None
+
+    # -- facts -----------------------------------------------------------------------------
     def host_info(self) -> HostInfo:
-        return self._info
+        with self._lock:
+            return replace(self._info, memory_free=self.memory_total - self._used_memory())
 
     def _describe(self) -> HostInfo:
         per_node = -(-self.ncpus // self.numa_nodes)
@@ -70,12 +160,227 @@ class SimBackend(Backend):
             memory_total=self.memory_total,
             memory_free=self.memory_total,
             sched_policy="credit",
-            software_version={
-                "product_brand": "xend-ext",
-                "xen": "simulated",
-                "hostname": socket.gethostname(),
-                "platform": platform.machine(),
-            },
+            software_version={"product_brand": "xend-ext", "xen": "simulated", "hostname": socket.gethostname(),
+                              "platform": platform.machine()},
             cpu_configuration={"nr_cpus": str(self.ncpus), "nr_nodes": str(self.numa_nodes),
                                "cores_per_socket": str(self.ncpus), "threads_per_core": "1"},
         )
+
+    def _used_memory(self) -> int:
+        return sum(d.memory for d in self._domains.values() if d.power_state in (PowerState.RUNNING, PowerState.PAUSED))
+
+    def domains(self) -> list[Domain]:
+        with self._lock:
+            return [self._live(d) for d in self._domains.values()]
+
+    def domain(self, uuid: str) -> Domain | None:
+        with self._lock:
+            d = self._domains.get(uuid)
+            return self._live(d) if d is not None else None
+
+    def _live(self, d: Domain) -> Domain:
+        util, placed = self._utilisation()
+        share = util.get(d.uuid, {})
+        where = {}
+        if d.power_state != PowerState.SUSPENDED:
+            for v in range(d.vcpus):  # where the model runs it most, else the first CPU it may use
+                where[v] = placed.get((d.uuid, v), min(d.pins.get(v) or range(self.ncpus)))
+        return replace(d, utilisation={v: share.get(v, 0.0) for v in range(d.vcpus)}, vcpu_cpu=where)
+
+    def _utilisation(self) -> tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]]:
+        """The scheduler model's answer for the running guests, cached until something changes."""
+        if self._util is None:
+            all_cpus = frozenset(range(self.ncpus))
+            entities = [
+                Entity(name=d.uuid, weight=d.weight, cap=d.cap, vcpus=tuple(
+                    VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & all_cpus)
+                    for v in range(d.vcpus)))
+                for d in sorted(self._domains.values(), key=lambda d: d.domid)
+                if d.power_state == PowerState.RUNNING and not d.is_control_domain
+            ]
+            allocation = solve(sorted(all_cpus), entities)
+            result: dict[str, dict[int, float]] = {}
+            for (owner, index), share in allocation.vcpu.items():
+                result.setdefault(owner, {})[index] = share
+            placed = {key: max(sorted(flows), key=lambda cpu: flows[cpu])
+                      for key, flows in allocation.flows.items() if flows}
+            self._util = (result, placed)
+        return self._util
+
+    # -- actions ---------------------------------------------------------------------------
+    def _get(self, uuid: str, *states: str) -> Domain:
+        d = self._domains.get(uuid)
+        if d is None:
+            raise BackendError(f"no domain {uuid} on this host", "HANDLE_INVALID", "VM", uuid)
+        if states and d.power_state not in states:
+            raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid,
+                               "/".join(s.lower() for s in states), d.power_state.lower())
+        if d.is_control_domain and states:
+            raise BackendError("Domain-0 cannot be stopped, paused or moved", "OPERATION_NOT_ALLOWED",
+                               "Domain-0 cannot be stopped, paused, suspended or moved")
+        return d
+
+    def _check_memory(self, needed: int, releasing: int = 0) -> None:
+        free = self.memory_total - self._used_memory() + releasing
+        if needed > free:
+            raise BackendError(f"{needed} bytes needed, {free} free", "HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
+
+    def _check_pins(self, pins: dict[int, frozenset[int]]) -> None:
+        for vcpu, cpus in pins.items():
+            bad = sorted(c for c in cpus if not 0 <= c < self.ncpus)
+            if bad:
+                raise BackendError(f"pCPU {bad[0]} does not exist", "INVALID_VALUE", f"cpumap{vcpu}",
+                                   ",".join(map(str, sorted(cpus))))
+
+    def _boot(self, config: DomainConfig, paused: bool, domid: int | None = None) -> Domain:
+        self._check_pins(config.pins)
+        if domid is None:
+            domid = self._next_domid
+            self._next_domid += 1
+        return Domain(
+            uuid=config.uuid, name=config.name, domid=domid,
+            power_state=PowerState.PAUSED if paused else PowerState.RUNNING, memory=config.memory,
+            memory_max=config.memory_max, vcpus=config.vcpus, vcpus_max=config.vcpus_max, weight=config.weight,
+            cap=config.cap, pins=dict(config.pins), start_time=_now(), metadata=dict(config.metadata))
+
+    def start(self, config: DomainConfig, paused: bool) -> Domain:
+        with self._lock:
+            if config.uuid in self._domains:
+                raise BackendError(f"domain {config.name} already exists", "VM_BAD_POWER_STATE", config.uuid,
+                                   "halted", self._domains[config.uuid].power_state.lower())
+            self._check_memory(config.memory)
+            return self._commit(self._boot(config, paused))
+
+    def shutdown(self, uuid: str, clean: bool) -> None:
+        with self._lock:
+            states = (PowerState.RUNNING,) if clean else (PowerState.RUNNING, PowerState.PAUSED, PowerState.SUSPENDED)
+            self._get(uuid, *states)
+            self._image(uuid).unlink(missing_ok=True)
+            self._commit(None, uuid)
+
+    def reboot(self, uuid: str, clean: bool, config: DomainConfig) -> Domain:
+        with self._lock:
+            states = (PowerState.RUNNING,) if clean else (PowerState.RUNNING, PowerState.PAUSED)
+            old = self._get(uuid, *states)
+            self._check_memory(config.memory, releasing=old.memory)
+            return self._commit(self._boot(config, paused=False))
+
+    def pause(self, uuid: str) -> Domain:
+        with self._lock:
+            d = self._get(uuid, PowerState.RUNNING)
+            return self._commit(replace(d, power_state=PowerState.PAUSED))
+
+    def unpause(self, uuid: str) -> Domain:
+        with self._lock:
+            d = self._get(uuid, PowerState.PAUSED)
+            return self._commit(replace(d, power_state=PowerState.RUNNING))
+
+    def _image(self, uuid: str) -> Path:
+        return self.images / f"{uuid}.img"
+
+    def suspend(self, uuid: str) -> Domain:
+        with self._lock:
+            d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            self.images.mkdir(parents=True, exist_ok=True)
+            self._write_image(self._image(uuid), d, {})
+            return self._commit(replace(d, power_state=PowerState.SUSPENDED, domid=-1))
+
+    def resume(self, uuid: str, paused: bool) -> Domain:
+        with self._lock:
+            d = self._get(uuid, PowerState.SUSPENDED)
+            saved, _ = self._read_image(self._image(uuid))
+            self._check_memory(saved.memory)
+            self._image(uuid).unlink(missing_ok=True)
+            domid = self._next_domid
+            self._next_domid += 1
+            state = PowerState.PAUSED if paused else PowerState.RUNNING
+            return self._commit(replace(saved, power_state=state, domid=domid, start_time=d.start_time))
+
+    def save(self, uuid: str, path: Path, metadata: dict[str, str]) -> None:
+        with self._lock:
+            d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            self._write_image(Path(path), d, metadata)
+            self._commit(None, uuid)
+
+    def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
+        with self._lock:
+            saved, metadata = self._read_image(Path(path))
+            if saved.uuid in self._domains:
+                raise BackendError(f"domain {saved.name} is already running here", "VM_BAD_POWER_STATE",
+                                   saved.uuid, "halted", self._domains[saved.uuid].power_state.lower())
+            self._check_memory(saved.memory)
+            domid = self._next_domid
+            self._next_domid += 1
+            state = PowerState.PAUSED if paused else PowerState.RUNNING
+            restored = replace(saved, power_state=state, domid=domid)
+            if config is not None:  # the VM may have been renamed meanwhile
+                restored = replace(restored, name=config.name, metadata=dict(config.metadata))
+            return self._commit(restored), metadata
+
+    def read_image(self, path: Path) -> dict[str, str]:
+        return self._read_image(Path(path))[1]
+
+    def _write_image(self, path: Path, d: Domain, metadata: dict[str, str]) -> None:
+        """A real file: magic, an SXP description of the domain and its metadata, a checksum, and a
+        stand-in for guest memory (a few bytes per MiB, so images are real but small)."""
+        memory = hashlib.sha256(f"{d.uuid}:{d.start_time}".encode()).digest() * max(1, d.memory // MIB // 32)
+        body = sxp.dumps(["image", _domain_to_sxp(d), ["metadata", *[[k, v] for k, v in sorted(metadata.items())]],
+                          ["memory", base64.b64encode(memory).decode()]]).encode("utf-8")
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(IMAGE_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def _read_image(self, path: Path) -> tuple[Domain, dict[str, str]]:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BackendError(f"cannot read {path}: {exc.strerror}", "INVALID_VALUE", "path", str(path)) from None
+        if not data.startswith(IMAGE_MAGIC):
+            raise BackendError(f"{path} is not a saved domain image", "INVALID_VALUE", "path", str(path))
+        digest, _, body = data[len(IMAGE_MAGIC):].partition(b"\n")
+        body = body.rstrip(b"\n")
+        if hashlib.sha256(body).hexdigest().encode() != digest:
+            raise BackendError(f"{path} is damaged (checksum mismatch)", "INVALID_VALUE", "path", str(path))
+        image = sxp.loads(body.decode("utf-8"))
+        domain = _domain_from_sxp(next(c for c in image[1:] if c[0] == "domain"))
+        meta = next((c[1:] for c in image[1:] if c[0] == "metadata"), [])
+        return domain, {k: v for k, v in meta}
+
+    def set_memory(self, uuid: str, memory: int) -> Domain:
+        with self._lock:
+            d = self._get(uuid)
+            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
+                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
+                                   d.power_state.lower())
+            if memory > d.memory_max:
+                raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
+                                   f"the domain's maximum is {d.memory_max}")
+            self._check_memory(memory, releasing=d.memory)
+            return self._commit(replace(d, memory=memory))
+
+    def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
+        with self._lock:
+            d = self._get(uuid)
+            if not 1 <= vcpus <= d.vcpus_max:
+                raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
+                                   f"between 1 and {d.vcpus_max}")
+            return self._commit(replace(d, vcpus=vcpus))
+
+    def pin(self, uuid: str, vcpu: int, cpus: frozenset[int] | None) -> Domain:
+        with self._lock:
+            d = self._get(uuid)
+            pins = dict(d.pins)
+            if cpus is None:
+                pins.pop(vcpu, None)
+            else:
+                self._check_pins({vcpu: cpus})
+                pins[vcpu] = frozenset(cpus)
+            return self._commit(replace(d, pins=pins))
+
+    def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
+        with self._lock:
+            d = self._get(uuid)
+            return self._commit(replace(d, weight=weight, cap=cap))

@@ -113,7 +113,12 @@ class Store:
         """
         if self._state != "new":
             raise StoreError("store already opened")
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create state directory {self.state_dir}: {exc.strerror or exc}"
+            ) from exc
         self._lock()
         try:
             self._validator = snapshot.Validator(relaxng(self._description))
@@ -129,6 +134,12 @@ class Store:
                 # Carry on appending to the newest file instead of starting one per restart.
                 self._cur = files[-1]
                 self._fd = os.open(self._cur.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            self._unlock()
+            raise StoreError(
+                f"cannot read the state in {self.state_dir}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+            ) from exc
         except BaseException:
             self._unlock()
             raise
@@ -144,7 +155,7 @@ class Store:
     async def close(self) -> None:
         """Flush everything, write a final snapshot (if a capture is set), unlock.
 
-        Safe to call more than once.  Raises StoreError if some op could not be made
+        Safe to call more than once.  Raises StoreError only if some op could not be made
         durable (the lock is released all the same).
         """
         if self._state != "open":
@@ -167,9 +178,8 @@ class Store:
             if self._capture is not None and (self._last_seq > self._snapshot_seq or not snap_exists):
                 task = self._start_compaction()
                 failure = (await task) if task is not None else self._compact_error
-                if failure is not None:
-                    error = error or failure
-                elif self._snapshot_seq >= self._last_seq:
+                # A failed final snapshot is logged, not raised: the journal still has it all.
+                if failure is None and self._snapshot_seq >= self._last_seq:
                     error = None  # the snapshot holds every op, written or not
         finally:
             self._shutdown()
@@ -203,7 +213,10 @@ class Store:
 
     def _lock(self) -> None:
         path = self.state_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open lock file {path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

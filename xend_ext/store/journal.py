@@ -19,7 +19,7 @@ the CRC-32 (zlib) of the UTF-8 bytes ``"<seq> <op>"`` as 8 lowercase hex digits,
 A scalar value is an atom, a set ``(item ...)``, a map ``((key value) ...)``; the
 field's kind in the description says which, so ``()`` is unambiguous.  Example::
 
-    (42 1c291ca3 (set VM OpaqueRef:5f0c name_label "web 1"))
+    (42 b1ee7a94 (set VM OpaqueRef:5f0c name_label "web 1"))
 
 Files are named ``journal-<first seq, 20 digits>.sxp`` so sorting by name is replay
 order; a new file starts when the store compacts.  Recovery (:func:`replay`) applies
@@ -130,9 +130,11 @@ def encode_op(op: tuple, classes: Classes) -> str:
     Checking here, when the op is appended, keeps a model bug from writing a record
     that would stop the next start.
     """
-    if type(op) not in (tuple, list) or not op or _ARITY.get(op[0]) != len(op):
+    if type(op) not in (tuple, list) or not op or type(op[0]) is not str or _ARITY.get(op[0]) != len(op):
         raise ValueError(f"malformed journal operation {op!r}")
     name, cls, ref = op[0], op[1], op[2]
+    if type(cls) is not str:
+        raise ValueError(f"class name must be a str: {op!r}")
     if type(ref) is not str or not ref:
         raise ValueError(f"object reference must be a non-empty str: {op!r}")
     if name == "destroy":
@@ -229,8 +231,7 @@ def decode_op(x: sxp.Sxp, classes: Classes) -> tuple:
             raise ReplayError(f"unknown field {cls}.{fname} (written by a different version?)")
         return spec
 
-    arity = {"create": 4, "destroy": 3, "set": 5, "map_add": 6}.get(name, 5)
-    if name not in OPS or len(x) != arity:
+    if _ARITY.get(name) != len(x):
         raise ReplayError(f"bad operation {name!r} with {len(x)} elements")
     if name == "create":
         if not isinstance(x[3], list):

@@ -1,0 +1,645 @@
+"""``VM``: the stored next-start definition of a guest, and its lifecycle.
+
+The record is the definition the next start applies (memory, vCPUs, scheduler parameters, pins);
+``power_state``/``domid`` mirror the backend, and ``VM_metrics`` shows what runs now. Every
+lifecycle message takes the VM's lock, checks the power state, asks the backend, and only then
+records the outcome, so a failed backend step changes nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import tempfile
+import urllib.parse
+import xmlrpc.client
+from pathlib import Path
+
+from xend_ext import cpuset
+from xend_ext import types as T
+from xend_ext.backends.base import Capability, DomainConfig, PowerState
+from xend_ext.datamodel import POOL_ADMIN, RO, RW, VM_OPERATOR, Field, XenAPIClass, coerce_record
+from xend_ext.wire import NULL_REF, XenAPIError
+
+log = logging.getLogger("xend_ext.vm")
+
+MIB = 1 << 20
+MAX_VCPUS = 128
+DEFAULT_WEIGHT, DEFAULT_CAP = 256, 0
+POWER = T.Enum("vm_power_state", "Halted", "Running", "Paused", "Suspended")
+LIVE_STATES = ("Running", "Paused")
+
+
+def _definition(name, positive=True):
+    """A definition field's check: the value itself, then (on a setter) the whole definition with it.
+    A create record is checked whole by _on_create."""
+
+    def check(ctx, obj, value):
+        if positive and value < 1:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", name, value, "must be at least 1")
+        if obj is not None:
+            check_definition(ctx, {**obj.values, name: value})
+
+    return check
+
+
+def _unique_name(ctx, obj, value):
+    for other in ctx.db.all("VM"):
+        if other is not obj and other.values["name_label"] == value:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another VM has this name")
+
+
+vm = XenAPIClass(
+    "VM",
+    "A virtual machine: its stored definition and its lifecycle",
+    [
+        Field("name_label", T.String, RW, validate=_unique_name, doc="the VM's name (unique, xm uses it)"),
+        Field("name_description", T.String, RW),
+        Field("power_state", POWER, RO, default="Halted", doc="as the backend reports it"),
+        Field("domid", T.Int, RO, default=-1, doc="the domain id, -1 when halted"),
+        Field("is_control_domain", T.Bool, RO, doc="true for Domain-0"),
+        Field("resident_on", T.Ref("host", nullable=True), RO, doc="the host it runs on, NULL when halted"),
+        Field("pool_name", T.String, RW, default="Pool-0", set_role=VM_OPERATOR, doc="the CPU pool it starts in"),
+        Field("order", T.Int, RW, doc="start order within its group (ascending)"),
+        Field("start_delay", T.Int, RW, doc="seconds to wait after starting it in a group operation"),
+        Field("shutdown_delay", T.Int, RW, doc="seconds to wait after stopping it in a group operation"),
+        Field("depends_on", T.Set(T.Ref("VM")), RW, doc="VMs that must be running before this one starts"),
+        Field("auto_power_on", T.Bool, RW, doc="start when the server starts"),
+        Field("PV_kernel", T.String, RW, doc="path of the kernel on the host"),
+        Field("PV_ramdisk", T.String, RW, doc="path of the initrd on the host"),
+        Field("PV_args", T.String, RW, doc="kernel command line"),
+        Field("memory_target", T.Int, RW, default=256 * MIB, validate=_definition("memory_target"),
+              doc="bytes at next start"),
+        Field("memory_static_max", T.Int, RW, default=256 * MIB, validate=_definition("memory_static_max"),
+              doc="most bytes it may ever have"),
+        Field("VCPUs_at_startup", T.Int, RW, default=1, validate=_definition("VCPUs_at_startup"),
+              doc="vCPUs online at next start"),
+        Field("VCPUs_max", T.Int, RW, default=1, validate=_definition("VCPUs_max"), doc="most vCPUs"),
+        Field("VCPUs_params", T.Map(T.String, T.String), RW, validate=_definition("VCPUs_params", positive=False),
+              doc="scheduler parameters at next start: weight, cap, cpumap<N>"),
+        Field("actions_after_shutdown", T.Enum("on_normal_exit", "destroy", "restart"), RW,
+              doc="what a guest-initiated power-off does (xm's on_poweroff)"),
+        Field("actions_after_reboot", T.Enum("on_normal_exit_reboot", "restart", "destroy"), RW),
+        Field("actions_after_crash", T.Enum("on_crash_behaviour", "restart", "destroy", "preserve"), RW),
+        Field("metrics", T.Ref("VM_metrics", nullable=True), RO, doc="the live state"),
+        Field("other_config", T.Map(T.String, T.String), RW),
+    ],
+    default_role=POOL_ADMIN,
+    creatable=True,
+    destroyable=True,
+)
+
+
+# -- the definition --------------------------------------------------------------------
+
+def check_definition(ctx, values):
+    """Cross-field rules of the stored definition: memory and vCPU bounds, VCPUs_params."""
+    ncpus = len(ctx.backend.host_info().cpus)
+    if values["memory_target"] > values["memory_static_max"]:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "memory_target", values["memory_target"],
+                          f"above memory_static_max ({values['memory_static_max']})")
+    if values["VCPUs_max"] > MAX_VCPUS:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "VCPUs_max", values["VCPUs_max"], f"at most {MAX_VCPUS}")
+    if values["VCPUs_at_startup"] > values["VCPUs_max"]:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "VCPUs_at_startup", values["VCPUs_at_startup"],
+                          f"above VCPUs_max ({values['VCPUs_max']})")
+    sched_params(values["VCPUs_params"], values["VCPUs_max"], ncpus)
+
+
+def sched_params(params, vcpus_max, ncpus):
+    """Weight, cap and pins from VCPUs_params, checked as xend's sched-credit and vcpu-pin did."""
+    weight = _int_param(params, "weight", DEFAULT_WEIGHT)
+    cap = _int_param(params, "cap", DEFAULT_CAP)
+    if not 1 <= weight <= 65535:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "weight", weight, "weight is 1..65535")
+    if not 0 <= cap <= 100 * vcpus_max:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "cap", cap, f"cap is 0..{100 * vcpus_max} for {vcpus_max} vCPUs")
+    pins = {}
+    for key, text in params.items():
+        if key.startswith("cpumap"):
+            index = key[len("cpumap"):]
+            if not index.isdigit() or int(index) >= vcpus_max:
+                raise XenAPIError("VALUE_NOT_SUPPORTED", key, text, f"no vCPU {index} (VCPUs_max is {vcpus_max})")
+            try:
+                pins[int(index)] = cpuset.parse(text, ncpus)
+            except cpuset.CpuSetError as exc:
+                raise XenAPIError("VALUE_NOT_SUPPORTED", key, text, str(exc)) from None
+            if not pins[int(index)]:
+                raise XenAPIError("VALUE_NOT_SUPPORTED", key, text, "pins a vCPU to no CPU at all")
+    return weight, cap, pins
+
+
+def _int_param(params, key, default):
+    text = params.get(key, "")
+    if text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", key, text, "not an integer") from None
+
+
+def domain_config(ctx, obj):
+    """The backend's view of the stored definition."""
+    v = obj.values
+    weight, cap, pins = sched_params(v["VCPUs_params"], v["VCPUs_max"], len(ctx.backend.host_info().cpus))
+    return DomainConfig(
+        uuid=obj.uuid, name=v["name_label"], memory=v["memory_target"], memory_max=v["memory_static_max"],
+        vcpus=v["VCPUs_at_startup"], vcpus_max=v["VCPUs_max"], weight=weight, cap=cap, pins=pins,
+        kernel=v["PV_kernel"], ramdisk=v["PV_ramdisk"], args=v["PV_args"],
+        metadata={"pool_name": v["pool_name"]},
+    )
+
+
+def _on_create(ctx, values):
+    check_definition(ctx, values)
+    values["power_state"], values["domid"] = "Halted", -1
+
+
+def _after_create(ctx, obj):
+    metrics = ctx.db.create("VM_metrics", {"VM": obj.ref})
+    ctx.db.set(obj, "metrics", metrics.ref)
+
+
+def _on_destroy(ctx, obj):
+    if obj.values["is_control_domain"]:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "Domain-0 cannot be destroyed")
+    require_state(obj, "Halted")
+    metrics = ctx.db.find(obj.values["metrics"])
+    if metrics is not None:
+        ctx.db.destroy(metrics)
+    for other in ctx.db.all("VM"):
+        if obj.ref in other.values["depends_on"]:
+            ctx.db.set_remove(other, "depends_on", obj.ref)
+
+
+# -- live state --------------------------------------------------------------------------
+
+def require_state(obj, *states):
+    if obj.values["power_state"] not in states:
+        raise XenAPIError("VM_BAD_POWER_STATE", obj.ref, states[0].lower(), obj.values["power_state"].lower())
+
+
+def not_control_domain(obj, what):
+    if obj.values["is_control_domain"]:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", f"Domain-0 cannot be {what}")
+
+
+def apply_domain(ctx, obj, domain):
+    """Record what the backend reports (None: no domain any more) and announce the live changes."""
+    host = next(iter(ctx.db.all("host")), None)
+    if domain is None:
+        ctx.db.set(obj, "power_state", "Halted")
+        ctx.db.set(obj, "domid", -1)
+        ctx.db.set(obj, "resident_on", NULL_REF)
+    else:
+        ctx.db.set(obj, "power_state", domain.power_state)
+        ctx.db.set(obj, "domid", domain.domid if domain.power_state != PowerState.SUSPENDED else -1)
+        ctx.db.set(obj, "resident_on", host.ref if host and domain.power_state != PowerState.SUSPENDED else NULL_REF)
+    metrics = ctx.db.find(obj.values["metrics"])
+    if metrics is not None:
+        ctx.db.touch(metrics)
+    refresh_live(ctx)
+
+
+def refresh_live(ctx):
+    """The scheduler model's shares depend on every running VM: their metrics all changed."""
+    for other in ctx.db.all("VM"):
+        metrics = ctx.db.find(other.values["metrics"])
+        if metrics is not None and other.values["power_state"] in LIVE_STATES:
+            ctx.db.touch(metrics)
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+LIFECYCLE = dict(role=VM_OPERATOR, capability=Capability.LIFECYCLE)
+
+
+@vm.message(("self", T.Ref("VM")), ("start_paused", T.Bool, False), ("force", T.Bool, False), **LIFECYCLE,
+            errors=("VM_BAD_POWER_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY"))
+async def start(ctx, ref, start_paused, force):
+    """Start a halted VM from its stored definition (paused if asked)."""
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        require_state(obj, "Halted")
+        for hook in ctx.registry.before_start:
+            hook(ctx, obj)
+        domain = await ctx.call_backend(ctx.backend.start, domain_config(ctx, obj), start_paused)
+        apply_domain(ctx, obj, domain)
+
+
+@vm.message(("self", T.Ref("VM")), role=VM_OPERATOR, capability=Capability.PAUSE, errors=("VM_BAD_POWER_STATE",))
+async def pause(ctx, ref):
+    """Stop scheduling a running VM."""
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        not_control_domain(obj, "paused")
+        require_state(obj, "Running")
+        apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
+
+
+@vm.message(("self", T.Ref("VM")), role=VM_OPERATOR, capability=Capability.PAUSE, errors=("VM_BAD_POWER_STATE",))
+async def unpause(ctx, ref):
+    """Schedule a paused VM again."""
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        require_state(obj, "Paused")
+        apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
+
+
+async def _shutdown(ctx, ref, clean):
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        not_control_domain(obj, "stopped")
+        require_state(obj, *(("Running",) if clean else ("Running", "Paused", "Suspended")))
+        await ctx.call_backend(ctx.backend.shutdown, obj.uuid, clean)
+        apply_domain(ctx, obj, None)
+
+
+@vm.message(("self", T.Ref("VM")), **LIFECYCLE, errors=("VM_BAD_POWER_STATE",))
+async def clean_shutdown(ctx, ref):
+    """Ask the guest to power off."""
+    await _shutdown(ctx, ref, clean=True)
+
+
+@vm.message(("self", T.Ref("VM")), **LIFECYCLE, errors=("VM_BAD_POWER_STATE",))
+async def hard_shutdown(ctx, ref):
+    """Stop the domain at once (xm destroy); a suspended VM loses its suspend image."""
+    await _shutdown(ctx, ref, clean=False)
+
+
+async def _reboot(ctx, ref, clean):
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        not_control_domain(obj, "rebooted")
+        require_state(obj, *(("Running",) if clean else ("Running", "Paused")))
+        for hook in ctx.registry.before_start:
+            hook(ctx, obj)
+        domain = await ctx.call_backend(ctx.backend.reboot, obj.uuid, clean, domain_config(ctx, obj))
+        apply_domain(ctx, obj, domain)
+
+
+@vm.message(("self", T.Ref("VM")), **LIFECYCLE, errors=("VM_BAD_POWER_STATE",))
+async def clean_reboot(ctx, ref):
+    """Restart the guest; the stored definition applies, as at every start."""
+    await _reboot(ctx, ref, clean=True)
+
+
+@vm.message(("self", T.Ref("VM")), **LIFECYCLE, errors=("VM_BAD_POWER_STATE",))
+async def hard_reboot(ctx, ref):
+    """Reset the domain and start it again from the stored definition."""
+    await _reboot(ctx, ref, clean=False)
+
+
+@vm.message(("self", T.Ref("VM")), role=VM_OPERATOR, capability=Capability.SUSPEND, errors=("VM_BAD_POWER_STATE",))
+async def suspend(ctx, ref):
+    """Save the domain to an image the host keeps; resume brings it back."""
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        not_control_domain(obj, "suspended")
+        require_state(obj, "Running", "Paused")
+        apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.suspend, obj.uuid))
+
+
+@vm.message(("self", T.Ref("VM")), ("start_paused", T.Bool, False), ("force", T.Bool, False), role=VM_OPERATOR,
+            capability=Capability.SUSPEND, errors=("VM_BAD_POWER_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY"))
+async def resume(ctx, ref, start_paused, force):
+    """Bring a suspended VM back."""
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        require_state(obj, "Suspended")
+        apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.resume, obj.uuid, start_paused))
+
+
+def record_for_image(ctx, obj):
+    """The VM's definition as strings, to travel with a saved image or a migration."""
+    skip = {"power_state", "domid", "resident_on", "metrics", "depends_on", "is_control_domain"}
+    return {f.name: _text(f.type.encode(obj.values[f.name])) for f in vm.stored_fields() if f.name not in skip}
+
+
+def _text(encoded):
+    return json.dumps(encoded) if isinstance(encoded, (dict, list)) else encoded
+
+
+def record_from_image(meta):
+    """Inverse of record_for_image: typed values for a create record."""
+    out = {}
+    for name, text in meta.items():
+        f = vm.fields.get(name)
+        if f is None:
+            continue
+        if isinstance(f.type, (T.MapType, T.SetType)):
+            try:
+                out[name] = json.loads(text)
+            except ValueError:
+                raise XenAPIError("VALUE_NOT_SUPPORTED", name, text[:100], "not a JSON map or list") from None
+        else:
+            out[name] = text
+    return out
+
+
+@vm.message(("self", T.Ref("VM")), ("path", T.String), role=POOL_ADMIN, capability=Capability.SAVE,
+            errors=("VM_BAD_POWER_STATE",))
+async def save(ctx, ref, path):
+    """Save a running or paused VM to a file on the host; the VM is halted afterwards."""
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        not_control_domain(obj, "saved")
+        require_state(obj, "Running", "Paused")
+        target = _host_path(path, must_exist=False)
+        meta = record_for_image(ctx, obj)
+        meta["power_state"] = obj.values["power_state"]
+        ctx.progress(0.1)
+        await ctx.call_backend(ctx.backend.save, obj.uuid, target, meta)
+        apply_domain(ctx, obj, None)
+
+
+def _host_path(path, must_exist):
+    if not path or "\x00" in path:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "give an absolute path on the host")
+    target = Path(path)
+    if not target.is_absolute():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "give an absolute path on the host")
+    if must_exist and not target.is_file():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "no such file on the host")
+    if not must_exist and not target.parent.is_dir():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "its directory does not exist on the host")
+    return target
+
+
+@vm.message(("path", T.String), ("start_paused", T.Bool, False), result=T.Ref("VM"), role=POOL_ADMIN,
+            capability=Capability.SAVE, errors=("VM_BAD_POWER_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY"))
+async def restore(ctx, path, start_paused):
+    """Bring back a VM saved with VM.save (here or on another server); defines it if unknown."""
+    source = _host_path(path, must_exist=True)
+    meta = await ctx.call_backend(ctx.backend.read_image, source)
+    return await receive(ctx, meta, source, start_paused or meta.get("power_state") == "Paused")
+
+
+async def receive(ctx, meta, image, paused):
+    """Find or define the VM an image belongs to, then restore its domain from the image."""
+    uuid = meta.get("uuid", "")
+    obj = ctx.db.by_uuid_index.get(("VM", uuid))
+    created = obj is None
+    if created:
+        record = record_from_image(meta)
+        record.pop("uuid", None)
+        values = coerce_record(ctx, vm, record)
+        _on_create(ctx, values)
+        values["uuid"] = uuid
+    async with ctx.lock(obj.ref if obj else "VM/" + uuid):
+        if obj is not None:
+            require_state(obj, "Halted")
+            config = domain_config(ctx, obj)
+        else:
+            config = None
+        domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
+        if created:
+            obj = ctx.db.create("VM", values)
+            _after_create(ctx, obj)
+        apply_domain(ctx, obj, domain)
+        return obj.ref
+
+
+# -- migration to another xend-ext server ------------------------------------------------
+
+def _destination(url):
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "destination_url", url,
+                          "give http(s)://[user:password@]host:port/ of the other xend-ext server")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))
+    return clean, urllib.parse.unquote(parts.username or "root"), urllib.parse.unquote(parts.password or "")
+
+
+def _remote_call(proxy, method, *args):
+    reply = getattr(proxy, method)(*args)
+    if reply.get("Status") != "Success":
+        raise XenAPIError(*reply.get("ErrorDescription", ["INTERNAL_ERROR", "no error description"]))
+    return reply.get("Value")
+
+
+def _send(url, user, password, meta, image_path, paused):
+    """Runs in a worker thread: log in to the destination and hand it the VM."""
+    proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
+    try:
+        session = _remote_call(proxy, "session.login_with_password", user, password, "1.1", "xend-ext migrate")
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise XenAPIError("VM_MIGRATE_FAILED", meta["uuid"], "", url, f"cannot reach the destination: {exc}") from None
+    try:
+        image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
+        return _remote_call(proxy, "VM.migrate_receive", session, meta, image, paused)
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise XenAPIError("VM_MIGRATE_FAILED", meta["uuid"], "", url, str(exc)) from None
+    finally:
+        try:
+            proxy.session.logout(session)
+        except (OSError, xmlrpc.client.Error):
+            pass
+
+
+@vm.message(("self", T.Ref("VM")), ("destination_url", T.String), ("live", T.Bool, False), role=POOL_ADMIN,
+            capability=Capability.MIGRATE, errors=("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED"))
+async def migrate(ctx, ref, destination_url, live):
+    """Hand a running VM to another xend-ext server; it runs there, and is gone from here.
+
+    The domain is saved to an image, the image and the definition go to the destination over
+    Xen-API (VM.migrate_receive), and only once the destination runs it is it forgotten here. If
+    the destination fails, the domain is restored here as it was. ``live`` keeps the guest
+    running while the image is prepared (the simulated host copies it at once).
+    """
+    url, user, password = _destination(destination_url)
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        not_control_domain(obj, "migrated")
+        require_state(obj, "Running", "Paused")
+        was_paused = obj.values["power_state"] == "Paused"
+        meta = record_for_image(ctx, obj)
+        ctx.progress(0.1)
+        handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
+        os.close(handle)
+        image = Path(tmp)
+        try:
+            await ctx.call_backend(ctx.backend.save, obj.uuid, image, meta)
+            ctx.progress(0.5)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    ctx.services.backend_pool, _send, url, user, password, meta, image, was_paused)
+            except XenAPIError:
+                domain, _ = await ctx.call_backend(ctx.backend.restore, image, was_paused, domain_config(ctx, obj))
+                apply_domain(ctx, obj, domain)
+                raise
+            ctx.progress(0.9)
+            apply_domain(ctx, obj, None)
+            metrics = ctx.db.find(obj.values["metrics"])
+            if metrics is not None:
+                ctx.db.destroy(metrics)
+            ctx.db.destroy(obj)
+        finally:
+            image.unlink(missing_ok=True)
+
+
+@vm.message(("record", T.Map(T.String, T.String)), ("image", T.String), ("start_paused", T.Bool, False),
+            result=T.Ref("VM"), role=POOL_ADMIN, capability=Capability.MIGRATE, async_ok=False)
+async def migrate_receive(ctx, record, image, start_paused):
+    """The destination side of VM.migrate: define the VM and run it from the image sent."""
+    uuid = record.get("uuid", "")
+    existing = ctx.db.by_uuid_index.get(("VM", uuid))
+    if existing is not None and existing.values["power_state"] != "Halted":
+        raise XenAPIError("VM_BAD_POWER_STATE", existing.ref, "halted", existing.values["power_state"].lower())
+    try:
+        data = base64.b64decode(image, validate=True)
+    except ValueError:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "image", "", "not base64") from None
+    handle, tmp = tempfile.mkstemp(prefix="incoming-", suffix=".img", dir=ctx.services.config.state_dir)
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            fh.write(data)
+        return await receive(ctx, record, Path(tmp), start_paused)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# -- allocation changes: dynamic (running domain only), static (definition only), perm (both) --
+
+MODE = T.Enum("allocation_mode", "dynamic", "static", "perm")
+
+
+async def _allocate(ctx, ref, mode, stored, live):
+    """One allocation change in the three modes of API.md §8.
+
+    ``stored``: definition fields to write (static, perm); ``live``: a function of the VM's uuid
+    calling the backend (dynamic, perm). A halted VM has no domain, so dynamic fails there and
+    perm changes the definition only. The definition is checked before the backend is asked.
+    """
+    async with ctx.lock(ref):
+        obj = ctx.db.get(ref)
+        running = obj.values["power_state"] in LIVE_STATES
+        if mode == "dynamic" and not running:
+            raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", obj.values["power_state"].lower())
+        if mode != "dynamic":
+            check_definition(ctx, {**obj.values, **stored})
+        domain = None
+        if mode != "static" and running:
+            domain = await ctx.call_backend(live, obj.uuid)
+        if mode != "dynamic":
+            for name, value in stored.items():
+                ctx.db.set(obj, name, value)
+        if domain is not None:
+            apply_domain(ctx, obj, domain)
+
+
+ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED"))
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"), capability=Capability.MEMORY_LIVE,
+            **ALLOCATION)
+async def set_memory(ctx, ref, value, mode):
+    """Memory in bytes (xm mem-set)."""
+    await _allocate(ctx, ref, mode, {"memory_target": value}, lambda uuid: ctx.backend.set_memory(uuid, value))
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"), capability=Capability.VCPUS_LIVE,
+            **ALLOCATION)
+async def set_VCPUs(ctx, ref, value, mode):  # noqa: N802 - the wire name
+    """vCPUs online (xm vcpu-set)."""
+    await _allocate(ctx, ref, mode, {"VCPUs_at_startup": value}, lambda uuid: ctx.backend.set_vcpus(uuid, value))
+
+
+def _live_sched(ctx, ref, weight=None, cap=None):
+    def apply(uuid):
+        domain = ctx.backend.domain(uuid)
+        return ctx.backend.set_sched(uuid, domain.weight if weight is None else weight,
+                                     domain.cap if cap is None else cap)
+    return apply
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
+            capability=Capability.SCHED_CREDIT, **ALLOCATION)
+async def set_sched_weight(ctx, ref, value, mode):
+    """Credit scheduler weight, 1..65535 (xm sched-credit -w)."""
+    if not 1 <= value <= 65535:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "weight", value, "weight is 1..65535")
+    obj = ctx.db.get(ref)
+    params = {**obj.values["VCPUs_params"], "weight": str(value)}
+    await _allocate(ctx, ref, mode, {"VCPUs_params": params}, _live_sched(ctx, ref, weight=value))
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
+            capability=Capability.SCHED_CREDIT, **ALLOCATION)
+async def set_sched_cap(ctx, ref, value, mode):
+    """Credit scheduler cap in % of one pCPU, 0 (none)..100 x vCPUs (xm sched-credit -c)."""
+    obj = ctx.db.get(ref)
+    vcpus = obj.values["VCPUs_max"]
+    if not 0 <= value <= 100 * vcpus:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "cap", value, f"cap is 0..{100 * vcpus} for {vcpus} vCPUs")
+    params = {**obj.values["VCPUs_params"], "cap": str(value)}
+    await _allocate(ctx, ref, mode, {"VCPUs_params": params}, _live_sched(ctx, ref, cap=value))
+
+
+@vm.message(("self", T.Ref("VM")), ("vcpu", T.Int), ("cpus", T.String), ("mode", MODE, "dynamic"),
+            capability=Capability.PIN, **ALLOCATION)
+async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
+    """Restrict a vCPU to some pCPUs: "2,3", "0-3,^1" or "all" (xm vcpu-pin)."""
+    obj = ctx.db.get(ref)
+    if not 0 <= vcpu < obj.values["VCPUs_max"]:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "vcpu", vcpu, f"the VM has vCPUs 0..{obj.values['VCPUs_max'] - 1}")
+    ncpus = len(ctx.backend.host_info().cpus)
+    try:
+        chosen = None if cpus.strip() == "all" else cpuset.parse(cpus, ncpus)
+    except cpuset.CpuSetError as exc:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, str(exc)) from None
+    if chosen is not None and not chosen:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, "pins the vCPU to no CPU at all")
+    params = dict(obj.values["VCPUs_params"])
+    if chosen is None:
+        params.pop(f"cpumap{vcpu}", None)
+    else:
+        params[f"cpumap{vcpu}"] = ",".join(str(c) for c in sorted(chosen))
+    await _allocate(ctx, ref, mode, {"VCPUs_params": params}, lambda uuid: ctx.backend.pin(uuid, vcpu, chosen))
+
+
+# -- start-up ------------------------------------------------------------------------------
+
+def reconcile(ctx):
+    """Make the store agree with the domains the hypervisor has (a toolstack restart)."""
+    domains = {d.uuid: d for d in ctx.backend.domains()}
+    for obj in list(ctx.db.all("VM")):
+        if obj.values["metrics"] == NULL_REF or ctx.db.find(obj.values["metrics"]) is None:
+            _after_create(ctx, obj)
+        apply_domain(ctx, obj, domains.pop(obj.uuid, None))
+    for domain in domains.values():  # discovered: running here, unknown to the store
+        values = {
+            "uuid": domain.uuid, "name_label": domain.name, "is_control_domain": domain.is_control_domain,
+            "memory_target": domain.memory, "memory_static_max": domain.memory_max,
+            "VCPUs_at_startup": domain.vcpus, "VCPUs_max": domain.vcpus_max,
+            "VCPUs_params": {"weight": str(domain.weight), "cap": str(domain.cap)},
+            "pool_name": domain.metadata.get("pool_name", "Pool-0"),
+        }
+        obj = ctx.db.create("VM", values)
+        _after_create(ctx, obj)
+        apply_domain(ctx, obj, domain)
+
+
+async def auto_start(ctx):
+    """At every server start, as xend did: halted VMs with auto_power_on start, in ``order``."""
+    waiting = sorted((o for o in ctx.db.all("VM") if o.values["auto_power_on"] and o.values["power_state"] == "Halted"),
+                     key=lambda o: (o.values["order"], o.values["name_label"]))
+    for obj in waiting:
+        try:
+            await start(ctx, obj.ref, False, False)
+        except XenAPIError as exc:
+            log.warning("auto_power_on: %s did not start: %s", obj.values["name_label"], exc)
+
+
+def install(registry):
+    vm.on_create = _on_create
+    vm.after_create = _after_create
+    vm.on_destroy = _on_destroy
+    registry.add(vm)
+    registry.on_start.append(reconcile)
+    registry.on_start.append(auto_start)
