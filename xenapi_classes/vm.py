@@ -176,7 +176,24 @@ def _on_destroy(ctx, obj):
             ctx.db.set_remove(other, "depends_on", obj.ref)
 
 
+@vm.message(("self", T.Ref("VM")), role=POOL_ADMIN, errors=("VM_BAD_POWER_STATE", "OPERATION_NOT_ALLOWED"))
+async def destroy(ctx, ref):
+    """Forget a halted VM (xm delete). Takes the VM's lock: a start in flight finishes first."""
+    async with ctx.lock(ref):
+        obj = current(ctx, ref)
+        _on_destroy(ctx, obj)
+        ctx.db.destroy(obj)
+
+
 # -- live state --------------------------------------------------------------------------
+
+def current(ctx, ref):
+    """The VM once its lock is ours: it may have been destroyed while we waited."""
+    obj = ctx.db.find(ref)
+    if obj is None:
+        raise XenAPIError("HANDLE_INVALID", "VM", ref)
+    return obj
+
 
 def require_state(obj, *states):
     if obj.values["power_state"] not in states:
@@ -223,7 +240,7 @@ LIFECYCLE = dict(role=VM_OPERATOR, capability=Capability.LIFECYCLE)
 async def start(ctx, ref, start_paused, force):
     """Start a halted VM from its stored definition (paused if asked)."""
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         require_state(obj, "Halted")
         for hook in ctx.registry.before_start:
             hook(ctx, obj)
@@ -235,7 +252,7 @@ async def start(ctx, ref, start_paused, force):
 async def pause(ctx, ref):
     """Stop scheduling a running VM."""
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         not_control_domain(obj, "paused")
         require_state(obj, "Running")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
@@ -245,14 +262,14 @@ async def pause(ctx, ref):
 async def unpause(ctx, ref):
     """Schedule a paused VM again."""
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         require_state(obj, "Paused")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
 
 
 async def _shutdown(ctx, ref, clean):
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         not_control_domain(obj, "stopped")
         require_state(obj, *(("Running",) if clean else ("Running", "Paused", "Suspended")))
         await ctx.call_backend(ctx.backend.shutdown, obj.uuid, clean)
@@ -273,7 +290,7 @@ async def hard_shutdown(ctx, ref):
 
 async def _reboot(ctx, ref, clean):
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         not_control_domain(obj, "rebooted")
         require_state(obj, *(("Running",) if clean else ("Running", "Paused")))
         for hook in ctx.registry.before_start:
@@ -298,7 +315,7 @@ async def hard_reboot(ctx, ref):
 async def suspend(ctx, ref):
     """Save the domain to an image the host keeps; resume brings it back."""
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         not_control_domain(obj, "suspended")
         require_state(obj, "Running", "Paused")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.suspend, obj.uuid))
@@ -309,7 +326,7 @@ async def suspend(ctx, ref):
 async def resume(ctx, ref, start_paused, force):
     """Bring a suspended VM back."""
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         require_state(obj, "Suspended")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.resume, obj.uuid, start_paused))
 
@@ -346,7 +363,7 @@ def record_from_image(meta):
 async def save(ctx, ref, path):
     """Save a running or paused VM to a file on the host; the VM is halted afterwards."""
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         not_control_domain(obj, "saved")
         require_state(obj, "Running", "Paused")
         target = _host_path(path, must_exist=False)
@@ -416,25 +433,28 @@ def _destination(url):
     return clean, urllib.parse.unquote(parts.username or "root"), urllib.parse.unquote(parts.password or "")
 
 
+class _Refused(Exception):
+    """The destination did not take the VM; the text says why, for VM_MIGRATE_FAILED."""
+
+
 def _remote_call(proxy, method, *args):
-    reply = getattr(proxy, method)(*args)
-    if reply.get("Status") != "Success":
-        raise XenAPIError(*reply.get("ErrorDescription", ["INTERNAL_ERROR", "no error description"]))
+    try:
+        reply = proxy.__getattr__(method)(*args)
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise _Refused(f"cannot talk to the destination: {exc}") from None
+    if not isinstance(reply, dict) or reply.get("Status") != "Success":
+        detail = reply.get("ErrorDescription", []) if isinstance(reply, dict) else [str(reply)]
+        raise _Refused("the destination answered " + " ".join(map(str, detail)))
     return reply.get("Value")
 
 
 def _send(url, user, password, meta, image_path, paused):
     """Runs in a worker thread: log in to the destination and hand it the VM."""
     proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
-    try:
-        session = _remote_call(proxy, "session.login_with_password", user, password, "1.1", "xend-ext migrate")
-    except (OSError, xmlrpc.client.Error) as exc:
-        raise XenAPIError("VM_MIGRATE_FAILED", meta["uuid"], "", url, f"cannot reach the destination: {exc}") from None
+    session = _remote_call(proxy, "session.login_with_password", user, password, "1.1", "xend-ext migrate")
     try:
         image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
         return _remote_call(proxy, "VM.migrate_receive", session, meta, image, paused)
-    except (OSError, xmlrpc.client.Error) as exc:
-        raise XenAPIError("VM_MIGRATE_FAILED", meta["uuid"], "", url, str(exc)) from None
     finally:
         try:
             proxy.session.logout(session)
@@ -454,7 +474,7 @@ async def migrate(ctx, ref, destination_url, live):
     """
     url, user, password = _destination(destination_url)
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         not_control_domain(obj, "migrated")
         require_state(obj, "Running", "Paused")
         was_paused = obj.values["power_state"] == "Paused"
@@ -469,10 +489,11 @@ async def migrate(ctx, ref, destination_url, live):
             try:
                 await asyncio.get_running_loop().run_in_executor(
                     ctx.services.backend_pool, _send, url, user, password, meta, image, was_paused)
-            except XenAPIError:
+            except _Refused as exc:
                 domain, _ = await ctx.call_backend(ctx.backend.restore, image, was_paused, domain_config(ctx, obj))
                 apply_domain(ctx, obj, domain)
-                raise
+                source = next(iter(ctx.db.all("host"))).values["name_label"]
+                raise XenAPIError("VM_MIGRATE_FAILED", ref, source, url, str(exc)) from None
             ctx.progress(0.9)
             apply_domain(ctx, obj, None)
             metrics = ctx.db.find(obj.values["metrics"])
@@ -517,7 +538,7 @@ async def _allocate(ctx, ref, mode, stored, live):
     perm changes the definition only. The definition is checked before the backend is asked.
     """
     async with ctx.lock(ref):
-        obj = ctx.db.get(ref)
+        obj = current(ctx, ref)
         running = obj.values["power_state"] in LIVE_STATES
         if mode == "dynamic" and not running:
             raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", obj.values["power_state"].lower())
@@ -639,7 +660,6 @@ async def auto_start(ctx):
 def install(registry):
     vm.on_create = _on_create
     vm.after_create = _after_create
-    vm.on_destroy = _on_destroy
     registry.add(vm)
     registry.on_start.append(reconcile)
     registry.on_start.append(auto_start)
