@@ -84,7 +84,7 @@ class EventHub:
         self._log_gens: list[int] = []
         self._log: list[tuple[str, str, str, Obj]] = []  # (class, ref, op, obj)
         self._log_start = 0
-        self._cond = asyncio.Condition()
+        self._waiters: set[asyncio.Future[None]] = set()  # event.from calls waiting for a change
         self.registrations: dict[str, Registration] = {}
         self.known_classes: dict[str, str] = {}
         self.on_publish: list[Callable[[], None]] = []
@@ -125,11 +125,10 @@ class EventHub:
                 self._log_start = self._log_gens[cut]
                 del self._log[:cut]
                 del self._log_gens[:cut]
-            asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
+            waiters, self._waiters = self._waiters, set()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def _queue_for_registrations(self, gen: int, obj: Obj, op: str) -> None:
         if not self.registrations:
@@ -211,11 +210,12 @@ class EventHub:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return [], upto
-            async with self._cond:
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    pass
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                self._waiters.discard(fut)
 
     def valid_ref_counts(self) -> dict[str, int]:
         assert self.db is not None
