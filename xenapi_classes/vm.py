@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import tempfile
 import urllib.parse
 import xmlrpc.client
@@ -98,6 +99,9 @@ vm = XenAPIClass(
 def check_definition(ctx, values):
     """Cross-field rules of the stored definition: memory and vCPU bounds, VCPUs_params."""
     ncpus = len(ctx.backend.host_info().cpus)
+    for name in ("memory_target", "memory_static_max", "VCPUs_at_startup", "VCPUs_max"):
+        if values[name] < 1:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", name, values[name], "must be at least 1")
     if values["memory_target"] > values["memory_static_max"]:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "memory_target", values["memory_target"],
                           f"above memory_static_max ({values['memory_static_max']})")
@@ -433,44 +437,75 @@ def _destination(url):
     return clean, urllib.parse.unquote(parts.username or "root"), urllib.parse.unquote(parts.password or "")
 
 
+MIGRATE_TIMEOUT = 300.0  # seconds the destination may take to answer one call
+
+
 class _Refused(Exception):
     """The destination did not take the VM; the text says why, for VM_MIGRATE_FAILED."""
 
 
-def _remote_call(proxy, method, *args):
-    try:
-        reply = proxy.__getattr__(method)(*args)
-    except (OSError, xmlrpc.client.Error) as exc:
-        raise _Refused(f"cannot talk to the destination: {exc}") from None
-    if not isinstance(reply, dict) or reply.get("Status") != "Success":
-        detail = reply.get("ErrorDescription", []) if isinstance(reply, dict) else [str(reply)]
-        raise _Refused("the destination answered " + " ".join(map(str, detail)))
-    return reply.get("Value")
+class _Sender:
+    """The source side of the hand-over, run in a worker thread; abort() cuts it off."""
 
+    def __init__(self, url: str, user: str, password: str) -> None:
+        self.url, self.user, self.password = url, user, password
+        self.connections: list = []
+        self.aborted = False
+        sender = self
 
-def _send(url, user, password, meta, image_path, paused):
-    """Runs in a worker thread: log in to the destination and hand it the VM."""
-    proxy = xmlrpc.client.ServerProxy(url, allow_none=True)
-    session = _remote_call(proxy, "session.login_with_password", user, password, "1.1", "xend-ext migrate")
-    try:
-        image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
-        return _remote_call(proxy, "VM.migrate_receive", session, meta, image, paused)
-    finally:
+        class Transport(xmlrpc.client.SafeTransport if url.startswith("https") else xmlrpc.client.Transport):
+            def make_connection(self, host):  # noqa: ANN001 - stdlib signature
+                if sender.aborted:  # xmlrpc.client retries once on a cut connection: not after abort
+                    raise ConnectionAbortedError("the migration was cancelled")
+                conn = super().make_connection(host)
+                conn.timeout = MIGRATE_TIMEOUT
+                sender.connections.append(conn)
+                return conn
+
+        self.proxy = xmlrpc.client.ServerProxy(url, allow_none=True, transport=Transport())
+
+    def call(self, method, *args):
         try:
-            proxy.session.logout(session)
-        except (OSError, xmlrpc.client.Error):
-            pass
+            reply = self.proxy.__getattr__(method)(*args)
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise _Refused("the migration was cancelled" if self.aborted
+                           else f"cannot talk to the destination: {exc}") from None
+        if not isinstance(reply, dict) or reply.get("Status") != "Success":
+            detail = reply.get("ErrorDescription", []) if isinstance(reply, dict) else [str(reply)]
+            raise _Refused("the destination answered " + " ".join(map(str, detail)))
+        return reply.get("Value")
+
+    def send(self, meta, image_path, paused):
+        session = self.call("session.login_with_password", self.user, self.password, "1.1", "xend-ext migrate")
+        try:
+            image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
+            return self.call("VM.migrate_receive", session, meta, image, paused)
+        finally:
+            try:
+                self.proxy.session.logout(session)
+            except (OSError, xmlrpc.client.Error):
+                pass
+
+    def abort(self):
+        """Close the connection under the worker thread's feet (task.cancel)."""
+        self.aborted = True
+        for conn in self.connections:
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 @vm.message(("self", T.Ref("VM")), ("destination_url", T.String), ("live", T.Bool, False), role=POOL_ADMIN,
-            capability=Capability.MIGRATE, errors=("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED"))
+            capability=Capability.MIGRATE, errors=("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED", "TASK_CANCELLED"))
 async def migrate(ctx, ref, destination_url, live):
     """Hand a running VM to another xend-ext server; it runs there, and is gone from here.
 
-    The domain is saved to an image, the image and the definition go to the destination over
-    Xen-API (VM.migrate_receive), and only once the destination runs it is it forgotten here. If
-    the destination fails, the domain is restored here as it was. ``live`` keeps the guest
-    running while the image is prepared (the simulated host copies it at once).
+    The domain's image (exported while it keeps running if ``live``, else paused first) and its
+    definition go to the destination over Xen-API (VM.migrate_receive). Only once the
+    destination runs it is the domain stopped and the VM forgotten here. If the destination
+    fails or the task is cancelled, the same domain goes on running here.
     """
     url, user, password = _destination(destination_url)
     async with ctx.lock(ref):
@@ -479,29 +514,51 @@ async def migrate(ctx, ref, destination_url, live):
         require_state(obj, "Running", "Paused")
         was_paused = obj.values["power_state"] == "Paused"
         meta = record_for_image(ctx, obj)
+        paused_here = False
+        if not live and not was_paused:
+            apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
+            paused_here = True
         ctx.progress(0.1)
         handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
         os.close(handle)
         image = Path(tmp)
         try:
-            await ctx.call_backend(ctx.backend.save, obj.uuid, image, meta)
+            await ctx.call_backend(ctx.backend.export, obj.uuid, image, meta)
             ctx.progress(0.5)
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    ctx.services.backend_pool, _send, url, user, password, meta, image, was_paused)
-            except _Refused as exc:
-                domain, _ = await ctx.call_backend(ctx.backend.restore, image, was_paused, domain_config(ctx, obj))
-                apply_domain(ctx, obj, domain)
-                source = next(iter(ctx.db.all("host"))).values["name_label"]
-                raise XenAPIError("VM_MIGRATE_FAILED", ref, source, url, str(exc)) from None
-            ctx.progress(0.9)
-            apply_domain(ctx, obj, None)
-            metrics = ctx.db.find(obj.values["metrics"])
-            if metrics is not None:
-                ctx.db.destroy(metrics)
-            ctx.db.destroy(obj)
+            await _hand_over(ctx, ref, _Sender(url, user, password), meta, image, was_paused)
+        except (XenAPIError, _Refused) as exc:
+            if paused_here:
+                apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
+            if isinstance(exc, XenAPIError):
+                raise
+            source = next(iter(ctx.db.all("host"))).values["name_label"]
+            raise XenAPIError("VM_MIGRATE_FAILED", ref, source, url, str(exc)) from None
         finally:
             image.unlink(missing_ok=True)
+        ctx.progress(0.9)
+        await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
+        apply_domain(ctx, obj, None)
+        metrics = ctx.db.find(obj.values["metrics"])
+        if metrics is not None:
+            ctx.db.destroy(metrics)
+        ctx.db.destroy(obj)
+
+
+async def _hand_over(ctx, ref, sender, meta, image, paused):
+    """Send in a worker thread; a cancelled task aborts the connection and keeps the VM here."""
+    pending = asyncio.get_running_loop().run_in_executor(ctx.services.backend_pool, sender.send, meta, image, paused)
+    while True:
+        done, _ = await asyncio.wait({pending}, timeout=0.25)
+        if done:
+            return pending.result()
+        try:
+            ctx.checkpoint()
+        except XenAPIError:
+            sender.abort()
+            await asyncio.wait({pending})
+            if pending.exception() is None:  # the destination took it just before the abort
+                return pending.result()
+            raise
 
 
 @vm.message(("record", T.Map(T.String, T.String)), ("image", T.String), ("start_paused", T.Bool, False),
@@ -533,12 +590,14 @@ MODE = T.Enum("allocation_mode", "dynamic", "static", "perm")
 async def _allocate(ctx, ref, mode, stored, live):
     """One allocation change in the three modes of API.md §8.
 
-    ``stored``: definition fields to write (static, perm); ``live``: a function of the VM's uuid
-    calling the backend (dynamic, perm). A halted VM has no domain, so dynamic fails there and
-    perm changes the definition only. The definition is checked before the backend is asked.
+    ``stored(obj)``: the definition fields to write (static, perm), computed under the VM's lock
+    so concurrent changes of one map do not overwrite each other; ``live``: a function of the
+    VM's uuid calling the backend (dynamic, perm). A halted VM has no domain, so dynamic fails
+    there and perm changes the definition only. The definition is checked before the backend.
     """
     async with ctx.lock(ref):
         obj = current(ctx, ref)
+        stored = stored(obj)
         running = obj.values["power_state"] in LIVE_STATES
         if mode == "dynamic" and not running:
             raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", obj.values["power_state"].lower())
@@ -561,14 +620,23 @@ ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUP
             **ALLOCATION)
 async def set_memory(ctx, ref, value, mode):
     """Memory in bytes (xm mem-set)."""
-    await _allocate(ctx, ref, mode, {"memory_target": value}, lambda uuid: ctx.backend.set_memory(uuid, value))
+    _at_least_one("memory", value)
+    await _allocate(ctx, ref, mode, lambda obj: {"memory_target": value},
+                    lambda uuid: ctx.backend.set_memory(uuid, value))
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"), capability=Capability.VCPUS_LIVE,
             **ALLOCATION)
 async def set_VCPUs(ctx, ref, value, mode):  # noqa: N802 - the wire name
     """vCPUs online (xm vcpu-set)."""
-    await _allocate(ctx, ref, mode, {"VCPUs_at_startup": value}, lambda uuid: ctx.backend.set_vcpus(uuid, value))
+    _at_least_one("VCPUs", value)
+    await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_at_startup": value},
+                    lambda uuid: ctx.backend.set_vcpus(uuid, value))
+
+
+def _at_least_one(name, value):
+    if value < 1:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", name, value, "must be at least 1")
 
 
 def _live_sched(ctx, ref, weight=None, cap=None):
@@ -585,9 +653,8 @@ async def set_sched_weight(ctx, ref, value, mode):
     """Credit scheduler weight, 1..65535 (xm sched-credit -w)."""
     if not 1 <= value <= 65535:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "weight", value, "weight is 1..65535")
-    obj = ctx.db.get(ref)
-    params = {**obj.values["VCPUs_params"], "weight": str(value)}
-    await _allocate(ctx, ref, mode, {"VCPUs_params": params}, _live_sched(ctx, ref, weight=value))
+    await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_params": {**obj.values["VCPUs_params"], "weight": str(value)}},
+                    _live_sched(ctx, ref, weight=value))
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
@@ -598,8 +665,8 @@ async def set_sched_cap(ctx, ref, value, mode):
     vcpus = obj.values["VCPUs_max"]
     if not 0 <= value <= 100 * vcpus:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cap", value, f"cap is 0..{100 * vcpus} for {vcpus} vCPUs")
-    params = {**obj.values["VCPUs_params"], "cap": str(value)}
-    await _allocate(ctx, ref, mode, {"VCPUs_params": params}, _live_sched(ctx, ref, cap=value))
+    await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_params": {**obj.values["VCPUs_params"], "cap": str(value)}},
+                    _live_sched(ctx, ref, cap=value))
 
 
 @vm.message(("self", T.Ref("VM")), ("vcpu", T.Int), ("cpus", T.String), ("mode", MODE, "dynamic"),
@@ -616,12 +683,16 @@ async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, str(exc)) from None
     if chosen is not None and not chosen:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, "pins the vCPU to no CPU at all")
-    params = dict(obj.values["VCPUs_params"])
-    if chosen is None:
-        params.pop(f"cpumap{vcpu}", None)
-    else:
-        params[f"cpumap{vcpu}"] = ",".join(str(c) for c in sorted(chosen))
-    await _allocate(ctx, ref, mode, {"VCPUs_params": params}, lambda uuid: ctx.backend.pin(uuid, vcpu, chosen))
+
+    def stored(current_obj):
+        params = dict(current_obj.values["VCPUs_params"])
+        if chosen is None:
+            params.pop(f"cpumap{vcpu}", None)
+        else:
+            params[f"cpumap{vcpu}"] = ",".join(str(c) for c in sorted(chosen))
+        return {"VCPUs_params": params}
+
+    await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.pin(uuid, vcpu, chosen))
 
 
 # -- start-up ------------------------------------------------------------------------------
@@ -638,7 +709,8 @@ def reconcile(ctx):
             "uuid": domain.uuid, "name_label": domain.name, "is_control_domain": domain.is_control_domain,
             "memory_target": domain.memory, "memory_static_max": domain.memory_max,
             "VCPUs_at_startup": domain.vcpus, "VCPUs_max": domain.vcpus_max,
-            "VCPUs_params": {"weight": str(domain.weight), "cap": str(domain.cap)},
+            "VCPUs_params": {"weight": str(domain.weight), "cap": str(domain.cap),
+                             **{f"cpumap{v}": cpuset.format(cpus) for v, cpus in domain.pins.items()}},
             "pool_name": domain.metadata.get("pool_name", "Pool-0"),
         }
         obj = ctx.db.create("VM", values)

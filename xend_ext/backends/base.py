@@ -156,6 +156,10 @@ class Backend(ABC):
         """Write the domain to ``path`` with ``metadata`` (the VM record); the domain is gone."""
         raise self.missing(Capability.SAVE)
 
+    def export(self, uuid: str, path: Path, metadata: dict[str, str]) -> None:
+        """Write the domain's image to ``path`` while it keeps running or stays paused (migration)."""
+        raise self.missing(Capability.MIGRATE)
+
     def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
         """Bring a saved domain back; returns it and the metadata saved with it."""
         raise self.missing(Capability.SAVE)

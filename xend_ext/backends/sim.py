@@ -302,6 +302,10 @@ class SimBackend(Backend):
             self._write_image(Path(path), d, metadata)
             self._commit(None, uuid)
 
+    def export(self, uuid: str, path: Path, metadata: dict[str, str]) -> None:
+        with self._lock:
+            self._write_image(Path(path), self._get(uuid, PowerState.RUNNING, PowerState.PAUSED), metadata)
+
     def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
         with self._lock:
             saved, metadata = self._read_image(Path(path))
@@ -355,6 +359,9 @@ class SimBackend(Backend):
             if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
                 raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
                                    d.power_state.lower())
+            if memory < 1:
+                raise BackendError("memory must be positive", "VALUE_NOT_SUPPORTED", "memory", memory,
+                                   "must be at least 1")
             if memory > d.memory_max:
                 raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
                                    f"the domain's maximum is {d.memory_max}")
