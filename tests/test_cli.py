@@ -25,7 +25,7 @@ def test_info(server, via):
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines())
     assert lines["nr_cpus                "].strip() == "8"
-    assert lines["free_cpus              "].strip() == "8"
+    assert lines["free_cpus              "].strip() == "0"  # every pCPU is in Pool-0 at boot, as in xend
     assert lines["total_memory           "].strip() == "16384"
 
 
@@ -53,3 +53,15 @@ def test_bad_password_is_explained(make_server, tmp_path):
     result = xm("--url", server.url, "-u", "admin", "-p", "wrong", "info")
     assert result.returncode == 1 and "password was refused" in result.stderr
     assert xm("--url", server.url, "-u", "admin", "-p", "pw", "info").returncode == 0
+
+
+def test_every_command_has_help():
+    result = xm("--help")
+    assert result.returncode == 0
+    commands = ["info", "list", "new", "create", "start", "shutdown", "destroy", "delete", "reboot", "pause",
+                "unpause", "suspend", "resume", "save", "restore", "migrate", "sched-credit", "vcpu-pin",
+                "vcpu-list", "event-monitor"]
+    for name in commands:
+        assert f"    {name} " in result.stdout, name
+        own = xm(name, "--help")
+        assert own.returncode == 0 and own.stdout.startswith(f"usage: xm {name}"), own.stderr

@@ -6,7 +6,7 @@ import importlib
 
 from xend_ext.datamodel import Registry
 
-MODULES = ("system", "session", "event", "task", "host", "host_cpu", "pool", "vm_metrics", "vm")
+MODULES = ("system", "session", "event", "task", "host", "host_cpu", "pool", "cpu_pool", "vm_metrics", "vm")
 
 
 def build_registry() -> Registry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xenapi_classes import cpu_pool as pools
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
 
@@ -15,7 +16,7 @@ host_cpu = XenAPIClass(
         Field("modelname", T.String, RO),
         Field("speed", T.Int, RO, doc="MHz"),
         Field("numa_node", T.Int, RO, doc="the NUMA node the CPU belongs to"),
-        Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, reverse=("cpu_pool", "host_CPUs"),
+        Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=lambda db, cpu: pools.host_cpu_pool(db, cpu),
               doc="the active CPU pool holding this CPU (0 or 1)"),
         Field("occupants", T.Set(T.Ref("VM")), RO, doc="VMs this CPU is reserved to (cpuoccupy)"),
         Field("other_config", T.Map(T.String, T.String), RW),

@@ -19,6 +19,7 @@ import urllib.parse
 import xmlrpc.client
 from pathlib import Path
 
+from xenapi_classes import cpu_pool as pools
 from xend_ext import cpuset
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, DomainConfig, PowerState
@@ -64,6 +65,8 @@ vm = XenAPIClass(
         Field("is_control_domain", T.Bool, RO, doc="true for Domain-0"),
         Field("resident_on", T.Ref("host", nullable=True), RO, doc="the host it runs on, NULL when halted"),
         Field("pool_name", T.String, RW, default="Pool-0", set_role=VM_OPERATOR, doc="the CPU pool it starts in"),
+        Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=pools.vm_cpu_pool,
+              doc="the pool its domain runs in (empty when halted)"),
         Field("order", T.Int, RW, doc="start order within its group (ascending)"),
         Field("start_delay", T.Int, RW, doc="seconds to wait after starting it in a group operation"),
         Field("shutdown_delay", T.Int, RW, doc="seconds to wait after stopping it in a group operation"),
@@ -154,7 +157,7 @@ def domain_config(ctx, obj):
         uuid=obj.uuid, name=v["name_label"], memory=v["memory_target"], memory_max=v["memory_static_max"],
         vcpus=v["VCPUs_at_startup"], vcpus_max=v["VCPUs_max"], weight=weight, cap=cap, pins=pins,
         kernel=v["PV_kernel"], ramdisk=v["PV_ramdisk"], args=v["PV_args"],
-        metadata={"pool_name": v["pool_name"]},
+        metadata={"pool_name": v["pool_name"]}, pool=pools.pool_uuid_of(ctx, obj),
     )
 
 
@@ -580,6 +583,13 @@ async def migrate_receive(ctx, record, image, start_paused):
         return await receive(ctx, record, Path(tmp), start_paused)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@vm.message(("self", T.Ref("VM")), ("pool", T.Ref("cpu_pool")), role=VM_OPERATOR,
+            errors=("POOL_BAD_STATE", "OPERATION_NOT_ALLOWED", "VM_BAD_POWER_STATE"))
+async def cpu_pool_migrate(ctx, ref, pool):
+    """Move a VM to another CPU pool: a running one moves live, a halted one starts there next."""
+    await pools.move_vm(ctx, ref, pool)
 
 
 # -- allocation changes: dynamic (running domain only), static (definition only), perm (both) --

@@ -31,6 +31,7 @@ class Capability:
     PIN = "pin"
     SCHED_CREDIT = "sched_credit"  # weight and cap
     UTILISATION = "utilisation"  # per-vCPU CPU use (the simulated host's scheduler model)
+    POOLS = "pools"  # CPU pools (cpupools): disjoint sets of pCPUs, each scheduled on its own
 
 
 class PowerState:
@@ -77,6 +78,7 @@ class DomainConfig:
     ramdisk: str = ""
     args: str = ""
     metadata: dict[str, str] = field(default_factory=dict)  # ours to keep with the domain (pool, group...)
+    pool: str = ""  # uuid of the active CPU pool to start in ("" = the host's first pool)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,18 @@ class Domain:
     start_time: dt.datetime = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     is_control_domain: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    pool: str = ""  # uuid of the CPU pool it runs in
+
+
+@dataclass(frozen=True)
+class CpuPool:
+    """An active CPU pool as the hypervisor has it (inactive definitions live only in our store)."""
+
+    uuid: str
+    name: str
+    poolid: int
+    sched: str
+    cpus: frozenset[int]
 
 
 class BackendError(Exception):
@@ -180,6 +194,28 @@ class Backend(ABC):
 
     def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
         raise self.missing(Capability.SCHED_CREDIT)
+
+    # -- CPU pools ---------------------------------------------------------------------------
+    def pools(self) -> list[CpuPool]:
+        """The active pools; the first (poolid 0) is the boot pool, Pool-0."""
+        raise self.missing(Capability.POOLS)
+
+    def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
+        """Create the pool with these free CPUs, all or nothing."""
+        raise self.missing(Capability.POOLS)
+
+    def pool_deactivate(self, uuid: str) -> None:
+        """Destroy an empty pool; its CPUs become free."""
+        raise self.missing(Capability.POOLS)
+
+    def pool_add_cpu(self, uuid: str, cpu: int) -> CpuPool:
+        raise self.missing(Capability.POOLS)
+
+    def pool_remove_cpu(self, uuid: str, cpu: int) -> CpuPool:
+        raise self.missing(Capability.POOLS)
+
+    def pool_move_domain(self, domain: str, pool: str) -> Domain:
+        raise self.missing(Capability.POOLS)
 
     def missing(self, capability: str) -> BackendError:
         return BackendError(f"the {self.name} backend cannot do {capability}", "NOT_IMPLEMENTED", capability)

@@ -22,13 +22,25 @@ from pathlib import Path
 
 from .. import sxp
 from ..sched_model import VCPU, Entity, solve
-from .base import Backend, BackendError, Capability, Domain, DomainConfig, HostInfo, PhysicalCPU, PowerState
+from .base import (
+    Backend,
+    BackendError,
+    Capability,
+    CpuPool,
+    Domain,
+    DomainConfig,
+    HostInfo,
+    PhysicalCPU,
+    PowerState,
+)
 
 MIB = 1 << 20
 STATE_FILE = "sim-host.sxp"
 IMAGE_MAGIC = b"XEND-EXT-SIM-IMAGE 1\n"
 DOM0_UUID = "00000000-0000-0000-0000-000000000000"
 DOM0_MEMORY = 1024 * MIB
+POOL0_UUID = "00000000-0000-0000-0000-0000000000f0"  # the boot pool, Pool-0
+SCHEDULERS = ("credit", "credit2", "sedf")
 
 
 def _now() -> dt.datetime:
@@ -52,7 +64,20 @@ def _domain_to_sxp(d: Domain) -> list:
         ["start_time", d.start_time.strftime("%Y%m%dT%H:%M:%SZ")], ["control", "1" if d.is_control_domain else "0"],
         ["pins", *_pins_to_sxp(d.pins)],
         ["metadata", *[[k, v] for k, v in sorted(d.metadata.items())]],
+        ["pool", d.pool],
     ]
+
+
+def _pool_to_sxp(p: CpuPool) -> list:
+    return ["cpupool", ["uuid", p.uuid], ["name", p.name], ["poolid", str(p.poolid)], ["sched", p.sched],
+            ["cpus", ",".join(str(c) for c in sorted(p.cpus))]]
+
+
+def _pool_from_sxp(node: list) -> CpuPool:
+    cpus = sxp.child_value(node, "cpus", "") or ""
+    return CpuPool(uuid=sxp.child_value(node, "uuid"), name=sxp.child_value(node, "name"),
+                   poolid=int(sxp.child_value(node, "poolid")), sched=sxp.child_value(node, "sched"),
+                   cpus=frozenset(int(c) for c in cpus.split(",") if c))
 
 
 def _domain_from_sxp(node: list) -> Domain:
@@ -65,7 +90,7 @@ def _domain_from_sxp(node: list) -> Domain:
         vcpus_max=int(get("vcpus_max")), weight=int(get("weight")), cap=int(get("cap")),
         pins=_pins_from_sxp(pins),
         start_time=dt.datetime.strptime(get("start_time"), "%Y%m%dT%H:%M:%SZ").replace(tzinfo=dt.UTC),
-        is_control_domain=get("control") == "1", metadata={k: v for k, v in meta},
+        is_control_domain=get("control") == "1", metadata={k: v for k, v in meta}, pool=get("pool", POOL0_UUID),
     )
 
 
@@ -74,7 +99,7 @@ class SimBackend(Backend):
     capabilities = frozenset({
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
-        Capability.SCHED_CREDIT, Capability.UTILISATION,
+        Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS,
     })
 
     def __init__(self, state_dir: str | Path, cpus: int = 8, memory_mib: int = 16384, numa_nodes: int = 1,
@@ -93,7 +118,9 @@ class SimBackend(Backend):
         self.numa_nodes = numa_nodes
         self._lock = threading.RLock()  # backend calls run in worker threads
         self._domains: dict[str, Domain] = {}
+        self._pools: dict[str, CpuPool] = {}
         self._next_domid = 1
+        self._next_poolid = 1
         self.boot_id = 0
         self._util: tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]] | None = None
         self._load(reboot)
@@ -107,15 +134,21 @@ class SimBackend(Backend):
         self.boot_id = previous + 1 if (state is None or reboot) else previous
         if state is not None and not reboot:
             self._next_domid = int(sxp.child_value(state, "next_domid", "1"))
+            self._next_poolid = int(sxp.child_value(state, "next_poolid", "1"))
             for child in state[1:]:
                 if isinstance(child, list) and child and child[0] == "domain":
                     d = _domain_from_sxp(child)
                     self._domains[d.uuid] = d
+                elif isinstance(child, list) and child and child[0] == "cpupool":
+                    pool = _pool_from_sxp(child)
+                    self._pools[pool.uuid] = pool
+        if POOL0_UUID not in self._pools:  # a booting host: every pCPU in the boot pool
+            self._pools = {POOL0_UUID: CpuPool(POOL0_UUID, "Pool-0", 0, "credit", frozenset(range(self.ncpus)))}
         if DOM0_UUID not in self._domains:
             self._domains[DOM0_UUID] = Domain(
                 uuid=DOM0_UUID, name="Domain-0", domid=0, power_state=PowerState.RUNNING, memory=DOM0_MEMORY,
                 memory_max=DOM0_MEMORY, vcpus=min(self.ncpus, 4), vcpus_max=self.ncpus, weight=256, cap=0,
-                pins={}, start_time=_now(), is_control_domain=True)
+                pins={}, start_time=_now(), is_control_domain=True, pool=POOL0_UUID)
         if reboot and self.images.exists():
             for image in self.images.iterdir():
                 image.unlink()
@@ -123,7 +156,9 @@ class SimBackend(Backend):
 
     def _save(self) -> None:
         state = ["sim-host", ["boot", str(self.boot_id)], ["cpus", str(self.ncpus)],
-                 ["next_domid", str(self._next_domid)], *[_domain_to_sxp(d) for d in self._domains.values()]]
+                 ["next_domid", str(self._next_domid)], ["next_poolid", str(self._next_poolid)],
+                 *[_pool_to_sxp(p) for p in self._pools.values()],
+                 *[_domain_to_sxp(d) for d in self._domains.values()]]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -191,9 +226,11 @@ class SimBackend(Backend):
         """The scheduler model's answer for the running guests, cached until something changes."""
         if self._util is None:
             all_cpus = frozenset(range(self.ncpus))
+            pool_cpus = {uuid: pool.cpus for uuid, pool in self._pools.items()}
+            # a vCPU runs only on its pool's pCPUs: pools are scheduled apart, weights compare within one
             entities = [
                 Entity(name=d.uuid, weight=d.weight, cap=d.cap, vcpus=tuple(
-                    VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & all_cpus)
+                    VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & pool_cpus.get(d.pool, all_cpus))
                     for v in range(d.vcpus)))
                 for d in sorted(self._domains.values(), key=lambda d: d.domid)
                 if d.power_state == PowerState.RUNNING and not d.is_control_domain
@@ -234,6 +271,9 @@ class SimBackend(Backend):
 
     def _boot(self, config: DomainConfig, paused: bool, domid: int | None = None) -> Domain:
         self._check_pins(config.pins)
+        pool = config.pool or POOL0_UUID
+        if pool not in self._pools:
+            raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
         if domid is None:
             domid = self._next_domid
             self._next_domid += 1
@@ -241,7 +281,7 @@ class SimBackend(Backend):
             uuid=config.uuid, name=config.name, domid=domid,
             power_state=PowerState.PAUSED if paused else PowerState.RUNNING, memory=config.memory,
             memory_max=config.memory_max, vcpus=config.vcpus, vcpus_max=config.vcpus_max, weight=config.weight,
-            cap=config.cap, pins=dict(config.pins), start_time=_now(), metadata=dict(config.metadata))
+            cap=config.cap, pins=dict(config.pins), start_time=_now(), metadata=dict(config.metadata), pool=pool)
 
     def start(self, config: DomainConfig, paused: bool) -> Domain:
         with self._lock:
@@ -317,8 +357,12 @@ class SimBackend(Backend):
             self._next_domid += 1
             state = PowerState.PAUSED if paused else PowerState.RUNNING
             restored = replace(saved, power_state=state, domid=domid)
-            if config is not None:  # the VM may have been renamed meanwhile
-                restored = replace(restored, name=config.name, metadata=dict(config.metadata))
+            if config is not None:  # the VM may have been renamed or moved meanwhile
+                restored = replace(restored, name=config.name, metadata=dict(config.metadata),
+                                   pool=config.pool or restored.pool)
+            if restored.pool not in self._pools:
+                raise BackendError("the CPU pool of the saved domain is not active here", "POOL_BAD_STATE",
+                                   "deactivated")
             return self._commit(restored), metadata
 
     def read_image(self, path: Path) -> dict[str, str]:
@@ -391,3 +435,79 @@ class SimBackend(Backend):
         with self._lock:
             d = self._get(uuid)
             return self._commit(replace(d, weight=weight, cap=cap))
+
+    # -- CPU pools --------------------------------------------------------------------------
+    def pools(self) -> list[CpuPool]:
+        with self._lock:
+            return sorted(self._pools.values(), key=lambda p: p.poolid)
+
+    def _owner(self, cpu: int) -> CpuPool | None:
+        return next((p for p in self._pools.values() if cpu in p.cpus), None)
+
+    def _pool(self, uuid: str) -> CpuPool:
+        pool = self._pools.get(uuid)
+        if pool is None:
+            raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
+        return pool
+
+    def _commit_pool(self, pool: CpuPool | None, uuid: str = "") -> CpuPool | None:
+        if pool is None:
+            self._pools.pop(uuid, None)
+        else:
+            self._pools[pool.uuid] = pool
+        self._util = None
+        self._save()
+        return pool
+
+    def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
+        with self._lock:
+            if uuid in self._pools:
+                raise BackendError("the pool is already active", "POOL_BAD_STATE", "activated")
+            if sched not in SCHEDULERS:
+                raise BackendError(f"unknown scheduler {sched}", "UNKOWN_SCHED_POLICY")
+            for cpu in sorted(cpus):
+                owner = self._owner(cpu)
+                if not 0 <= cpu < self.ncpus or owner is not None:
+                    raise BackendError(f"pCPU {cpu} is not free", "INVALID_CPU",
+                                       f'cpu already assigned to pool "{owner.name}"' if owner else f"no pCPU {cpu}")
+            pool = CpuPool(uuid, name, self._next_poolid, sched, frozenset(cpus))
+            self._next_poolid += 1
+            return self._commit_pool(pool)
+
+    def _domains_in(self, uuid: str) -> list[Domain]:
+        return [d for d in self._domains.values() if d.pool == uuid]
+
+    def pool_deactivate(self, uuid: str) -> None:
+        with self._lock:
+            pool = self._pool(uuid)
+            if pool.poolid == 0:
+                raise BackendError("the boot pool cannot be destroyed", "OPERATION_NOT_ALLOWED",
+                                   "Pool-0 cannot be deactivated")
+            if self._domains_in(uuid):
+                raise BackendError("domains run in the pool", "POOL_BAD_STATE", "in use")
+            self._commit_pool(None, uuid)
+
+    def pool_add_cpu(self, uuid: str, cpu: int) -> CpuPool:
+        with self._lock:
+            pool = self._pool(uuid)
+            owner = self._owner(cpu)
+            if not 0 <= cpu < self.ncpus:
+                raise BackendError(f"no pCPU {cpu}", "INVALID_CPU", f"no pCPU {cpu} on this host")
+            if owner is not None:
+                raise BackendError("pCPU in a pool", "INVALID_CPU", f'cpu already assigned to pool "{owner.name}"')
+            return self._commit_pool(replace(pool, cpus=pool.cpus | {cpu}))
+
+    def pool_remove_cpu(self, uuid: str, cpu: int) -> CpuPool:
+        with self._lock:
+            pool = self._pool(uuid)
+            if cpu not in pool.cpus:
+                raise BackendError("pCPU not in the pool", "INVALID_CPU", "CPU not assigned to pool")
+            if pool.cpus == {cpu} and self._domains_in(uuid):
+                raise BackendError("last pCPU of a pool in use", "LAST_CPU_NOT_REMOVEABLE", "could not remove last cpu")
+            return self._commit_pool(replace(pool, cpus=pool.cpus - {cpu}))
+
+    def pool_move_domain(self, domain: str, pool: str) -> Domain:
+        with self._lock:
+            d = self._get(domain, PowerState.RUNNING, PowerState.PAUSED)
+            self._pool(pool)
+            return self._commit(replace(d, pool=pool))

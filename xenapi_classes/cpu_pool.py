@@ -1,0 +1,401 @@
+"""``cpu_pool``: a named set of pCPUs with its own scheduler (seed 000, xend 4.1's class).
+
+A pool is *defined* (stored here, persisted) and may be *activated* (it exists in the
+hypervisor with CPUs taken from the free ones). The hypervisor is the truth about active pools:
+``activated``, ``host_CPUs`` and ``started_VMs`` are read from the backend. Every step that
+touches the hypervisor is one backend call, all or nothing, so a failed activate or deactivate
+changes nothing, and every change emits events (xend's methods emitted none).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from xend_ext import types as T
+from xend_ext.backends.base import Capability
+from xend_ext.datamodel import POOL_ADMIN, RO, RW, Field, XenAPIClass
+from xend_ext.wire import NULL_REF, XenAPIError
+
+log = logging.getLogger("xend_ext.cpu_pool")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_\-.:/+]+$")
+SCHEDULERS = ("credit", "credit2", "sedf")
+POOL0 = "Pool-0"
+
+
+def active_pools(db):
+    """{uuid: CpuPool} of the pools the hypervisor has now."""
+    return {p.uuid: p for p in db.backend.pools()}
+
+
+def _active(db, pool):
+    return active_pools(db).get(pool.uuid)
+
+
+def _host_cpus(db, pool):
+    live = _active(db, pool)
+    if live is None:
+        return []
+    by_number = {c.values["number"]: c.ref for c in db.all("host_cpu")}
+    return [by_number[n] for n in sorted(live.cpus) if n in by_number]
+
+
+def _started_vms(db, pool):
+    if _active(db, pool) is None:
+        return []
+    running = {d.uuid for d in db.backend.domains() if d.pool == pool.uuid and d.power_state in ("Running", "Paused")}
+    return [vm.ref for vm in db.all("VM") if vm.uuid in running]
+
+
+def _check_name(ctx, obj, value):
+    if not value or not NAME_RE.match(value):
+        raise XenAPIError("PARAMETER_ERROR", f'Invalid Pool Name "{value}": use letters, digits and _-.:/+')
+    for other in ctx.db.all("cpu_pool"):
+        if other is not obj and other.values["name_label"] == value:
+            raise XenAPIError("PARAMETER_ERROR", f'Pool name "{value}" already exists')
+    if obj is not None and obj.values["name_label"] == POOL0 and value != POOL0:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be renamed")
+
+
+def _check_ncpu(ctx, obj, value):
+    if value < 1:
+        raise XenAPIError("PARAMETER_ERROR", "ncpu")
+
+
+def _inactive_only(ctx, obj, value):
+    if obj is not None and _active(ctx.db, obj) is not None:
+        raise XenAPIError("POOL_BAD_STATE", "activated")
+
+
+def _check_proposed(ctx, obj, value):
+    _inactive_only(ctx, obj, value)
+    ncpus = len(ctx.backend.host_info().cpus)
+    for item in value:
+        if not item.isdigit() or int(item) >= ncpus:
+            raise XenAPIError("INVALID_CPU", f"no pCPU {item} on this host (it has {ncpus})")
+
+
+def _check_sched(ctx, obj, value):
+    _inactive_only(ctx, obj, value)
+    if value not in ("", *SCHEDULERS):
+        raise XenAPIError("UNKOWN_SCHED_POLICY")
+
+
+cpu_pool = XenAPIClass(
+    "cpu_pool",
+    "A set of physical CPUs with its own scheduler; VMs in it run only there",
+    [
+        Field("name_label", T.String, RW, default="Pool-Unnamed", validate=_check_name,
+              doc="unique, letters, digits and _-.:/+"),
+        Field("name_description", T.String, RW),
+        Field("resident_on", T.Ref("host", nullable=True), RO, doc="the host"),
+        Field("auto_power_on", T.Bool, RW, doc="activate when the server starts (before VMs auto-start)"),
+        Field("started_VMs", T.Set(T.Ref("VM")), RO, compute=_started_vms, doc="VMs running in it"),
+        Field("ncpu", T.Int, RW, default=1, validate=_check_ncpu, doc="CPUs to take at activation"),
+        Field("sched_policy", T.String, RW, validate=_check_sched,
+              doc="credit, credit2 or sedf; '' means the host's default, resolved at activation"),
+        Field("proposed_CPUs", T.Set(T.String), RW, validate=_check_proposed,
+              doc="CPU numbers preferred at activation"),
+        Field("host_CPUs", T.Set(T.Ref("host_cpu")), RO, compute=_host_cpus, doc="the CPUs it has (active only)"),
+        Field("activated", T.Bool, RO, compute=lambda db, p: _active(db, p) is not None,
+              doc="exists in the hypervisor"),
+        Field("other_config", T.Map(T.String, T.String), RW),
+    ],
+    default_role=POOL_ADMIN,
+    creatable=True,
+    destroyable=True,
+)
+
+POOL_LOCK = "cpu_pool/*"  # pool changes compete for the free CPUs: one at a time, as xend's class lock
+
+
+def announce(ctx):
+    """Pool changes move CPUs and VMs: the computed fields of pools, CPUs, host and VMs changed."""
+    from xenapi_classes.vm import refresh_live
+
+    for cname in ("cpu_pool", "host_cpu", "host"):
+        for obj in ctx.db.all(cname):
+            ctx.db.touch(obj)
+    for obj in ctx.db.all("VM"):
+        if obj.values["power_state"] in ("Running", "Paused"):
+            ctx.db.touch(obj)
+    refresh_live(ctx)
+
+
+def _on_create(ctx, values):
+    host = next(iter(ctx.db.all("host")), None)
+    values["resident_on"] = host.ref if host else NULL_REF
+
+
+def free_cpus(ctx):
+    taken = set()
+    for live in ctx.backend.pools():
+        taken |= live.cpus
+    return sorted(n for n in range(len(ctx.backend.host_info().cpus)) if n not in taken)
+
+
+def choose_cpus(pool, free):
+    """xend's rule: the proposed CPUs that are free first, then other free CPUs, up to ncpu."""
+    proposed = sorted(int(c) for c in pool.values["proposed_CPUs"])
+    first = [c for c in proposed if c in free]
+    rest = [c for c in free if c not in first]
+    return (first + rest)[: pool.values["ncpu"]]
+
+
+async def _activate(ctx, pool, free):
+    ncpu = pool.values["ncpu"]
+    if len(free) < ncpu:
+        raise XenAPIError("INSUFFICIENT_CPUS", ncpu, len(free))
+    sched = pool.values["sched_policy"] or ctx.backend.host_info().sched_policy
+    if sched not in SCHEDULERS:
+        raise XenAPIError("UNKOWN_SCHED_POLICY")
+    chosen = frozenset(choose_cpus(pool, free))
+    ctx.progress(0.5)
+    await ctx.call_backend(ctx.backend.pool_activate, pool.uuid, pool.values["name_label"], sched, chosen)
+    announce(ctx)
+
+
+POOL_MSG = dict(capability=Capability.POOLS)
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), role=POOL_ADMIN, **POOL_MSG,
+                  errors=("POOL_BAD_STATE", "INSUFFICIENT_CPUS", "UNKOWN_SCHED_POLICY"))
+async def activate(ctx, ref):
+    """Create the pool in the hypervisor: proposed free CPUs first, then other free ones, ncpu in all."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        if _active(ctx.db, pool) is not None:
+            raise XenAPIError("POOL_BAD_STATE", "activated")
+        await _activate(ctx, pool, free_cpus(ctx))
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), role=POOL_ADMIN, **POOL_MSG, errors=("POOL_BAD_STATE",))
+async def deactivate(ctx, ref):
+    """Remove the pool from the hypervisor (no VM may run in it); its CPUs become free."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        if _active(ctx.db, pool) is None:
+            raise XenAPIError("POOL_BAD_STATE", "deactivated")
+        if pool.values["name_label"] == POOL0:
+            raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be deactivated")
+        if _started_vms(ctx.db, pool):
+            raise XenAPIError("POOL_BAD_STATE", "in use")
+        await ctx.call_backend(ctx.backend.pool_deactivate, pool.uuid)
+        announce(ctx)
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), role=POOL_ADMIN, errors=("POOL_BAD_STATE",))
+async def destroy(ctx, ref):
+    """Forget an inactive pool's definition."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        if pool.values["name_label"] == POOL0:
+            raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be destroyed")
+        if _active(ctx.db, pool) is not None:
+            raise XenAPIError("POOL_BAD_STATE", "activated")
+        ctx.db.destroy(pool)
+
+
+def _number(ctx, host_cpu_ref):
+    return ctx.db.get(host_cpu_ref).values["number"]
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("host_cpu", T.Ref("host_cpu")), role=POOL_ADMIN, **POOL_MSG,
+                  errors=("POOL_BAD_STATE", "INVALID_CPU"))
+async def add_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
+    """Give an active pool a free CPU (it joins proposed_CPUs; ncpu follows)."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        if _active(ctx.db, pool) is None:
+            raise XenAPIError("POOL_BAD_STATE", "deactivated")
+        number = _number(ctx, host_cpu)
+        live = await ctx.call_backend(ctx.backend.pool_add_cpu, pool.uuid, number)
+        _follow(ctx, pool, live)
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("host_cpu", T.Ref("host_cpu")), role=POOL_ADMIN, **POOL_MSG,
+                  errors=("POOL_BAD_STATE", "INVALID_CPU", "LAST_CPU_NOT_REMOVEABLE"))
+async def remove_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
+    """Take a CPU out of an active pool; it becomes free. The last one stays while VMs run there."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        if _active(ctx.db, pool) is None:
+            raise XenAPIError("POOL_BAD_STATE", "deactivated")
+        number = _number(ctx, host_cpu)
+        live = await ctx.call_backend(ctx.backend.pool_remove_cpu, pool.uuid, number)
+        _follow(ctx, pool, live)
+
+
+def _follow(ctx, pool, live):
+    """As xend: after a live change the definition follows the pool (proposed CPUs and ncpu)."""
+    ctx.db.set(pool, "proposed_CPUs", [str(n) for n in sorted(live.cpus)])
+    ctx.db.set(pool, "ncpu", max(1, len(live.cpus)))
+    announce(ctx)
+
+
+def _cpu_number(ctx, value):
+    text = str(value).strip()
+    ncpus = len(ctx.backend.host_info().cpus)
+    if not text.isdigit() or int(text) >= ncpus:
+        raise XenAPIError("INVALID_CPU", f"no pCPU {text} on this host (it has {ncpus})")
+    return str(int(text))
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("cpu", T.String), role=POOL_ADMIN,
+                  errors=("POOL_BAD_STATE", "INVALID_CPU"))
+async def add_to_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
+    """Prefer this CPU at the next activation (inactive pools only)."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        _inactive_only(ctx, pool, None)
+        number = _cpu_number(ctx, cpu)
+        if number not in pool.values["proposed_CPUs"]:
+            ctx.db.set(pool, "proposed_CPUs", sorted([*pool.values["proposed_CPUs"], number], key=int))
+
+
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("cpu", T.String), role=POOL_ADMIN, errors=("POOL_BAD_STATE",))
+async def remove_from_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
+    """Stop preferring this CPU (inactive pools only)."""
+    async with ctx.lock(POOL_LOCK):
+        pool = _current(ctx, ref)
+        _inactive_only(ctx, pool, None)
+        text = str(cpu).strip()
+        ctx.db.set(pool, "proposed_CPUs", [c for c in pool.values["proposed_CPUs"] if c != text])
+
+
+def _current(ctx, ref):
+    pool = ctx.db.find(ref)
+    if pool is None:
+        raise XenAPIError("HANDLE_INVALID", "cpu_pool", ref)
+    return pool
+
+
+# -- VMs and pools -------------------------------------------------------------------------
+
+def pool_named(ctx, name):
+    name = name or POOL0  # xend treated '' as Pool-0
+    return next((p for p in ctx.db.all("cpu_pool") if p.values["name_label"] == name), None)
+
+
+def check_vm_start(ctx, vm):
+    """A VM starts only in an active pool, with pins inside that pool's CPUs."""
+    pool = pool_named(ctx, vm.values["pool_name"])
+    if pool is None:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "pool_name", vm.values["pool_name"],
+                          "no CPU pool has this name; create it or change the VM's pool_name")
+    live = _active(ctx.db, pool)
+    if live is None:
+        raise XenAPIError("POOL_BAD_STATE", "deactivated")
+    check_pins(ctx, vm.values["VCPUs_params"], live, pool)
+
+
+def check_pins(ctx, params, live, pool):
+    from xend_ext import cpuset
+
+    ncpus = len(ctx.backend.host_info().cpus)
+    for key, text in params.items():
+        if key.startswith("cpumap"):
+            outside = sorted(cpuset.parse(text, ncpus) - live.cpus)
+            if outside:
+                raise XenAPIError("VALUE_NOT_SUPPORTED", key, text,
+                                  f"CPU {outside[0]} is not in the VM's pool {pool.values['name_label']}")
+
+
+def pool_uuid_of(ctx, vm):
+    pool = pool_named(ctx, vm.values["pool_name"])
+    return pool.uuid if pool is not None else ""
+
+
+def vm_cpu_pool(db, vm):
+    """VM.cpu_pool: the pool its domain runs in; empty when it does not run."""
+    domain = db.backend.domain(vm.uuid) if vm.values["power_state"] != "Halted" else None
+    if domain is None or not domain.pool:
+        return []
+    pool = db.by_uuid_index.get(("cpu_pool", domain.pool))
+    return [pool.ref] if pool is not None else []
+
+
+def host_cpu_pool(db, cpu):
+    """host_cpu.cpu_pool: the active pool holding this CPU (0 or 1)."""
+    for live in db.backend.pools():
+        if cpu.values["number"] in live.cpus:
+            pool = db.by_uuid_index.get(("cpu_pool", live.uuid))
+            return [pool.ref] if pool is not None else []
+    return []
+
+
+async def move_vm(ctx, ref, pool_ref):
+    """Move a VM to another pool: a running one moves live, a halted one starts there next time."""
+    from xenapi_classes.vm import apply_domain, current
+
+    async with ctx.lock(ref):
+        vm = current(ctx, ref)
+        if vm.values["is_control_domain"]:
+            raise XenAPIError("OPERATION_NOT_ALLOWED", "could not move Domain-0")
+        pool = _current(ctx, pool_ref)
+        if vm.values["power_state"] in ("Running", "Paused"):
+            live = _active(ctx.db, pool)
+            if live is None:
+                raise XenAPIError("POOL_BAD_STATE", "deactivated")
+            check_pins(ctx, vm.values["VCPUs_params"], live, pool)
+            ctx.require(Capability.POOLS)
+            apply_domain(ctx, vm, await ctx.call_backend(ctx.backend.pool_move_domain, vm.uuid, pool.uuid))
+        elif vm.values["power_state"] == "Suspended":
+            raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", "suspended")
+        ctx.db.set(vm, "pool_name", pool.values["name_label"])
+        announce(ctx)
+
+
+# -- start-up ----------------------------------------------------------------------------------
+
+def reconcile(ctx):
+    """Match the store's pools with the hypervisor's: Pool-0 always exists; unknown active pools
+    (made by another tool) are adopted, as xend did."""
+    if Capability.POOLS not in ctx.backend.capabilities:
+        return
+    host = next(iter(ctx.db.all("host")))
+    for live in ctx.backend.pools():
+        if ctx.db.by_uuid_index.get(("cpu_pool", live.uuid)) is not None:
+            continue
+        name = live.name
+        clash = next((p for p in ctx.db.all("cpu_pool") if p.values["name_label"] == name), None)
+        if clash is not None:  # a stored definition with that name but another uuid: keep both apart
+            name = f"{name}-{live.poolid}"
+        ctx.db.create("cpu_pool", {"uuid": live.uuid, "name_label": name, "resident_on": host.ref,
+                                   "ncpu": max(1, len(live.cpus)), "sched_policy": live.sched,
+                                   "proposed_CPUs": [str(c) for c in sorted(live.cpus)]})
+    announce(ctx)
+
+
+async def auto_activate(ctx):
+    """Pools with auto_power_on activate at every server start, before VMs auto-start. On a host
+    that just booted Pool-0 holds every CPU, so a pool short of free CPUs takes them from Pool-0
+    (which keeps at least one): Pool-0 ends up with every CPU the auto-started pools left."""
+    if Capability.POOLS not in ctx.backend.capabilities:
+        return
+    pool0 = pool_named(ctx, POOL0)
+    for pool in sorted(ctx.db.all("cpu_pool"), key=lambda p: p.values["name_label"]):
+        if not pool.values["auto_power_on"] or _active(ctx.db, pool) is not None:
+            continue
+        try:
+            async with ctx.lock(POOL_LOCK):
+                free = free_cpus(ctx)
+                short = pool.values["ncpu"] - len(free)
+                if short > 0 and pool0 is not None and (live0 := _active(ctx.db, pool0)) is not None:
+                    wanted = [int(c) for c in pool.values["proposed_CPUs"]]
+                    give = sorted(live0.cpus, key=lambda c: (c not in wanted, -c))[:min(short, len(live0.cpus) - 1)]
+                    for cpu in give:
+                        await ctx.call_backend(ctx.backend.pool_remove_cpu, pool0.uuid, cpu)
+                    free = free_cpus(ctx)
+                await _activate(ctx, pool, free)
+        except XenAPIError as exc:
+            log.warning("auto_power_on: pool %s did not activate: %s", pool.values["name_label"], exc)
+
+
+def install(registry):
+    cpu_pool.on_create = _on_create
+    registry.add(cpu_pool)
+    registry.before_start.append(check_vm_start)
+    registry.on_start.append(reconcile)
+    registry.on_start.append(auto_activate)
