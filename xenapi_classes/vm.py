@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import urllib.parse
+import uuid as uuid_module
 import xmlrpc.client
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from xenapi_classes import cpu_pool as pools
 from xend_ext import cpuset
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, DomainConfig, PowerState
-from xend_ext.datamodel import POOL_ADMIN, RO, RW, VM_OPERATOR, Field, XenAPIClass, coerce_record
+from xend_ext.datamodel import POOL_ADMIN, RO, RW, STATIC_RO, VM_OPERATOR, Field, XenAPIClass, coerce_record
 from xend_ext.wire import NULL_REF, XenAPIError
 
 log = logging.getLogger("xend_ext.vm")
@@ -54,10 +55,26 @@ def _unique_name(ctx, obj, value):
             raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another VM has this name")
 
 
+def _check_uuid(ctx, obj, value):
+    """xend kept a config's uuid; so do we, if it is a uuid and no other VM has it."""
+    if value == "":
+        return
+    try:
+        canonical = str(uuid_module.UUID(value))
+    except ValueError:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "uuid", value, "not a uuid") from None
+    if canonical != value:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "uuid", value, f"write it as {canonical}")
+    if ("VM", value) in ctx.db.by_uuid_index:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "uuid", value, "another VM has this uuid")
+
+
 vm = XenAPIClass(
     "VM",
     "A virtual machine: its stored definition and its lifecycle",
     [
+        Field("uuid", T.String, STATIC_RO, default="", validate=_check_uuid,
+              doc="unique identifier; a create record may give one (as xend kept a config's uuid)"),
         Field("name_label", T.String, RW, validate=_unique_name, doc="the VM's name (unique, xm uses it)"),
         Field("name_description", T.String, RW),
         Field("power_state", POWER, RO, default="Halted", doc="as the backend reports it"),

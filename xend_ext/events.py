@@ -100,6 +100,13 @@ class EventHub:
         if op == "add":
             obj.ctime = self.generation
         obj.mtime = self.generation
+        if op == "mod" and self._pending:
+            last_seq, _gen, last_obj, last_op = self._pending[-1]
+            if last_obj is obj and last_op in ("add", "mod"):
+                # several fields of one object changed in a row (a VM start sets power_state, domid,
+                # resident_on): one event, as XAPI coalesces, not three that look the same
+                self._pending[-1] = (max(seq, last_seq), self.generation, obj, last_op)
+                return
         self._pending.append((seq, self.generation, obj, op))
         if seq <= self.durable_seq:
             self._publish_ready()

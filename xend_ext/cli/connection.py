@@ -88,11 +88,23 @@ class Connection:
             raise CliError(f"cannot talk to {self.url}: {exc}") from None
         except xmlrpc.client.ProtocolError as exc:
             raise CliError(f"the server at {self.url} refused the request: HTTP {exc.errcode} {exc.errmsg}") from None
+        except http.client.HTTPException as exc:
+            self._reset()
+            raise CliError(f"the connection to {self.url} broke ({type(exc).__name__}); "
+                           "run the command again") from None
+        except KeyboardInterrupt:
+            # xmlrpc leaves a connection interrupted mid-request half-used; the next call (the
+            # logout on the way out) needs a fresh one
+            self._reset()
+            raise
         if not isinstance(reply, dict) or "Status" not in reply:
             raise CliError(f"{self.url} does not answer like a Xen-API server")
         if reply["Status"] == "Success":
             return reply.get("Value", "")
         raise XenAPIFailure(list(reply.get("ErrorDescription", [])))
+
+    def _reset(self) -> None:
+        self.proxy("close")()
 
     def call(self, method: str, *args):
         return self._raw(method, self.session, *args)

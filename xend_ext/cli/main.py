@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
 
-from . import host
-from .connection import CliError, Connection, XenAPIFailure, default_url, read_conf
+from . import domain, events, host, sched
+from .args import Exclusive, UsageError
+from .client import Client
+from .connection import CliError, XenAPIFailure, default_url, read_conf
 from .errors import explain
 
-GROUPS = (host,)
+GROUPS = (host, domain, sched, events)
+
+
+def _describe(func) -> tuple[str, str]:
+    """(one-line help, description) from the command's docstring: command docstrings are written
+    for the user, so ``xm CMD --help`` and the code say the same thing."""
+    doc = inspect.cleandoc(func.__doc__ or "")
+    return (doc.splitlines()[0] if doc else ""), doc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,31 +34,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         for name, (func, arguments) in group.COMMANDS.items():
-            cmd = sub.add_parser(name, help=(func.__doc__ or "").strip().splitlines()[0])
-            for flags, options in arguments:
-                cmd.add_argument(*flags, **options)
-            cmd.set_defaults(func=func)
+            summary, description = _describe(func)
+            cmd = sub.add_parser(name, help=summary, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+            for spec in arguments:
+                if isinstance(spec, Exclusive):
+                    exclusive = cmd.add_mutually_exclusive_group()
+                    for flags, options in spec:
+                        exclusive.add_argument(*flags, **options)
+                else:
+                    flags, options = spec
+                    cmd.add_argument(*flags, **options)
+            cmd.set_defaults(func=func, subparser=cmd)
     return parser
 
 
+NAMED_BY_FIRST_PARAM = ("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED")
+
+
+def _learn_name(client: Client, failure: XenAPIFailure) -> None:
+    """An error about a VM the command did not look up by name (xm restore): ask for its name."""
+    if failure.code not in NAMED_BY_FIRST_PARAM or not failure.params or failure.params[0] in client.names:
+        return
+    try:
+        client.names[failure.params[0]] = client.call("VM.get_name_label", failure.params[0])
+    except (XenAPIFailure, CliError):
+        pass  # the sentence names the reference instead
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # var=val after an option (xm create web.cfg -p memory=512): argparse leaves them over
+        if hasattr(args, "vars") and all("=" in item and not item.startswith("-") for item in extra):
+            args.vars = [*args.vars, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     conf = read_conf(Path(os.environ.get("XM_CONF", Path.home() / ".xm.conf")))
     url = args.url or os.environ.get("XM_URL") or conf.get("url") or default_url()
     user = args.user or os.environ.get("XM_USER") or conf.get("user") or "root"
     password = args.password or os.environ.get("XM_PASSWORD") or conf.get("password") or ""
+    client = Client(url, user, password, insecure=args.insecure)
     try:
-        conn = Connection(url, user, password, insecure=args.insecure)
         try:
-            return args.func(conn, args)
+            return args.func(client, args)
         finally:
-            conn.close()
+            client.close()
+    except UsageError as exc:
+        args.subparser.error(str(exc))  # exits 2, as argparse does for what it catches itself
     except XenAPIFailure as exc:
-        print(f"Error: {explain(exc)}", file=sys.stderr)
-        return 1
+        _learn_name(client, exc)
+        print(f"Error: {explain(exc, args.command, client.names)}", file=sys.stderr)
     except CliError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 1
 
 
 if __name__ == "__main__":
