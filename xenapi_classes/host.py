@@ -10,7 +10,11 @@ API_VERSION = (2, 0)
 
 
 def _free_cpus(db, host):
-    return sum(1 for ref in db.field_value(host, "host_CPUs") if not db.field_value(db.get(ref), "cpu_pool"))
+    """pCPUs in no active CPU pool (all of them on a backend without pools)."""
+    ncpus = len(db.backend.host_info().cpus)
+    if "pools" not in db.backend.capabilities:
+        return ncpus
+    return ncpus - sum(len(pool.cpus) for pool in db.backend.pools())
 
 
 host = XenAPIClass(

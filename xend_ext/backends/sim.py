@@ -123,6 +123,7 @@ class SimBackend(Backend):
         self._next_poolid = 1
         self.boot_id = 0
         self._util: tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]] | None = None
+        self._host: HostInfo | None = None
         self._load(reboot)
         self._info = self._describe()
 
@@ -174,13 +175,17 @@ class SimBackend(Backend):
         else:
             self._domains[domain.uuid] = domain
         self._util = None
+        self._host = None
         self._save()
         return self._live(domain) if domain is not None else None
 
     # -- facts -----------------------------------------------------------------------------
     def host_info(self) -> HostInfo:
-        with self._lock:
-            return replace(self._info, memory_free=self.memory_total - self._used_memory())
+        info = self._host  # read per call by every host record: cached until a domain changes
+        if info is None:
+            with self._lock:
+                info = self._host = replace(self._info, memory_free=self.memory_total - self._used_memory())
+        return info
 
     def _describe(self) -> HostInfo:
         per_node = -(-self.ncpus // self.numa_nodes)
