@@ -46,7 +46,7 @@ def test_capabilities(sim):
     assert sim.capabilities == {
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
-        Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS,
+        Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS, Capability.SCHED_DOMAIN,
     }
     assert all(isinstance(c, str) for c in sim.capabilities)
 

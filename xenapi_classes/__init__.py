@@ -6,7 +6,11 @@ import importlib
 
 from xend_ext.datamodel import Registry
 
-MODULES = ("system", "session", "event", "task", "host", "host_cpu", "pool", "cpu_pool", "vm_metrics", "vm")
+# Order matters at start-up: hosts before pools, pools before VMs (pools activate before VMs start).
+MODULES = (
+    "system", "session", "event", "task", "host", "host_cpu", "pool",
+    "cpu_pool", "sched_domain", "vm_metrics", "vm",
+)
 
 
 def build_registry() -> Registry:

@@ -326,7 +326,9 @@ def host_cpu_pool(db, cpu):
 
 
 async def move_vm(ctx, ref, pool_ref):
-    """Move a VM to another pool: a running one moves live, a halted one starts there next time."""
+    """Move a VM to another pool: a running one moves live, a halted one starts there next time.
+    A scheduling domain's master takes its members along, all or none; a member cannot go alone."""
+    from xenapi_classes import sched_domain as sdoms
     from xenapi_classes.vm import apply_domain, current
 
     async with ctx.lock(ref):
@@ -334,16 +336,21 @@ async def move_vm(ctx, ref, pool_ref):
         if vm.values["is_control_domain"]:
             raise XenAPIError("OPERATION_NOT_ALLOWED", "could not move Domain-0")
         pool = _current(ctx, pool_ref)
-        if vm.values["power_state"] in ("Running", "Paused"):
-            live = _active(ctx.db, pool)
-            if live is None:
-                raise XenAPIError("POOL_BAD_STATE", "deactivated")
-            check_pins(ctx, vm.values["VCPUs_params"], live, pool)
-            ctx.require(Capability.POOLS)
-            apply_domain(ctx, vm, await ctx.call_backend(ctx.backend.pool_move_domain, vm.uuid, pool.uuid))
-        elif vm.values["power_state"] == "Suspended":
-            raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", "suspended")
-        ctx.db.set(vm, "pool_name", pool.values["name_label"])
+        moving = [vm, *sdoms.pool_change_allowed(ctx, vm, pool.values["name_label"])]
+        live = _active(ctx.db, pool)
+        for each in moving:  # check them all before moving any
+            state = each.values["power_state"]
+            if state == "Suspended":
+                raise XenAPIError("VM_BAD_POWER_STATE", each.ref, "running", "suspended")
+            if state in ("Running", "Paused"):
+                if live is None:
+                    raise XenAPIError("POOL_BAD_STATE", "deactivated")
+                check_pins(ctx, each.values["VCPUs_params"], live, pool)
+                ctx.require(Capability.POOLS)
+        for each in moving:
+            if each.values["power_state"] in ("Running", "Paused"):
+                apply_domain(ctx, each, await ctx.call_backend(ctx.backend.pool_move_domain, each.uuid, pool.uuid))
+            ctx.db.set(each, "pool_name", pool.values["name_label"])
         announce(ctx)
 
 

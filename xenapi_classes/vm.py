@@ -21,6 +21,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from xenapi_classes import cpu_pool as pools
+from xenapi_classes import sched_domain as sdoms
 from xend_ext import cpuset
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, DomainConfig, PowerState
@@ -69,6 +70,12 @@ def _check_uuid(ctx, obj, value):
         raise XenAPIError("VALUE_NOT_SUPPORTED", "uuid", value, "another VM has this uuid")
 
 
+def _check_pool_name(ctx, obj, value):
+    """A VM of a scheduling domain keeps its master's pool: moving them is cpu_pool_migrate's job."""
+    if obj is not None and value != obj.values["pool_name"] and sdoms.domain_of(ctx.db, obj.ref) is not None:
+        raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", obj.ref, obj.values["pool_name"])
+
+
 vm = XenAPIClass(
     "VM",
     "A virtual machine: its stored definition and its lifecycle",
@@ -81,7 +88,8 @@ vm = XenAPIClass(
         Field("domid", T.Int, RO, default=-1, doc="the domain id, -1 when halted"),
         Field("is_control_domain", T.Bool, RO, doc="true for Domain-0"),
         Field("resident_on", T.Ref("host", nullable=True), RO, doc="the host it runs on, NULL when halted"),
-        Field("pool_name", T.String, RW, default="Pool-0", set_role=VM_OPERATOR, doc="the CPU pool it starts in"),
+        Field("pool_name", T.String, RW, default="Pool-0", set_role=VM_OPERATOR, validate=_check_pool_name,
+              doc="the CPU pool it starts in"),
         Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=pools.vm_cpu_pool,
               doc="the pool its domain runs in (empty when halted)"),
         Field("order", T.Int, RW, doc="start order within its group (ascending)"),
@@ -106,6 +114,8 @@ vm = XenAPIClass(
         Field("actions_after_reboot", T.Enum("on_normal_exit_reboot", "restart", "destroy"), RW),
         Field("actions_after_crash", T.Enum("on_crash_behaviour", "restart", "destroy", "preserve"), RW),
         Field("metrics", T.Ref("VM_metrics", nullable=True), RO, doc="the live state"),
+        Field("sched_domain", T.Ref("sched_domain", nullable=True), RO, compute=sdoms.vm_sched_domain,
+              doc="the scheduling domain it is master or member of"),
         Field("other_config", T.Map(T.String, T.String), RW),
     ],
     default_role=POOL_ADMIN,
@@ -206,7 +216,10 @@ async def destroy(ctx, ref):
     async with ctx.lock(ref):
         obj = current(ctx, ref)
         _on_destroy(ctx, obj)
+        released = sdoms.forget_vm(ctx, obj)
         ctx.db.destroy(obj)
+        if released:
+            await sdoms.push(ctx)
 
 
 # -- live state --------------------------------------------------------------------------

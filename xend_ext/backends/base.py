@@ -32,6 +32,7 @@ class Capability:
     SCHED_CREDIT = "sched_credit"  # weight and cap
     UTILISATION = "utilisation"  # per-vCPU CPU use (the simulated host's scheduler model)
     POOLS = "pools"  # CPU pools (cpupools): disjoint sets of pCPUs, each scheduled on its own
+    SCHED_DOMAIN = "sched_domain"  # several domains scheduled as one entity (the "nemesis" patch)
 
 
 class PowerState:
@@ -113,6 +114,16 @@ class CpuPool:
     poolid: int
     sched: str
     cpus: frozenset[int]
+
+
+@dataclass(frozen=True)
+class SchedDomain:
+    """Domains sharing one master's timeslices: the master's weight and cap cover them all."""
+
+    master: str  # domain uuid
+    members: frozenset[str]  # domain uuids, the master excluded
+    weight: int  # the master's definition, in force while the master itself does not run
+    cap: int
 
 
 class BackendError(Exception):
@@ -216,6 +227,10 @@ class Backend(ABC):
 
     def pool_move_domain(self, domain: str, pool: str) -> Domain:
         raise self.missing(Capability.POOLS)
+
+    def set_sched_domains(self, domains: list[SchedDomain]) -> None:
+        """Replace every scheduling domain (the server sends the whole set whenever it changes)."""
+        raise self.missing(Capability.SCHED_DOMAIN)
 
     def missing(self, capability: str) -> BackendError:
         return BackendError(f"the {self.name} backend cannot do {capability}", "NOT_IMPLEMENTED", capability)

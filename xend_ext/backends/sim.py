@@ -32,6 +32,7 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    SchedDomain,
 )
 
 MIB = 1 << 20
@@ -99,7 +100,7 @@ class SimBackend(Backend):
     capabilities = frozenset({
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
-        Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS,
+        Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS, Capability.SCHED_DOMAIN,
     })
 
     def __init__(self, state_dir: str | Path, cpus: int = 8, memory_mib: int = 16384, numa_nodes: int = 1,
@@ -119,6 +120,7 @@ class SimBackend(Backend):
         self._lock = threading.RLock()  # backend calls run in worker threads
         self._domains: dict[str, Domain] = {}
         self._pools: dict[str, CpuPool] = {}
+        self._sdoms: list[SchedDomain] = []
         self._next_domid = 1
         self._next_poolid = 1
         self.boot_id = 0
@@ -143,6 +145,11 @@ class SimBackend(Backend):
                 elif isinstance(child, list) and child and child[0] == "cpupool":
                     pool = _pool_from_sxp(child)
                     self._pools[pool.uuid] = pool
+                elif isinstance(child, list) and child and child[0] == "sched_domain":
+                    self._sdoms.append(SchedDomain(
+                        master=sxp.child_value(child, "master"), weight=int(sxp.child_value(child, "weight")),
+                        cap=int(sxp.child_value(child, "cap")),
+                        members=frozenset(m for m in (sxp.child_value(child, "members", "") or "").split(",") if m)))
         if POOL0_UUID not in self._pools:  # a booting host: every pCPU in the boot pool
             self._pools = {POOL0_UUID: CpuPool(POOL0_UUID, "Pool-0", 0, "credit", frozenset(range(self.ncpus)))}
         if DOM0_UUID not in self._domains:
@@ -159,6 +166,8 @@ class SimBackend(Backend):
         state = ["sim-host", ["boot", str(self.boot_id)], ["cpus", str(self.ncpus)],
                  ["next_domid", str(self._next_domid)], ["next_poolid", str(self._next_poolid)],
                  *[_pool_to_sxp(p) for p in self._pools.values()],
+                 *[["sched_domain", ["master", sd.master], ["weight", str(sd.weight)], ["cap", str(sd.cap)],
+                    ["members", ",".join(sorted(sd.members))]] for sd in self._sdoms],
                  *[_domain_to_sxp(d) for d in self._domains.values()]]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -233,13 +242,28 @@ class SimBackend(Backend):
             all_cpus = frozenset(range(self.ncpus))
             pool_cpus = {uuid: pool.cpus for uuid, pool in self._pools.items()}
             # a vCPU runs only on its pool's pCPUs: pools are scheduled apart, weights compare within one
-            entities = [
-                Entity(name=d.uuid, weight=d.weight, cap=d.cap, vcpus=tuple(
-                    VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & pool_cpus.get(d.pool, all_cpus))
-                    for v in range(d.vcpus)))
-                for d in sorted(self._domains.values(), key=lambda d: d.domid)
-                if d.power_state == PowerState.RUNNING and not d.is_control_domain
-            ]
+            running = {d.uuid: d for d in self._domains.values()
+                       if d.power_state == PowerState.RUNNING and not d.is_control_domain}
+
+            def vcpus(d: Domain) -> tuple[VCPU, ...]:
+                pool = pool_cpus.get(d.pool, all_cpus)
+                return tuple(VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & pool)
+                             for v in range(d.vcpus))
+
+            entities = []
+            grouped: set[str] = set()
+            for sd in sorted(self._sdoms, key=lambda sd: sd.master):
+                # a scheduling domain is one entity: the master's weight and cap over all its domains
+                inside = [running[u] for u in sorted({sd.master} | sd.members) if u in running]
+                grouped |= {sd.master} | sd.members
+                if inside:
+                    master = self._domains.get(sd.master)  # its live parameters while it exists
+                    weight, cap = (master.weight, master.cap) if master else (sd.weight, sd.cap)
+                    entities.append(Entity(name="sdom:" + sd.master, weight=weight, cap=cap,
+                                           vcpus=tuple(v for d in inside for v in vcpus(d))))
+            for d in sorted(running.values(), key=lambda d: d.domid):
+                if d.uuid not in grouped:
+                    entities.append(Entity(name=d.uuid, weight=d.weight, cap=d.cap, vcpus=vcpus(d)))
             allocation = solve(sorted(all_cpus), entities)
             result: dict[str, dict[int, float]] = {}
             for (owner, index), share in allocation.vcpu.items():
@@ -516,3 +540,10 @@ class SimBackend(Backend):
             d = self._get(domain, PowerState.RUNNING, PowerState.PAUSED)
             self._pool(pool)
             return self._commit(replace(d, pool=pool))
+
+    # -- scheduling domains --------------------------------------------------------------------
+    def set_sched_domains(self, domains: list[SchedDomain]) -> None:
+        with self._lock:
+            self._sdoms = list(domains)
+            self._util = None
+            self._save()

@@ -1,0 +1,178 @@
+"""``sched_domain``: VMs sharing one master VM's timeslices (seed 001, the "nemesis" patch).
+
+The master's weight and cap apply to the master and its members together, as one scheduling
+entity: a stub domain's work counts against its guest's cap. All of a domain's VMs are in the
+master's CPU pool. The backend is told the whole set of scheduling domains whenever it changes
+(and at every start), so what runs always matches what is stored.
+"""
+
+from __future__ import annotations
+
+from xend_ext import types as T
+from xend_ext.backends.base import Capability, SchedDomain
+from xend_ext.datamodel import POOL_ADMIN, RO, RW, VM_OPERATOR, Field, XenAPIClass
+from xend_ext.wire import NULL_REF, XenAPIError
+
+sched_domain = XenAPIClass(
+    "sched_domain",
+    "Several VMs sharing one master VM's timeslices: the master's weight and cap cover them all",
+    [
+        Field("name_label", T.String, RW),
+        Field("name_description", T.String, RW),
+        Field("master", T.Ref("VM"), RO, doc="the VM whose weight and cap the domain has"),
+        Field("members", T.Set(T.Ref("VM")), RO, doc="the other VMs (the master excluded)"),
+        Field("other_config", T.Map(T.String, T.String), RW),
+    ],
+    default_role=POOL_ADMIN,
+    creatable=True,
+    destroyable=True,
+)
+
+
+def domain_of(db, vm_ref):
+    """The scheduling domain a VM is master or member of, or None."""
+    for sd in db.all("sched_domain"):
+        if sd.values["master"] == vm_ref or vm_ref in sd.values["members"]:
+            return sd
+    return None
+
+
+def vm_sched_domain(db, vm):
+    """VM.sched_domain: the domain it is master or member of, NULL if none."""
+    sd = domain_of(db, vm.ref)
+    return sd.ref if sd is not None else NULL_REF
+
+
+def _free(ctx, vm):
+    sd = domain_of(ctx.db, vm.ref)
+    if sd is not None:
+        raise XenAPIError("VM_ALREADY_IN_SCHED_DOMAIN", vm.ref, sd.ref)
+    if vm.values["is_control_domain"]:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "Domain-0 cannot be in a scheduling domain")
+
+
+def _pool_of(vm):
+    return vm.values["pool_name"] or "Pool-0"
+
+
+async def push(ctx):
+    """Tell the backend the whole set of scheduling domains, then announce the changed shares."""
+    from xenapi_classes.vm import refresh_live
+
+    domains = []
+    for sd in ctx.db.all("sched_domain"):
+        master = ctx.db.get(sd.values["master"])
+        params = master.values["VCPUs_params"]
+        domains.append(SchedDomain(
+            master=master.uuid, members=frozenset(ctx.db.get(m).uuid for m in sd.values["members"]),
+            weight=int(params.get("weight") or 256), cap=int(params.get("cap") or 0)))
+    await ctx.call_backend(ctx.backend.set_sched_domains, domains)
+    for vm_ref in {r for sd in ctx.db.all("sched_domain") for r in (sd.values["master"], *sd.values["members"])}:
+        ctx.db.touch(ctx.db.get(vm_ref))
+    refresh_live(ctx)
+
+
+LOCK = "sched_domain/*"  # membership rules span domains: one change at a time
+
+
+@sched_domain.message(("args", T.Struct), result=T.Ref("sched_domain"), role=POOL_ADMIN,
+                      capability=Capability.SCHED_DOMAIN, errors=("VM_ALREADY_IN_SCHED_DOMAIN",))
+async def create(ctx, record):
+    """A new scheduling domain; the record names its ``master`` (and may give ``members``)."""
+    if not isinstance(record, dict) or "master" not in record:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "master", "", "the record must name the master VM")
+    async with ctx.lock(LOCK):
+        master = ctx.db.lookup("VM", str(record["master"]))
+        _free(ctx, master)
+        members = [ctx.db.lookup("VM", str(m)) for m in record.get("members", []) or []]
+        for vm in members:
+            if vm is master:
+                raise XenAPIError("VM_ALREADY_IN_SCHED_DOMAIN", vm.ref, "master")
+            _free(ctx, vm)
+            if _pool_of(vm) != _pool_of(master):
+                raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
+        values = {"name_label": str(record.get("name_label") or master.values["name_label"]),
+                  "name_description": str(record.get("name_description", "")),
+                  "other_config": {str(k): str(v) for k, v in (record.get("other_config") or {}).items()},
+                  "master": master.ref, "members": list(dict.fromkeys(vm.ref for vm in members))}
+        obj = ctx.db.create("sched_domain", values)
+        await push(ctx)
+        return obj.ref
+
+
+@sched_domain.message(("self", T.Ref("sched_domain")), role=POOL_ADMIN, capability=Capability.SCHED_DOMAIN)
+async def destroy(ctx, ref):
+    """Dissolve the domain: its members are scheduled on their own again."""
+    async with ctx.lock(LOCK):
+        sd = _current(ctx, ref)
+        ctx.db.destroy(sd)
+        await push(ctx)
+
+
+@sched_domain.message(("self", T.Ref("sched_domain")), ("vm", T.Ref("VM")), role=VM_OPERATOR,
+                      capability=Capability.SCHED_DOMAIN,
+                      errors=("VM_ALREADY_IN_SCHED_DOMAIN", "SCHED_DOMAIN_POOL_MISMATCH"))
+async def add_member(ctx, ref, vm_ref):
+    """Make a VM share the master's timeslices (it must be in the master's CPU pool)."""
+    async with ctx.lock(LOCK):
+        sd = _current(ctx, ref)
+        vm = ctx.db.get(vm_ref)
+        _free(ctx, vm)
+        master = ctx.db.get(sd.values["master"])
+        if _pool_of(vm) != _pool_of(master):
+            raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
+        ctx.db.set(sd, "members", [*sd.values["members"], vm.ref])
+        await push(ctx)
+
+
+@sched_domain.message(("self", T.Ref("sched_domain")), ("vm", T.Ref("VM")), role=VM_OPERATOR,
+                      capability=Capability.SCHED_DOMAIN)
+async def remove_member(ctx, ref, vm_ref):
+    """Schedule a member on its own again."""
+    async with ctx.lock(LOCK):
+        sd = _current(ctx, ref)
+        if vm_ref not in sd.values["members"]:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "vm", vm_ref, "not a member of this scheduling domain")
+        ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm_ref])
+        await push(ctx)
+
+
+def _current(ctx, ref):
+    sd = ctx.db.find(ref)
+    if sd is None:
+        raise XenAPIError("HANDLE_INVALID", "sched_domain", ref)
+    return sd
+
+
+def pool_change_allowed(ctx, vm, pool_name):
+    """A member cannot leave the master's pool alone; the master takes its members along
+    (checked by the caller for every member). Returns the members that must move with it."""
+    sd = domain_of(ctx.db, vm.ref)
+    if sd is None:
+        return []
+    if sd.values["master"] != vm.ref:
+        raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(ctx.db.get(sd.values["master"])))
+    return [ctx.db.get(m) for m in sd.values["members"]]
+
+
+def forget_vm(ctx, vm):
+    """A destroyed VM leaves its domain; a destroyed master dissolves it (members are released)."""
+    sd = domain_of(ctx.db, vm.ref)
+    if sd is None:
+        return False
+    if sd.values["master"] == vm.ref:
+        ctx.db.destroy(sd)
+    else:
+        ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm.ref])
+    return True
+
+
+async def reconcile(ctx):
+    """At start the backend learns the stored scheduling domains (a host reboot forgot them)."""
+    if Capability.SCHED_DOMAIN in ctx.backend.capabilities:
+        await push(ctx)
+
+
+def install(registry):
+    registry.add(sched_domain)
+    registry.on_start.append(reconcile)
