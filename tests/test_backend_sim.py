@@ -47,6 +47,7 @@ def test_capabilities(sim):
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
         Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS, Capability.SCHED_DOMAIN,
+        Capability.CPU_OCCUPY, Capability.MEMORY_MAX_LIVE,
     }
     assert all(isinstance(c, str) for c in sim.capabilities)
 

@@ -19,7 +19,7 @@ from xend_ext.wire import NULL_REF, XenAPIError
 
 log = logging.getLogger("xend_ext.cpu_pool")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_\-.:/+]+$")
+NAME_RE = re.compile(r"[A-Za-z0-9_\-.:/+]+")
 SCHEDULERS = ("credit", "credit2", "sedf")
 POOL0 = "Pool-0"
 
@@ -49,7 +49,7 @@ def _started_vms(db, pool):
 
 
 def _check_name(ctx, obj, value):
-    if not value or not NAME_RE.match(value):
+    if not value or not NAME_RE.fullmatch(value):
         raise XenAPIError("PARAMETER_ERROR", f'Invalid Pool Name "{value}": use letters, digits and _-.:/+')
     for other in ctx.db.all("cpu_pool"):
         if other is not obj and other.values["name_label"] == value:
@@ -159,6 +159,19 @@ async def _activate(ctx, pool, free):
 POOL_MSG = dict(capability=Capability.POOLS)
 
 
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("value", T.String), role=POOL_ADMIN, async_ok=False,
+                  errors=("PARAMETER_ERROR",))
+def set_name_label(ctx, ref, value):
+    """Rename a pool; the VMs that name it in pool_name follow, so they still start there."""
+    pool = _current(ctx, ref)
+    _check_name(ctx, pool, value)
+    old = pool.values["name_label"]
+    ctx.db.set(pool, "name_label", value)
+    for vm in ctx.db.all("VM"):
+        if vm.values["pool_name"] == old:
+            ctx.db.set(vm, "pool_name", value)
+
+
 @cpu_pool.message(("self", T.Ref("cpu_pool")), role=POOL_ADMIN, **POOL_MSG,
                   errors=("POOL_BAD_STATE", "INSUFFICIENT_CPUS", "UNKOWN_SCHED_POLICY"))
 async def activate(ctx, ref):
@@ -242,7 +255,7 @@ def _cpu_number(ctx, value):
     return str(int(text))
 
 
-@cpu_pool.message(("self", T.Ref("cpu_pool")), ("cpu", T.String), role=POOL_ADMIN,
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("cpu", T.Int), role=POOL_ADMIN,
                   errors=("POOL_BAD_STATE", "INVALID_CPU"))
 async def add_to_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
     """Prefer this CPU at the next activation (inactive pools only)."""
@@ -254,14 +267,13 @@ async def add_to_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
             ctx.db.set(pool, "proposed_CPUs", sorted([*pool.values["proposed_CPUs"], number], key=int))
 
 
-@cpu_pool.message(("self", T.Ref("cpu_pool")), ("cpu", T.String), role=POOL_ADMIN, errors=("POOL_BAD_STATE",))
+@cpu_pool.message(("self", T.Ref("cpu_pool")), ("cpu", T.Int), role=POOL_ADMIN, errors=("POOL_BAD_STATE",))
 async def remove_from_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
     """Stop preferring this CPU (inactive pools only)."""
     async with ctx.lock(POOL_LOCK):
         pool = _current(ctx, ref)
         _inactive_only(ctx, pool, None)
-        text = str(cpu).strip()
-        ctx.db.set(pool, "proposed_CPUs", [c for c in pool.values["proposed_CPUs"] if c != text])
+        ctx.db.set(pool, "proposed_CPUs", [c for c in pool.values["proposed_CPUs"] if int(c) != cpu])
 
 
 def _current(ctx, ref):
@@ -287,10 +299,12 @@ def check_vm_start(ctx, vm):
     live = _active(ctx.db, pool)
     if live is None:
         raise XenAPIError("POOL_BAD_STATE", "deactivated")
+    if not live.cpus:
+        raise XenAPIError("INSUFFICIENT_CPUS", 1, 0)
     check_pins(ctx, vm.values["VCPUs_params"], live, pool)
 
 
-def check_pins(ctx, params, live, pool):
+def check_pins(ctx, params, live, pool, running=None):
     from xend_ext import cpuset
 
     ncpus = len(ctx.backend.host_info().cpus)
@@ -300,6 +314,12 @@ def check_pins(ctx, params, live, pool):
             if outside:
                 raise XenAPIError("VALUE_NOT_SUPPORTED", key, text,
                                   f"CPU {outside[0]} is not in the VM's pool {pool.values['name_label']}")
+    for vcpu, pinned in sorted((running.pins if running is not None else {}).items()):
+        outside = sorted(pinned - live.cpus)
+        if outside:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", f"cpumap{vcpu}", cpuset.format(pinned),
+                              f"the running vCPU is pinned to CPU {outside[0]}, "
+                              f"not in pool {pool.values['name_label']}")
 
 
 def pool_uuid_of(ctx, vm):
@@ -309,7 +329,7 @@ def pool_uuid_of(ctx, vm):
 
 def vm_cpu_pool(db, vm):
     """VM.cpu_pool: the pool its domain runs in; empty when it does not run."""
-    domain = db.backend.domain(vm.uuid) if vm.values["power_state"] != "Halted" else None
+    domain = db.backend.domain(vm.uuid) if vm.values["power_state"] in ("Running", "Paused") else None
     if domain is None or not domain.pool:
         return []
     pool = db.by_uuid_index.get(("cpu_pool", domain.pool))
@@ -345,7 +365,9 @@ async def move_vm(ctx, ref, pool_ref):
             if state in ("Running", "Paused"):
                 if live is None:
                     raise XenAPIError("POOL_BAD_STATE", "deactivated")
-                check_pins(ctx, each.values["VCPUs_params"], live, pool)
+                if not live.cpus:
+                    raise XenAPIError("INSUFFICIENT_CPUS", 1, 0)
+                check_pins(ctx, each.values["VCPUs_params"], live, pool, ctx.backend.domain(each.uuid))
                 ctx.require(Capability.POOLS)
         for each in moving:
             if each.values["power_state"] in ("Running", "Paused"):
@@ -389,7 +411,11 @@ async def auto_activate(ctx):
             async with ctx.lock(POOL_LOCK):
                 free = free_cpus(ctx)
                 short = pool.values["ncpu"] - len(free)
-                if short > 0 and pool0 is not None and (live0 := _active(ctx.db, pool0)) is not None:
+                live0 = _active(ctx.db, pool0) if pool0 is not None else None
+                spare = len(live0.cpus) - 1 if live0 is not None else 0
+                if short > spare:  # check before taking anything from Pool-0: all or nothing
+                    raise XenAPIError("INSUFFICIENT_CPUS", pool.values["ncpu"], len(free) + max(spare, 0))
+                if short > 0 and live0 is not None:
                     wanted = [int(c) for c in pool.values["proposed_CPUs"]]
                     give = sorted(live0.cpus, key=lambda c: (c not in wanted, -c))[:min(short, len(live0.cpus) - 1)]
                     for cpu in give:
@@ -398,6 +424,17 @@ async def auto_activate(ctx):
                 await _activate(ctx, pool, free)
         except XenAPIError as exc:
             log.warning("auto_power_on: pool %s did not activate: %s", pool.values["name_label"], exc)
+    _sync_pool0(ctx)
+
+
+def _sync_pool0(ctx):
+    """The boot pool's definition is whatever the hypervisor gave it (after a reboot: every CPU
+    the auto-started pools left), so a restart that changes nothing shows nothing changed."""
+    pool0 = pool_named(ctx, POOL0)
+    live0 = _active(ctx.db, pool0) if pool0 is not None else None
+    if live0 is not None:
+        ctx.db.set(pool0, "ncpu", max(1, len(live0.cpus)))
+        ctx.db.set(pool0, "proposed_CPUs", [str(c) for c in sorted(live0.cpus)])
 
 
 def install(registry):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from xenapi_classes import cpu_pool as pools
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
+from xend_ext.wire import XenAPIError
 
 host_cpu = XenAPIClass(
     "host_cpu",
@@ -50,6 +51,97 @@ def reconcile(ctx):
         ctx.db.destroy(obj)
 
 
+
+
+# -- cpuoccupy: the policy manager's reserved pCPUs ---------------------------------------------
+
+async def push_occupancy(ctx):
+    """The backend gets the whole reservation map; then every running VM's share may change."""
+    from xenapi_classes.vm import refresh_live
+
+    occupied = {}
+    for cpu in ctx.db.all("host_cpu"):
+        if cpu.values["occupants"]:
+            occupied[cpu.values["number"]] = frozenset(ctx.db.get(v).uuid for v in cpu.values["occupants"])
+    await ctx.call_backend(ctx.backend.set_occupancy, occupied)
+    refresh_live(ctx)
+
+
+def pinned_alone(ctx, vm, number):
+    """True when some vCPU of the VM may run on pCPU ``number`` only (stored or running pins)."""
+    from xend_ext import cpuset
+
+    ncpus = len(ctx.backend.host_info().cpus)
+    pins = [cpuset.parse(text, ncpus) for key, text in vm.values["VCPUs_params"].items() if key.startswith("cpumap")]
+    domain = ctx.backend.domain(vm.uuid) if vm.values["power_state"] != "Halted" else None
+    if domain is not None:
+        pins += list(domain.pins.values())
+    return any(p == {number} for p in pins)
+
+
+def reserved_for_others(ctx, vm):
+    """pCPU numbers reserved to VMs other than this one."""
+    return {c.values["number"] for c in ctx.db.all("host_cpu")
+            if c.values["occupants"] and vm.ref not in c.values["occupants"]}
+
+
+@host_cpu.message(("self", T.Ref("host_cpu")), ("vms", T.Set(T.Ref("VM"))), role=POOL_ADMIN,
+                  capability="cpu_occupy", errors=("OPERATION_NOT_ALLOWED",))
+async def set_occupants(ctx, ref, vms):
+    """cpuoccupy: only these VMs may run on this pCPU; every other VM is kept off it. Refused while
+    another VM is pinned to this pCPU alone (it would have nowhere to run)."""
+    async with ctx.lock("cpu_occupy/*"):
+        cpu = ctx.db.get(ref)
+        number = cpu.values["number"]
+        if not vms:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "vms", "", "name at least one VM (clear_occupants frees it)")
+        for vm in ctx.db.all("VM"):
+            if vm.ref not in vms and pinned_alone(ctx, vm, number):
+                raise XenAPIError("OPERATION_NOT_ALLOWED",
+                                  f"VM {vm.values['name_label']} is pinned to pCPU {number} alone; unpin it first")
+        ctx.db.set(cpu, "occupants", list(vms))
+        await push_occupancy(ctx)
+
+
+@host_cpu.message(("self", T.Ref("host_cpu")), role=POOL_ADMIN, capability="cpu_occupy")
+async def clear_occupants(ctx, ref):
+    """Every VM may use this pCPU again."""
+    async with ctx.lock("cpu_occupy/*"):
+        ctx.db.set(ctx.db.get(ref), "occupants", [])
+        await push_occupancy(ctx)
+
+
+def check_vm_start(ctx, vm):
+    """A VM whose pins lie only on pCPUs reserved to others cannot run."""
+    from xend_ext import cpuset
+
+    reserved = reserved_for_others(ctx, vm)
+    if not reserved:
+        return
+    ncpus = len(ctx.backend.host_info().cpus)
+    for key, text in vm.values["VCPUs_params"].items():
+        if key.startswith("cpumap") and cpuset.parse(text, ncpus) <= reserved:
+            raise XenAPIError("OPERATION_NOT_ALLOWED",
+                              f"{key}={text} lies on pCPUs reserved to other VMs (cpuoccupy); pin it elsewhere")
+
+
+def forget_vm(ctx, vm):
+    """A destroyed VM leaves every reservation; True when the map changed."""
+    changed = False
+    for cpu in ctx.db.all("host_cpu"):
+        if vm.ref in cpu.values["occupants"]:
+            ctx.db.set(cpu, "occupants", [v for v in cpu.values["occupants"] if v != vm.ref])
+            changed = True
+    return changed
+
+
+async def push_at_start(ctx):
+    if "cpu_occupy" in ctx.backend.capabilities:
+        await push_occupancy(ctx)
+
+
 def install(registry):
     registry.add(host_cpu)
     registry.on_start.append(reconcile)
+    registry.on_start.append(push_at_start)
+    registry.before_start.append(check_vm_start)

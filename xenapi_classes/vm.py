@@ -21,6 +21,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from xenapi_classes import cpu_pool as pools
+from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
 from xend_ext import cpuset
 from xend_ext import types as T
@@ -217,9 +218,12 @@ async def destroy(ctx, ref):
         obj = current(ctx, ref)
         _on_destroy(ctx, obj)
         released = sdoms.forget_vm(ctx, obj)
+        unreserved = host_cpus.forget_vm(ctx, obj)
         ctx.db.destroy(obj)
         if released:
             await sdoms.push(ctx)
+        if unreserved:
+            await host_cpus.push_occupancy(ctx)
 
 
 # -- live state --------------------------------------------------------------------------
@@ -665,6 +669,15 @@ async def set_memory(ctx, ref, value, mode):
                     lambda uuid: ctx.backend.set_memory(uuid, value))
 
 
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
+            capability=Capability.MEMORY_MAX_LIVE, **ALLOCATION)
+async def set_memory_max(ctx, ref, value, mode):
+    """The most memory the domain may have, in bytes (xm mem-max)."""
+    _at_least_one("memory_max", value)
+    await _allocate(ctx, ref, mode, lambda obj: {"memory_static_max": value},
+                    lambda uuid: ctx.backend.set_memory_max(uuid, value))
+
+
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"), capability=Capability.VCPUS_LIVE,
             **ALLOCATION)
 async def set_VCPUs(ctx, ref, value, mode):  # noqa: N802 - the wire name
@@ -723,6 +736,15 @@ async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, str(exc)) from None
     if chosen is not None and not chosen:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, "pins the vCPU to no CPU at all")
+    if chosen is not None and chosen <= host_cpus.reserved_for_others(ctx, obj):
+        raise XenAPIError("OPERATION_NOT_ALLOWED",
+                          f"pCPUs {cpuset.format(chosen)} are reserved to other VMs (cpuoccupy); pin it elsewhere")
+    if chosen is not None and obj.values["power_state"] in LIVE_STATES and mode != "static":
+        pool = pools.pool_named(ctx, obj.values["pool_name"])
+        live = pools.active_pools(ctx.db).get(pool.uuid) if pool is not None else None
+        if live is not None and not chosen <= live.cpus:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus,
+                              f"CPU {min(chosen - live.cpus)} is not in the VM's pool {pool.values['name_label']}")
 
     def stored(current_obj):
         params = dict(current_obj.values["VCPUs_params"])
@@ -733,6 +755,30 @@ async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
         return {"VCPUs_params": params}
 
     await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.pin(uuid, vcpu, chosen))
+
+
+@vm.message(("self", T.Ref("VM")), result=T.Struct, role="read-only", async_ok=False)
+def get_cpu_policy(ctx, ref):
+    """The runtime CPU policy (the policy manager's cpupolicy): stored and running pins, weight,
+    cap, pool, the pCPUs reserved to this VM or kept from it, and its scheduling domain."""
+    obj = ctx.db.get(ref)
+    ncpus = len(ctx.backend.host_info().cpus)
+    weight, cap, pins = sched_params(obj.values["VCPUs_params"], obj.values["VCPUs_max"], ncpus)
+    stored = {"weight": weight, "cap": cap, "pool": obj.values["pool_name"] or "Pool-0",
+              "pins": {str(v): cpuset.format(c) for v, c in sorted(pins.items())}}
+    domain = ctx.backend.domain(obj.uuid) if obj.values["power_state"] in LIVE_STATES else None
+    running = {}
+    if domain is not None:
+        pool = ctx.db.by_uuid_index.get(("cpu_pool", domain.pool))
+        running = {"weight": domain.weight, "cap": domain.cap,
+                   "pool": pool.values["name_label"] if pool else "",
+                   "pins": {str(v): cpuset.format(c) for v, c in sorted(domain.pins.items())},
+                   "utilisation": {str(v): u for v, u in sorted(domain.utilisation.items())}}
+    mine = sorted(c.values["number"] for c in ctx.db.all("host_cpu") if ref in c.values["occupants"])
+    sd = sdoms.domain_of(ctx.db, ref)
+    return {"stored": stored, "running": running, "occupied_cpus": [str(n) for n in mine],
+            "excluded_cpus": [str(n) for n in sorted(host_cpus.reserved_for_others(ctx, obj))],
+            "sched_domain": sd.ref if sd is not None else NULL_REF}
 
 
 # -- start-up ------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ class Capability:
     UTILISATION = "utilisation"  # per-vCPU CPU use (the simulated host's scheduler model)
     POOLS = "pools"  # CPU pools (cpupools): disjoint sets of pCPUs, each scheduled on its own
     SCHED_DOMAIN = "sched_domain"  # several domains scheduled as one entity (the "nemesis" patch)
+    CPU_OCCUPY = "cpu_occupy"  # pCPUs reserved to some domains (the policy manager's cpuoccupy)
+    MEMORY_MAX_LIVE = "memory_max_live"
 
 
 class PowerState:
@@ -196,6 +198,9 @@ class Backend(ABC):
     def set_memory(self, uuid: str, memory: int) -> Domain:
         raise self.missing(Capability.MEMORY_LIVE)
 
+    def set_memory_max(self, uuid: str, memory_max: int) -> Domain:
+        raise self.missing(Capability.MEMORY_MAX_LIVE)
+
     def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
         raise self.missing(Capability.VCPUS_LIVE)
 
@@ -227,6 +232,10 @@ class Backend(ABC):
 
     def pool_move_domain(self, domain: str, pool: str) -> Domain:
         raise self.missing(Capability.POOLS)
+
+    def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
+        """Reserve pCPUs: only the listed domains (uuids) may run on each; the whole map each time."""
+        raise self.missing(Capability.CPU_OCCUPY)
 
     def set_sched_domains(self, domains: list[SchedDomain]) -> None:
         """Replace every scheduling domain (the server sends the whole set whenever it changes)."""

@@ -101,6 +101,7 @@ class SimBackend(Backend):
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
         Capability.SCHED_CREDIT, Capability.UTILISATION, Capability.POOLS, Capability.SCHED_DOMAIN,
+        Capability.CPU_OCCUPY, Capability.MEMORY_MAX_LIVE,
     })
 
     def __init__(self, state_dir: str | Path, cpus: int = 8, memory_mib: int = 16384, numa_nodes: int = 1,
@@ -121,6 +122,7 @@ class SimBackend(Backend):
         self._domains: dict[str, Domain] = {}
         self._pools: dict[str, CpuPool] = {}
         self._sdoms: list[SchedDomain] = []
+        self._occupied: dict[int, frozenset[str]] = {}
         self._next_domid = 1
         self._next_poolid = 1
         self.boot_id = 0
@@ -145,6 +147,9 @@ class SimBackend(Backend):
                 elif isinstance(child, list) and child and child[0] == "cpupool":
                     pool = _pool_from_sxp(child)
                     self._pools[pool.uuid] = pool
+                elif isinstance(child, list) and child and child[0] == "occupied":
+                    self._occupied[int(sxp.child_value(child, "cpu"))] = frozenset(
+                        u for u in (sxp.child_value(child, "domains", "") or "").split(",") if u)
                 elif isinstance(child, list) and child and child[0] == "sched_domain":
                     self._sdoms.append(SchedDomain(
                         master=sxp.child_value(child, "master"), weight=int(sxp.child_value(child, "weight")),
@@ -166,6 +171,8 @@ class SimBackend(Backend):
         state = ["sim-host", ["boot", str(self.boot_id)], ["cpus", str(self.ncpus)],
                  ["next_domid", str(self._next_domid)], ["next_poolid", str(self._next_poolid)],
                  *[_pool_to_sxp(p) for p in self._pools.values()],
+                 *[["occupied", ["cpu", str(cpu)], ["domains", ",".join(sorted(who))]]
+                   for cpu, who in sorted(self._occupied.items())],
                  *[["sched_domain", ["master", sd.master], ["weight", str(sd.weight)], ["cap", str(sd.cap)],
                     ["members", ",".join(sorted(sd.members))]] for sd in self._sdoms],
                  *[_domain_to_sxp(d) for d in self._domains.values()]]
@@ -232,8 +239,11 @@ class SimBackend(Backend):
         share = util.get(d.uuid, {})
         where = {}
         if d.power_state != PowerState.SUSPENDED:
+            pool = self._pools.get(d.pool)
+            home = (pool.cpus if pool is not None and pool.cpus else frozenset(range(self.ncpus)))
             for v in range(d.vcpus):  # where the model runs it most, else the first CPU it may use
-                where[v] = placed.get((d.uuid, v), min(d.pins.get(v) or range(self.ncpus)))
+                allowed = (d.pins.get(v) or home) & home or home
+                where[v] = placed.get((d.uuid, v), min(allowed))
         return replace(d, utilisation={v: share.get(v, 0.0) for v in range(d.vcpus)}, vcpu_cpu=where)
 
     def _utilisation(self) -> tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]]:
@@ -246,8 +256,10 @@ class SimBackend(Backend):
                        if d.power_state == PowerState.RUNNING and not d.is_control_domain}
 
             def vcpus(d: Domain) -> tuple[VCPU, ...]:
-                pool = pool_cpus.get(d.pool, all_cpus)
-                return tuple(VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & pool)
+                # its pool's CPUs, less those reserved to other domains (cpuoccupy), within its pins
+                allowed = pool_cpus.get(d.pool, all_cpus) - {
+                    cpu for cpu, who in self._occupied.items() if d.uuid not in who}
+                return tuple(VCPU(owner=d.uuid, index=v, affinity=(d.pins.get(v) or all_cpus) & allowed)
                              for v in range(d.vcpus))
 
             entities = []
@@ -441,6 +453,17 @@ class SimBackend(Backend):
             self._check_memory(memory, releasing=d.memory)
             return self._commit(replace(d, memory=memory))
 
+    def set_memory_max(self, uuid: str, memory_max: int) -> Domain:
+        with self._lock:
+            d = self._get(uuid)
+            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
+                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
+                                   d.power_state.lower())
+            if memory_max < d.memory:
+                raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
+                                   f"below the domain's current memory ({d.memory}); lower that first")
+            return self._commit(replace(d, memory_max=memory_max))
+
     def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
@@ -545,5 +568,15 @@ class SimBackend(Backend):
     def set_sched_domains(self, domains: list[SchedDomain]) -> None:
         with self._lock:
             self._sdoms = list(domains)
+            self._util = None
+            self._save()
+
+    # -- cpuoccupy -------------------------------------------------------------------------------
+    def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
+        with self._lock:
+            bad = sorted(c for c in occupied if not 0 <= c < self.ncpus)
+            if bad:
+                raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+            self._occupied = {cpu: frozenset(who) for cpu, who in occupied.items() if who}
             self._util = None
             self._save()
