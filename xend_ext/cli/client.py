@@ -20,6 +20,9 @@ class Client:
         self.timeout: float | None = 600.0
         #: ref or uuid -> name_label of every VM the command has seen
         self.names: dict[str, str] = {}
+        #: what else the command is about (``pool``, ``cpu``...), so an error naming neither can
+        #: still say which pool or CPU it means and what to type next
+        self.about: dict[str, str] = {}
         self._conn: Connection | None = None
 
     @property

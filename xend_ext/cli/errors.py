@@ -8,6 +8,7 @@ it must be halted for that. Stop it first with 'xm shutdown web'."
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ class Context:
 
     command: str = ""
     names: dict[str, str] = field(default_factory=dict)
+    #: what else the command is about: ``pool`` (its name), ``cpu`` (a CPU number), ``domain``
+    #: (whose pool it is), ``domains`` (running in the pool), ``free_with`` (a command that frees
+    #: enough CPUs)
+    about: dict[str, str] = field(default_factory=dict)
 
     def name(self, ref: str) -> str:
         """A VM's name when the command saw it, else the reference as given."""
@@ -108,6 +113,121 @@ def _value_not_supported(params: list[str], ctx: Context) -> str:
     return f"{what} cannot be {value}: {reason}"
 
 
+# -- CPU pools: the codes name neither the pool nor the CPU, the command does ------------------
+
+def _pool(ctx: Context) -> str:
+    return f'pool "{ctx.about["pool"]}"' if ctx.about.get("pool") else "the pool"
+
+
+def _pool_arg(ctx: Context) -> str:
+    """The pool as typed in a suggested command."""
+    return shlex.quote(ctx.about["pool"]) if ctx.about.get("pool") else "POOL"
+
+
+def _pool_bad_state(params: list[str], ctx: Context) -> str:
+    state = params[0] if params else ""
+    pool, arg = _pool(ctx), _pool_arg(ctx)
+    if state == "activated":
+        if ctx.command == "cpupool-delete":
+            return f"{pool} is active; run 'xm cpupool-destroy {arg}' first"
+        if ctx.command in ("cpupool-start", "cpupool-create"):
+            return f"{pool} is already active"
+        return f"{pool} is active and this can only be changed while it is not; 'xm cpupool-destroy {arg}' " \
+               "deactivates it"
+    if state == "deactivated":
+        if ctx.command == "cpupool-destroy":
+            return f"{pool} is not active"
+        if ctx.command in ("cpupool-cpu-add", "cpupool-cpu-remove"):
+            return f"{pool} is not active; only an active pool has CPUs to add or remove. Start it with " \
+                   f"'xm cpupool-start {arg}'"
+        if ctx.command == "cpupool-migrate":
+            return f"{pool} is not active; start it first with 'xm cpupool-start {arg}' (a halted domain may " \
+                   "be moved to an inactive pool; it then starts there once the pool is active)"
+        if ctx.about.get("domain") and ctx.about.get("pool"):
+            domain = shlex.quote(ctx.about["domain"])
+            return f"domain '{ctx.about['domain']}' starts in {pool}, which is not active; start the pool with " \
+                   f"'xm cpupool-start {arg}', or move the domain to an active one with " \
+                   f"'xm cpupool-migrate {domain} Pool-0'"
+        if not ctx.about.get("pool"):
+            return "the domain's CPU pool is not active; start it with 'xm cpupool-start POOL' ('xm list -l' " \
+                   "shows the domain's pool_name, 'xm cpupool-list' which pools are active)"
+        return f"{pool} is not active; start it with 'xm cpupool-start {arg}'"
+    if state == "in use":
+        running = ctx.about.get("domains")
+        which = f" ({running})" if running else ""
+        return f"domains still run in {pool}{which}; shut them down, or move them to another pool with " \
+               f"'xm cpupool-migrate DOMAIN Pool-0', first"
+    return f"{pool} is in the wrong state ({state or 'unknown'}) for that"
+
+
+def _insufficient_cpus(params: list[str], ctx: Context) -> str:
+    needed, free = (params + ["?", "?"])[:2]
+    plural = "" if needed == "1" else "s"
+    verb = "is" if free == "1" else "are"
+    if ctx.command not in ("cpupool-start", "cpupool-create", "cpupool-numa-split") and free == "0":
+        # a domain starting or moving into an active pool that has no CPU left
+        arg = _pool_arg(ctx)
+        return (f"{_pool(ctx)} has no CPUs; give it one with 'xm cpupool-cpu-add {arg} N' (free one first with "
+                "'xm cpupool-cpu-remove Pool-0 N' if 'xm info' shows no free_cpus)")
+    sentence = f"{_pool(ctx)} needs {needed} CPU{plural} but only {free} {verb} free"
+    if ctx.about.get("free_with"):
+        return (f"{sentence}; free enough first with '{ctx.about['free_with']}' ('xm cpupool-list -c' shows "
+                "which pool has each CPU), or ask for fewer (cpus=N)")
+    return (f"{sentence}; free some from another pool first with 'xm cpupool-cpu-remove Pool-0 N' ('xm "
+            "cpupool-list -c' shows which pool has each CPU), or ask for fewer (cpus=N)")
+
+
+def _invalid_cpu(params: list[str], ctx: Context) -> str:
+    message = params[0] if params else ""
+    cpu = ctx.about.get("cpu", "")
+    owner = re.match(r'cpu already assigned to pool "(.*)"$', message)
+    if owner and cpu:
+        other = owner.group(1)
+        return (f"CPU {cpu} is already in pool \"{other}\"; take it out there first with "
+                f"'xm cpupool-cpu-remove {shlex.quote(other)} {cpu}'")
+    if message == "CPU not assigned to pool" and cpu:
+        return f"CPU {cpu} is not in {_pool(ctx)}; 'xm cpupool-list -c' shows which pool has each CPU"
+    return f"invalid CPU: {message or 'no reason given'} ('xm info' shows the host's nr_cpus)"
+
+
+def _last_cpu(params: list[str], ctx: Context) -> str:
+    cpu = ctx.about.get("cpu", "")
+    what = f"CPU {cpu} is the last CPU of {_pool(ctx)}" if cpu else f"that is the last CPU of {_pool(ctx)}"
+    if ctx.about.get("pool") == "Pool-0":
+        return f"{what}, where Domain-0 always runs; Pool-0 keeps at least one CPU"
+    return (f"{what} and domains run in it; a pool keeps at least one CPU while they do. Move them out with "
+            f"'xm cpupool-migrate DOMAIN Pool-0' or shut them down first")
+
+
+def _parameter_error(params: list[str], ctx: Context) -> str:
+    message = params[0] if params else ""
+    taken = re.match(r'Pool name "(.*)" already exists$', message)
+    if taken:
+        name = taken.group(1)
+        if ctx.command == "cpupool-rename":
+            return f'a pool called "{name}" already exists; choose another name'
+        return (f'a pool called "{name}" already exists; choose another name (name=... on the command line), '
+                f"or remove the old one with 'xm cpupool-delete {shlex.quote(name)}'")
+    if message == "ncpu":
+        return "a pool needs at least 1 CPU (ncpu)"
+    if message.startswith("Invalid Pool Name"):
+        return message
+    return f"invalid pool setting: {message or 'no reason given'}"
+
+
+def _unknown_sched(params: list[str], ctx: Context) -> str:
+    return f'unknown scheduler for {_pool(ctx)}: use credit, credit2 or sedf (sched = "credit" in the pool config)'
+
+
+def _not_allowed(params: list[str], ctx: Context) -> str:
+    reason = params[0] if params else "the operation is not allowed"
+    if reason == "could not move Domain-0":
+        return "Domain-0 always runs in Pool-0; it cannot be moved to another pool"
+    if reason.startswith("Pool-0 cannot be"):
+        return f"{reason}: it is the host's boot pool, where Domain-0 runs"
+    return reason
+
+
 Template = str | Callable[[list[str], Context], str]
 
 MESSAGES: dict[str, Template] = {
@@ -121,7 +241,7 @@ MESSAGES: dict[str, Template] = {
     "MESSAGE_PARAMETER_COUNT_MISMATCH": "the server expects {1} arguments for {0}, not {2}; it may be a "
                                         "different version than this xm",
     "NOT_IMPLEMENTED": "this server's backend cannot do that ({0} is missing)",
-    "OPERATION_NOT_ALLOWED": "{0}",
+    "OPERATION_NOT_ALLOWED": _not_allowed,
     "VALUE_NOT_SUPPORTED": _value_not_supported,
     "FIELD_TYPE_ERROR": "{0} has the wrong type",
     "MAP_DUPLICATE_KEY": "{3} is already set in {1}; remove it first",
@@ -135,17 +255,27 @@ MESSAGES: dict[str, Template] = {
                                         "VM_metrics, task or host, or none to see every class",
     "SESSION_NOT_REGISTERED": "this session is not registered for events",
     "EVENTS_LOST": "the server dropped events this client was too slow to read",
+    "POOL_BAD_STATE": _pool_bad_state,
+    "INSUFFICIENT_CPUS": _insufficient_cpus,
+    "UNKOWN_SCHED_POLICY": _unknown_sched,  # sic, the Xen-API document's spelling
+    "UNKNOWN_SCHED_POLICY": _unknown_sched,
+    "INVALID_CPU": _invalid_cpu,
+    "INVAILD_CPU": _invalid_cpu,  # xend's spelling (reference/xen-anchors.md §10)
+    "LAST_CPU_NOT_REMOVEABLE": _last_cpu,
+    "PARAMETER_ERROR": _parameter_error,
 }
 
 
-def explain(failure: XenAPIFailure, command: str = "", names: dict[str, str] | None = None) -> str:
-    """The sentence for a failure; ``command`` and ``names`` let it name the domain and the next step."""
+def explain(failure: XenAPIFailure, command: str = "", names: dict[str, str] | None = None,
+            about: dict[str, str] | None = None) -> str:
+    """The sentence for a failure; ``command``, ``names`` and ``about`` let it name the domain or pool
+    and the next step."""
     template = MESSAGES.get(failure.code)
     fallback = f"{failure.code} {' '.join(failure.params)}".strip()
     if template is None:
         return fallback
     if callable(template):
-        return template(list(failure.params), Context(command, dict(names or {})))
+        return template(list(failure.params), Context(command, dict(names or {}), dict(about or {})))
     try:
         return template.format(*failure.params)
     except IndexError:

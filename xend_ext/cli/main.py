@@ -8,13 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from . import domain, events, host, sched
+from . import cpupool, domain, events, host, sched
 from .args import Exclusive, UsageError
 from .client import Client
 from .connection import CliError, XenAPIFailure, default_url, read_conf
 from .errors import explain
 
-GROUPS = (host, domain, sched, events)
+GROUPS = (host, domain, sched, cpupool, events)
 
 
 def _describe(func) -> tuple[str, str]:
@@ -62,6 +62,22 @@ def _learn_name(client: Client, failure: XenAPIFailure) -> None:
         pass  # the sentence names the reference instead
 
 
+def _learn_pool(client: Client, failure: XenAPIFailure) -> None:
+    """A pool error from starting a domain (``POOL_BAD_STATE [deactivated]``, ``INSUFFICIENT_CPUS``)
+    names no pool: ask the domain's."""
+    if failure.code not in ("POOL_BAD_STATE", "INSUFFICIENT_CPUS") or "pool" in client.about:
+        return
+    vms = {ref for ref in client.names if ref.startswith("OpaqueRef:")}
+    if len(vms) != 1:
+        return
+    (ref,) = vms
+    try:
+        client.about["pool"] = client.call("VM.get_pool_name", ref) or "Pool-0"
+    except (XenAPIFailure, CliError):
+        return  # the domain is gone (a failed create removes it): the sentence says "the domain's pool"
+    client.about["domain"] = client.names[ref]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -84,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         args.subparser.error(str(exc))  # exits 2, as argparse does for what it catches itself
     except XenAPIFailure as exc:
         _learn_name(client, exc)
-        print(f"Error: {explain(exc, args.command, client.names)}", file=sys.stderr)
+        _learn_pool(client, exc)
+        print(f"Error: {explain(exc, args.command, client.names, client.about)}", file=sys.stderr)
     except CliError as exc:
         print(f"Error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
