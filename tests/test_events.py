@@ -17,7 +17,7 @@ def test_empty_token_returns_everything_as_add(server):
     result = event_from(proxy, s, ["*"], "")
     ops = {(e["class"], e["operation"]) for e in result["events"]}
     assert ops == {("host", "add"), ("host_cpu", "add"), ("pool", "add"), ("vm", "add"), ("vm_metrics", "add"),
-                   ("cpu_pool", "add")}
+                   ("cpu_pool", "add"), ("vm_group", "add")}
     assert len([e for e in result["events"] if e["class"] == "host_cpu"]) == 8
     assert result["valid_ref_counts"]["host_cpu"] == "8"  # ints travel as strings
     assert all("snapshot" in e and e["snapshot"]["uuid"] for e in result["events"])

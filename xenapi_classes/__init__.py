@@ -9,7 +9,7 @@ from xend_ext.datamodel import Registry
 # Order matters at start-up: hosts before pools, pools before VMs (pools activate before VMs start).
 MODULES = (
     "system", "session", "event", "task", "host", "host_cpu", "pool",
-    "cpu_pool", "sched_domain", "vm_metrics", "vm",
+    "cpu_pool", "sched_domain", "vm_metrics", "vm", "vm_group",
 )
 
 

@@ -106,7 +106,9 @@ async def _run(ctx, msg, args):
         if msg.is_async_impl:
             value = await value
         await ctx.services.commit(db.last_seq)
-        outcome = {"status": "success", "result": _result_text(value)}
+        outcome = {"status": "success"}
+        if value is not None:  # a void operation may have written its own result (group outcomes)
+            outcome["result"] = _result_text(value)
     except XenAPIError as exc:
         status = "cancelled" if exc.code == "TASK_CANCELLED" else "failure"
         outcome = {"status": status, "error_info": exc.description}

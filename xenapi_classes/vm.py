@@ -117,6 +117,7 @@ vm = XenAPIClass(
         Field("metrics", T.Ref("VM_metrics", nullable=True), RO, doc="the live state"),
         Field("sched_domain", T.Ref("sched_domain", nullable=True), RO, compute=sdoms.vm_sched_domain,
               doc="the scheduling domain it is master or member of"),
+        Field("groups", T.Set(T.Ref("VM_group")), RO, doc="the one VM_group it is in"),
         Field("other_config", T.Map(T.String, T.String), RW),
     ],
     default_role=POOL_ADMIN,
@@ -195,8 +196,11 @@ def _on_create(ctx, values):
 
 
 def _after_create(ctx, obj):
+    from xenapi_classes.vm_group import place_new_vm
+
     metrics = ctx.db.create("VM_metrics", {"VM": obj.ref})
     ctx.db.set(obj, "metrics", metrics.ref)
+    place_new_vm(ctx, obj)
 
 
 def _on_destroy(ctx, obj):
@@ -374,7 +378,7 @@ async def resume(ctx, ref, start_paused, force):
 
 def record_for_image(ctx, obj):
     """The VM's definition as strings, to travel with a saved image or a migration."""
-    skip = {"power_state", "domid", "resident_on", "metrics", "depends_on", "is_control_domain"}
+    skip = {"power_state", "domid", "resident_on", "metrics", "depends_on", "is_control_domain", "groups"}
     return {f.name: _text(f.type.encode(obj.values[f.name])) for f in vm.stored_fields() if f.name not in skip}
 
 
@@ -435,6 +439,18 @@ async def restore(ctx, path, start_paused):
     source = _host_path(path, must_exist=True)
     meta = await ctx.call_backend(ctx.backend.read_image, source)
     return await receive(ctx, meta, source, start_paused or meta.get("power_state") == "Paused")
+
+
+def define_from_image(ctx, meta):
+    """Define (halted) the VM a saved image carries; returns its ref."""
+    record = record_from_image(meta)
+    record.pop("uuid", None)
+    values = coerce_record(ctx, vm, record)
+    _on_create(ctx, values)
+    values["uuid"] = meta.get("uuid", "")
+    obj = ctx.db.create("VM", values)
+    _after_create(ctx, obj)
+    return obj.ref
 
 
 async def receive(ctx, meta, image, paused):
@@ -624,6 +640,15 @@ async def migrate_receive(ctx, record, image, start_paused):
 async def cpu_pool_migrate(ctx, ref, pool):
     """Move a VM to another CPU pool: a running one moves live, a halted one starts there next."""
     await pools.move_vm(ctx, ref, pool)
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Set(T.Ref("VM_group"))), role=VM_OPERATOR,
+            errors=("TOO_MANY_GROUPS", "OPERATION_NOT_ALLOWED"))
+def set_groups(ctx, ref, value):
+    """Join a group (XAPI's way of VM_group membership): at most one; [] means Null-Group."""
+    from xenapi_classes.vm_group import set_groups as join_groups
+
+    join_groups(ctx, ref, value)
 
 
 # -- allocation changes: dynamic (running domain only), static (definition only), perm (both) --

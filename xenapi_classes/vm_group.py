@@ -1,0 +1,458 @@
+"""``VM_group``: named groups of VMs and ordered group operations (seed 004, XAPI's VM_group and
+VM_appliance).
+
+A VM is in exactly one group: ``Group-0`` holds the control domain, ``Null-Group`` every VM not
+put elsewhere. A group operation runs its members' operations in ``VM.order`` batches (ascending
+to start, descending to stop), the members of one batch concurrently, each waiting for the VMs
+it ``depends_on``; ``start_delay``/``shutdown_delay`` are waited after a member's step. When a
+member fails the operation stops, the members already changed are rolled back where the step has
+an inverse, and the call fails with ``OPERATION_PARTIALLY_FAILED`` while the task's ``result``
+lists every member's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+from xend_ext import sxp
+from xend_ext import types as T
+from xend_ext.datamodel import POOL_ADMIN, RO, RW, STATIC_RO, VM_OPERATOR, Field, XenAPIClass
+from xend_ext.wire import XenAPIError, dump_value
+
+log = logging.getLogger("xend_ext.vm_group")
+
+GROUP0, NULL_GROUP = "Group-0", "Null-Group"
+DEFAULTS = (GROUP0, NULL_GROUP)
+MANIFEST = "group.sxp"
+DEPENDENCY_WAIT = 600.0  # seconds a member waits for the VMs it depends on
+
+
+def _unique_name(ctx, obj, value):
+    if not value:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "a group needs a name")
+    for other in ctx.db.all("VM_group"):
+        if other is not obj and other.values["name_label"] == value:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another group has this name")
+    if obj is not None and obj.values["name_label"] in DEFAULTS and value != obj.values["name_label"]:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", f"{obj.values['name_label']} cannot be renamed")
+
+
+vm_group = XenAPIClass(
+    "VM_group",
+    "A named group of VMs, operated on as one",
+    [
+        Field("group_id", T.Int, RO, doc="0 for Group-0, 1 for Null-Group, then one more per group"),
+        Field("name_label", T.String, RW, validate=_unique_name, doc="unique"),
+        Field("name_description", T.String, RW),
+        Field("VMs", T.Set(T.Ref("VM")), RO, reverse=("VM", "groups"), doc="the members"),
+        Field("placement", T.Enum("placement_policy", "normal", "anti_affinity"), STATIC_RO,
+              doc="anti_affinity: spread members over hosts where the backend has several (this one has one)"),
+        Field("other_config", T.Map(T.String, T.String), RW),
+    ],
+    default_role=POOL_ADMIN,
+    creatable=True,
+    destroyable=True,
+)
+
+
+def named(ctx, name):
+    return next((g for g in ctx.db.all("VM_group") if g.values["name_label"] == name), None)
+
+
+def join(ctx, vm, group):
+    """Put a VM in a group (out of its current one): the only way membership changes."""
+    if group.values["name_label"] == GROUP0 and not vm.values["is_control_domain"]:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "Group-0 holds control domains only")
+    if vm.values["is_control_domain"] and group.values["name_label"] != GROUP0:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "Domain-0 stays in Group-0")
+    ctx.db.set(vm, "groups", [group.ref])
+
+
+def place_new_vm(ctx, vm):
+    """Every VM starts in a group: Domain-0 in Group-0, the others in Null-Group."""
+    if not vm.values["groups"] or ctx.db.find(vm.values["groups"][0]) is None:
+        group = named(ctx, GROUP0 if vm.values["is_control_domain"] else NULL_GROUP)
+        if group is not None:
+            ctx.db.set(vm, "groups", [group.ref])
+
+
+def _next_id(ctx):
+    return max((g.values["group_id"] for g in ctx.db.all("VM_group")), default=1) + 1
+
+
+def _on_create(ctx, values):
+    values["group_id"] = _next_id(ctx)
+
+
+@vm_group.message(("args", T.Struct), result=T.Ref("VM_group"), role=POOL_ADMIN,
+                  errors=("VALUE_NOT_SUPPORTED", "OPERATION_NOT_ALLOWED"))
+def create(ctx, record):
+    """A new group; ``VMs`` in the record (refs, uuids or names) join it at once."""
+    from xend_ext.datamodel import coerce_record
+
+    if not isinstance(record, dict):
+        raise XenAPIError("FIELD_TYPE_ERROR", "args")
+    record = dict(record)
+    members = record.pop("VMs", []) or []
+    if not isinstance(members, list):
+        raise XenAPIError("FIELD_TYPE_ERROR", "VMs")
+    vms = [_vm(ctx, m) for m in members]
+    values = coerce_record(ctx, vm_group, record)
+    _on_create(ctx, values)
+    for vm in vms:
+        join_check(vm)
+    group = ctx.db.create("VM_group", values)
+    for vm in vms:
+        join(ctx, vm, group)
+    return group.ref
+
+
+def join_check(vm):
+    if vm.values["is_control_domain"]:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "Domain-0 stays in Group-0")
+
+
+def _vm(ctx, text):
+    text = str(text)
+    found = ctx.db.find(text) or ctx.db.by_uuid_index.get(("VM", text))
+    if found is None or found.cls.name != "VM":
+        found = next((v for v in ctx.db.all("VM") if v.values["name_label"] == text), None)
+    if found is None:
+        raise XenAPIError("HANDLE_INVALID", "VM", text)
+    return found
+
+
+@vm_group.message(("self", T.Ref("VM_group")), role=POOL_ADMIN, errors=("OPERATION_NOT_ALLOWED",))
+def destroy(ctx, ref):
+    """Remove a group; its members go to Null-Group."""
+    group = ctx.db.get(ref)
+    if group.values["name_label"] in DEFAULTS:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", f"{group.values['name_label']} cannot be destroyed")
+    null = named(ctx, NULL_GROUP)
+    for vm_ref in ctx.db.field_value(group, "VMs"):
+        ctx.db.set(ctx.db.get(vm_ref), "groups", [null.ref])
+    ctx.db.destroy(group)
+
+
+@vm_group.message(("self", T.Ref("VM_group")), ("vm", T.Ref("VM")), role=VM_OPERATOR,
+                  errors=("OPERATION_NOT_ALLOWED",))
+def add_VM(ctx, ref, vm_ref):  # noqa: N802 - the wire name
+    """grp-join: the VM leaves its current group for this one."""
+    join(ctx, ctx.db.get(vm_ref), ctx.db.get(ref))
+
+
+@vm_group.message(("self", T.Ref("VM_group")), ("vm", T.Ref("VM")), role=VM_OPERATOR,
+                  errors=("OPERATION_NOT_ALLOWED", "VALUE_NOT_SUPPORTED"))
+def remove_VM(ctx, ref, vm_ref):  # noqa: N802 - the wire name
+    """The VM goes back to Null-Group."""
+    vm = ctx.db.get(vm_ref)
+    if ref not in vm.values["groups"]:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "vm", vm_ref, "not a member of this group")
+    group = ctx.db.get(ref)
+    if group.values["name_label"] == NULL_GROUP:
+        return
+    join(ctx, vm, named(ctx, NULL_GROUP))
+
+
+def set_groups(ctx, vm_ref, groups):
+    """VM.set_groups (XAPI): at most one group; [] means Null-Group."""
+    if len(groups) > 1:
+        raise XenAPIError("TOO_MANY_GROUPS")
+    vm = ctx.db.get(vm_ref)
+    join(ctx, vm, ctx.db.get(groups[0]) if groups else named(ctx, NULL_GROUP))
+
+
+# -- group operations ---------------------------------------------------------------------------
+
+# members already where an operation would take them are skipped, not failed
+SKIP = {
+    "start": ("Running", "Paused"), "clean_shutdown": ("Halted",), "hard_shutdown": ("Halted",),
+    "pause": ("Paused",), "unpause": ("Running",), "suspend": ("Suspended",), "resume": ("Running", "Paused"),
+    "save": ("Halted", "Suspended"), "migrate": ("Halted", "Suspended"), "clean_reboot": (), "hard_reboot": (),
+    "restore": ("Running", "Paused"),
+}
+
+# operation -> (VM message, direction, inverse VM message or None, delay field)
+OPERATIONS = {
+    "start": ("start", "up", "hard_shutdown", "start_delay"),
+    "clean_shutdown": ("clean_shutdown", "down", "start", "shutdown_delay"),
+    "hard_shutdown": ("hard_shutdown", "down", "start", "shutdown_delay"),
+    "clean_reboot": ("clean_reboot", "up", None, "start_delay"),
+    "hard_reboot": ("hard_reboot", "up", None, "start_delay"),
+    "pause": ("pause", "down", "unpause", "shutdown_delay"),
+    "unpause": ("unpause", "up", "pause", "start_delay"),
+    "suspend": ("suspend", "down", "resume", "shutdown_delay"),
+    "resume": ("resume", "up", "suspend", "start_delay"),
+    "save": ("save", "down", None, "shutdown_delay"),
+    "migrate": ("migrate", "up", None, "start_delay"),
+    "restore": ("restore", "up", "hard_shutdown", "start_delay"),
+}
+
+
+def batches(ctx, members, direction):
+    """Members grouped by ``order`` (a VM placed after the VMs it depends on), ascending to start,
+    descending to stop; a dependency cycle is an error."""
+    refs = {m.ref for m in members}
+    level = {}
+
+    def depth(vm, path=()):
+        if vm.ref in path:
+            raise XenAPIError("OPERATION_NOT_ALLOWED", "the members' depends_on form a cycle")
+        if vm.ref not in level:
+            after = [depth(ctx.db.get(d), (*path, vm.ref)) + 1
+                     for d in vm.values["depends_on"] if d in refs]
+            level[vm.ref] = max([vm.values["order"], *after])
+        return level[vm.ref]
+
+    for vm in members:
+        depth(vm)
+    keys = sorted(set(level.values()), reverse=direction == "down")
+    return [[m for m in sorted(members, key=lambda m: m.values["name_label"]) if level[m.ref] == k] for k in keys]
+
+
+async def _wait_for_dependencies(ctx, vm, done):
+    """Before a member starts, every VM it depends on must be running."""
+    for dep_ref in vm.values["depends_on"]:
+        dep = ctx.db.find(dep_ref)
+        if dep is None:
+            continue
+        if dep_ref in done:
+            await done[dep_ref].wait()
+        if dep.values["power_state"] != "Running":
+            raise XenAPIError("OPERATION_NOT_ALLOWED",
+                              f"{vm.values['name_label']} depends on {dep.values['name_label']}, which is not running")
+
+
+async def run_group(ctx, group, operation, step, inverse_step=None):
+    """Run ``step(vm)`` over the group's members in order; see the module docstring. One group
+    operation at a time per group."""
+    async with ctx.lock(group.ref):
+        return await _run_group(ctx, group, operation, step, inverse_step)
+
+
+async def _run_group(ctx, group, operation, step, inverse_step):
+    message, direction, inverse, delay_field = OPERATIONS[operation]
+    members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
+    members = [m for m in members if not m.values["is_control_domain"]]
+    order = batches(ctx, members, direction)
+    outcome = {m.ref: "not run" for m in members}
+    changed = []
+    failed = []
+    done = {m.ref: asyncio.Event() for m in members}
+    total = max(1, len(members))
+
+    async def one(vm):
+        try:
+            state = vm.values["power_state"]
+            if state in SKIP[operation]:
+                outcome[vm.ref] = f"skipped: already {state.lower()}"
+                return
+            if direction == "up":
+                await _wait_for_dependencies(ctx, vm, done)
+            await step(vm)
+            outcome[vm.ref] = "success"
+            changed.append(vm)
+            delay = vm.values[delay_field] if ctx.db.find(vm.ref) is not None else 0
+            if delay > 0:
+                await asyncio.sleep(delay)
+        except XenAPIError as exc:
+            outcome[vm.ref] = "failed: " + " ".join(exc.description)
+            failed.append(vm.ref)
+        finally:
+            done[vm.ref].set()
+            ctx.progress(sum(1 for v in outcome.values() if v != "not run") / total * 0.9)
+
+    for batch in order:
+        if failed:
+            break
+        ctx.checkpoint()
+        await asyncio.gather(*(one(vm) for vm in batch))
+    if failed:
+        for vm in reversed(changed):
+            if inverse is None or inverse_step is None or ctx.db.find(vm.ref) is None:
+                continue
+            try:
+                await inverse_step(vm, inverse)
+                outcome[vm.ref] = "rolled back"
+            except XenAPIError as exc:
+                outcome[vm.ref] = "success; rollback failed: " + " ".join(exc.description)
+    names = {m.ref: m.values["name_label"] for m in members}
+    result = {ref: {"name_label": names[ref], "outcome": text} for ref, text in outcome.items()}
+    if ctx.task is not None and ctx.db.find(ctx.task.ref) is ctx.task:
+        ctx.db.set(ctx.task, "result", dump_value(result))
+    if failed:
+        raise XenAPIError("OPERATION_PARTIALLY_FAILED", f"VM_group.{operation}", *failed)
+    ctx.progress(1.0)
+    return result
+
+
+def _vm_step(ctx, message, *args):
+    from xenapi_classes import vm as vm_module
+
+    msg = vm_module.vm.messages[message]
+    full = [*args, *(p.default for p in msg.params[1 + len(args):])]  # the VM message's own defaults
+
+    async def step(vm):
+        await msg.impl(ctx, vm.ref, *full)
+
+    return step
+
+
+async def _inverse(ctx, vm, message):
+    from xenapi_classes import vm as vm_module
+
+    msg = vm_module.vm.messages[message]
+    defaults = [p.default for p in msg.params[1:]]
+    await msg.impl(ctx, vm.ref, *defaults)
+
+
+def _declare(operation, extra=(), doc=""):
+    """One group message per VM operation, with the same extra parameters."""
+    message = OPERATIONS[operation][0]
+
+    async def body(ctx, ref, *args):
+        group = ctx.db.get(ref)
+        await run_group(ctx, group, operation, _vm_step(ctx, message, *args),
+                        lambda vm, inverse: _inverse(ctx, vm, inverse))
+
+    body.__doc__ = doc
+    vm_group.message(("self", T.Ref("VM_group")), *extra, role=VM_OPERATOR, name=operation,
+                     errors=("OPERATION_PARTIALLY_FAILED",))(body)
+
+
+_declare("start", (("start_paused", T.Bool, False),), "Start the members in ascending order.")
+_declare("clean_shutdown", (), "Shut the members down in descending order.")
+_declare("hard_shutdown", (), "Stop the members at once, in descending order (xm grp-destroy).")
+_declare("clean_reboot", (), "Reboot the members in ascending order.")
+_declare("hard_reboot", (), "Reset the members in ascending order.")
+_declare("pause", (), "Pause the members in descending order.")
+_declare("unpause", (), "Unpause the members in ascending order.")
+_declare("suspend", (), "Suspend the members in descending order.")
+_declare("resume", (("start_paused", T.Bool, False),), "Resume the members in ascending order.")
+
+
+@vm_group.message(("self", T.Ref("VM_group")), ("directory", T.String), role=POOL_ADMIN,
+                  errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
+async def save(ctx, ref, directory):
+    """Save every member to <directory>/<uuid>.img (descending order) with a manifest of the group."""
+    folder = Path(directory)
+    if not folder.is_absolute() or not folder.is_dir():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, "give an existing absolute directory")
+    group = ctx.db.get(ref)
+    members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
+    manifest = ["vm_group", ["uuid", group.uuid], ["name_label", group.values["name_label"]],
+                ["name_description", group.values["name_description"]], ["placement", group.values["placement"]],
+                ["other_config", json.dumps(group.values["other_config"])],
+                *[["member", ["uuid", m.uuid], ["order", str(m.values["order"])]] for m in members
+                  if m.values["power_state"] in ("Running", "Paused")]]
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(sxp.dumps(manifest) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / MANIFEST)
+    async def step(vm):
+        await _vm_step(ctx, "save", str(folder / f"{vm.uuid}.img"))(vm)
+
+    await run_group(ctx, group, "save", step)
+
+
+@vm_group.message(("directory", T.String), ("start_paused", T.Bool, False), result=T.Ref("VM_group"),
+                  role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
+async def restore(ctx, directory, start_paused):
+    """Bring back a group saved with VM_group.save (here or on another server), ascending order."""
+    from xenapi_classes import vm as vm_module
+
+    folder = Path(directory)
+    try:
+        manifest = sxp.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, sxp.SxpError) as exc:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, f"no readable {MANIFEST}: {exc}") from None
+    uuid = sxp.child_value(manifest, "uuid")
+    group = ctx.db.by_uuid_index.get(("VM_group", uuid))
+    if group is None:
+        name = sxp.child_value(manifest, "name_label")
+        if named(ctx, name) is not None:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", name, "another group here has this name")
+        group = ctx.db.create("VM_group", {
+            "uuid": uuid, "name_label": name, "group_id": _next_id(ctx),
+            "name_description": sxp.child_value(manifest, "name_description", "") or "",
+            "placement": sxp.child_value(manifest, "placement", "normal"),
+            "other_config": json.loads(sxp.child_value(manifest, "other_config", "{}") or "{}")})
+    images = {sxp.child_value(m, "uuid"): folder / f"{sxp.child_value(m, 'uuid')}.img"
+              for m in manifest[1:] if isinstance(m, list) and m[0] == "member"}
+    for image in images.values():
+        if not image.is_file():
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, f"{image.name} is missing")
+    # a member not defined here is defined (halted) from its image, so the group can order it
+    for uuid_, image in images.items():
+        vm = ctx.db.by_uuid_index.get(("VM", uuid_))
+        if vm is None:
+            meta = await ctx.call_backend(ctx.backend.read_image, image)
+            vm = ctx.db.get(vm_module.define_from_image(ctx, meta))
+        if vm.values["power_state"] == "Halted":
+            join(ctx, vm, group)
+
+    async def step(vm):
+        if vm.uuid in images and vm.values["power_state"] == "Halted":
+            await vm_module.restore(ctx, str(images[vm.uuid]), start_paused)
+
+    await run_group(ctx, group, "restore", step, lambda vm, inverse: _inverse(ctx, vm, inverse))
+    return group.ref
+
+
+@vm_group.message(("self", T.Ref("VM_group")), ("destination_url", T.String), ("live", T.Bool, False),
+                  role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED",))
+async def migrate(ctx, ref, destination_url, live):
+    """Migrate every member (ascending order), then gather them in a group of the same name there."""
+    from xenapi_classes import vm as vm_module
+
+    group = ctx.db.get(ref)
+    record = {"name_label": group.values["name_label"], "name_description": group.values["name_description"],
+              "placement": group.values["placement"]}
+    moved = []
+
+    async def step(vm):
+        uuid = vm.uuid
+        await vm_module.migrate(ctx, vm.ref, destination_url, live)
+        moved.append(uuid)
+
+    try:
+        await run_group(ctx, group, "migrate", step)
+    finally:
+        if moved:
+            await asyncio.get_running_loop().run_in_executor(
+                ctx.services.backend_pool, _regroup_remote, destination_url, record, moved)
+
+
+def _regroup_remote(destination_url, record, uuids):
+    """On the destination, gather the migrated VMs in a group of the same name (made if missing)."""
+    from xenapi_classes.vm import _destination, _Refused, _Sender
+
+    url, user, password = _destination(destination_url)
+    sender = _Sender(url, user, password)
+    try:
+        session = sender.call("session.login_with_password", user, password, "1.1", "xend-ext group migrate")
+        found = sender.call("VM_group.get_by_name_label", session, record["name_label"])
+        group = found[0] if found else sender.call("VM_group.create", session, record)
+        for uuid in uuids:
+            sender.call("VM_group.add_VM", session, group, sender.call("VM.get_by_uuid", session, uuid))
+        sender.call("session.logout", session)
+    except _Refused as exc:  # the VMs did move; only their grouping there failed
+        log.warning("group migrate: the VMs moved but could not be grouped on %s: %s", url, exc)
+
+
+def reconcile(ctx):
+    """Group-0 and Null-Group always exist; every VM is in exactly one group."""
+    for gid, name in enumerate(DEFAULTS):
+        if named(ctx, name) is None:
+            ctx.db.create("VM_group", {"name_label": name, "group_id": gid,
+                                       "name_description": "control domains" if gid == 0 else "ungrouped VMs"})
+    for vm in ctx.db.all("VM"):
+        place_new_vm(ctx, vm)
+
+
+def install(registry):
+    registry.add(vm_group)
+    registry.on_start.append(reconcile)
