@@ -76,7 +76,8 @@ LOCK = "sched_domain/*"  # membership rules span domains: one change at a time
 
 
 @sched_domain.message(("args", T.Struct), result=T.Ref("sched_domain"), role=POOL_ADMIN,
-                      capability=Capability.SCHED_DOMAIN, errors=("VM_ALREADY_IN_SCHED_DOMAIN",))
+                      capability=Capability.SCHED_DOMAIN,
+                      errors=("VM_ALREADY_IN_SCHED_DOMAIN", "SCHED_DOMAIN_POOL_MISMATCH", "OPERATION_NOT_ALLOWED"))
 async def create(ctx, record):
     """A new scheduling domain; the record names its ``master`` (and may give ``members``)."""
     if not isinstance(record, dict) or "master" not in record:
@@ -87,7 +88,7 @@ async def create(ctx, record):
         members = [ctx.db.lookup("VM", str(m)) for m in record.get("members", []) or []]
         for vm in members:
             if vm is master:
-                raise XenAPIError("VM_ALREADY_IN_SCHED_DOMAIN", vm.ref, "master")
+                raise XenAPIError("VALUE_NOT_SUPPORTED", "members", vm.ref, "the master is not one of its members")
             _free(ctx, vm)
             if _pool_of(vm) != _pool_of(master):
                 raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
@@ -105,7 +106,9 @@ async def destroy(ctx, ref):
     """Dissolve the domain: its members are scheduled on their own again."""
     async with ctx.lock(LOCK):
         sd = _current(ctx, ref)
+        leaving = [sd.values["master"], *sd.values["members"]]
         ctx.db.destroy(sd)
+        _touch(ctx, leaving)
         await push(ctx)
 
 
@@ -134,7 +137,16 @@ async def remove_member(ctx, ref, vm_ref):
         if vm_ref not in sd.values["members"]:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "vm", vm_ref, "not a member of this scheduling domain")
         ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm_ref])
+        _touch(ctx, [vm_ref])
         await push(ctx)
+
+
+def _touch(ctx, vm_refs):
+    """VMs leaving a domain: their VM.sched_domain changed."""
+    for ref in vm_refs:
+        vm = ctx.db.find(ref)
+        if vm is not None:
+            ctx.db.touch(vm)
 
 
 def _current(ctx, ref):
@@ -161,7 +173,9 @@ def forget_vm(ctx, vm):
     if sd is None:
         return False
     if sd.values["master"] == vm.ref:
+        members = list(sd.values["members"])
         ctx.db.destroy(sd)
+        _touch(ctx, members)
     else:
         ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm.ref])
     return True

@@ -26,7 +26,19 @@ from xenapi_classes import sched_domain as sdoms
 from xend_ext import cpuset
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, DomainConfig, PowerState
-from xend_ext.datamodel import POOL_ADMIN, RO, RW, STATIC_RO, VM_OPERATOR, Field, XenAPIClass, coerce_record
+from xend_ext.datamodel import (
+    POOL_ADMIN,
+    RO,
+    RW,
+    STATIC_RO,
+    VM_OPERATOR,
+    Field,
+    XenAPIClass,
+    coerce_record,
+    generic_map_add,
+    generic_map_remove,
+    generic_set,
+)
 from xend_ext.wire import NULL_REF, XenAPIError
 
 log = logging.getLogger("xend_ext.vm")
@@ -207,12 +219,6 @@ def _on_destroy(ctx, obj):
     if obj.values["is_control_domain"]:
         raise XenAPIError("OPERATION_NOT_ALLOWED", "Domain-0 cannot be destroyed")
     require_state(obj, "Halted")
-    metrics = ctx.db.find(obj.values["metrics"])
-    if metrics is not None:
-        ctx.db.destroy(metrics)
-    for other in ctx.db.all("VM"):
-        if obj.ref in other.values["depends_on"]:
-            ctx.db.set_remove(other, "depends_on", obj.ref)
 
 
 @vm.message(("self", T.Ref("VM")), role=POOL_ADMIN, errors=("VM_BAD_POWER_STATE", "OPERATION_NOT_ALLOWED"))
@@ -221,13 +227,7 @@ async def destroy(ctx, ref):
     async with ctx.lock(ref):
         obj = current(ctx, ref)
         _on_destroy(ctx, obj)
-        released = sdoms.forget_vm(ctx, obj)
-        unreserved = host_cpus.forget_vm(ctx, obj)
-        ctx.db.destroy(obj)
-        if released:
-            await sdoms.push(ctx)
-        if unreserved:
-            await host_cpus.push_occupancy(ctx)
+        await _forget(ctx, obj)
 
 
 # -- live state --------------------------------------------------------------------------
@@ -591,10 +591,24 @@ async def migrate(ctx, ref, destination_url, live):
         ctx.progress(0.9)
         await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
         apply_domain(ctx, obj, None)
-        metrics = ctx.db.find(obj.values["metrics"])
-        if metrics is not None:
-            ctx.db.destroy(metrics)
-        ctx.db.destroy(obj)
+        await _forget(ctx, obj)
+
+
+async def _forget(ctx, obj):
+    """The VM is gone from this server (destroyed or migrated away): nothing may still name it."""
+    metrics = ctx.db.find(obj.values["metrics"])
+    if metrics is not None:
+        ctx.db.destroy(metrics)
+    released = sdoms.forget_vm(ctx, obj)
+    unreserved = host_cpus.forget_vm(ctx, obj)
+    for other in ctx.db.all("VM"):
+        if obj.ref in other.values["depends_on"]:
+            ctx.db.set_remove(other, "depends_on", obj.ref)
+    ctx.db.destroy(obj)
+    if released:
+        await sdoms.push(ctx)
+    if unreserved:
+        await host_cpus.push_occupancy(ctx)
 
 
 async def _hand_over(ctx, ref, sender, meta, image, paused):
@@ -636,7 +650,8 @@ async def migrate_receive(ctx, record, image, start_paused):
 
 
 @vm.message(("self", T.Ref("VM")), ("pool", T.Ref("cpu_pool")), role=VM_OPERATOR,
-            errors=("POOL_BAD_STATE", "OPERATION_NOT_ALLOWED", "VM_BAD_POWER_STATE"))
+            errors=("POOL_BAD_STATE", "OPERATION_NOT_ALLOWED", "VM_BAD_POWER_STATE", "SCHED_DOMAIN_POOL_MISMATCH",
+                    "INSUFFICIENT_CPUS"))
 async def cpu_pool_migrate(ctx, ref, pool):
     """Move a VM to another CPU pool: a running one moves live, a halted one starts there next."""
     await pools.move_vm(ctx, ref, pool)
@@ -649,6 +664,35 @@ def set_groups(ctx, ref, value):
     from xenapi_classes.vm_group import set_groups as join_groups
 
     join_groups(ctx, ref, value)
+
+
+# A scheduling domain's master's VCPUs_params are the whole domain's: its setters tell the backend.
+
+async def _after_params(ctx, ref):
+    if sdoms.domain_of(ctx.db, ref) is not None:
+        await sdoms.push(ctx)
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Map(T.String, T.String)), async_ok=False)
+async def set_VCPUs_params(ctx, ref, value):  # noqa: N802 - the wire name
+    """Scheduler parameters at next start: weight, cap, cpumap<N>."""
+    generic_set(ctx, vm, ref, vm.fields["VCPUs_params"], value)
+    await _after_params(ctx, ref)
+
+
+@vm.message(("self", T.Ref("VM")), ("key", T.String), ("value", T.String), async_ok=False,
+            errors=("MAP_DUPLICATE_KEY",))
+async def add_to_VCPUs_params(ctx, ref, key, value):  # noqa: N802 - the wire name
+    """Add one scheduler parameter to the definition."""
+    generic_map_add(ctx, vm, ref, vm.fields["VCPUs_params"], key, value)
+    await _after_params(ctx, ref)
+
+
+@vm.message(("self", T.Ref("VM")), ("key", T.String), async_ok=False)
+async def remove_from_VCPUs_params(ctx, ref, key):  # noqa: N802 - the wire name
+    """Remove one scheduler parameter from the definition."""
+    generic_map_remove(ctx, vm, ref, vm.fields["VCPUs_params"], key)
+    await _after_params(ctx, ref)
 
 
 # -- allocation changes: dynamic (running domain only), static (definition only), perm (both) --
@@ -680,6 +724,8 @@ async def _allocate(ctx, ref, mode, stored, live):
                 ctx.db.set(obj, name, value)
         if domain is not None:
             apply_domain(ctx, obj, domain)
+        if sdoms.domain_of(ctx.db, obj.ref) is not None:  # a master's weight and cap cover its members
+            await sdoms.push(ctx)
 
 
 ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED"))

@@ -9,6 +9,7 @@ since a halted domain has nothing to change but its stored definition (what xend
 from __future__ import annotations
 
 from .. import cpuset
+from . import sdom
 from .args import UsageError, arg, mode_arguments, note
 from .client import Client
 from .vms import Domain, find, host_cpus, select
@@ -45,7 +46,7 @@ def sched_credit(client: Client, args) -> int:
         print(SCHED_HEADER)
         for d in domains:
             weight, cap = d.sched()
-            print(SCHED_ROW % (d.name, d.domid_text, weight, cap))
+            print(SCHED_ROW % (d.name, d.domid_text, weight, cap) + sdom.sdom_of(client, d.ref))
         return 0
     if not args.domain:
         raise UsageError("-w and -c need the domain: -d DOMAIN")
