@@ -346,12 +346,14 @@ def test_memory_the_host_cannot_give(kit):
     err = failure(x.VM.set_memory, vm, str(32 * GIB), "perm")
     assert err[0] == "HOST_NOT_ENOUGH_FREE_MEMORY", err
     assert everything(kit.server, x, vm) == before
-    # static is only a definition: accepted, and the next start is refused
-    x.VM.set_memory(vm, str(32 * GIB), "static")
-    x.VM.hard_shutdown(vm)
-    before = everything(kit.server, x, vm)
-    assert failure(x.VM.start, vm, False, False)[0] == "HOST_NOT_ENOUGH_FREE_MEMORY"
+    # a definition the host could never start is refused as a change (issue 7: memory within the host)
+    assert failure(x.VM.set_memory, vm, str(32 * GIB), "static")[0] == "VALUE_NOT_SUPPORTED"
     assert everything(kit.server, x, vm) == before
+    # a definition made that large at create is refused at start, changing nothing
+    big = kit.vm(memory_target=32 * GIB, memory_static_max=64 * GIB)
+    before = everything(kit.server, x, big)
+    assert failure(x.VM.start, big, False, False)[0] == "HOST_NOT_ENOUGH_FREE_MEMORY"
+    assert everything(kit.server, x, big) == before
 
 
 def test_live_vcpu_changes_keep_pins_and_utilisation_consistent(kit):

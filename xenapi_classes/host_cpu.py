@@ -67,16 +67,22 @@ async def push_occupancy(ctx):
     refresh_live(ctx)
 
 
-def pinned_alone(ctx, vm, number):
-    """True when some vCPU of the VM may run on pCPU ``number`` only (stored or running pins)."""
+def stranded(ctx, vm, reserved):
+    """True when, with ``reserved`` pCPUs kept from it, some vCPU of the VM would have nowhere to
+    run: its pins (stored or running) within its pool's CPUs all reserved."""
+    from xenapi_classes import cpu_pool as pools
     from xend_ext import cpuset
 
     ncpus = len(ctx.backend.host_info().cpus)
-    pins = [cpuset.parse(text, ncpus) for key, text in vm.values["VCPUs_params"].items() if key.startswith("cpumap")]
-    domain = ctx.backend.domain(vm.uuid) if vm.values["power_state"] != "Halted" else None
+    pool = pools.pool_named(ctx, vm.values["pool_name"])
+    live = pools.active_pools(ctx.db).get(pool.uuid) if pool is not None else None
+    home = set(live.cpus) if live is not None else set(range(ncpus))
+    allowed = [cpuset.parse(text, ncpus) for key, text in vm.values["VCPUs_params"].items()
+               if key.startswith("cpumap")] or [frozenset(range(ncpus))]
+    domain = ctx.backend.domain(vm.uuid) if vm.values["power_state"] in ("Running", "Paused") else None
     if domain is not None:
-        pins += list(domain.pins.values())
-    return any(p == {number} for p in pins)
+        allowed += list(domain.pins.values()) or [frozenset(range(ncpus))]
+    return any((set(cpus) & home) <= reserved for cpus in allowed)
 
 
 def reserved_for_others(ctx, vm):
@@ -96,9 +102,13 @@ async def set_occupants(ctx, ref, vms):
         if not vms:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "vms", "", "name at least one VM (clear_occupants frees it)")
         for vm in ctx.db.all("VM"):
-            if vm.ref not in vms and pinned_alone(ctx, vm, number):
+            if vm.ref in vms or vm.values["is_control_domain"]:
+                continue
+            kept_off = reserved_for_others(ctx, vm) | {number}
+            if stranded(ctx, vm, kept_off):
                 raise XenAPIError("OPERATION_NOT_ALLOWED",
-                                  f"VM {vm.values['name_label']} is pinned to pCPU {number} alone; unpin it first")
+                                  f"VM {vm.values['name_label']} could run only on pCPUs reserved to others "
+                                  f"(pCPU {number} among them); unpin it or move it first")
         ctx.db.set(cpu, "occupants", list(vms))
         await push_occupancy(ctx)
 

@@ -736,8 +736,16 @@ ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUP
 async def set_memory(ctx, ref, value, mode):
     """Memory in bytes (xm mem-set)."""
     _at_least_one("memory", value)
-    await _allocate(ctx, ref, mode, lambda obj: {"memory_target": value},
-                    lambda uuid: ctx.backend.set_memory(uuid, value))
+
+    def stored(obj):
+        # a change the host could never give is refused now, not at the next start; a running
+        # domain's own change is checked by the hypervisor (HOST_NOT_ENOUGH_FREE_MEMORY)
+        host_memory = ctx.backend.host_info().memory_total
+        if value > host_memory and (mode == "static" or obj.values["power_state"] not in LIVE_STATES):
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "memory", value, f"more than the host has ({host_memory})")
+        return {"memory_target": value}
+
+    await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.set_memory(uuid, value))
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
@@ -810,7 +818,7 @@ async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
     if chosen is not None and chosen <= host_cpus.reserved_for_others(ctx, obj):
         raise XenAPIError("OPERATION_NOT_ALLOWED",
                           f"pCPUs {cpuset.format(chosen)} are reserved to other VMs (cpuoccupy); pin it elsewhere")
-    if chosen is not None and obj.values["power_state"] in LIVE_STATES and mode != "static":
+    if chosen is not None:  # pins lie in the VM's pool while that pool is active, in every mode
         pool = pools.pool_named(ctx, obj.values["pool_name"])
         live = pools.active_pools(ctx.db).get(pool.uuid) if pool is not None else None
         if live is not None and not chosen <= live.cpus:

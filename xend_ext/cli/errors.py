@@ -52,7 +52,9 @@ ADVICE = {
     ("suspended", "paused"): "Suspend it first with 'xm suspend {n}'.",
     ("suspended", "halted"): "Start it with 'xm start {n}'.",
 }
-DYNAMIC_COMMANDS = ("sched-credit", "vcpu-pin")
+#: the allocation commands (API.md §8) and their virsh aliases: --dynamic needs a running domain
+ALLOC_COMMANDS = ("mem-set", "setmem", "mem-max", "setmaxmem", "vcpu-set", "setvcpus")
+DYNAMIC_COMMANDS = ("sched-credit", "vcpu-pin", *ALLOC_COMMANDS)
 
 
 def _bad_power_state(params: list[str], ctx: Context) -> str:
@@ -110,7 +112,51 @@ def _value_not_supported(params: list[str], ctx: Context) -> str:
     what, value, reason = (params + ["", "", ""])[:3]
     if what == "path":
         return f"the path '{value}' cannot be used on the server host: {reason}"
+    if ctx.command in ALLOC_COMMANDS:
+        sentence = _allocation_refused(what, value, reason, ctx)
+        if sentence:
+            return sentence
+    if "is not in the VM's pool" in reason:
+        return f"{what} cannot be {value}: {reason}; pin it to CPUs of that pool ('xm cpupool-list -c' shows them)"
     return f"{what} cannot be {value}: {reason}"
+
+
+def _the_domain(ctx: Context) -> str:
+    """The one domain the command is about, for a sentence and a suggested command line."""
+    if ctx.about.get("domain"):
+        return ctx.about["domain"]
+    names = set(ctx.names.values())
+    return names.pop() if len(names) == 1 else "DOMAIN"
+
+
+def _allocation_refused(what: str, value: str, reason: str, ctx: Context) -> str:
+    """mem-set, mem-max and vcpu-set: the bound that was hit, in MiB or vCPUs, and what to type next."""
+    name = _the_domain(ctx)
+    n = shlex.quote(name)
+    mode = ctx.about.get("mode", "")
+    flag = f" --{mode}" if mode in ("static", "perm") else ""
+    bound = re.search(r"(\d+)\)?(?:;.*)?$", reason)
+    limit = bound.group(1) if bound else ""
+    if reason == "must be at least 1":
+        if what.startswith("VCPUs"):
+            return f"a domain needs at least 1 vCPU, not {value}"
+        return f"a domain needs at least 1 MiB of memory, not {_mib(value)}"
+    if what == "memory" and reason.startswith("the domain's maximum is"):
+        return (f"domain '{name}' cannot have {_mib(value)} now: its running maximum is {_mib(limit)}. Raise the "
+                f"maximum first with 'xm mem-max {n} {int(value) // MIB}{flag}'")
+    if what == "memory_target" and reason.startswith("above memory_static_max"):
+        if ctx.command in ("mem-max", "setmaxmem"):
+            return (f"the stored maximum of domain '{name}' cannot be {_mib(limit)}: it is to start with "
+                    f"{_mib(value)}. Lower that first with 'xm mem-set {n} {int(limit) // MIB}{flag or ' --static'}'")
+        return (f"domain '{name}' cannot start with {_mib(value)}: its stored maximum is {_mib(limit)}. Raise it "
+                f"first with 'xm mem-max {n} {int(value) // MIB}{flag or ' --static'}'")
+    if what == "memory_max" and reason.startswith("below the domain's current memory"):
+        return (f"the maximum of domain '{name}' cannot be {_mib(value)}: it has {_mib(limit)} now. Lower its "
+                f"memory first with 'xm mem-set {n} {int(value) // MIB}{flag}'")
+    if what in ("VCPUs", "VCPUs_at_startup") and limit:
+        return (f"domain '{name}' cannot have {value} vCPUs: it has at most {limit} (its VCPUs_max, set when it "
+                "was defined; 'xm list -l' shows maxvcpus)")
+    return ""
 
 
 # -- CPU pools: the codes name neither the pool nor the CPU, the command does ------------------
@@ -219,8 +265,45 @@ def _unknown_sched(params: list[str], ctx: Context) -> str:
     return f'unknown scheduler for {_pool(ctx)}: use credit, credit2 or sedf (sched = "credit" in the pool config)'
 
 
+_PINNED_ALONE = re.compile(r"^VM (.+) could run only on pCPUs reserved to others \(pCPU (\d+) among them\)")
+_PIN_ON_RESERVED = re.compile(r"^pCPUs (\S+) are reserved to other VMs")
+_START_ON_RESERVED = re.compile(r"^cpumap(\d+)=(\S+) lies on pCPUs reserved to other VMs")
+
+
+def _pcpus(text: str) -> str:
+    """``pCPU 4, which is`` or ``pCPUs 4-5, which are``."""
+    if text.isdigit():
+        return f"pCPU {text}, which is"
+    return f"pCPUs {text}, which are"
+
+
+def _occupancy_refused(reason: str, ctx: Context) -> str:
+    """cpuoccupy (xm cpu-occupy) refusals: who is in the way and how to get it out of the way."""
+    if m := _PINNED_ALONE.match(reason):
+        name, cpu = m.groups()
+        quoted = shlex.quote(name)
+        return (f"pCPU {cpu} cannot be reserved: domain '{name}' could then run only on reserved pCPUs "
+                f"and would have nowhere to run. Pin it elsewhere first with 'xm vcpu-pin {quoted} VCPU CPUS "
+                f"--perm' ('xm cpu-policy {quoted}' shows its pins), then reserve the pCPU again")
+    if m := _PIN_ON_RESERVED.match(reason):
+        cpus = m.group(1)
+        are, them = (f"pCPU {cpus} is", "it") if cpus.isdigit() else (f"pCPUs {cpus} are", "them")
+        return (f"{are} reserved to other domains (xm cpu-occupy); pin the vCPU to other pCPUs, or free "
+                f"{them} first with 'xm cpu-occupy PCPU --clear' ('xm cpu-occupy' lists the reservations)")
+    if m := _START_ON_RESERVED.match(reason):
+        vcpu, cpus = m.groups()
+        name = _the_domain(ctx)
+        return (f"vCPU {vcpu} of domain '{name}' is pinned to {_pcpus(cpus)} reserved to other domains "
+                f"(xm cpu-occupy). Pin it elsewhere with 'xm vcpu-pin {shlex.quote(name)} {vcpu} CPUS --static', "
+                "or free the pCPU with 'xm cpu-occupy PCPU --clear' ('xm cpu-occupy' lists the reservations)")
+    return ""
+
+
 def _not_allowed(params: list[str], ctx: Context) -> str:
     reason = params[0] if params else "the operation is not allowed"
+    occupancy = _occupancy_refused(reason, ctx)
+    if occupancy:
+        return occupancy
     if reason == "could not move Domain-0":
         return "Domain-0 always runs in Pool-0; it cannot be moved to another pool"
     if reason.startswith("Pool-0 cannot be"):
