@@ -354,7 +354,8 @@ def test_cpu_occupy_refused_while_a_domain_is_pinned_to_the_pcpu_alone(k):
     b, b_ref = k.domain(VCPUs_params={"cpumap0": "5"})  # halted: its stored pin counts
     assert error(xm(k.server, "cpu-occupy", "5", a)) == (
         f"Error: pCPU 5 cannot be reserved: domain '{b}' could then run only on reserved pCPUs and would have "
-        f"nowhere to run. Pin it elsewhere first with 'xm vcpu-pin {b} VCPU CPUS --perm' ('xm cpu-policy {b}' shows its pins), then "
+        f"nowhere to run. Pin it elsewhere first with 'xm vcpu-pin {b} VCPU CPUS --perm' ('xm cpu-policy {b}' "
+        f"shows its pins), then "
         f"reserve the pCPU again")
     assert occupants(k, 5) == []
     ok(xm(k.server, "vcpu-pin", b, "0", "4-5", "--perm"))  # the advice works

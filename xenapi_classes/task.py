@@ -105,7 +105,6 @@ async def _run(ctx, msg, args):
         value = msg.impl(ctx, *args)
         if msg.is_async_impl:
             value = await value
-        await ctx.services.commit(db.last_seq)
         outcome = {"status": "success"}
         if value is not None:  # a void operation may have written its own result (group outcomes)
             outcome["result"] = _result_text(value)
@@ -116,6 +115,12 @@ async def _run(ctx, msg, args):
         log.exception("internal error in task %s", msg.name)
         outcome = {"status": "failure", "error_info": ["INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"]}
     _cancel_requested.discard(obj.ref)
+    try:  # a failed operation may have changed things too (a rollback): durable before it is reported
+        await ctx.services.commit(db.last_seq)
+    except Exception as exc:
+        log.error("journal write failed after task %s: %s", msg.name, exc)
+        outcome = {"status": "failure",
+                   "error_info": ["INTERNAL_ERROR", f"the change could not be made durable: {exc}"]}
     if db.find(obj.ref) is not obj:
         return  # destroyed while running
     for name, value in {**outcome, "progress": 1.0, "finished": _now()}.items():

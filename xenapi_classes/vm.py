@@ -379,7 +379,21 @@ async def resume(ctx, ref, start_paused, force):
 def record_for_image(ctx, obj):
     """The VM's definition as strings, to travel with a saved image or a migration."""
     skip = {"power_state", "domid", "resident_on", "metrics", "depends_on", "is_control_domain", "groups"}
-    return {f.name: _text(f.type.encode(obj.values[f.name])) for f in vm.stored_fields() if f.name not in skip}
+    record = {f.name: _text(f.type.encode(obj.values[f.name])) for f in vm.stored_fields() if f.name not in skip}
+    # refs mean nothing on another server: dependencies travel as uuids
+    record["depends_on_uuids"] = json.dumps([ctx.db.get(r).uuid for r in obj.values["depends_on"] if ctx.db.find(r)])
+    return record
+
+
+def resolve_dependencies(ctx, obj, meta):
+    """Set depends_on from an image's uuids, for the VMs this server has (the others are dropped)."""
+    try:
+        uuids = json.loads(meta.get("depends_on_uuids", "[]"))
+    except ValueError:
+        return
+    refs = [ctx.db.by_uuid_index[("VM", u)].ref for u in uuids if ("VM", u) in ctx.db.by_uuid_index]
+    if refs and refs != obj.values["depends_on"]:
+        ctx.db.set(obj, "depends_on", refs)
 
 
 def _text(encoded):
@@ -450,6 +464,7 @@ def define_from_image(ctx, meta):
     values["uuid"] = meta.get("uuid", "")
     obj = ctx.db.create("VM", values)
     _after_create(ctx, obj)
+    resolve_dependencies(ctx, obj, meta)
     return obj.ref
 
 
@@ -474,6 +489,7 @@ async def receive(ctx, meta, image, paused):
         if created:
             obj = ctx.db.create("VM", values)
             _after_create(ctx, obj)
+            resolve_dependencies(ctx, obj, meta)
         apply_domain(ctx, obj, domain)
         return obj.ref
 
@@ -560,6 +576,11 @@ async def migrate(ctx, ref, destination_url, live):
     destination runs it is the domain stopped and the VM forgotten here. If the destination
     fails or the task is cancelled, the same domain goes on running here.
     """
+    await migrate_vm(ctx, ref, destination_url, live)
+
+
+async def migrate_vm(ctx, ref, destination_url, live, depends_on_uuids=None):
+    """VM.migrate; a group migration passes the dependencies it saw before any member left."""
     url, user, password = _destination(destination_url)
     async with ctx.lock(ref):
         obj = current(ctx, ref)
@@ -567,6 +588,8 @@ async def migrate(ctx, ref, destination_url, live):
         require_state(obj, "Running", "Paused")
         was_paused = obj.values["power_state"] == "Paused"
         meta = record_for_image(ctx, obj)
+        if depends_on_uuids is not None:
+            meta["depends_on_uuids"] = json.dumps(depends_on_uuids)
         paused_here = False
         if not live and not was_paused:
             apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))

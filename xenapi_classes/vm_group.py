@@ -172,7 +172,8 @@ def set_groups(ctx, vm_ref, groups):
 SKIP = {
     "start": ("Running", "Paused"), "clean_shutdown": ("Halted",), "hard_shutdown": ("Halted",),
     "pause": ("Paused",), "unpause": ("Running",), "suspend": ("Suspended",), "resume": ("Running", "Paused"),
-    "save": ("Halted", "Suspended"), "migrate": ("Halted", "Suspended"), "clean_reboot": (), "hard_reboot": (),
+    "save": ("Halted", "Suspended"), "migrate": ("Halted", "Suspended"),
+    "clean_reboot": ("Halted", "Suspended"), "hard_reboot": ("Halted", "Suspended"),
     "restore": ("Running", "Paused"),
 }
 
@@ -214,27 +215,29 @@ def batches(ctx, members, direction):
     return [[m for m in sorted(members, key=lambda m: m.values["name_label"]) if level[m.ref] == k] for k in keys]
 
 
-async def _wait_for_dependencies(ctx, vm, done):
-    """Before a member starts, every VM it depends on must be running."""
+async def _wait_for_dependencies(ctx, vm, done, paused):
+    """Before a member starts, every VM it depends on must be running (or, in an operation that
+    starts everything paused, be up and paused)."""
+    satisfied = ("Running", "Paused") if paused else ("Running",)
     for dep_ref in vm.values["depends_on"]:
         dep = ctx.db.find(dep_ref)
         if dep is None:
             continue
         if dep_ref in done:
             await done[dep_ref].wait()
-        if dep.values["power_state"] != "Running":
+        if dep.values["power_state"] not in satisfied:
             raise XenAPIError("OPERATION_NOT_ALLOWED",
                               f"{vm.values['name_label']} depends on {dep.values['name_label']}, which is not running")
 
 
-async def run_group(ctx, group, operation, step, inverse_step=None):
+async def run_group(ctx, group, operation, step, inverse_step=None, paused=False):
     """Run ``step(vm)`` over the group's members in order; see the module docstring. One group
     operation at a time per group."""
     async with ctx.lock(group.ref):
-        return await _run_group(ctx, group, operation, step, inverse_step)
+        return await _run_group(ctx, group, operation, step, inverse_step, paused)
 
 
-async def _run_group(ctx, group, operation, step, inverse_step):
+async def _run_group(ctx, group, operation, step, inverse_step, paused):
     message, direction, inverse, delay_field = OPERATIONS[operation]
     members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
     members = [m for m in members if not m.values["is_control_domain"]]
@@ -252,10 +255,11 @@ async def _run_group(ctx, group, operation, step, inverse_step):
                 outcome[vm.ref] = f"skipped: already {state.lower()}"
                 return
             if direction == "up":
-                await _wait_for_dependencies(ctx, vm, done)
+                await _wait_for_dependencies(ctx, vm, done, paused)
             await step(vm)
             outcome[vm.ref] = "success"
             changed.append(vm)
+            await ctx.services.commit(ctx.db.last_seq)  # durable and visible now, not at the end
             delay = vm.values[delay_field] if ctx.db.find(vm.ref) is not None else 0
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -317,7 +321,7 @@ def _declare(operation, extra=(), doc=""):
     async def body(ctx, ref, *args):
         group = ctx.db.get(ref)
         await run_group(ctx, group, operation, _vm_step(ctx, message, *args),
-                        lambda vm, inverse: _inverse(ctx, vm, inverse))
+                        lambda vm, inverse: _inverse(ctx, vm, inverse), paused=bool(args and args[0] is True))
 
     body.__doc__ = doc
     vm_group.message(("self", T.Ref("VM_group")), *extra, role=VM_OPERATOR, name=operation,
@@ -365,6 +369,8 @@ async def restore(ctx, directory, start_paused):
     from xenapi_classes import vm as vm_module
 
     folder = Path(directory)
+    if not folder.is_absolute():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, "give an absolute directory on the host")
     try:
         manifest = sxp.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, sxp.SxpError) as exc:
@@ -394,11 +400,16 @@ async def restore(ctx, directory, start_paused):
         if vm.values["power_state"] == "Halted":
             join(ctx, vm, group)
 
+    for uuid_, image in images.items():  # every member is defined now: dependencies can be named
+        meta = await ctx.call_backend(ctx.backend.read_image, image)
+        vm_module.resolve_dependencies(ctx, ctx.db.by_uuid_index[("VM", uuid_)], meta)
+
     async def step(vm):
         if vm.uuid in images and vm.values["power_state"] == "Halted":
             await vm_module.restore(ctx, str(images[vm.uuid]), start_paused)
 
-    await run_group(ctx, group, "restore", step, lambda vm, inverse: _inverse(ctx, vm, inverse))
+    await run_group(ctx, group, "restore", step, lambda vm, inverse: _inverse(ctx, vm, inverse),
+                    paused=start_paused)
     return group.ref
 
 
@@ -412,10 +423,14 @@ async def migrate(ctx, ref, destination_url, live):
     record = {"name_label": group.values["name_label"], "name_description": group.values["name_description"],
               "placement": group.values["placement"]}
     moved = []
+    # members leave one by one and a VM gone from here drops out of the others' depends_on:
+    # take the dependencies (as uuids, meaningful on the destination) before anyone leaves
+    needs = {r: [ctx.db.get(d).uuid for d in ctx.db.get(r).values["depends_on"] if ctx.db.find(d)]
+             for r in ctx.db.field_value(group, "VMs")}
 
     async def step(vm):
         uuid = vm.uuid
-        await vm_module.migrate(ctx, vm.ref, destination_url, live)
+        await vm_module.migrate_vm(ctx, vm.ref, destination_url, live, needs.get(vm.ref, []))
         moved.append(uuid)
 
     try:

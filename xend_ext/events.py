@@ -100,6 +100,7 @@ class EventHub:
         if op == "add":
             obj.ctime = self.generation
         obj.mtime = self.generation
+        obj.mts = time.time()  # when it changed, not when a client reads the event
         if op == "mod" and self._pending:
             last_seq, _gen, last_obj, last_op = self._pending[-1]
             if last_obj is obj and last_op in ("add", "mod"):
@@ -156,7 +157,7 @@ class EventHub:
     def _event_record(self, gen: int, cname: str, ref: str, op: str, obj: Obj | None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "id": str(gen),
-            "timestamp": f"{time.time():.6f}",
+            "timestamp": f"{(obj.mts if obj is not None and obj.mts else time.time()):.6f}",
             "class": cname.lower(),
             "operation": op,
             "ref": ref,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class Obj:
-    __slots__ = ("cls", "ref", "values", "ctime", "mtime")
+    __slots__ = ("cls", "ref", "values", "ctime", "mtime", "mts")
 
     def __init__(self, cls: XenAPIClass, ref: str, values: dict) -> None:
         self.cls = cls
@@ -28,6 +28,7 @@ class Obj:
         self.values = values
         self.ctime = 0
         self.mtime = 0
+        self.mts = 0.0  # wall-clock time of the last change: the events' timestamp
 
     @property
     def uuid(self) -> str:

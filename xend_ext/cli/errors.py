@@ -118,6 +118,9 @@ def _value_not_supported(params: list[str], ctx: Context) -> str:
             return sentence
     if "is not in the VM's pool" in reason:
         return f"{what} cannot be {value}: {reason}; pin it to CPUs of that pool ('xm cpupool-list -c' shows them)"
+    group = _group_value_refused(what, value, reason, ctx)
+    if group:
+        return group
     return f"{what} cannot be {value}: {reason}"
 
 
@@ -308,7 +311,59 @@ def _not_allowed(params: list[str], ctx: Context) -> str:
         return "Domain-0 always runs in Pool-0; it cannot be moved to another pool"
     if reason.startswith("Pool-0 cannot be"):
         return f"{reason}: it is the host's boot pool, where Domain-0 runs"
-    return reason
+    return _group_refused(reason, ctx) or reason
+
+
+# -- VM groups (xm grp-*) ------------------------------------------------------------------------
+
+_DEFAULT_GROUP = re.compile(r"^(Group-0|Null-Group) cannot be (destroyed|renamed)$")
+_WAITS_FOR = re.compile(r"^(.+) depends on (.+), which is not running$")
+
+
+def _group_arg(ctx: Context) -> str:
+    return shlex.quote(ctx.about["group"]) if ctx.about.get("group") else "GRP"
+
+
+def _group_refused(reason: str, ctx: Context) -> str:
+    """The membership rules of groups and the ordering of their members, and what to type next."""
+    if reason == "Group-0 holds control domains only":
+        return ("Group-0 holds Domain-0 (the control domain) only; put the domain in another group ('xm grp-list' "
+                "lists them, 'xm grp-new NAME DOMAIN' makes one)")
+    if reason == "Domain-0 stays in Group-0":
+        return "Domain-0 always stays in Group-0; it cannot be put in another group"
+    if _DEFAULT_GROUP.match(reason):
+        return f"{reason}: it is one of the two default groups"
+    if reason == "the members' depends_on form a cycle":
+        return (f"the members' depends_on form a cycle, so none of them can go first; 'xm grp-list -l "
+                f"{_group_arg(ctx)}' shows what each depends on")
+    if m := _WAITS_FOR.match(reason):
+        return (f"domain '{m[1]}' depends on '{m[2]}', which is not running; start it first with "
+                f"'xm start {shlex.quote(m[2])}'")
+    return ""
+
+
+def _group_value_refused(what: str, value: str, reason: str, ctx: Context) -> str:
+    if what == "directory":
+        if reason.startswith("no readable") or reason.endswith("is missing"):
+            return f"'{value}' on the server host holds no complete group saved by 'xm grp-save' ({reason})"
+        return (f"the directory '{value}' cannot be used: it must be an existing directory on the server host "
+                "(create it there first)")
+    if what == "name_label" and reason == "another group has this name":
+        return (f"a group called '{value}' already exists; choose another name, or remove that group with "
+                f"'xm grp-delete {shlex.quote(value)}'")
+    if what == "name_label" and reason == "another group here has this name":
+        return (f"another group called '{value}' exists on this server; rename or remove it ('xm grp-delete "
+                f"{shlex.quote(value)}') to restore the saved one")
+    if what == "vm" and reason == "not a member of this group":
+        return f"domain '{ctx.name(value)}' is not in group '{ctx.about.get('group', '?')}'"
+    return ""
+
+
+def _partially_failed(params: list[str], ctx: Context) -> str:
+    operation, *refs = params or ["the group operation"]
+    names = ", ".join(ctx.name(ref) for ref in refs) or "a member"
+    return (f"{operation} failed for {names}; the members already changed were rolled back where that is "
+            f"possible ('xm grp-list -l {_group_arg(ctx)}' shows each member's state)")
 
 
 Template = str | Callable[[list[str], Context], str]
@@ -346,6 +401,8 @@ MESSAGES: dict[str, Template] = {
     "INVAILD_CPU": _invalid_cpu,  # xend's spelling (reference/xen-anchors.md §10)
     "LAST_CPU_NOT_REMOVEABLE": _last_cpu,
     "PARAMETER_ERROR": _parameter_error,
+    "TOO_MANY_GROUPS": "a domain is in exactly one group; give one group (none puts it in Null-Group)",
+    "OPERATION_PARTIALLY_FAILED": _partially_failed,
 }
 
 

@@ -8,13 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from . import alloc, cpupool, domain, events, host, sched, sdom
+from . import alloc, cpupool, domain, events, groups, host, sched, sdom
 from .args import Exclusive, UsageError
 from .client import Client
 from .connection import CliError, XenAPIFailure, default_url, read_conf
 from .errors import explain
 
-GROUPS = (host, domain, sched, alloc, cpupool, sdom, events)
+GROUPS = (host, domain, sched, alloc, cpupool, sdom, groups, events)
 
 
 def _describe(func) -> tuple[str, str]:
