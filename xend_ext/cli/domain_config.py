@@ -111,8 +111,10 @@ def parse_override(text: str) -> tuple[str, object]:
     return name, value
 
 
-def load(name: str, overrides: list[str], search: str = DEFAULT_PATH) -> tuple[dict[str, object], Source]:
-    """The variables of a config file with the command line's ``var=val`` applied on top."""
+def load(name: str, overrides: list[str], search: str = DEFAULT_PATH,
+         override: Callable[[str], tuple[str, object]] = parse_override) -> tuple[dict[str, object], Source]:
+    """The variables of a config file (domain, pool or group: one reader for all three) with the
+    command line's ``var=val`` applied on top; ``override`` reads one ``var=val``."""
     path = find_config(name, search)
     try:
         text = path.read_text(encoding="utf-8")
@@ -121,10 +123,24 @@ def load(name: str, overrides: list[str], search: str = DEFAULT_PATH) -> tuple[d
     values, lines = parse_text(text, str(path))
     source = Source(str(path), lines)
     for item in overrides:
-        var, value = parse_override(item)
+        var, value = override(item)
         values[var] = value
         source.lines[var] = 0
     return values, source
+
+
+def unknown_variable(var: str, source: Source, known, what: str) -> ConfigError:
+    """The error for a variable no config of this kind sets, with the likely intended name."""
+    names = sorted(known) if isinstance(known, (set, frozenset)) else list(known)  # keep a list's order
+    close = difflib.get_close_matches(var, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; {what} sets {', '.join(names)}"
+    return ConfigError(f"{source.where(var)}: unknown variable '{var}'{hint}")
+
+
+def text_value(var: str, value: object, source: Source) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(f"{source.where(var)}: {var} must be a string, not {value!r}")
+    return str(value)
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -226,9 +242,7 @@ def _check_names(values: dict[str, object], source: Source, warn: Callable[[str]
             if warn is not None:
                 warn(f"Warning: {source.where(var)}: '{var}' is not managed by xend-ext and is ignored.")
         elif var not in KNOWN:
-            close = difflib.get_close_matches(var, sorted(KNOWN), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known variables: {', '.join(sorted(KNOWN))}"
-            raise ConfigError(f"{source.where(var)}: unknown variable '{var}'{hint}")
+            raise unknown_variable(var, source, KNOWN, "a domain config")
 
 
 def to_record(values: dict[str, object], source: Source, warn: Callable[[str], None] | None = None) -> dict:

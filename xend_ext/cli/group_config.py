@@ -18,13 +18,13 @@ variable is an error naming it. ``VAR=VALUE`` on the command line sets or overri
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import domain_config
-from .domain_config import ConfigError, Source, find_config, parse_override, parse_text
+from .domain_config import ConfigError, Source, find_config, parse_override, text_value, unknown_variable
+from .domain_config import load as load_config
 
 DEFAULT_PATH = ".:/etc/xen/groups"
 KNOWN = ("name", "members", "description", "placement")
@@ -67,36 +67,23 @@ def is_config_entry(entry: str) -> bool:
     return "/" in entry or entry.endswith(CONFIG_SUFFIX)
 
 
+def _override(text: str) -> tuple[str, object]:
+    """``VAR=VALUE``; ``members=a,b`` is a list of members."""
+    var, value = parse_override(text)
+    if var == "members" and isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    return var, value
+
+
 def load(name: str, overrides: list[str], search: str = DEFAULT_PATH) -> tuple[dict[str, object], Source]:
     """The variables of a group config file with the command line's ``VAR=VALUE`` applied on top."""
-    path = find_config(name, search)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    values, lines = parse_text(text, str(path))
-    source = Source(str(path), lines)
-    for item in overrides:
-        var, value = parse_override(item)
-        if var == "members" and isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        values[var] = value
-        source.lines[var] = 0
-    return values, source
+    return load_config(name, overrides, search, _override)
 
 
 def _check_names(values: dict[str, object], source: Source) -> None:
     for var in values:
         if var not in KNOWN:
-            close = difflib.get_close_matches(var, KNOWN, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; a group config sets {', '.join(KNOWN)}"
-            raise ConfigError(f"{source.where(var)}: unknown variable '{var}'{hint}")
-
-
-def _text(var: str, value: object, source: Source) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ConfigError(f"{source.where(var)}: {var} must be a string, not {value!r}")
-    return str(value)
+            raise unknown_variable(var, source, KNOWN, "a group config")
 
 
 def _find_member_config(entry: str, source: Source, domain_path: str) -> Path:
@@ -118,14 +105,14 @@ def to_group(values: dict[str, object], source: Source, domain_path: str = domai
              warn: Callable[[str], None] | None = None) -> GroupConfig:
     """The group a config describes, with every member config read (nothing is sent anywhere)."""
     _check_names(values, source)
-    name = _text("name", values["name"], source) if "name" in values else Path(source.path).stem
+    name = text_value("name", values["name"], source) if "name" in values else Path(source.path).stem
     if not name.strip():
         raise ConfigError(f"{source.where('name')}: name must not be empty")
-    placement = _text("placement", values.get("placement", "normal"), source)
+    placement = text_value("placement", values.get("placement", "normal"), source)
     if placement not in PLACEMENTS:
         raise ConfigError(f"{source.where('placement')}: placement must be one of {', '.join(PLACEMENTS)}, "
                           f"not {placement!r}")
-    group = GroupConfig(name=name, description=_text("description", values.get("description", ""), source),
+    group = GroupConfig(name=name, description=text_value("description", values.get("description", ""), source),
                         placement=placement, source=source)
     entries = values.get("members", [])
     if isinstance(entries, str):

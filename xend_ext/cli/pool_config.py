@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from .. import cpuset, sxp
-from .domain_config import ConfigError, Source, find_config, parse_override, parse_text
+from .domain_config import ConfigError, Source, find_config, parse_override, text_value, unknown_variable
+from .domain_config import load as load_config
 
 DEFAULT_PATH = ".:/etc/xen/cpupool"
 DEFAULT_SCHED = "credit"
@@ -42,32 +43,13 @@ def _override(text: str) -> tuple[str, object]:
 
 def load(name: str, overrides: list[str], search: str = DEFAULT_PATH) -> tuple[dict[str, object], Source]:
     """The variables of a pool config file with the command line's ``var=value`` applied on top."""
-    path = find_config(name, search)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    values, lines = parse_text(text, str(path))
-    source = Source(str(path), lines)
-    for item in overrides:
-        var, value = _override(item)
-        values[var] = value
-        source.lines[var] = 0
-    return values, source
+    return load_config(name, overrides, search, _override)
 
 
 def _check_names(values: dict[str, object], source: Source) -> None:
     for var in values:
         if var not in KNOWN:
-            close = difflib.get_close_matches(var, KNOWN, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; a pool config sets {', '.join(KNOWN)}"
-            raise ConfigError(f"{source.where(var)}: unknown variable '{var}'{hint}")
-
-
-def _text(var: str, value: object, source: Source) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ConfigError(f"{source.where(var)}: {var} must be a string, not {value!r}")
-    return str(value)
+            raise unknown_variable(var, source, KNOWN, "a pool config")
 
 
 def _cpu_numbers(text: str, var: str, source: Source) -> list[int]:
@@ -95,7 +77,7 @@ def cpus_value(value: object, source: Source) -> tuple[int, list[int]]:
         if isinstance(value, str):
             texts = [value]
         elif isinstance(value, (list, tuple)) and value:
-            texts = [_text("cpus", item, source) for item in value]
+            texts = [text_value("cpus", item, source) for item in value]
         else:
             raise ConfigError(f"{where}: cpus must be a number of CPUs (4, \"#4\") or a CPU list (\"0-3,^1\", "
                               f"[\"2\", \"3\"]), not {value!r}")
@@ -142,10 +124,10 @@ def to_sxp(values: dict[str, object], source: Source) -> list:
     name, so ``web.pool`` made a pool called "web.pool").
     """
     _check_names(values, source)
-    name = _text("name", values["name"], source) if "name" in values else Path(source.path).stem
+    name = text_value("name", values["name"], source) if "name" in values else Path(source.path).stem
     if not name:
         raise ConfigError(f"{source.where('name')}: name must not be empty")
-    sched = _text("sched", values.get("sched", DEFAULT_SCHED), source)
+    sched = text_value("sched", values.get("sched", DEFAULT_SCHED), source)
     ncpu, proposed = cpus_value(values.get("cpus", 1), source)
     node: list = ["pool", ["name_label", name], ["sched_policy", sched], ["ncpu", str(ncpu)]]
     if proposed:
@@ -156,7 +138,7 @@ def to_sxp(values: dict[str, object], source: Source) -> list:
     if "auto_power_on" in values:
         node.append(["auto_power_on", "1" if _flag(values["auto_power_on"], source) else "0"])
     if "description" in values:
-        node.append(["name_description", _text("description", values["description"], source)])
+        node.append(["name_description", text_value("description", values["description"], source)])
     return node
 
 
