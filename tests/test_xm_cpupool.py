@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
+from xmkit import error, ok, xm
 
 from xend_ext import sxp
 from xend_ext.cli import pool_config
@@ -68,24 +69,6 @@ def fresh(srv):
     reset(srv)
 
 
-def xm(server, *args, cwd=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
-    env["XM_CONF"] = "/nonexistent/xm.conf"
-    return subprocess.run([sys.executable, "-m", "xend_ext.cli.main", "--url", server.url, *args],
-                          capture_output=True, text=True, timeout=60, cwd=cwd or ROOT, env=env)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def error(result: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The stderr of a command that must fail cleanly with ``code``."""
-    assert result.returncode == code, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr.strip()
 
 
 def pool_record(server, name: str) -> dict | None:

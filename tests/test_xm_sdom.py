@@ -20,6 +20,7 @@ import XenAPI
 from conftest import ROOT, ServerProcess
 from poolkit import add_user
 from vmkit import new_vm, session
+from xmkit import error, ok, xm
 
 from xend_ext import sxp
 from xend_ext.cli.client import Client
@@ -30,10 +31,6 @@ NULL = "OpaqueRef:NULL"
 PIN0 = {"cpumap0": "0"}
 HEADER = "Name                 Master               Weight   Cap  Members"
 EXAMPLE = ROOT / "examples" / "sched-domain" / "ten_percent.sh"
-# xm with the sdom commands: main.GROUPS gets xend_ext.cli.sdom unless it has it already (the lead adds
-# it there), so these tests run the real xm entry point either way
-XM = [sys.executable, "-c", "import sys\nfrom xend_ext.cli import main, sdom\n"
-      "main.GROUPS = main.GROUPS if sdom in main.GROUPS else (*main.GROUPS, sdom)\nsys.exit(main.main())"]
 
 
 @pytest.fixture(scope="module")
@@ -78,25 +75,6 @@ def x(fresh):
     s.xenapi.session.logout()
 
 
-def xm(server, *args, url=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
-    env["XM_CONF"] = "/nonexistent/xm.conf"
-    return subprocess.run([*XM, "--url", url or server.url, *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, env=env)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def error(result: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The stderr of a command that must fail cleanly with ``code``."""
-    assert result.returncode == code, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    return result.stderr.strip()
 
 
 def vm(x, name: str, running: bool = False, **fields) -> str:
@@ -385,10 +363,8 @@ def test_help_describes_every_command(fresh):
 
 def test_ten_percent_example(fresh, x, tmp_path):
     assert shutil.which("sh")
-    wrapper = tmp_path / "xm.py"  # the script runs $XM unquoted: a program file, not a -c string
-    wrapper.write_text(XM[2] + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
-    env.update(XM_CONF="/nonexistent/xm.conf", XM=f"{sys.executable} {wrapper}", PYTHON=sys.executable)
+    env.update(XM_CONF="/nonexistent/xm.conf", XM=f"{sys.executable} -m xend_ext.cli.main", PYTHON=sys.executable)
     result = subprocess.run(["sh", str(EXAMPLE), fresh.url], capture_output=True, text=True, timeout=60, cwd=ROOT,
                             env=env)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -20,6 +20,7 @@ import time
 
 import pytest
 from conftest import ROOT, ServerProcess
+from xmkit import error, ok, xm
 
 from xend_ext import sxp
 
@@ -37,25 +38,6 @@ def srv(tmp_path_factory):
     server.stop()
 
 
-def xm(server, *args, cwd=None, url=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
-    env["XM_CONF"] = "/nonexistent/xm.conf"
-    target = url if url is not None else server.url
-    return subprocess.run([sys.executable, "-m", "xend_ext.cli.main", "--url", target, *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd or ROOT, env=env)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def error(result: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The stderr of a command that must fail cleanly with ``code``."""
-    assert result.returncode == code, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr.strip()
 
 
 def unique(prefix: str = "vm") -> str:
