@@ -455,41 +455,42 @@ async def restore(ctx, path, start_paused):
     return await receive(ctx, meta, source, start_paused or meta.get("power_state") == "Paused")
 
 
-def define_from_image(ctx, meta):
-    """Define (halted) the VM a saved image carries; returns its ref."""
+def _values_from_image(ctx, meta):
+    """The checked create values of the VM an image carries (its uuid kept)."""
     record = record_from_image(meta)
     record.pop("uuid", None)
     values = coerce_record(ctx, vm, record)
     _on_create(ctx, values)
     values["uuid"] = meta.get("uuid", "")
+    return values
+
+
+def _define(ctx, values, meta):
     obj = ctx.db.create("VM", values)
     _after_create(ctx, obj)
     resolve_dependencies(ctx, obj, meta)
-    return obj.ref
+    return obj
+
+
+def define_from_image(ctx, meta):
+    """Define (halted) the VM a saved image carries; returns its ref."""
+    return _define(ctx, _values_from_image(ctx, meta), meta).ref
 
 
 async def receive(ctx, meta, image, paused):
-    """Find or define the VM an image belongs to, then restore its domain from the image."""
+    """Find or define the VM an image belongs to, then restore its domain from the image. A VM
+    unknown here is defined only once its domain runs, so a failed restore leaves nothing."""
     uuid = meta.get("uuid", "")
     obj = ctx.db.by_uuid_index.get(("VM", uuid))
-    created = obj is None
-    if created:
-        record = record_from_image(meta)
-        record.pop("uuid", None)
-        values = coerce_record(ctx, vm, record)
-        _on_create(ctx, values)
-        values["uuid"] = uuid
+    values = _values_from_image(ctx, meta) if obj is None else None
     async with ctx.lock(obj.ref if obj else "VM/" + uuid):
+        config = None
         if obj is not None:
             require_state(obj, "Halted")
             config = domain_config(ctx, obj)
-        else:
-            config = None
         domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
-        if created:
-            obj = ctx.db.create("VM", values)
-            _after_create(ctx, obj)
-            resolve_dependencies(ctx, obj, meta)
+        if obj is None:
+            obj = _define(ctx, values, meta)
         apply_domain(ctx, obj, domain)
         return obj.ref
 

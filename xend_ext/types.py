@@ -10,7 +10,7 @@ import datetime as _dt
 import re
 from typing import TYPE_CHECKING, Any
 
-from .wire import NULL_REF, REF_PREFIX, XenAPIError, format_datetime
+from .wire import NULL_REF, XenAPIError, format_datetime
 
 if TYPE_CHECKING:
     from .model import Database
@@ -281,7 +281,3 @@ def Set(item: Type) -> SetType:  # noqa: N802
 
 def Map(key: Type, value: Type) -> MapType:  # noqa: N802
     return MapType(key, value)
-
-
-def is_ref_text(value: str) -> bool:
-    return value.startswith(REF_PREFIX)
