@@ -13,6 +13,7 @@ import xmlrpc.client
 from pathlib import Path
 
 import pytest
+from hosts import HOSTS, Host, SimHost
 
 ROOT = Path(__file__).resolve().parents[1]
 LISTEN_TCP = re.compile(r"listening on (https?://\S+/)")
@@ -22,8 +23,9 @@ LISTEN_UNIX = re.compile(r"listening on unix socket (\S+)")
 class ServerProcess:
     """``xend-ext serve`` as a child process; knows its URLs once it has said where it listens."""
 
-    def __init__(self, state_dir: Path, *extra: str, unix: bool = True) -> None:
+    def __init__(self, state_dir: Path, *extra: str, unix: bool = True, host: Host | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.host = host or SimHost()
         self.extra = list(extra)
         self.use_unix = unix
         self.proc: subprocess.Popen | None = None
@@ -47,7 +49,8 @@ class ServerProcess:
             cmd += ["--unix", str(sockdir / "xapi.sock")]
         elif not self.use_unix:
             cmd += ["--unix", "none"]
-        return cmd + self.extra
+        extra = list(self.extra)
+        return cmd + self.host.args(self.state_dir, extra) + extra
 
     def start(self, wait: bool = True) -> ServerProcess:
         self.log = []
@@ -101,13 +104,28 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-@pytest.fixture
-def make_server(tmp_path):
-    """Factory: ``make_server(*args)`` starts a server on a fresh (or given) state dir."""
-    started: list[ServerProcess] = []
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run the test on each of these hypervisor backends")
 
-    def make(*extra: str, state_dir: Path | None = None, unix: bool = True, wait: bool = True) -> ServerProcess:
-        server = ServerProcess(state_dir or tmp_path / "state", *extra, unix=unix)
+
+def pytest_generate_tests(metafunc):
+    """``backend`` is parametrised by the closest ``backends`` mark (default: the simulated host)."""
+    if "backend" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("backends")
+        names = mark.args if mark else ("sim",)
+        metafunc.parametrize("backend", [HOSTS[n] for n in names], ids=list(names), scope="module")
+
+
+@pytest.fixture
+def make_server(tmp_path, request):
+    """Factory: ``make_server(*args)`` starts a server on a fresh (or given) state dir, on the
+    test's ``backend`` when it has one."""
+    started: list[ServerProcess] = []
+    default_host = request.getfixturevalue("backend") if "backend" in request.fixturenames else None
+
+    def make(*extra: str, state_dir: Path | None = None, unix: bool = True, wait: bool = True,
+             host: Host | None = None) -> ServerProcess:
+        server = ServerProcess(state_dir or tmp_path / "state", *extra, unix=unix, host=host or default_host)
         started.append(server)
         return server.start(wait=wait)
 

@@ -397,6 +397,13 @@ def reconcile(ctx):
     announce(ctx)
 
 
+async def outside_change(ctx, kind, ident):
+    """Pools made, changed or destroyed with another tool (xl cpupool-*): adopt and announce."""
+    if kind == "pools":
+        async with ctx.lock(POOL_LOCK):
+            reconcile(ctx)
+
+
 async def auto_activate(ctx):
     """Pools with auto_power_on activate at every server start, before VMs auto-start. On a host
     that just booted Pool-0 holds every CPU, so a pool short of free CPUs takes them from Pool-0
@@ -443,3 +450,4 @@ def install(registry):
     registry.before_start.append(check_vm_start)
     registry.on_start.append(reconcile)
     registry.on_start.append(auto_activate)
+    registry.on_backend_change.append(outside_change)

@@ -25,7 +25,7 @@ from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
 from xend_ext import cpuset
 from xend_ext import types as T
-from xend_ext.backends.base import Capability, DomainConfig, PowerState
+from xend_ext.backends.base import Capability, Domain, DomainConfig, PowerState
 from xend_ext.datamodel import (
     POOL_ADMIN,
     RO,
@@ -227,6 +227,7 @@ async def destroy(ctx, ref):
     async with ctx.lock(ref):
         obj = current(ctx, ref)
         _on_destroy(ctx, obj)
+        await ctx.call_backend(ctx.backend.undefine, obj.uuid)
         await _forget(ctx, obj)
 
 
@@ -746,6 +747,7 @@ async def _allocate(ctx, ref, mode, stored, live):
         if mode != "dynamic":
             for name, value in stored.items():
                 ctx.db.set(obj, name, value)
+            await ctx.call_backend(ctx.backend.define, domain_config(ctx, obj))
         if domain is not None:
             apply_domain(ctx, obj, domain)
         if sdoms.domain_of(ctx.db, obj.ref) is not None:  # a master's weight and cap cover its members
@@ -894,17 +896,49 @@ def reconcile(ctx):
             _after_create(ctx, obj)
         apply_domain(ctx, obj, domains.pop(obj.uuid, None))
     for domain in domains.values():  # discovered: running here, unknown to the store
-        values = {
-            "uuid": domain.uuid, "name_label": domain.name, "is_control_domain": domain.is_control_domain,
-            "memory_target": domain.memory, "memory_static_max": domain.memory_max,
-            "VCPUs_at_startup": domain.vcpus, "VCPUs_max": domain.vcpus_max,
-            "VCPUs_params": {"weight": str(domain.weight), "cap": str(domain.cap),
-                             **{f"cpumap{v}": cpuset.format(cpus) for v, cpus in domain.pins.items()}},
-            "pool_name": domain.metadata.get("pool_name", "Pool-0"),
-        }
-        obj = ctx.db.create("VM", values)
-        _after_create(ctx, obj)
-        apply_domain(ctx, obj, domain)
+        _discover(ctx, domain)
+    known = {o.uuid for o in ctx.db.all("VM")}
+    for config in ctx.backend.definitions():  # halted domains the hypervisor keeps a definition of
+        if config.uuid not in known:
+            _discover(ctx, config)
+
+
+def _discover(ctx, found):
+    """A VM for a domain (or a kept definition) the store did not know."""
+    live = isinstance(found, Domain)
+    values = {
+        "uuid": found.uuid, "name_label": found.name,
+        "is_control_domain": live and found.is_control_domain,
+        "memory_target": found.memory, "memory_static_max": found.memory_max,
+        "VCPUs_at_startup": found.vcpus, "VCPUs_max": found.vcpus_max,
+        "VCPUs_params": {"weight": str(found.weight), "cap": str(found.cap),
+                         **{f"cpumap{v}": cpuset.format(cpus) for v, cpus in found.pins.items()}},
+        "pool_name": found.metadata.get("pool_name", "Pool-0"),
+        "PV_kernel": found.kernel if not live else "", "PV_ramdisk": found.ramdisk if not live else "",
+        "PV_args": found.args if not live else "",
+    }
+    if any(o.values["name_label"] == found.name for o in ctx.db.all("VM")):
+        values["name_label"] = f"{found.name}-{found.uuid[:8]}"  # names are unique here, not always there
+    obj = ctx.db.create("VM", values)
+    _after_create(ctx, obj)
+    apply_domain(ctx, obj, found if live else None)
+    return obj
+
+
+async def outside_change(ctx, kind, uuid):
+    """A domain changed behind our back (virsh, xl, a guest that shut itself down): record what runs."""
+    if kind != "domain":
+        return
+    obj = ctx.db.by_uuid_index.get(("VM", uuid))
+    if obj is None:
+        domain = await ctx.call_backend(ctx.backend.domain, uuid)
+        if domain is not None and ctx.db.by_uuid_index.get(("VM", uuid)) is None:
+            _discover(ctx, domain)
+        return
+    async with ctx.lock(obj.ref):  # after any operation of ours in flight, which knows best
+        if ctx.db.find(obj.ref) is None:
+            return
+        apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, uuid))
 
 
 async def auto_start(ctx):
@@ -924,3 +958,4 @@ def install(registry):
     registry.add(vm)
     registry.on_start.append(reconcile)
     registry.on_start.append(auto_start)
+    registry.on_backend_change.append(outside_change)

@@ -368,6 +368,8 @@ class Registry:
         self.on_start: list[Callable[[Context], Any]] = []
         # checks every VM start runs (pools, scheduling domains...): raise to refuse the start
         self.before_start: list[Callable[[Context, Obj], None]] = []
+        # what to do when the backend reports a change made outside xend-ext: (ctx, kind, ident)
+        self.on_backend_change: list[Callable[[Context, str, str], Any]] = []
 
     def add(self, cls: XenAPIClass) -> None:
         cls.build()

@@ -30,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TCP listener, repeatable; 'none' disables TCP (default 127.0.0.1:9363)")
     serve.add_argument("--unix", metavar="PATH",
                        help="Unix socket (default <state dir>/xen-api.sock); 'none' disables it")
-    serve.add_argument("--backend", choices=["sim"], default="sim", help="hypervisor backend")
+    serve.add_argument("--backend", choices=["sim", "libvirt", "xl"], default="sim",
+                       help="hypervisor backend: the simulated host, libvirt, or Xen's xl (default sim)")
+    serve.add_argument("--libvirt-uri", metavar="URI",
+                       help="libvirt connection for --backend libvirt, e.g. qemu:///system or xen:///system")
+    serve.add_argument("--xl-path", default="xl", metavar="PATH", help="the xl command for --backend xl")
+    serve.add_argument("--xl-poll", type=float, default=2.0, metavar="SECONDS",
+                       help="how often --backend xl looks for changes made outside xend-ext (default 2)")
     serve.add_argument("--cpus", type=int, default=8, help="pCPUs of the simulated host (default 8)")
     serve.add_argument("--memory", type=int, default=16384, metavar="MIB",
                        help="RAM of the simulated host in MiB (default 16384)")
@@ -93,6 +99,7 @@ def _config(args: argparse.Namespace):
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
+                  libvirt_uri=args.libvirt_uri, xl_path=args.xl_path, xl_poll=args.xl_poll,
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue)

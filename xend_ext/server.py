@@ -40,6 +40,9 @@ class Config:
     listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 9363)])
     unix: Path | None = None
     backend: str = "sim"
+    libvirt_uri: str | None = None
+    xl_path: str = "xl"
+    xl_poll: float = 2.0
     cpus: int = 8
     memory_mib: int = 16384
     numa_nodes: int = 1
@@ -61,7 +64,17 @@ def make_backend(config: Config):
 
         return SimBackend(config.state_dir, cpus=config.cpus, memory_mib=config.memory_mib,
                           numa_nodes=config.numa_nodes, reboot=config.sim_reboot)
-    raise ValueError(f"unknown backend {config.backend!r} (this build has: sim)")
+    if config.backend == "libvirt":
+        if not config.libvirt_uri:
+            raise ValueError("--backend libvirt needs --libvirt-uri (e.g. qemu:///system or xen:///system)")
+        from .backends.libvirt import LibvirtBackend
+
+        return LibvirtBackend(config.libvirt_uri, config.state_dir)
+    if config.backend == "xl":
+        from .backends.xl import XlBackend
+
+        return XlBackend(config.xl_path, config.state_dir, poll=config.xl_poll)
+    raise ValueError(f"unknown backend {config.backend!r} (this build has: sim, libvirt, xl)")
 
 
 class Server:
@@ -105,10 +118,30 @@ class Server:
                 if asyncio.iscoroutine(result):
                     await result
             await self.services.commit(self.db.last_seq)
+            self._pending_changes: set[tuple[str, str]] = set()
+            self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
         except BaseException:
             await self.store.close()
             raise
+
+    def _outside_change(self, kind: str, ident: str) -> None:
+        """The backend saw a change made behind our back; one reconciliation per object at a time."""
+        if (kind, ident) not in self._pending_changes:
+            self._pending_changes.add((kind, ident))
+            asyncio.get_running_loop().create_task(self._reconcile(kind, ident))
+
+    async def _reconcile(self, kind: str, ident: str) -> None:
+        self._pending_changes.discard((kind, ident))  # a change arriving from now on needs another look
+        ctx = Context(self.services, "backend")
+        try:
+            for hook in self.registry.on_backend_change:
+                result = hook(ctx, kind, ident)
+                if asyncio.iscoroutine(result):
+                    await result
+            await self.services.commit(self.db.last_seq)
+        except Exception:  # noqa: BLE001 - one bad report must not stop the server
+            log.exception("could not record an outside change of %s %s", kind, ident)
 
     def _auth(self):
         if self.config.auth == "none":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,6 +241,24 @@ class Backend(ABC):
     def set_sched_domains(self, domains: list[SchedDomain]) -> None:
         """Replace every scheduling domain (the server sends the whole set whenever it changes)."""
         raise self.missing(Capability.SCHED_DOMAIN)
+
+    # -- definitions the hypervisor keeps (libvirt's persistent domains) ----------------------
+    def define(self, config: DomainConfig) -> None:  # noqa: B027 - most hypervisors keep no definitions
+        """The stored definition changed (static/perm): backends that keep one for the next start
+        (libvirt's persistent config) update it; a running domain's live state is not touched."""
+
+    def undefine(self, uuid: str) -> None:  # noqa: B027 - see define
+        """The VM was destroyed: forget any definition the hypervisor keeps for it."""
+
+    def definitions(self) -> list[DomainConfig]:
+        """Halted domains the hypervisor keeps a definition of (discovered at start as halted VMs)."""
+        return []
+
+    # -- changes made outside xend-ext ------------------------------------------------------------
+    def watch(self, notify: Callable[[str, str], None]) -> None:  # noqa: B027 - optional
+        """Report changes made behind the server's back, from any thread: ``notify("domain", uuid)``
+        for a domain, ``notify("pools", "")`` for CPU pools. The default sees none (the simulated
+        host changes only through the server)."""
 
     def missing(self, capability: str) -> BackendError:
         return BackendError(f"the {self.name} backend cannot do {capability}", "NOT_IMPLEMENTED", capability)

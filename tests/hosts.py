@@ -1,0 +1,71 @@
+"""The hypervisors a test server can run on, one parametrised suite over them.
+
+A test module marks itself ``pytestmark = pytest.mark.backends("sim", "libvirt")`` and asks for the
+``backend`` fixture (a :class:`Host`); ``ServerProcess(..., host=backend)`` or ``make_server`` then
+starts the server on that hypervisor. The sim's own flags (``--cpus``, ``--memory``) describe the
+host the test wants; each Host turns them into what its backend needs (for libvirt, a private fake
+host from libvirt's test driver, written as a node XML beside the state directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SIM_FLAGS = {"--cpus": 8, "--memory": 16384, "--numa-nodes": 1}
+
+
+def _take(extra: list[str], flag: str, default):
+    """The value of ``flag`` in ``extra`` (removed from it), else ``default``."""
+    if flag in extra:
+        i = extra.index(flag)
+        value = extra[i + 1]
+        del extra[i:i + 2]
+        return type(default)(value)
+    return default
+
+
+class Host:
+    name = "?"
+
+    def args(self, state_dir: Path, extra: list[str]) -> list[str]:
+        """The server's command-line arguments for this hypervisor (``extra`` may be consumed)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class SimHost(Host):
+    name = "sim"
+
+    def args(self, state_dir: Path, extra: list[str]) -> list[str]:
+        return []  # the sim flags are the simulated host's own
+
+
+class LibvirtHost(Host):
+    """libvirt's test driver: a private host per server from a node XML (exactly what --cpus and
+    --memory ask). The test driver's host lives inside the server process, so a server restart is
+    a host reboot: only the node file's (empty) domain list comes back."""
+
+    name = "libvirt"
+
+    def args(self, state_dir: Path, extra: list[str]) -> list[str]:
+        cpus = _take(extra, "--cpus", 8)
+        memory = _take(extra, "--memory", 16384)
+        _take(extra, "--numa-nodes", 1)  # a custom test-driver host cannot describe NUMA cells
+        if "--sim-reboot" in extra:
+            extra.remove("--sim-reboot")  # every restart is a reboot of the test driver's host
+        if cpus > 8:
+            raise ValueError("libvirt's test driver pins only pCPUs 0-7: give the test host at most 8")
+        node = Path(state_dir).parent / f"{Path(state_dir).name}-libvirt-host.xml"
+        node.parent.mkdir(parents=True, exist_ok=True)
+        node.write_text(
+            "<node>\n"
+            f"  <cpu><mhz>2400</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores>"
+            f"<threads>1</threads><active>{cpus}</active></cpu>\n"
+            f"  <memory>{memory * 1024}</memory>\n"
+            "</node>\n", encoding="utf-8")
+        return ["--backend", "libvirt", "--libvirt-uri", f"test://{node}"]
+
+
+HOSTS: dict[str, Host] = {"sim": SimHost(), "libvirt": LibvirtHost()}
