@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean system-deps
+.PHONY: run test bench lint clean system-deps libvirt-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(VENV)/.installed: setup.py $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.py $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+# libvirt-python builds against the C library's headers (libvirt-dev, found through pkg-config)
+$(VENV)/.installed-test: setup.py $(VENV)/.installed libvirt-deps
+	$(BIN)/python -m pip install --quiet -e '.[test,libvirt]'
 	touch $@
 
 run: $(VENV)/.installed
@@ -24,6 +25,10 @@ run: $(VENV)/.installed
 # curl is what the shell example and the README's curl session use.
 system-deps:
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends curl)
+
+libvirt-deps:
+	@pkg-config --exists libvirt 2>/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-dev pkg-config)
 
 test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+POOL0_UUID = "00000000-0000-0000-0000-0000000000f0"  # the boot pool, Pool-0, on every backend
+
+
 class Capability:
     """Names of what a backend may be able to do (the NOT_IMPLEMENTED parameter)."""
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import sxp
 from ..sched_model import VCPU, Entity, solve
 from .base import (
+    POOL0_UUID,
     Backend,
     BackendError,
     Capability,
@@ -40,7 +41,6 @@ STATE_FILE = "sim-host.sxp"
 IMAGE_MAGIC = b"XEND-EXT-SIM-IMAGE 1\n"
 DOM0_UUID = "00000000-0000-0000-0000-000000000000"
 DOM0_MEMORY = 1024 * MIB
-POOL0_UUID = "00000000-0000-0000-0000-0000000000f0"  # the boot pool, Pool-0
 SCHEDULERS = ("credit", "credit2", "sedf")
 
 

@@ -1,0 +1,913 @@
+"""The libvirt backend: real domains through libvirt-python (qemu:///system, xen:///system, test:///...).
+
+libvirt has no CPU pools, scheduling domains or cpuoccupy. Pools and reserved CPUs are emulated
+by pinning: a vCPU may run only on its pool's CPUs, less the CPUs reserved to other domains,
+within the pins asked for it. What libvirt cannot hold for us (the pool, the pins as asked, weight
+and cap as asked, the start time, a saved image's VM record) lives in the domain's libvirt metadata
+under our own XML namespace; the pools themselves in ``libvirt-pools.sxp`` in the state directory.
+
+Definitions are edited, never replaced: a domain libvirt already knows keeps its devices, and only
+memory, vCPUs, pins, kernel and our metadata are rewritten (``XMLDesc(INACTIVE)`` + ``defineXML``,
+which every driver supports). Live changes use the ``AFFECT_LIVE`` calls and plain ``pinVcpu``.
+
+What a driver cannot do is a missing capability, never faked: weight and cap need a driver with
+scheduler parameters (Xen: weight/cap; QEMU and LXC: cpu_shares and vcpu_quota), which libvirt's
+test driver lacks; migration between xend-ext servers needs an image of a running domain, which
+libvirt does not give; scheduling domains have no libvirt counterpart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lxml import etree
+
+from .. import cpuset, sxp
+from .base import (
+    POOL0_UUID,
+    Backend,
+    BackendError,
+    Capability,
+    CpuPool,
+    Domain,
+    DomainConfig,
+    HostInfo,
+    PhysicalCPU,
+    PowerState,
+)
+
+try:
+    import libvirt
+except ImportError as exc:  # the [libvirt] extra is optional: the sim needs none of this
+    raise ImportError("the libvirt backend needs libvirt-python: pip install 'xend-ext[libvirt]'") from exc
+
+log = logging.getLogger("xend_ext.libvirt")
+
+NS = "https://xend-ext.org/xmlns/domain/1"
+NS_PREFIX = "xend"
+IMAGE_ENTRIES = f"metadata/{{{NS}}}xend/{{*}}image"  # a saved image's VM record, in its domain XML
+KIB = 1024
+POOLS_FILE = "libvirt-pools.sxp"
+SCHEDULERS = ("credit", "credit2", "sedf")  # pool scheduler names (labels unless the host is Xen)
+# scheduler parameters per driver: (weight name, weight scale, cap name or None)
+SCHED_PARAMS = {"Xen": ("weight", 1, "cap"), "QEMU": ("cpu_shares", 4, "vcpu_quota"), "LXC": ("cpu_shares", 4, None)}
+QUOTA_PERIOD = 100_000  # µs: vcpu_quota = cap% of one pCPU per period, split over the vCPUs
+SHUTDOWN_WAIT = 60.0  # seconds a clean shutdown may take before we call it failed
+CACHE_SECONDS = 2.0  # domain facts are refreshed at least this often even without an event
+
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def _start_event_loop() -> None:
+    """libvirt delivers events only with an event implementation registered before the first
+    open() and a thread running it; once per process."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _error(exc: libvirt.libvirtError, uuid: str = "") -> BackendError:
+    """A libvirt failure as the Xen-API error a client can act on."""
+    code, message = exc.get_error_code(), exc.get_error_message() or str(exc)
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return BackendError(message, "HANDLE_INVALID", "VM", uuid)
+    if code in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED):
+        return BackendError(message, "NOT_IMPLEMENTED", message)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return BackendError(message, "OPERATION_NOT_ALLOWED", message)
+    return BackendError(f"libvirt: {message}", "BACKEND_ERROR", f"libvirt: {message}")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+class LibvirtBackend(Backend):
+    name = "libvirt"
+
+    def __init__(self, uri: str, state_dir: str | Path) -> None:
+        _start_event_loop()
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise ValueError(f"cannot connect to libvirt at {uri}: {exc.get_error_message()}") from None
+        self.uri = uri
+        self.driver = self.conn.getType()  # "Xen", "QEMU", "LXC", "TEST"...
+        self.sched = SCHED_PARAMS.get(self.driver)
+        self.pools_path = Path(state_dir) / POOLS_FILE
+        self._lock = threading.RLock()
+        self._cache: dict[str, Domain] = {}
+        self._cache_until = 0.0
+        self._first_seen: dict[str, dt.datetime] = {}
+        self._info = self._describe()
+        self.ncpus = len(self._info.cpus)
+        self._pools: dict[str, CpuPool] = {}
+        self._occupied: dict[int, frozenset[str]] = {}
+        self._next_poolid = 1
+        self._load_pools()
+        self.capabilities = frozenset({
+            Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
+            Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN, Capability.POOLS, Capability.CPU_OCCUPY,
+            *([Capability.SCHED_CREDIT] if self.sched else []),
+            *([Capability.MEMORY_MAX_LIVE] if self.driver == "Xen" else []),  # QEMU refuses a live maximum
+            *([Capability.NUMA] if len({c.numa_node for c in self._info.cpus}) > 1 else []),
+        })
+        self._notify = None
+        self._changes: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    # -- the host ----------------------------------------------------------------------------
+    def _describe(self) -> HostInfo:
+        model, memory_mib, cpus, mhz, nodes, sockets, cores, threads = self.conn.getInfo()
+        caps = etree.fromstring(self.conn.getCapabilities().encode())
+        self.host_uuid = caps.findtext("host/uuid") or "00000000-0000-0000-0000-000000000000"
+        node_of = {int(cpu.get("id")): int(cell.get("id"))
+                   for cell in caps.iterfind("host/topology/cells/cell") for cpu in cell.iterfind("cpus/cpu")}
+        # a host file of the test driver has no cells: every CPU is on node 0 (nodeGetInfo still counts them)
+        physical = tuple(PhysicalCPU(number=n, vendor=caps.findtext("host/cpu/vendor") or "",
+                                     modelname=caps.findtext("host/cpu/model") or model, speed_mhz=mhz,
+                                     numa_node=node_of.get(n, 0)) for n in range(cpus))
+        version = self.conn.getVersion()
+        sched = "credit"
+        if self.driver == "Xen":  # Domain-0 tells which scheduler Xen runs
+            try:
+                sched = self.conn.lookupByID(0).schedulerType()[0]
+            except libvirt.libvirtError:
+                pass
+        return HostInfo(
+            hostname=self.conn.getHostname(), cpus=physical, memory_total=memory_mib << 20, memory_free=0,
+            sched_policy=sched if sched in SCHEDULERS else "credit",
+            software_version={"product_brand": "xend-ext", "libvirt": str(libvirt.getVersion()),
+                              "hypervisor": f"{self.driver} {version}", "libvirt_uri": self.uri,
+                              "hostname": self.conn.getHostname()},
+            cpu_configuration={"nr_cpus": str(cpus), "nr_nodes": str(max(1, len(set(node_of.values())))),
+                               "sockets": str(sockets), "cores_per_socket": str(cores),
+                               "threads_per_core": str(threads)},
+        )
+
+    def host_info(self) -> HostInfo:
+        with self._lock:
+            used = sum(d.memory for d in self._domains().values()
+                       if d.power_state in (PowerState.RUNNING, PowerState.PAUSED) and not d.is_control_domain)
+            free = self._info.memory_total - used
+            if self.driver != "TEST":  # a real host knows better (its own OS uses memory too)
+                try:
+                    free = min(free, self.conn.getFreeMemory())
+                except libvirt.libvirtError:
+                    pass
+            return replace(self._info, memory_free=max(0, free))
+
+    # -- reading domains -----------------------------------------------------------------------
+    def _meta(self, dom) -> etree._Element | None:
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None  # not one of ours (yet)
+            raise
+        return etree.fromstring(text.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+
+    def _read(self, dom) -> Domain | None:
+        """The live state of one libvirt domain; None when it is halted (shut off, no saved image)."""
+        state = dom.state()[0]
+        active = dom.isActive()
+        if not active:
+            if not dom.hasManagedSaveImage(0):
+                return None
+            power = PowerState.SUSPENDED
+        elif state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+            power = PowerState.PAUSED
+        else:
+            power = PowerState.RUNNING
+        uuid = dom.UUIDString()
+        _state, max_kib, kib, nvcpus, _cputime = dom.info()
+        meta = self._meta(dom)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if active else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        vcpus_max = dom.vcpusFlags(flags | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        if not active:
+            nvcpus = dom.vcpusFlags(flags)
+        where: dict[int, int] = {}
+        pins: dict[int, frozenset[int]] = {}
+        if active:
+            info, maps = dom.vcpus()
+            where = {v[0]: v[3] for v in info}
+            if meta is None:  # a domain we did not start: its pins are what libvirt has
+                for v, cpumap in enumerate(maps):
+                    cpus = frozenset(c for c, on in enumerate(cpumap[:self.ncpus]) if on)
+                    if cpus and len(cpus) < self.ncpus:
+                        pins[v] = cpus
+        weight, cap = 256, 0
+        started = self._first_seen.setdefault(uuid, _now())
+        keep: dict[str, str] = {}
+        pool = POOL0_UUID
+        if meta is not None:
+            weight, cap = int(meta.get("weight", "256")), int(meta.get("cap", "0"))
+            pool = meta.get("pool", POOL0_UUID)
+            if meta.get("started"):
+                started = dt.datetime.fromisoformat(meta.get("started"))
+            pins = {int(p.get("vcpu")): cpuset.parse(p.get("cpus")) for p in meta.iterfind("{*}pin")}
+            keep = {k.get("key"): k.text or "" for k in meta.iterfind("{*}keep")}
+        if active and self.sched and power != PowerState.SUSPENDED:
+            weight, cap = self._read_sched(dom, nvcpus, weight, cap)
+        return Domain(
+            uuid=uuid, name=dom.name(), domid=dom.ID() if active else -1, power_state=power,
+            memory=kib * KIB, memory_max=max_kib * KIB, vcpus=nvcpus, vcpus_max=vcpus_max, weight=weight,
+            cap=cap, pins=pins, vcpu_cpu=where, start_time=started,
+            is_control_domain=self.driver == "Xen" and active and dom.ID() == 0, metadata=keep,
+            pool=pool if pool in self._pools else POOL0_UUID,
+        )
+
+    def _read_sched(self, dom, nvcpus: int, weight: int, cap: int) -> tuple[int, int]:
+        name, scale, cap_name = self.sched
+        try:
+            params = dom.schedulerParametersFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError:
+            return weight, cap
+        if name in params:
+            weight = int(params[name]) // scale
+        if cap_name == "cap" and "cap" in params:
+            cap = int(params["cap"])
+        elif cap_name == "vcpu_quota" and "vcpu_quota" in params:
+            quota = int(params["vcpu_quota"])
+            cap = 0 if quota <= 0 else round(quota * nvcpus * 100 / int(params.get("vcpu_period", QUOTA_PERIOD)))
+        return weight, cap
+
+    def _control_domain(self) -> Domain | None:
+        """On hosts where the control domain is the host itself (QEMU, LXC, test), Domain-0 stands
+        for it: it runs, cannot be stopped, and its figures are the host's."""
+        if self.driver == "Xen":
+            return None
+        return Domain(uuid=self.host_uuid, name="Domain-0", domid=0, power_state=PowerState.RUNNING,
+                      memory=0, memory_max=0, vcpus=self.ncpus, vcpus_max=self.ncpus, weight=256, cap=0, pins={},
+                      start_time=self._first_seen.setdefault(self.host_uuid, _now()), is_control_domain=True,
+                      pool=POOL0_UUID)
+
+    def _domains(self) -> dict[str, Domain]:
+        if time.monotonic() >= self._cache_until:
+            found = {}
+            for dom in self.conn.listAllDomains(0):
+                try:
+                    d = self._read(dom)
+                except libvirt.libvirtError:  # it went away while we looked
+                    continue
+                if d is not None:
+                    found[d.uuid] = d
+            control = self._control_domain()
+            if control is not None:
+                found[control.uuid] = control
+            self._cache, self._cache_until = found, time.monotonic() + CACHE_SECONDS
+        return self._cache
+
+    def _refresh(self, uuid: str) -> Domain | None:
+        """Read one domain again and keep the answer (after our own change, or an event)."""
+        self._domains()
+        if uuid == self.host_uuid and self.driver != "Xen":
+            return self._cache.get(uuid)
+        try:
+            d = self._read(self.conn.lookupByUUIDString(uuid))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            d = None
+        if d is None:
+            self._cache.pop(uuid, None)
+        else:
+            self._cache[uuid] = d
+        return d
+
+    def domains(self) -> list[Domain]:
+        with self._lock:
+            return list(self._domains().values())
+
+    def domain(self, uuid: str) -> Domain | None:
+        with self._lock:
+            return self._domains().get(uuid)
+
+    def definitions(self) -> list[DomainConfig]:
+        """Persistent domains that are shut off: halted VMs the host keeps a definition of."""
+        with self._lock:
+            configs = []
+            for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE
+                                                | libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT):
+                if dom.hasManagedSaveImage(0):
+                    continue
+                root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+                vcpu = root.find("vcpu")
+                vcpus_max = int(vcpu.text) if vcpu is not None else 1
+                meta = self._meta(dom)
+                configs.append(DomainConfig(
+                    uuid=dom.UUIDString(), name=dom.name(),
+                    memory=int(root.findtext("currentMemory") or root.findtext("memory") or 0) * KIB,
+                    memory_max=int(root.findtext("memory") or 0) * KIB,
+                    vcpus=int(vcpu.get("current", vcpus_max)) if vcpu is not None else 1, vcpus_max=vcpus_max,
+                    weight=int(meta.get("weight", "256")) if meta is not None else 256,
+                    cap=int(meta.get("cap", "0")) if meta is not None else 0,
+                    pins={int(p.get("vcpu")): cpuset.parse(p.get("cpus")) for p in meta.iterfind("{*}pin")}
+                    if meta is not None else {},
+                    kernel=root.findtext("os/kernel") or "", ramdisk=root.findtext("os/initrd") or "",
+                    args=root.findtext("os/cmdline") or "",
+                    metadata={k.get("key"): k.text or "" for k in meta.iterfind("{*}keep")} if meta is not None else {}))
+            return configs
+
+    # -- helpers for actions --------------------------------------------------------------------
+    def _lookup(self, uuid: str):
+        try:
+            return self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            raise _error(exc, uuid) from None
+
+    def _get(self, uuid: str, *states: str) -> Domain:
+        d = self._refresh(uuid)  # a fresh look: the state may have changed behind our back
+        if d is None:
+            raise BackendError(f"no domain {uuid} on this host", "HANDLE_INVALID", "VM", uuid)
+        if states and d.power_state not in states:
+            raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid,
+                               "/".join(s.lower() for s in states), d.power_state.lower())
+        if d.is_control_domain and states:
+            raise BackendError("Domain-0 cannot be stopped, paused or moved", "OPERATION_NOT_ALLOWED",
+                               "Domain-0 cannot be stopped, paused, suspended or moved")
+        return d
+
+    def _not_control(self, d: Domain) -> None:
+        if d.is_control_domain and self.driver != "Xen":
+            raise BackendError("Domain-0 is the host itself here", "OPERATION_NOT_ALLOWED",
+                               f"on a {self.driver} host the control domain is the host itself")
+
+    def _check_memory(self, needed: int, releasing: int = 0) -> None:
+        free = self.host_info().memory_free + releasing
+        if needed > free:
+            raise BackendError(f"{needed} bytes needed, {free} free", "HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
+
+    def _check_pins(self, pins: dict[int, frozenset[int]]) -> None:
+        for vcpu, cpus in pins.items():
+            bad = sorted(c for c in cpus if not 0 <= c < self.ncpus)
+            if bad:
+                raise BackendError(f"pCPU {bad[0]} does not exist", "INVALID_VALUE", f"cpumap{vcpu}",
+                                   cpuset.format(cpus))
+
+    def _affect(self, dom) -> int:
+        """Change the running domain and, if libvirt keeps one, its persistent definition."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+        if dom.isPersistent():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        return flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT
+
+    def _write_meta(self, dom, **changes) -> None:
+        """Rewrite our metadata element with some attributes or children replaced."""
+        meta = self._meta(dom)
+        if meta is None:
+            meta = etree.Element("xend")
+        for key, value in changes.items():
+            if key == "pins":
+                for old in meta.findall("{*}pin"):
+                    meta.remove(old)
+                for v, cpus in sorted(value.items()):
+                    etree.SubElement(meta, "pin", vcpu=str(v), cpus=cpuset.format(cpus))
+            elif key in ("keep", "image"):
+                for old in meta.findall("{*}" + key):
+                    meta.remove(old)
+                for k, v in sorted(value.items()):
+                    etree.SubElement(meta, key, key=k).text = v
+            else:
+                meta.set(key, str(value))
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, etree.tostring(meta, encoding="unicode"),
+                        NS_PREFIX, NS, self._affect(dom))
+
+    def _allowed(self, uuid: str, pool: str, vcpu: int, pins: dict[int, frozenset[int]]) -> frozenset[int]:
+        """Where a vCPU may run: its pool's CPUs, less CPUs reserved to others, within its pins."""
+        home = self._pools[pool].cpus if pool in self._pools and self._pools[pool].cpus else \
+            frozenset(range(self.ncpus))
+        allowed = home - {cpu for cpu, who in self._occupied.items() if uuid not in who} or home
+        return (pins.get(vcpu, allowed) & allowed) or allowed
+
+    def _repin(self, uuid: str) -> None:
+        """Apply the pool, reservations and pins of a running domain to libvirt."""
+        d = self._refresh(uuid)
+        if d is None or d.power_state == PowerState.SUSPENDED or d.is_control_domain:
+            return
+        dom = self._lookup(uuid)
+        for v in range(d.vcpus):
+            cpus = self._allowed(uuid, d.pool, v, d.pins)
+            dom.pinVcpu(v, tuple(c in cpus for c in range(self.ncpus)))
+        self._refresh(uuid)
+
+    def _definition(self, config: DomainConfig, base: str | None) -> str:
+        """The domain XML for ``config``: the existing definition edited, or a new minimal one."""
+        if base is None:
+            kind = {"Xen": "xen", "QEMU": "kvm", "LXC": "lxc", "TEST": "test"}.get(self.driver, "test")
+            root = etree.Element("domain", type=kind)
+            os_el = etree.SubElement(root, "os")
+            etree.SubElement(os_el, "type").text = "linux" if self.driver == "Xen" else "hvm"
+        else:
+            root = etree.fromstring(base.encode())
+        for tag in ("name", "uuid", "memory", "currentMemory", "vcpu", "cputune"):
+            for old in root.findall(tag):
+                root.remove(old)
+        pos = 0
+        for tag, text in (("name", config.name), ("uuid", config.uuid), ("memory", str(config.memory_max // KIB)),
+                          ("currentMemory", str(config.memory // KIB)), ("vcpu", str(config.vcpus_max))):
+            el = etree.Element(tag)
+            el.text = text
+            root.insert(pos, el)
+            pos += 1
+        root.find("memory").set("unit", "KiB")
+        root.find("currentMemory").set("unit", "KiB")
+        root.find("vcpu").set("placement", "static")
+        root.find("vcpu").set("current", str(config.vcpus))
+        tune = etree.Element("cputune")
+        if self.sched and self.sched[0] == "cpu_shares":
+            etree.SubElement(tune, "shares").text = str(config.weight * self.sched[1])
+            if config.cap and self.sched[2]:
+                etree.SubElement(tune, "period").text = str(QUOTA_PERIOD)
+                etree.SubElement(tune, "quota").text = str(config.cap * QUOTA_PERIOD // 100 // max(1, config.vcpus))
+        for v in range(config.vcpus_max):
+            cpus = self._allowed(config.uuid, config.pool or POOL0_UUID, v, config.pins)
+            if len(cpus) < self.ncpus:
+                etree.SubElement(tune, "vcpupin", vcpu=str(v), cpuset=cpuset.format(cpus))
+        if len(tune):
+            root.insert(pos, tune)
+        os_el = root.find("os")
+        for tag, value in (("kernel", config.kernel), ("initrd", config.ramdisk), ("cmdline", config.args)):
+            old = os_el.find(tag)
+            if value:
+                (old if old is not None else etree.SubElement(os_el, tag)).text = value
+        meta_root = root.find("metadata")
+        if meta_root is None:
+            meta_root = etree.Element("metadata")
+            root.insert(pos, meta_root)
+        for old in meta_root.findall(f"{{{NS}}}xend"):
+            meta_root.remove(old)
+        meta = etree.SubElement(meta_root, f"{{{NS}}}xend", nsmap={NS_PREFIX: NS}, pool=config.pool or POOL0_UUID,
+                                weight=str(config.weight), cap=str(config.cap))
+        for v, cpus in sorted(config.pins.items()):
+            etree.SubElement(meta, "pin", vcpu=str(v), cpus=cpuset.format(cpus))
+        for k, v in sorted(config.metadata.items()):
+            etree.SubElement(meta, "keep", key=k).text = v
+        return etree.tostring(root, encoding="unicode")
+
+    def _existing(self, uuid: str):
+        try:
+            return self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _error(exc, uuid) from None
+
+    def _boot(self, dom, paused: bool, resume_image: bool = False) -> None:
+        """Start a defined domain (from its managed save image if it has one), paused if asked."""
+        try:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+        except libvirt.libvirtError as exc:
+            if not paused or exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                raise
+            dom.create()  # a driver without START_PAUSED (libvirt's test driver): pause at once
+            dom.suspend()
+
+    def _apply_sched(self, dom, weight: int, cap: int, vcpus: int) -> None:
+        if not self.sched:
+            return
+        name, scale, cap_name = self.sched
+        params = {name: weight * scale}
+        if cap_name == "cap":
+            params["cap"] = cap
+        elif cap_name == "vcpu_quota":
+            params["vcpu_period"] = QUOTA_PERIOD
+            params["vcpu_quota"] = cap * QUOTA_PERIOD // 100 // max(1, vcpus) if cap else -1
+        dom.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def _act(self, uuid: str, action):
+        """Run libvirt calls for one domain under the lock; a libvirt failure becomes a BackendError."""
+        with self._lock:
+            try:
+                return action()
+            except libvirt.libvirtError as exc:
+                self._refresh_quietly(uuid)
+                raise _error(exc, uuid) from None
+
+    def _refresh_quietly(self, uuid: str) -> None:
+        try:
+            self._refresh(uuid)
+        except libvirt.libvirtError:
+            self._cache_until = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def define(self, config: DomainConfig) -> None:
+        def action():
+            dom = self._existing(config.uuid)
+            if dom is not None and not dom.isPersistent():
+                return  # a transient domain has no definition to keep; the next start makes one
+            base = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom is not None else None
+            if dom is not None:
+                self.conn.defineXML(self._definition(config, base))
+        self._act(config.uuid, action)
+
+    def undefine(self, uuid: str) -> None:
+        def action():
+            dom = self._existing(uuid)
+            if dom is not None and dom.isPersistent() and not dom.isActive():
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        self._act(uuid, action)
+
+    def start(self, config: DomainConfig, paused: bool) -> Domain:
+        def action():
+            self._check_pins(config.pins)
+            if (config.pool or POOL0_UUID) not in self._pools:
+                raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
+            dom = self._existing(config.uuid)
+            if dom is not None and dom.isActive():
+                raise BackendError(f"domain {config.name} already runs", "VM_BAD_POWER_STATE", config.uuid,
+                                   "halted", "running")
+            self._check_memory(config.memory)
+            if dom is not None and dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)  # a stale image: start means a fresh boot from the definition
+            base = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom is not None and dom.isPersistent() else None
+            dom = self.conn.defineXML(self._definition(config, base))
+            self._boot(dom, paused)
+            self._write_meta(dom, started=_now().isoformat())
+            self._apply_sched(dom, config.weight, config.cap, config.vcpus)
+            self._repin(config.uuid)
+            return self._refresh(config.uuid)
+        return self._act(config.uuid, action)
+
+    def _stop(self, dom, clean: bool) -> None:
+        if not clean:
+            dom.destroy()
+            return
+        dom.shutdown()
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        while dom.isActive():  # the guest shuts itself down; we wait for it, within reason
+            if time.monotonic() > deadline:
+                raise BackendError(f"{dom.name()} did not shut down within {SHUTDOWN_WAIT:.0f} s",
+                                   "OPERATION_NOT_ALLOWED", "the guest ignored the shutdown request; "
+                                   "use hard_shutdown")
+            time.sleep(0.1)
+
+    def shutdown(self, uuid: str, clean: bool) -> None:
+        def action():
+            states = (PowerState.RUNNING,) if clean else (PowerState.RUNNING, PowerState.PAUSED, PowerState.SUSPENDED)
+            d = self._get(uuid, *states)
+            dom = self._lookup(uuid)
+            if d.power_state == PowerState.SUSPENDED:
+                dom.managedSaveRemove(0)
+            else:
+                self._stop(dom, clean)
+            self._refresh(uuid)
+        self._act(uuid, action)
+
+    def reboot(self, uuid: str, clean: bool, config: DomainConfig) -> Domain:
+        def action():
+            states = (PowerState.RUNNING,) if clean else (PowerState.RUNNING, PowerState.PAUSED)
+            old = self._get(uuid, *states)
+            self._check_memory(config.memory, releasing=old.memory)
+            # the stored definition applies at every start, reboots too: stop, redefine, boot
+            self._stop(self._lookup(uuid), clean)
+            self._refresh(uuid)
+            return None
+        self._act(uuid, action)
+        return self.start(config, paused=False)
+
+    def pause(self, uuid: str) -> Domain:
+        def action():
+            self._get(uuid, PowerState.RUNNING)
+            self._lookup(uuid).suspend()
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def unpause(self, uuid: str) -> Domain:
+        def action():
+            self._get(uuid, PowerState.PAUSED)
+            self._lookup(uuid).resume()
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def suspend(self, uuid: str) -> Domain:
+        def action():
+            self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            dom = self._lookup(uuid)
+            if not dom.isPersistent():
+                raise BackendError("a transient domain has no definition to suspend to", "OPERATION_NOT_ALLOWED",
+                                   "libvirt keeps suspended images only of persistent domains")
+            dom.managedSave(0)
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def resume(self, uuid: str, paused: bool) -> Domain:
+        def action():
+            d = self._get(uuid, PowerState.SUSPENDED)
+            self._check_memory(d.memory)
+            self._boot(self._lookup(uuid), paused)
+            self._repin(uuid)
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    # -- save / restore: libvirt's image, our VM record inside its domain XML ------------------------
+    def save(self, uuid: str, path: Path, metadata: dict[str, str]) -> None:
+        def action():
+            self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            dom = self._lookup(uuid)
+            self._write_meta(dom, image=metadata)
+            dom.save(str(path))
+            if dom.isPersistent():  # the record belongs to the image, not to the next start
+                self._write_meta(dom, image={})
+            self._refresh(uuid)
+        self._act(uuid, action)
+
+    def _image_xml(self, path: Path) -> etree._Element:
+        try:
+            text = self.conn.saveImageGetXMLDesc(str(path), 0)
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"{path} is not a saved domain image: {exc.get_error_message()}", "INVALID_VALUE",
+                               "path", str(path)) from None
+        return etree.fromstring(text.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+
+    def read_image(self, path: Path) -> dict[str, str]:
+        with self._lock:
+            root = self._image_xml(path)
+            return {e.get("key"): e.text or "" for e in root.iterfind(IMAGE_ENTRIES)}
+
+    def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
+        def action():
+            root = self._image_xml(path)
+            uuid = root.findtext("uuid")
+            meta = {e.get("key"): e.text or "" for e in root.iterfind(IMAGE_ENTRIES)}
+            existing = self._existing(uuid)
+            if existing is not None and (existing.isActive() or existing.hasManagedSaveImage(0)):
+                raise BackendError(f"domain {existing.name()} is already here", "VM_BAD_POWER_STATE", uuid,
+                                   "halted", "running")
+            if config is not None and (config.pool or POOL0_UUID) not in self._pools:
+                raise BackendError("the CPU pool of the domain is not active here", "POOL_BAD_STATE",
+                                   "deactivated")
+            self._check_memory(int(root.findtext("currentMemory") or 0) * KIB)
+            try:
+                self.conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0)
+            except libvirt.libvirtError as exc:
+                if not paused or exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                    raise
+                self.conn.restore(str(path))  # the test driver has no SAVE_PAUSED: pause at once
+                self.conn.lookupByUUIDString(uuid).suspend()
+            dom = self.conn.lookupByUUIDString(uuid)
+            changes = {"image": {}}
+            if config is not None:  # the VM may have been moved or renamed meanwhile
+                changes.update(keep=config.metadata, pool=config.pool or POOL0_UUID)
+            self._write_meta(dom, **changes)
+            self._repin(uuid)
+            return self._refresh(uuid), meta
+        return self._act("", action)
+
+    # -- allocation ---------------------------------------------------------------------------------
+    def set_memory(self, uuid: str, memory: int) -> Domain:
+        def action():
+            d = self._get(uuid)
+            self._not_control(d)
+            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
+                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
+                                   d.power_state.lower())
+            if memory > d.memory_max:
+                raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
+                                   f"the domain's maximum is {d.memory_max}")
+            self._check_memory(memory, releasing=d.memory)
+            self._lookup(uuid).setMemoryFlags(memory // KIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def set_memory_max(self, uuid: str, memory_max: int) -> Domain:
+        if Capability.MEMORY_MAX_LIVE not in self.capabilities:
+            raise self.missing(Capability.MEMORY_MAX_LIVE)
+
+        def action():
+            d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            if memory_max < d.memory:
+                raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
+                                   f"below the domain's current memory ({d.memory}); lower that first")
+            self._lookup(uuid).setMemoryFlags(memory_max // KIB,
+                                              libvirt.VIR_DOMAIN_MEM_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
+        def action():
+            d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            self._not_control(d)
+            if not 1 <= vcpus <= d.vcpus_max:
+                raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
+                                   f"between 1 and {d.vcpus_max}")
+            self._lookup(uuid).setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            self._repin(uuid)  # new vCPUs are confined like the others
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def pin(self, uuid: str, vcpu: int, cpus: frozenset[int] | None) -> Domain:
+        def action():
+            d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            self._not_control(d)
+            pins = dict(d.pins)
+            if cpus is None:
+                pins.pop(vcpu, None)
+            else:
+                self._check_pins({vcpu: cpus})
+                pins[vcpu] = frozenset(cpus)
+            self._write_meta(self._lookup(uuid), pins=pins)
+            self._repin(uuid)
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
+        if not self.sched:
+            raise self.missing(Capability.SCHED_CREDIT)
+
+        def action():
+            d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            self._not_control(d)
+            dom = self._lookup(uuid)
+            self._apply_sched(dom, weight, cap, d.vcpus)
+            self._write_meta(dom, weight=weight, cap=cap)
+            return self._refresh(uuid)
+        return self._act(uuid, action)
+
+    # -- CPU pools, emulated by pinning ---------------------------------------------------------------
+    def _load_pools(self) -> None:
+        state = sxp.loads(self.pools_path.read_text(encoding="utf-8")) if self.pools_path.exists() else None
+        if state is not None:
+            self._next_poolid = int(sxp.child_value(state, "next_poolid", "1"))
+            for child in state[1:]:
+                if isinstance(child, list) and child and child[0] == "cpupool":
+                    cpus = sxp.child_value(child, "cpus", "") or ""
+                    pool = CpuPool(uuid=sxp.child_value(child, "uuid"), name=sxp.child_value(child, "name"),
+                                   poolid=int(sxp.child_value(child, "poolid")), sched=sxp.child_value(child, "sched"),
+                                   cpus=frozenset(int(c) for c in cpus.split(",") if c and int(c) < self.ncpus))
+                    self._pools[pool.uuid] = pool
+                elif isinstance(child, list) and child and child[0] == "occupied":
+                    self._occupied[int(sxp.child_value(child, "cpu"))] = frozenset(
+                        u for u in (sxp.child_value(child, "domains", "") or "").split(",") if u)
+        if POOL0_UUID not in self._pools:  # first start on this host: every pCPU in the boot pool
+            self._pools[POOL0_UUID] = CpuPool(POOL0_UUID, "Pool-0", 0, self._info.sched_policy,
+                                              frozenset(range(self.ncpus)))
+            self._save_pools()
+
+    def _save_pools(self) -> None:
+        state = ["libvirt-pools", ["next_poolid", str(self._next_poolid)],
+                 *[["cpupool", ["uuid", p.uuid], ["name", p.name], ["poolid", str(p.poolid)], ["sched", p.sched],
+                    ["cpus", ",".join(str(c) for c in sorted(p.cpus))]] for p in self._pools.values()],
+                 *[["occupied", ["cpu", str(cpu)], ["domains", ",".join(sorted(who))]]
+                   for cpu, who in sorted(self._occupied.items())]]
+        self.pools_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.pools_path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(sxp.dumps(state) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.pools_path)
+
+    def pools(self) -> list[CpuPool]:
+        with self._lock:
+            return sorted(self._pools.values(), key=lambda p: p.poolid)
+
+    def _pool(self, uuid: str) -> CpuPool:
+        pool = self._pools.get(uuid)
+        if pool is None:
+            raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
+        return pool
+
+    def _owner(self, cpu: int) -> CpuPool | None:
+        return next((p for p in self._pools.values() if cpu in p.cpus), None)
+
+    def _in_pool(self, uuid: str) -> list[Domain]:
+        return [d for d in self._domains().values() if d.pool == uuid and not d.is_control_domain]
+
+    def _commit_pool(self, pool: CpuPool | None, uuid: str = "") -> CpuPool | None:
+        if pool is None:
+            self._pools.pop(uuid, None)
+        else:
+            self._pools[pool.uuid] = pool
+        self._save_pools()
+        for d in self._in_pool(pool.uuid if pool else uuid):
+            self._repin(d.uuid)
+        return pool
+
+    def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
+        def action():
+            if uuid in self._pools:
+                raise BackendError("the pool is already active", "POOL_BAD_STATE", "activated")
+            if sched not in SCHEDULERS:
+                raise BackendError(f"unknown scheduler {sched}", "UNKOWN_SCHED_POLICY")
+            for cpu in sorted(cpus):
+                owner = self._owner(cpu)
+                if not 0 <= cpu < self.ncpus or owner is not None:
+                    raise BackendError(f"pCPU {cpu} is not free", "INVALID_CPU",
+                                       f'cpu already assigned to pool "{owner.name}"' if owner else f"no pCPU {cpu}")
+            pool = CpuPool(uuid, name, self._next_poolid, sched, frozenset(cpus))
+            self._next_poolid += 1
+            return self._commit_pool(pool)
+        return self._act("", action)
+
+    def pool_deactivate(self, uuid: str) -> None:
+        def action():
+            pool = self._pool(uuid)
+            if pool.poolid == 0:
+                raise BackendError("the boot pool cannot be destroyed", "OPERATION_NOT_ALLOWED",
+                                   "Pool-0 cannot be deactivated")
+            if self._in_pool(uuid):
+                raise BackendError("domains run in the pool", "POOL_BAD_STATE", "in use")
+            self._commit_pool(None, uuid)
+        self._act("", action)
+
+    def pool_add_cpu(self, uuid: str, cpu: int) -> CpuPool:
+        def action():
+            pool = self._pool(uuid)
+            if not 0 <= cpu < self.ncpus:
+                raise BackendError(f"no pCPU {cpu}", "INVALID_CPU", f"no pCPU {cpu} on this host")
+            owner = self._owner(cpu)
+            if owner is not None:
+                raise BackendError("pCPU in a pool", "INVALID_CPU", f'cpu already assigned to pool "{owner.name}"')
+            return self._commit_pool(replace(pool, cpus=pool.cpus | {cpu}))
+        return self._act("", action)
+
+    def pool_remove_cpu(self, uuid: str, cpu: int) -> CpuPool:
+        def action():
+            pool = self._pool(uuid)
+            if cpu not in pool.cpus:
+                raise BackendError("pCPU not in the pool", "INVALID_CPU", "CPU not assigned to pool")
+            if pool.cpus == {cpu} and self._in_pool(uuid):
+                raise BackendError("last pCPU of a pool in use", "LAST_CPU_NOT_REMOVEABLE", "could not remove last cpu")
+            return self._commit_pool(replace(pool, cpus=pool.cpus - {cpu}))
+        return self._act("", action)
+
+    def pool_move_domain(self, domain: str, pool: str) -> Domain:
+        def action():
+            self._get(domain, PowerState.RUNNING, PowerState.PAUSED)
+            self._pool(pool)
+            self._write_meta(self._lookup(domain), pool=pool)
+            self._repin(domain)
+            return self._refresh(domain)
+        return self._act(domain, action)
+
+    def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
+        def action():
+            bad = sorted(c for c in occupied if not 0 <= c < self.ncpus)
+            if bad:
+                raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+            self._occupied = {cpu: frozenset(who) for cpu, who in occupied.items() if who}
+            self._save_pools()
+            for d in list(self._domains().values()):
+                if d.power_state in (PowerState.RUNNING, PowerState.PAUSED):
+                    self._repin(d.uuid)
+        self._act("", action)
+
+    # -- changes made outside xend-ext ------------------------------------------------------------
+    def watch(self, notify) -> None:
+        """libvirt's events say which domain changed; a worker re-reads it and reports only what
+        differs from what we last knew (our own actions already updated that)."""
+        self._notify = notify
+        for event in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+                      libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE,
+                      libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
+            try:
+                self.conn.domainEventRegisterAny(None, event, self._on_event, None)
+            except libvirt.libvirtError as exc:  # a driver without this event: the cache's refresh covers it
+                log.info("libvirt event %d not available: %s", event, exc.get_error_message())
+        threading.Thread(target=self._changes_worker, name="libvirt-changes", daemon=True).start()
+
+    def _on_event(self, _conn, dom, *_args) -> None:
+        self._changes.put(dom.UUIDString())  # no libvirt calls in the event loop's thread
+
+    def _changes_worker(self) -> None:
+        while True:
+            uuid = self._changes.get()
+            with self._lock:
+                before = self._cache.get(uuid)
+                try:
+                    after = self._refresh(uuid)
+                except libvirt.libvirtError:
+                    continue
+            if _differs(before, after) and self._notify is not None:
+                self._notify("domain", uuid)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def _differs(before: Domain | None, after: Domain | None) -> bool:
+    """A change worth reporting: ignore where vCPUs happen to run."""
+    if before is None or after is None:
+        return before is not after
+    return replace(before, vcpu_cpu={}, utilisation={}) != replace(after, vcpu_cpu={}, utilisation={})
