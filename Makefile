@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py $(BIN)/python
 	touch $@
 
 # libvirt-python builds against the C library's headers (libvirt-dev, found through pkg-config)
-$(VENV)/.installed-test: setup.py $(VENV)/.installed libvirt-deps
+$(VENV)/.installed-test: setup.py $(VENV)/.installed | libvirt-deps
 	$(BIN)/python -m pip install --quiet -e '.[test,libvirt]'
 	touch $@
 
