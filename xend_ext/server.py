@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import stat
+import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,9 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # before the first "listening" line is logged
-            loop.add_signal_handler(sig, self.stopping.set)
+        if threading.current_thread() is threading.main_thread():  # an embedding thread has no signals
+            for sig in (signal.SIGTERM, signal.SIGINT):  # before the first "listening" line is logged
+                loop.add_signal_handler(sig, self.stopping.set)
         tables, seq = self.store.open()
         try:
             self.db.load(tables)

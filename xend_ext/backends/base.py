@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 POOL0_UUID = "00000000-0000-0000-0000-0000000000f0"  # the boot pool, Pool-0, on every backend
 
 

@@ -323,7 +323,8 @@ class LibvirtBackend(Backend):
                     if meta is not None else {},
                     kernel=root.findtext("os/kernel") or "", ramdisk=root.findtext("os/initrd") or "",
                     args=root.findtext("os/cmdline") or "",
-                    metadata={k.get("key"): k.text or "" for k in meta.iterfind("{*}keep")} if meta is not None else {}))
+                    metadata={k.get("key"): k.text or "" for k in meta.iterfind("{*}keep")}
+                    if meta is not None else {}))
             return configs
 
     # -- helpers for actions --------------------------------------------------------------------
