@@ -1,5 +1,7 @@
 """Helpers of the cpu_pool tests: the official client against a real server, and looks at the
-simulated host's pools (``<state dir>/sim-host.sxp``) without going through the server under test."""
+hypervisor's pools: the simulated host's from its state file (``<state dir>/sim-host.sxp``), without
+going through the server under test; another backend's through the server's live view (the pools
+it reports active, with the pCPUs the backend gives them)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vmkit import event_from, failure, new_vm, session, unique
+from vmkit import event_from, failure, new_vm, on_sim, root_client, session, unique
 
 from xend_ext import sxp
 
@@ -22,8 +24,15 @@ def add_user(state_dir, user: str, password: str, role: str) -> None:
                     "--password-stdin"], input=password + "\n", text=True, check=True, capture_output=True)
 
 
-def backend_pools(server) -> dict[str, dict]:
-    """{uuid: {name, sched, cpus}} of the pools the simulated hypervisor has now (active pools)."""
+def backend_pools(server, x=None) -> dict[str, dict]:
+    """{uuid: {name, sched, cpus}} of the pools the hypervisor has now (active pools); ``x``: a client
+    of the server for the live view (default: a root session)."""
+    if not on_sim(server):
+        x = x or root_client(server)
+        default = x.host.get_sched_policy(x.host.get_all()[0])
+        return {rec["uuid"]: {"name": rec["name_label"], "sched": rec["sched_policy"] or default,
+                              "cpus": {int(x.host_cpu.get_number(c)) for c in rec["host_CPUs"]}}
+                for rec in x.cpu_pool.get_all_records().values() if rec["activated"]}
     state = sxp.loads((Path(server.state_dir) / "sim-host.sxp").read_text(encoding="utf-8"))
     pools = {}
     for node in state[1:]:
@@ -108,7 +117,7 @@ class PoolKit:
             "unassigned": self.unassigned(),
             "resident": sorted(self.x.host.get_resident_cpu_pools(self.host)),
             "vms": vms,
-            "backend": backend_pools(self.server),
+            "backend": backend_pools(self.server, self.x),
         }
 
     def refused(self, expected: list[str] | str, call, *args) -> list[str]:

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 
 import pytest
 from conftest import ServerProcess
-from vmkit import MIB, Kit, backend_domain, everything, failure, metrics, session
+from vmkit import BOTH, MIB, Kit, backend_domain, everything, failure, metrics, session
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 GIB = 1024 * MIB
 HOST_MEMORY_MIB = 16384  # the simulated host's default
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("alloc-matrix") / "state", unix=False).start()
+def srv(tmp_path_factory, backend):
+    server = ServerProcess(tmp_path_factory.mktemp("alloc-matrix") / "state", unix=False, host=backend).start()
     yield server
     server.stop()
 
@@ -405,9 +407,9 @@ def test_stored_memory_beyond_the_host_is_refused(kit, mode):
 # -- pins inside the VM's pool ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pooled(tmp_path_factory):
+def pooled(tmp_path_factory, backend):
     """A server whose pool P67 has pCPUs 6 and 7, and a running VM in it."""
-    server = ServerProcess(tmp_path_factory.mktemp("alloc-pool") / "state", unix=False).start()
+    server = ServerProcess(tmp_path_factory.mktemp("alloc-pool") / "state", unix=False, host=backend).start()
     x = session(server).xenapi
     cpus = {int(x.host_cpu.get_number(ref)): ref for ref in x.host_cpu.get_all()}
     pool0 = x.cpu_pool.get_by_name_label("Pool-0")[0]

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
-from vmkit import MIB, Kit, failure, metrics, session
+from vmkit import BOTH, MIB, Kit, failure, metrics, session
 
 from xend_ext import sxp
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 CPUS = 8
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("cpu-occupy") / "state", unix=False).start()
+def srv(tmp_path_factory, backend):
+    server = ServerProcess(tmp_path_factory.mktemp("cpu-occupy") / "state", unix=False, host=backend).start()
     yield server
     server.stop()
 

@@ -14,13 +14,15 @@ import time
 import pytest
 import XenAPI
 from poolkit import CPUS, PoolKit, add_user, backend_pools, event_from, failure, unique
-from vmkit import backend_domain, session
+from vmkit import BOTH, backend_domain, session
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 POOL0_UUID = "00000000-0000-0000-0000-0000000000f0"
 
 
 @pytest.fixture
-def kit(make_server) -> PoolKit:
+def kit(make_server, backend) -> PoolKit:
     return PoolKit(make_server("--cpus", str(CPUS), unix=False))
 
 

@@ -16,14 +16,16 @@ import xmlrpc.client
 import pytest
 import XenAPI
 from conftest import ServerProcess, fails, ok
-from vmkit import MIB, Kit, event_from, everything, failure, metrics
+from vmkit import BOTH, MIB, Kit, event_from, everything, failure, metrics
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 GIB = 1024 * MIB
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("vm-allocation") / "state", unix=False).start()
+def srv(tmp_path_factory, backend):
+    server = ServerProcess(tmp_path_factory.mktemp("vm-allocation") / "state", unix=False, host=backend).start()
     yield server
     server.stop()
 

@@ -14,9 +14,11 @@ import sys
 import pytest
 import XenAPI
 from conftest import ServerProcess
-from vmkit import MIB, backend_domain, event_from, failure, unique
+from vmkit import BOTH, MIB, backend_domain, event_from, failure, unique
 
 from xenapi_classes import build_registry
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 USERS = {"admin": ("admin-pw", "pool-admin"), "op": ("op-pw", "vm-operator"), "viewer": ("view-pw", "read-only")}
 DOM0 = "OpaqueRef:00000000-0000-0000-0000-000000000000"
@@ -28,12 +30,12 @@ def add_user(state_dir, user, password, role):
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def srv(tmp_path_factory, backend):
     state = tmp_path_factory.mktemp("vm-group") / "state"
     state.mkdir()
     for user, (password, role) in USERS.items():
         add_user(state, user, password, role)
-    server = ServerProcess(state, "--auth", "file", unix=False).start()
+    server = ServerProcess(state, "--auth", "file", unix=False, host=backend).start()
     yield server
     server.stop()
 

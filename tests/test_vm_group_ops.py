@@ -19,14 +19,16 @@ import xmlrpc.client
 import pytest
 import XenAPI
 from conftest import ROOT, ServerProcess
-from vmkit import MIB, Kit, backend_domain, event_from, failure, metrics, session, unique
+from vmkit import BOTH, MIB, Kit, backend_domain, event_from, failure, metrics, session, unique
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(tmp_path_factory, backend):
     base = tmp_path_factory.mktemp("vm-group-ops")
-    host = ServerProcess(base / "host", "--memory", "4096", unix=False).start()
-    other = ServerProcess(base / "other", unix=False).start()
+    host = ServerProcess(base / "host", "--memory", "4096", unix=False, host=backend).start()
+    other = ServerProcess(base / "other", unix=False, host=backend).start()
     yield host, other
     host.stop()
     other.stop()

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import ROOT, ServerProcess
-from vmkit import MIB, Kit, backend_domain, metrics
+from vmkit import BOTH, MIB, Kit, backend_domain, metrics
 
 from xend_ext import sxp
 from xend_ext.cli.main import main
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 ALLOC = ["mem-set", "setmem", "mem-max", "setmaxmem", "vcpu-set", "setvcpus"]
 #: a command line of each allocation command changing the test VM (128 of 256 MiB, 1 of 2 vCPUs)
@@ -30,9 +32,9 @@ CHANGE = {"mem-set": "200", "setmem": "200", "mem-max": "300", "setmaxmem": "300
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def srv(tmp_path_factory, backend):
     """One server for the module; its pool P67 has pCPUs 6 and 7 (the other tests keep off them)."""
-    server = ServerProcess(tmp_path_factory.mktemp("xm-alloc") / "state", unix=False).start()
+    server = ServerProcess(tmp_path_factory.mktemp("xm-alloc") / "state", unix=False, host=backend).start()
     k = Kit(server)
     cpus = {int(k.x.host_cpu.get_number(ref)): ref for ref in k.x.host_cpu.get_all()}
     pool0 = k.x.cpu_pool.get_by_name_label("Pool-0")[0]

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
+from vmkit import BOTH
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
 from xend_ext.cli import pool_config
 from xend_ext.cli.domain_config import ConfigError, Source
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 EXAMPLE = ROOT / "examples" / "cpupool"
 LIST_HEADER = "Name               CPUs   Sched     Active   Domain count"
@@ -31,8 +34,8 @@ POOL0_ROW = "Pool-0               8    credit       y          1"
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("xm-cpupool") / "state", "--cpus", "8").start()
+def srv(tmp_path_factory, backend):
+    server = ServerProcess(tmp_path_factory.mktemp("xm-cpupool") / "state", "--cpus", "8", host=backend).start()
     yield server
     server.stop()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
+from vmkit import BOTH
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -27,16 +28,18 @@ from xend_ext.cli import group_config
 from xend_ext.cli.domain_config import ConfigError
 from xend_ext.cli.groups import member_failure
 
+pytestmark = pytest.mark.backends(*BOTH)
+
 EXAMPLE = ROOT / "examples" / "groups"
 LIST_HEADER = "Name                  ID  Members"
 MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, backend):
     base = tmp_path_factory.mktemp("xm-groups")
-    srv = ServerProcess(base / "srv", "--memory", "4096", unix=False).start()
-    dst = ServerProcess(base / "dst", unix=False).start()
+    srv = ServerProcess(base / "srv", "--memory", "4096", unix=False, host=backend).start()
+    dst = ServerProcess(base / "dst", unix=False, host=backend).start()
     yield srv, dst
     srv.stop()
     dst.stop()

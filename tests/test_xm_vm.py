@@ -20,9 +20,12 @@ import time
 
 import pytest
 from conftest import ROOT, ServerProcess
+from vmkit import BOTH
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
+
+pytestmark = pytest.mark.backends(*BOTH)
 
 MIB = 1 << 20
 _names = itertools.count()
@@ -32,8 +35,8 @@ VCPU_HEADER = "Name                                ID  VCPU   CPU State   Time(s
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("xm-vm") / "state").start()
+def srv(tmp_path_factory, backend):
+    server = ServerProcess(tmp_path_factory.mktemp("xm-vm") / "state", host=backend).start()
     yield server
     server.stop()
 

@@ -1,7 +1,10 @@
-"""Helpers of the VM tests: the official client against a real server, and looks at the simulated host.
+"""Helpers of the VM tests: the official client against a real server, and looks at its hypervisor.
 
 The simulated backend keeps its domains in ``<state dir>/sim-host.sxp``; reading that file is how
-the tests see "the backend's domain" without going through the server under test.
+the tests see "the backend's domain" without going through the server under test. libvirt's test
+driver keeps its host inside the server process, where no other process can look: there the
+backend's domain is what the server's live view reads from the backend at each request (the VM
+record's power state and domid, VM_metrics, the pool it runs in), in the same shape.
 """
 
 from __future__ import annotations
@@ -10,12 +13,33 @@ import itertools
 import time
 from pathlib import Path
 
+import pytest
 import XenAPI
 
 from xend_ext import sxp
 
 MIB = 1 << 20
 _names = itertools.count()
+
+BOTH = ("sim", "libvirt")
+"""The backends the VM and class integration tests run on (``pytestmark = pytest.mark.backends(*BOTH)``)."""
+
+
+def sim_only(reason: str):
+    """Mark a test of a module running on every backend as one for the simulated host only, saying
+    why (what libvirt's test driver, or our libvirt backend, cannot do). The README lists them."""
+    return pytest.mark.backends("sim", reason=reason)
+
+
+# why a test stays on the simulated host (the reasons of sim_only)
+NO_SCHED = "libvirt's test driver has a stub scheduler: weight and cap cannot be set (no capability sched_credit)"
+NO_MIGRATE = "libvirt's test driver cannot migrate (no capability migrate)"
+NO_MEMORY_MAX_LIVE = "libvirt cannot change a running domain's maximum memory (no capability memory_max_live)"
+NO_UTILISATION = "libvirt has no per-vCPU utilisation model (no capability utilisation)"
+NO_SDOM = "libvirt has no scheduling domains (no capability sched_domain)"
+NO_NUMA = "a libvirt test-driver host cannot describe NUMA cells"
+NO_SURVIVAL = "a server restart reboots the test driver's host (it lives in the server process): no domain survives it"
+SIM_FILES = "reads the simulated host's own files (sim-host.sxp, sim-images)"
 
 
 def session(server) -> XenAPI.Session:
@@ -62,25 +86,65 @@ def metrics(x, vm: str) -> dict:
     return record
 
 
-def backend_domains(server) -> dict[str, list]:
-    """{uuid: sxp node} of the simulated host's state file."""
-    state = sxp.loads((Path(server.state_dir) / "sim-host.sxp").read_text(encoding="utf-8"))
-    return {sxp.child_value(node, "uuid"): node for node in state[1:]
-            if isinstance(node, list) and node and node[0] == "domain"}
+def on_sim(server) -> bool:
+    """Whether the server runs on the simulated host (whose state file the tests can read)."""
+    return getattr(getattr(server, "host", None), "name", "sim") == "sim"
 
 
-def backend_domain(server, uuid: str) -> dict | None:
-    """One domain of the simulated host as {field: value} (pins and metadata as lists), None if absent."""
-    node = backend_domains(server).get(uuid)
+def backend_domains(server, x=None) -> dict[str, list]:
+    """{uuid: sxp node} of every domain the hypervisor has (see :func:`backend_domain` for ``x``)."""
+    if on_sim(server):
+        state = sxp.loads((Path(server.state_dir) / "sim-host.sxp").read_text(encoding="utf-8"))
+        return {sxp.child_value(node, "uuid"): node for node in state[1:]
+                if isinstance(node, list) and node and node[0] == "domain"}
+    x = x or root_client(server)
+    return {node[1][1]: node for node in (_live_domain(x, vm) for vm in x.VM.get_all()) if node is not None}
+
+
+def backend_domain(server, uuid: str, x=None) -> dict | None:
+    """One domain of the hypervisor as {field: value} (pins and metadata as lists), None if absent.
+
+    On the sim, read from its state file; elsewhere from the server's live view, through ``x`` (a
+    client of the server; default: a root session, for servers without a password file)."""
+    if on_sim(server):
+        node = backend_domains(server).get(uuid)
+    else:
+        x = x or root_client(server)
+        refs = [vm for vm in x.VM.get_all() if x.VM.get_uuid(vm) == uuid]
+        node = _live_domain(x, refs[0]) if refs else None
     if node is None:
         return None
     return {child[0]: child[1] if len(child) == 2 and not isinstance(child[1], list) else child[1:]
             for child in node[1:] if isinstance(child, list)}
 
 
+def root_client(server):
+    """A root client of ``server``, logged in once and kept with it."""
+    if getattr(server, "_vmkit_root", None) is None:
+        server._vmkit_root = session(server).xenapi
+    return server._vmkit_root
+
+
+def _live_domain(x, vm: str) -> list | None:
+    """The VM's domain as the server reads it from the backend now, as the sim's sxp node; None when
+    the VM has none (halted)."""
+    record = x.VM.get_record(vm)
+    if record["power_state"] == "Halted":
+        return None
+    live = metrics(x, vm)
+    params = dict(live["VCPUs_params"])
+    pins = [["pin", key[len("cpumap"):], params.pop(key)] for key in sorted(params) if key.startswith("cpumap")]
+    pools = record["cpu_pool"]
+    return ["domain", ["uuid", record["uuid"]], ["name", record["name_label"]], ["domid", record["domid"]],
+            ["state", record["power_state"]], ["memory", live["memory_actual"]], ["vcpus", live["VCPUs_number"]],
+            ["weight", params.get("weight", "")], ["cap", params.get("cap", "")],
+            ["control", "1" if record["is_control_domain"] else "0"], ["pins", *pins],
+            ["pool", x.cpu_pool.get_uuid(pools[0]) if pools else ""]]
+
+
 def everything(server, x, vm: str) -> tuple:
     """What a refused operation must leave alone: record, live metrics, the backend's domain."""
-    return x.VM.get_record(vm), metrics(x, vm), backend_domain(server, x.VM.get_uuid(vm))
+    return x.VM.get_record(vm), metrics(x, vm), backend_domain(server, x.VM.get_uuid(vm), x)
 
 
 def event_from(x, classes, token, timeout=5.0) -> dict:
