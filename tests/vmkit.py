@@ -31,6 +31,34 @@ def sim_only(reason: str):
     return pytest.mark.backends("sim", reason=reason)
 
 
+#: the capabilities each test backend lacks (the server answers NOT_IMPLEMENTED [capability])
+LACKS = {"sim": frozenset(), "libvirt": frozenset({"sched_credit", "migrate", "sched_domain", "memory_max_live",
+                                                  "utilisation", "numa"})}
+
+
+def lacks(server, capability: str) -> bool:
+    """Whether the server's backend lacks ``capability`` (libvirt's test driver: see LACKS)."""
+    return capability in LACKS[getattr(getattr(server, "host", None), "name", "sim")]
+
+
+#: the capability an allocation or mobility message needs (the dispatcher checks it before anything else)
+NEEDS = {"set_sched_weight": "sched_credit", "set_sched_cap": "sched_credit", "set_memory_max": "memory_max_live",
+         "migrate": "migrate"}
+
+
+def not_implemented_here(server, x, vm: str, message: str, *args) -> bool:
+    """On a backend lacking what VM.``message`` needs: check that the call is refused with
+    ``NOT_IMPLEMENTED [capability]`` and changes nothing, and say True (the test has nothing more to
+    check there). False where the backend has it."""
+    capability = NEEDS.get(message)
+    if capability is None or not lacks(server, capability):
+        return False
+    before = everything(server, x, vm)
+    assert failure(getattr(x.VM, message), vm, *args) == ["NOT_IMPLEMENTED", capability]
+    assert everything(server, x, vm) == before
+    return True
+
+
 # why a test stays on the simulated host (the reasons of sim_only)
 NO_SCHED = "libvirt's test driver has a stub scheduler: weight and cap cannot be set (no capability sched_credit)"
 NO_MIGRATE = "libvirt's test driver cannot migrate (no capability migrate)"
