@@ -42,6 +42,7 @@ from .base import (
     PhysicalCPU,
     PowerState,
 )
+from .pooltable import SCHEDULERS, PoolTable
 
 try:
     import libvirt
@@ -55,7 +56,6 @@ NS_PREFIX = "xend"
 IMAGE_ENTRIES = f"metadata/{{{NS}}}xend/{{*}}image"  # a saved image's VM record, in its domain XML
 KIB = 1024
 POOLS_FILE = "libvirt-pools.sxp"
-SCHEDULERS = ("credit", "credit2", "sedf")  # pool scheduler names (labels unless the host is Xen)
 # scheduler parameters per driver: (weight name, weight scale, cap name or None)
 SCHED_PARAMS = {"Xen": ("weight", 1, "cap"), "QEMU": ("cpu_shares", 4, "vcpu_quota"), "LXC": ("cpu_shares", 4, None)}
 QUOTA_PERIOD = 100_000  # µs: vcpu_quota = cap% of one pCPU per period, split over the vCPUs
@@ -119,9 +119,8 @@ class LibvirtBackend(Backend):
         self._first_seen: dict[str, dt.datetime] = {}
         self._info = self._describe()
         self.ncpus = len(self._info.cpus)
-        self._pools: dict[str, CpuPool] = {}
+        self.table = PoolTable(self.ncpus)
         self._occupied: dict[int, frozenset[str]] = {}
-        self._next_poolid = 1
         self._load_pools()
         self.capabilities = frozenset({
             Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
@@ -231,7 +230,7 @@ class LibvirtBackend(Backend):
             memory=kib * KIB, memory_max=max_kib * KIB, vcpus=nvcpus, vcpus_max=vcpus_max, weight=weight,
             cap=cap, pins=pins, vcpu_cpu=where, start_time=started,
             is_control_domain=self.driver == "Xen" and active and dom.ID() == 0, metadata=keep,
-            pool=pool if pool in self._pools else POOL0_UUID,
+            pool=pool if pool in self.table.pools else POOL0_UUID,
         )
 
     def _read_sched(self, dom, nvcpus: int, weight: int, cap: int) -> tuple[int, int]:
@@ -393,7 +392,7 @@ class LibvirtBackend(Backend):
 
     def _allowed(self, uuid: str, pool: str, vcpu: int, pins: dict[int, frozenset[int]]) -> frozenset[int]:
         """Where a vCPU may run: its pool's CPUs, less CPUs reserved to others, within its pins."""
-        home = self._pools[pool].cpus if pool in self._pools and self._pools[pool].cpus else \
+        home = self.table.pools[pool].cpus if pool in self.table.pools and self.table.pools[pool].cpus else \
             frozenset(range(self.ncpus))
         allowed = home - {cpu for cpu, who in self._occupied.items() if uuid not in who} or home
         return (pins.get(vcpu, allowed) & allowed) or allowed
@@ -529,7 +528,7 @@ class LibvirtBackend(Backend):
     def start(self, config: DomainConfig, paused: bool) -> Domain:
         def action():
             self._check_pins(config.pins)
-            if (config.pool or POOL0_UUID) not in self._pools:
+            if (config.pool or POOL0_UUID) not in self.table.pools:
                 raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
             dom = self._existing(config.uuid)
             if dom is not None and dom.isActive():
@@ -652,7 +651,7 @@ class LibvirtBackend(Backend):
             if existing is not None and (existing.isActive() or existing.hasManagedSaveImage(0)):
                 raise BackendError(f"domain {existing.name()} is already here", "VM_BAD_POWER_STATE", uuid,
                                    "halted", "running")
-            if config is not None and (config.pool or POOL0_UUID) not in self._pools:
+            if config is not None and (config.pool or POOL0_UUID) not in self.table.pools:
                 raise BackendError("the CPU pool of the domain is not active here", "POOL_BAD_STATE",
                                    "deactivated")
             self._check_memory(int(root.findtext("currentMemory") or 0) * KIB)
@@ -746,26 +745,17 @@ class LibvirtBackend(Backend):
     def _load_pools(self) -> None:
         state = sxp.loads(self.pools_path.read_text(encoding="utf-8")) if self.pools_path.exists() else None
         if state is not None:
-            self._next_poolid = int(sxp.child_value(state, "next_poolid", "1"))
+            self.table.load_sxp(state)
             for child in state[1:]:
-                if isinstance(child, list) and child and child[0] == "cpupool":
-                    cpus = sxp.child_value(child, "cpus", "") or ""
-                    pool = CpuPool(uuid=sxp.child_value(child, "uuid"), name=sxp.child_value(child, "name"),
-                                   poolid=int(sxp.child_value(child, "poolid")), sched=sxp.child_value(child, "sched"),
-                                   cpus=frozenset(int(c) for c in cpus.split(",") if c and int(c) < self.ncpus))
-                    self._pools[pool.uuid] = pool
-                elif isinstance(child, list) and child and child[0] == "occupied":
+                if isinstance(child, list) and child and child[0] == "occupied":
                     self._occupied[int(sxp.child_value(child, "cpu"))] = frozenset(
                         u for u in (sxp.child_value(child, "domains", "") or "").split(",") if u)
-        if POOL0_UUID not in self._pools:  # first start on this host: every pCPU in the boot pool
-            self._pools[POOL0_UUID] = CpuPool(POOL0_UUID, "Pool-0", 0, self._info.sched_policy,
-                                              frozenset(range(self.ncpus)))
+        if POOL0_UUID not in self.table.pools:  # first start on this host: every pCPU in the boot pool
+            self.table.boot(self._info.sched_policy)
             self._save_pools()
 
     def _save_pools(self) -> None:
-        state = ["libvirt-pools", ["next_poolid", str(self._next_poolid)],
-                 *[["cpupool", ["uuid", p.uuid], ["name", p.name], ["poolid", str(p.poolid)], ["sched", p.sched],
-                    ["cpus", ",".join(str(c) for c in sorted(p.cpus))]] for p in self._pools.values()],
+        state = ["libvirt-pools", *self.table.to_sxp(),
                  *[["occupied", ["cpu", str(cpu)], ["domains", ",".join(sorted(who))]]
                    for cpu, who in sorted(self._occupied.items())]]
         self.pools_path.parent.mkdir(parents=True, exist_ok=True)
@@ -778,82 +768,50 @@ class LibvirtBackend(Backend):
 
     def pools(self) -> list[CpuPool]:
         with self._lock:
-            return sorted(self._pools.values(), key=lambda p: p.poolid)
-
-    def _pool(self, uuid: str) -> CpuPool:
-        pool = self._pools.get(uuid)
-        if pool is None:
-            raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
-        return pool
-
-    def _owner(self, cpu: int) -> CpuPool | None:
-        return next((p for p in self._pools.values() if cpu in p.cpus), None)
+            return self.table.active()
 
     def _in_pool(self, uuid: str) -> list[Domain]:
-        return [d for d in self._domains().values() if d.pool == uuid and not d.is_control_domain]
+        """The domains a pool holds (Domain-0 in Pool-0: it keeps Pool-0's last CPU, as on Xen)."""
+        return [d for d in self._domains().values() if d.pool == uuid]
 
-    def _commit_pool(self, pool: CpuPool | None, uuid: str = "") -> CpuPool | None:
-        if pool is None:
-            self._pools.pop(uuid, None)
-        else:
-            self._pools[pool.uuid] = pool
+    def _pools_changed(self, *uuids: str) -> None:
+        """Persist the table, then pin the domains of the pools that changed to their new CPUs."""
         self._save_pools()
-        for d in self._in_pool(pool.uuid if pool else uuid):
-            self._repin(d.uuid)
-        return pool
+        for uuid in uuids:
+            for d in self._in_pool(uuid):
+                self._repin(d.uuid)
 
     def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
         def action():
-            if uuid in self._pools:
-                raise BackendError("the pool is already active", "POOL_BAD_STATE", "activated")
-            if sched not in SCHEDULERS:
-                raise BackendError(f"unknown scheduler {sched}", "UNKOWN_SCHED_POLICY")
-            for cpu in sorted(cpus):
-                owner = self._owner(cpu)
-                if not 0 <= cpu < self.ncpus or owner is not None:
-                    raise BackendError(f"pCPU {cpu} is not free", "INVALID_CPU",
-                                       f'cpu already assigned to pool "{owner.name}"' if owner else f"no pCPU {cpu}")
-            pool = CpuPool(uuid, name, self._next_poolid, sched, frozenset(cpus))
-            self._next_poolid += 1
-            return self._commit_pool(pool)
+            pool = self.table.activate(uuid, name, sched, cpus)
+            self._pools_changed(uuid)
+            return pool
         return self._act("", action)
 
     def pool_deactivate(self, uuid: str) -> None:
         def action():
-            pool = self._pool(uuid)
-            if pool.poolid == 0:
-                raise BackendError("the boot pool cannot be destroyed", "OPERATION_NOT_ALLOWED",
-                                   "Pool-0 cannot be deactivated")
-            if self._in_pool(uuid):
-                raise BackendError("domains run in the pool", "POOL_BAD_STATE", "in use")
-            self._commit_pool(None, uuid)
+            self.table.deactivate(uuid, bool(self._in_pool(uuid)))
+            self._pools_changed()
         self._act("", action)
 
     def pool_add_cpu(self, uuid: str, cpu: int) -> CpuPool:
         def action():
-            pool = self._pool(uuid)
-            if not 0 <= cpu < self.ncpus:
-                raise BackendError(f"no pCPU {cpu}", "INVALID_CPU", f"no pCPU {cpu} on this host")
-            owner = self._owner(cpu)
-            if owner is not None:
-                raise BackendError("pCPU in a pool", "INVALID_CPU", f'cpu already assigned to pool "{owner.name}"')
-            return self._commit_pool(replace(pool, cpus=pool.cpus | {cpu}))
+            pool = self.table.add_cpu(uuid, cpu)
+            self._pools_changed(uuid)
+            return pool
         return self._act("", action)
 
     def pool_remove_cpu(self, uuid: str, cpu: int) -> CpuPool:
         def action():
-            pool = self._pool(uuid)
-            if cpu not in pool.cpus:
-                raise BackendError("pCPU not in the pool", "INVALID_CPU", "CPU not assigned to pool")
-            if pool.cpus == {cpu} and self._in_pool(uuid):
-                raise BackendError("last pCPU of a pool in use", "LAST_CPU_NOT_REMOVEABLE", "could not remove last cpu")
-            return self._commit_pool(replace(pool, cpus=pool.cpus - {cpu}))
+            pool = self.table.remove_cpu(uuid, cpu, bool(self._in_pool(uuid)))
+            self._pools_changed(uuid)
+            return pool
         return self._act("", action)
 
     def pool_move_domain(self, domain: str, pool: str) -> Domain:
         def action():
             self._get(domain, PowerState.RUNNING, PowerState.PAUSED)
-            self._pool(pool)
+            self.table.get(pool)
             self._write_meta(self._lookup(domain), pool=pool)
             self._repin(domain)
             return self._refresh(domain)

@@ -35,13 +35,13 @@ from .base import (
     PowerState,
     SchedDomain,
 )
+from .pooltable import PoolTable
 
 MIB = 1 << 20
 STATE_FILE = "sim-host.sxp"
 IMAGE_MAGIC = b"XEND-EXT-SIM-IMAGE 1\n"
 DOM0_UUID = "00000000-0000-0000-0000-000000000000"
 DOM0_MEMORY = 1024 * MIB
-SCHEDULERS = ("credit", "credit2", "sedf")
 
 
 def _now() -> dt.datetime:
@@ -67,18 +67,6 @@ def _domain_to_sxp(d: Domain) -> list:
         ["metadata", *[[k, v] for k, v in sorted(d.metadata.items())]],
         ["pool", d.pool],
     ]
-
-
-def _pool_to_sxp(p: CpuPool) -> list:
-    return ["cpupool", ["uuid", p.uuid], ["name", p.name], ["poolid", str(p.poolid)], ["sched", p.sched],
-            ["cpus", ",".join(str(c) for c in sorted(p.cpus))]]
-
-
-def _pool_from_sxp(node: list) -> CpuPool:
-    cpus = sxp.child_value(node, "cpus", "") or ""
-    return CpuPool(uuid=sxp.child_value(node, "uuid"), name=sxp.child_value(node, "name"),
-                   poolid=int(sxp.child_value(node, "poolid")), sched=sxp.child_value(node, "sched"),
-                   cpus=frozenset(int(c) for c in cpus.split(",") if c))
 
 
 def _domain_from_sxp(node: list) -> Domain:
@@ -120,11 +108,10 @@ class SimBackend(Backend):
         self.numa_nodes = numa_nodes
         self._lock = threading.RLock()  # backend calls run in worker threads
         self._domains: dict[str, Domain] = {}
-        self._pools: dict[str, CpuPool] = {}
+        self.table = PoolTable(cpus)
         self._sdoms: list[SchedDomain] = []
         self._occupied: dict[int, frozenset[str]] = {}
         self._next_domid = 1
-        self._next_poolid = 1
         self.boot_id = 0
         self._util: tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]] | None = None
         self._host: HostInfo | None = None
@@ -139,14 +126,11 @@ class SimBackend(Backend):
         self.boot_id = previous + 1 if (state is None or reboot) else previous
         if state is not None and not reboot:
             self._next_domid = int(sxp.child_value(state, "next_domid", "1"))
-            self._next_poolid = int(sxp.child_value(state, "next_poolid", "1"))
+            self.table.load_sxp(state)
             for child in state[1:]:
                 if isinstance(child, list) and child and child[0] == "domain":
                     d = _domain_from_sxp(child)
                     self._domains[d.uuid] = d
-                elif isinstance(child, list) and child and child[0] == "cpupool":
-                    pool = _pool_from_sxp(child)
-                    self._pools[pool.uuid] = pool
                 elif isinstance(child, list) and child and child[0] == "occupied":
                     self._occupied[int(sxp.child_value(child, "cpu"))] = frozenset(
                         u for u in (sxp.child_value(child, "domains", "") or "").split(",") if u)
@@ -155,8 +139,7 @@ class SimBackend(Backend):
                         master=sxp.child_value(child, "master"), weight=int(sxp.child_value(child, "weight")),
                         cap=int(sxp.child_value(child, "cap")),
                         members=frozenset(m for m in (sxp.child_value(child, "members", "") or "").split(",") if m)))
-        if POOL0_UUID not in self._pools:  # a booting host: every pCPU in the boot pool
-            self._pools = {POOL0_UUID: CpuPool(POOL0_UUID, "Pool-0", 0, "credit", frozenset(range(self.ncpus)))}
+        self.table.boot()  # a booting host: every pCPU in the boot pool
         if DOM0_UUID not in self._domains:
             self._domains[DOM0_UUID] = Domain(
                 uuid=DOM0_UUID, name="Domain-0", domid=0, power_state=PowerState.RUNNING, memory=DOM0_MEMORY,
@@ -169,8 +152,7 @@ class SimBackend(Backend):
 
     def _save(self) -> None:
         state = ["sim-host", ["boot", str(self.boot_id)], ["cpus", str(self.ncpus)],
-                 ["next_domid", str(self._next_domid)], ["next_poolid", str(self._next_poolid)],
-                 *[_pool_to_sxp(p) for p in self._pools.values()],
+                 ["next_domid", str(self._next_domid)], *self.table.to_sxp(),
                  *[["occupied", ["cpu", str(cpu)], ["domains", ",".join(sorted(who))]]
                    for cpu, who in sorted(self._occupied.items())],
                  *[["sched_domain", ["master", sd.master], ["weight", str(sd.weight)], ["cap", str(sd.cap)],
@@ -239,7 +221,7 @@ class SimBackend(Backend):
         share = util.get(d.uuid, {})
         where = {}
         if d.power_state != PowerState.SUSPENDED:
-            pool = self._pools.get(d.pool)
+            pool = self.table.pools.get(d.pool)
             home = (pool.cpus if pool is not None and pool.cpus else frozenset(range(self.ncpus)))
             for v in range(d.vcpus):  # where the model runs it most, else the first CPU it may use
                 allowed = (d.pins.get(v) or home) & home or home
@@ -250,7 +232,7 @@ class SimBackend(Backend):
         """The scheduler model's answer for the running guests, cached until something changes."""
         if self._util is None:
             all_cpus = frozenset(range(self.ncpus))
-            pool_cpus = {uuid: pool.cpus for uuid, pool in self._pools.items()}
+            pool_cpus = {uuid: pool.cpus for uuid, pool in self.table.pools.items()}
             # a vCPU runs only on its pool's pCPUs: pools are scheduled apart, weights compare within one
             running = {d.uuid: d for d in self._domains.values()
                        if d.power_state == PowerState.RUNNING and not d.is_control_domain}
@@ -313,7 +295,7 @@ class SimBackend(Backend):
     def _boot(self, config: DomainConfig, paused: bool, domid: int | None = None) -> Domain:
         self._check_pins(config.pins)
         pool = config.pool or POOL0_UUID
-        if pool not in self._pools:
+        if pool not in self.table.pools:
             raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
         if domid is None:
             domid = self._next_domid
@@ -401,7 +383,7 @@ class SimBackend(Backend):
             if config is not None:  # the VM may have been renamed or moved meanwhile
                 restored = replace(restored, name=config.name, metadata=dict(config.metadata),
                                    pool=config.pool or restored.pool)
-            if restored.pool not in self._pools:
+            if restored.pool not in self.table.pools:
                 raise BackendError("the CPU pool of the saved domain is not active here", "POOL_BAD_STATE",
                                    "deactivated")
             return self._commit(restored), metadata
@@ -491,77 +473,37 @@ class SimBackend(Backend):
     # -- CPU pools --------------------------------------------------------------------------
     def pools(self) -> list[CpuPool]:
         with self._lock:
-            return sorted(self._pools.values(), key=lambda p: p.poolid)
+            return self.table.active()
 
-    def _owner(self, cpu: int) -> CpuPool | None:
-        return next((p for p in self._pools.values() if cpu in p.cpus), None)
-
-    def _pool(self, uuid: str) -> CpuPool:
-        pool = self._pools.get(uuid)
-        if pool is None:
-            raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
-        return pool
-
-    def _commit_pool(self, pool: CpuPool | None, uuid: str = "") -> CpuPool | None:
-        if pool is None:
-            self._pools.pop(uuid, None)
-        else:
-            self._pools[pool.uuid] = pool
+    def _pools_changed(self, pool: CpuPool | None = None) -> CpuPool | None:
         self._util = None
         self._save()
         return pool
 
+    def _in_use(self, uuid: str) -> bool:
+        return any(d.pool == uuid for d in self._domains.values())
+
     def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
         with self._lock:
-            if uuid in self._pools:
-                raise BackendError("the pool is already active", "POOL_BAD_STATE", "activated")
-            if sched not in SCHEDULERS:
-                raise BackendError(f"unknown scheduler {sched}", "UNKOWN_SCHED_POLICY")
-            for cpu in sorted(cpus):
-                owner = self._owner(cpu)
-                if not 0 <= cpu < self.ncpus or owner is not None:
-                    raise BackendError(f"pCPU {cpu} is not free", "INVALID_CPU",
-                                       f'cpu already assigned to pool "{owner.name}"' if owner else f"no pCPU {cpu}")
-            pool = CpuPool(uuid, name, self._next_poolid, sched, frozenset(cpus))
-            self._next_poolid += 1
-            return self._commit_pool(pool)
-
-    def _domains_in(self, uuid: str) -> list[Domain]:
-        return [d for d in self._domains.values() if d.pool == uuid]
+            return self._pools_changed(self.table.activate(uuid, name, sched, cpus))
 
     def pool_deactivate(self, uuid: str) -> None:
         with self._lock:
-            pool = self._pool(uuid)
-            if pool.poolid == 0:
-                raise BackendError("the boot pool cannot be destroyed", "OPERATION_NOT_ALLOWED",
-                                   "Pool-0 cannot be deactivated")
-            if self._domains_in(uuid):
-                raise BackendError("domains run in the pool", "POOL_BAD_STATE", "in use")
-            self._commit_pool(None, uuid)
+            self.table.deactivate(uuid, self._in_use(uuid))
+            self._pools_changed()
 
     def pool_add_cpu(self, uuid: str, cpu: int) -> CpuPool:
         with self._lock:
-            pool = self._pool(uuid)
-            owner = self._owner(cpu)
-            if not 0 <= cpu < self.ncpus:
-                raise BackendError(f"no pCPU {cpu}", "INVALID_CPU", f"no pCPU {cpu} on this host")
-            if owner is not None:
-                raise BackendError("pCPU in a pool", "INVALID_CPU", f'cpu already assigned to pool "{owner.name}"')
-            return self._commit_pool(replace(pool, cpus=pool.cpus | {cpu}))
+            return self._pools_changed(self.table.add_cpu(uuid, cpu))
 
     def pool_remove_cpu(self, uuid: str, cpu: int) -> CpuPool:
         with self._lock:
-            pool = self._pool(uuid)
-            if cpu not in pool.cpus:
-                raise BackendError("pCPU not in the pool", "INVALID_CPU", "CPU not assigned to pool")
-            if pool.cpus == {cpu} and self._domains_in(uuid):
-                raise BackendError("last pCPU of a pool in use", "LAST_CPU_NOT_REMOVEABLE", "could not remove last cpu")
-            return self._commit_pool(replace(pool, cpus=pool.cpus - {cpu}))
+            return self._pools_changed(self.table.remove_cpu(uuid, cpu, self._in_use(uuid)))
 
     def pool_move_domain(self, domain: str, pool: str) -> Domain:
         with self._lock:
             d = self._get(domain, PowerState.RUNNING, PowerState.PAUSED)
-            self._pool(pool)
+            self.table.get(pool)
             return self._commit(replace(d, pool=pool))
 
     # -- scheduling domains --------------------------------------------------------------------
