@@ -341,6 +341,9 @@ def test_allocation_modes_map_to_live_and_config(live):
     api.VM.start(vm, False, False)
     uuid = api.VM.get_uuid(vm)
     dom = server.conn.lookupByUUIDString(uuid)
+    kept = {k.get("key"): k.text for k in etree.fromstring(dom.XMLDesc(0).encode()).iterfind(
+        f"metadata/{{{NS}}}xend/{{*}}keep")}
+    assert kept == {"pool_name": "Pool-0", "group": "Null-Group"}  # membership, readable with virsh
 
     def kib(flags):
         return int(etree.fromstring(dom.XMLDesc(flags).encode()).findtext("currentMemory"))

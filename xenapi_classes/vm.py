@@ -198,8 +198,22 @@ def domain_config(ctx, obj):
         uuid=obj.uuid, name=v["name_label"], memory=v["memory_target"], memory_max=v["memory_static_max"],
         vcpus=v["VCPUs_at_startup"], vcpus_max=v["VCPUs_max"], weight=weight, cap=cap, pins=pins,
         kernel=v["PV_kernel"], ramdisk=v["PV_ramdisk"], args=v["PV_args"],
-        metadata={"pool_name": v["pool_name"]}, pool=pools.pool_uuid_of(ctx, obj),
+        metadata=_membership(ctx, obj), pool=pools.pool_uuid_of(ctx, obj),
     )
+
+
+def _membership(ctx, obj):
+    """What the hypervisor may keep with the domain for us (libvirt's metadata): pool, group, and
+    scheduling domain by name and uuid, so a look at the host alone tells where a domain belongs."""
+    kept = {"pool_name": obj.values["pool_name"]}
+    group = next((ctx.db.find(g) for g in obj.values["groups"]), None)
+    if group is not None:
+        kept["group"] = group.values["name_label"]
+    sd = sdoms.domain_of(ctx.db, obj.ref)
+    master = ctx.db.find(sd.values["master"]) if sd is not None else None
+    if master is not None:
+        kept["sched_domain_master"] = master.uuid
+    return kept
 
 
 def _on_create(ctx, values):
