@@ -348,7 +348,7 @@ def test_destroy_moves_members_to_null_group(kit):
     for vm in (running, halted):
         assert x.VM.get_groups(vm) == [null] and vm in x.VM_group.get_VMs(null)
     assert x.VM.get_power_state(running) == "Running"  # destroying a group stops nothing
-    assert backend_domain(kit.server, x.VM.get_uuid(running))["state"] == "Running"
+    assert backend_domain(kit.server, x.VM.get_uuid(running), x)["state"] == "Running"
 
 
 def test_a_destroyed_vm_leaves_its_group(kit):
