@@ -1,0 +1,58 @@
+#!/bin/busybox sh
+# /init of the emulated dom0 (the whole root filesystem is this initramfs).
+# Brings up what xl needs (xen modules, xenfs, xenstored, xenconsoled), mounts the host's shared
+# directories over 9p at the SAME paths as on the host (so the config files and save images the
+# backend names mean the same on both sides), then serves xl commands on a virtio-serial port.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run && mkdir -p /run/lock /run/xen /run/xenstored
+say() { echo "@@REALXEN $* uptime=$(cut -d' ' -f1 /proc/uptime)"; }
+fail() { say "FAILED $*"; poweroff -f; sleep 30; }
+say INIT
+# the modules in dependency order (build.sh wrote ORDER)
+for m in $(cat /lib/modules/ORDER); do
+  insmod "/lib/modules/$m" || fail "insmod $m"
+done
+mount -t xenfs xenfs /proc/xen || fail "mount xenfs"
+# The shares: realxen.share=TAG:PATH on the kernel command line, one per host directory.
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    realxen.share=*)
+      spec=${arg#realxen.share=}; tag=${spec%%:*}; path=${spec#*:}
+      mkdir -p "$path"
+      mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none "$tag" "$path" || fail "mount 9p $tag at $path"
+      ;;
+  esac
+done
+xenstored --pid-file /run/xenstored.pid
+i=0; while [ ! -S /run/xenstored/socket ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+xen-init-dom0 >/dev/null || fail "xen-init-dom0"
+mkdir -p /var/log/xen/console
+# xl create waits for the guest console; without xenconsoled it times out and fails
+xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console || fail "xenconsoled"
+dev=""; i=0
+while [ -z "$dev" ] && [ $i -lt 100 ]; do
+  for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = xlctl ] && dev=/dev/${p##*/}; done
+  [ -z "$dev" ] && { sleep 0.1; i=$((i+1)); }
+done
+[ -n "$dev" ] || fail "no xlctl virtio port"
+exec 3<>"$dev"
+say READY
+# Protocol: the host sends one shell-quoted command line; we answer with its stdout lines
+# prefixed "O ", its stderr lines prefixed "E ", then "@@RC <exit status>". "@@POWEROFF" ends.
+while :; do
+  if IFS= read -r line <&3; then
+    [ "$line" = "@@POWEROFF" ] && break
+    sh -c "$line" >/run/o 2>/run/e </dev/null; rc=$?
+    { sed 's/^/O /' /run/o; sed 's/^/E /' /run/e; echo "@@RC $rc"; } >&3
+  else
+    sleep 0.05   # no host client connected: the port reads as end of file
+  fi
+done
+say POWEROFF
+sync
+poweroff -f
+sleep 30
