@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
-from vmkit import BOTH
+from vmkit import BOTH, NO_NUMA, lacks, sim_only
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -427,8 +427,9 @@ def test_deprecated_aliases(srv, alias, args, code):
 
 # -- numa-split ------------------------------------------------------------------------------
 
-def test_numa_split(tmp_path):
-    server = ServerProcess(tmp_path / "state", "--cpus", "8", "--numa-nodes", "2").start()
+@sim_only(NO_NUMA)
+def test_numa_split(tmp_path, backend):
+    server = ServerProcess(tmp_path / "state", "--cpus", "8", "--numa-nodes", "2", host=backend).start()
     try:
         ok(xm(server, "cpupool-cpu-remove", "Pool-0", "1"))  # a free node-0 CPU goes back to Pool-0
         assert table(ok(xm(server, "cpupool-numa-split"))) == [CPUS_HEADER, "Pool-0           0,1,2,3",
@@ -465,12 +466,20 @@ def test_two_pools_example(fresh):
     assert "Pool 'batch' started with CPUs 4,5 (credit)." in out
     assert "batch            4,5\nweb              2,3\n" in out
     before, after = out.split("== After", 1)
+    for name, pool, text in (("web1", "web", before), ("web2", "web", before), ("job1", "batch", before),
+                             ("web1", "web", after), ("web2", "batch", after), ("job1", "batch", after)):
+        assert f"{name}   pool={pool} " in text, (name, pool, text)
+    if not lacks(srv, "utilisation"):  # the shares of the sim's scheduler model
+        check_two_pools_shares(before, after)
+    # it cleans up after itself: the boot state again
+    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, POOL0_ROW]
+    assert [row.split()[0] for row in table(ok(xm(srv, "list")))[1:]] == ["Domain-0"]
+
+
+def check_two_pools_shares(before: str, after: str) -> None:
     assert "web1   pool=web     vCPU 0: 0.50  vCPU 1: 0.50" in before
     assert "web2   pool=web     vCPU 0: 0.50  vCPU 1: 0.50" in before
     assert "job1   pool=batch   vCPU 0: 1.00  vCPU 1: 1.00" in before
     assert "web1   pool=web     vCPU 0: 1.00  vCPU 1: 1.00" in after
     assert "web2   pool=batch   vCPU 0: 0.50  vCPU 1: 0.50" in after
     assert "job1   pool=batch   vCPU 0: 0.50  vCPU 1: 0.50" in after
-    # it cleans up after itself: the boot state again
-    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, POOL0_ROW]
-    assert [row.split()[0] for row in table(ok(xm(srv, "list")))[1:]] == ["Domain-0"]
