@@ -25,6 +25,7 @@ run: $(VENV)/.installed
 # curl is what the shell example and the README's curl session use.
 system-deps:
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends curl)
+	@scripts/realxen/install-deps.sh && scripts/realxen/build.sh  # the real-Xen stage: QEMU, Xen 4.17, a dom0 kernel
 
 libvirt-deps:
 	@pkg-config --exists libvirt 2>/dev/null || (apt-get update -qq && \

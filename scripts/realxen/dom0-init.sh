@@ -41,13 +41,16 @@ done
 [ -n "$dev" ] || fail "no xlctl virtio port"
 exec 3<>"$dev"
 say READY
-# Protocol: the host sends one shell-quoted command line; we answer with its stdout lines
-# prefixed "O ", its stderr lines prefixed "E ", then "@@RC <exit status>". "@@POWEROFF" ends.
+# Protocol: the host sends "ID COMMAND-LINE" (ID: a token of its choosing, COMMAND-LINE shell-quoted);
+# we answer with the command's stdout lines prefixed "O ", its stderr lines prefixed "E ", then
+# "@@RC ID <exit status>". The ID lets a host client skip the late answer of a client that gave up.
+# "@@POWEROFF" ends.
 while :; do
   if IFS= read -r line <&3; then
     [ "$line" = "@@POWEROFF" ] && break
-    sh -c "$line" >/run/o 2>/run/e </dev/null; rc=$?
-    { sed 's/^/O /' /run/o; sed 's/^/E /' /run/e; echo "@@RC $rc"; } >&3
+    id=${line%% *}
+    sh -c "${line#* }" >/run/o 2>/run/e </dev/null; rc=$?
+    { sed 's/^/O /' /run/o; sed 's/^/E /' /run/e; echo "@@RC $id $rc"; } >&3
   else
     sleep 0.05   # no host client connected: the port reads as end of file
   fi

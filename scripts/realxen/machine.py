@@ -128,7 +128,7 @@ class Machine:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(2)
             s.connect(str(self.run_dir / "xlctl.sock"))
-            s.sendall(b"@@POWEROFF\n")
+            s.sendall(b"@@POWEROFF\n")  # dom0 reads it as a line of its own
             s.close()
             self.proc.wait(timeout)
         except (OSError, subprocess.TimeoutExpired):

@@ -54,18 +54,28 @@ def main() -> int:
                     return 255
                 time.sleep(0.05)
         s.settimeout(TIMEOUT)
-        s.sendall(command.encode() + b"\n")
+        token = f"{os.getpid()}.{time.monotonic_ns()}"
+        s.sendall(f"{token} {command}\n".encode())
         rc = 255
+        out: list[str] = []
+        err: list[str] = []
         try:
             for raw in s.makefile("rb"):
                 line = raw.decode(errors="replace")
                 if line.startswith("@@RC "):
-                    rc = int(line[5:].strip())
+                    answer, _, status = line[5:].strip().rpartition(" ")
+                    if answer != token:  # the late answer of a client that gave up: not ours
+                        out.clear()
+                        err.clear()
+                        continue
+                    rc = int(status)
+                    sys.stdout.write("".join(out))
+                    sys.stderr.write("".join(err))
                     break
                 if line.startswith("O "):
-                    sys.stdout.write(line[2:])
+                    out.append(line[2:])
                 elif line.startswith("E "):
-                    sys.stderr.write(line[2:])
+                    err.append(line[2:])
             else:
                 print("xl shim: the Xen machine closed the channel without an exit status", file=sys.stderr)
         except TimeoutError:

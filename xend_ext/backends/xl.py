@@ -109,14 +109,17 @@ def parse_sched(text: str) -> dict[int, tuple[int, int]]:
             for line in text.splitlines() if (m := SCHED_ROW.match(line)) and not line.startswith("Name")}
 
 
-def parse_pools(listing: str, cpus_listing: str) -> list[tuple[str, str, frozenset[int]]]:
-    """[(name, sched, cpus)] in xl's order (by pool id) from ``xl cpupool-list`` and ``-c``."""
+def parse_pools(listing: str, cpus_listing: str, any_sched: bool = False) -> list[tuple[str, str, frozenset[int]]]:
+    """[(name, sched, cpus)] in xl's order (by pool id) from ``xl cpupool-list`` and ``-c``
+    (``any_sched``: from ``-c`` alone, the scheduler unknown)."""
     scheds = {m["name"]: m["sched"] for line in listing.splitlines() if (m := POOL_ROW.match(line))}
     pools = []
     for line in cpus_listing.splitlines()[1:]:  # the first line is the header
         parts = line.split()
-        if not parts or parts[0] not in scheds:
+        if not parts or (parts[0] not in scheds and not any_sched):
             continue
+        if any_sched:
+            scheds.setdefault(parts[0], "")
         pools.append((parts[0], scheds[parts[0]], parse_cpulist(parts[1]) if len(parts) > 1 else frozenset()))
     return pools
 
@@ -159,6 +162,7 @@ class XlBackend(Backend):
         self._state = self._load()
         self._domains: dict[str, Domain] = {}  # live domains (not suspended ones), by uuid
         self._listed: dict[str, tuple] = {}  # each domain's `xl list` row at our last read (see _sync)
+        self._raw: dict[str, dict] = {}  # what xl last printed about each domain (see _refresh)
         self._pools: list[CpuPool] = []
         self._synced = 0.0
         self._host: HostInfo | None = None
@@ -264,9 +268,9 @@ class XlBackend(Backend):
             table.update(parse_sched(self._xl(f"sched-{sched}")))
         return table
 
-    def _build(self, row: dict, config: dict, vcpus: list[dict], sched: tuple[int, int] | None) -> Domain:
+    def _build(self, row: dict, long: dict, vcpus: list[dict], sched: tuple[int, int] | None) -> Domain:
         uuid = row["uuid"]
-        b_info = config.get("b_info", {})
+        b_info = long.get("b_info", {})
         record = self._record(uuid)
         if "start_time" not in record:
             record["start_time"] = _now().isoformat()
@@ -305,30 +309,45 @@ class XlBackend(Backend):
         vcpus = parse_vcpu_list(self._xl("vcpu-list"))
         sched = self._sched_table()
         self._domains = {}
+        self._raw = {}
         self._listed = {row["uuid"]: _row_print(row) for row in rows}
         for row in rows:
-            d = self._build(row, configs.get(int(row["domid"]), {}), vcpus.get(int(row["domid"]), []),
-                            sched.get(int(row["domid"])))
-            self._domains[d.uuid] = d
+            domid = int(row["domid"])
+            raw = self._raw[row["uuid"]] = {"row": row, "long": configs.get(domid, {}), "vcpus": vcpus.get(domid, []),
+                                            "sched": sched.get(domid)}
+            self._domains[row["uuid"]] = self._build(**raw)
         self._synced = time.monotonic()
         self._forget_gone()
 
-    def _refresh(self, uuid: str) -> Domain | None:
-        """Read one domain from Xen after an action on it (None: Xen has no such domain)."""
-        row = next((r for r in parse_list(self._xl("list", "-v", "-c")) if r["uuid"] == uuid), None)
-        if row is None:
-            self._domains.pop(uuid, None)
-            self._listed.pop(uuid, None)
-            return None
-        self._listed[uuid] = _row_print(row)  # our own action's result: not an outside change
-        domid = row["domid"]
-        config = self._long(domid).get(int(domid), {})
-        vcpus = parse_vcpu_list(self._xl("vcpu-list", domid)).get(int(domid), [])
-        sched = None
-        pool = self._pool_by_uuid(self._pool_uuid(row["pool"]))
-        if pool is not None and pool.sched in SCHEDULERS:
-            sched = parse_sched(self._xl(f"sched-{pool.sched}", "-d", domid)).get(int(domid))
-        d = self._domains[uuid] = self._build(row, config, vcpus, sched)
+    def _refresh(self, uuid: str, *parts: str) -> Domain | None:
+        """Read one domain from Xen after an action on it (None: Xen has no such domain). ``parts``
+        names what the action can have changed (row, long, vcpus, sched); the rest is as last read,
+        since each xl call costs a noticeable fraction of a second."""
+        raw = self._raw.get(uuid)
+        if raw is None or not parts:
+            parts = ("row", "long", "vcpus", "sched")
+            raw = {}
+        if "row" in parts:
+            row = next((r for r in parse_list(self._xl("list", "-v", "-c")) if r["uuid"] == uuid), None)
+            if row is None:
+                self._domains.pop(uuid, None)
+                self._listed.pop(uuid, None)
+                self._raw.pop(uuid, None)
+                return None
+            self._listed[uuid] = _row_print(row)  # our own action's result: not an outside change
+            raw["row"] = row
+        domid = raw["row"]["domid"]
+        if "long" in parts:
+            raw["long"] = self._long(domid).get(int(domid), {})
+        if "vcpus" in parts:
+            raw["vcpus"] = parse_vcpu_list(self._xl("vcpu-list", domid)).get(int(domid), [])
+        if "sched" in parts:
+            raw["sched"] = None
+            pool = self._pool_by_uuid(self._pool_uuid(raw["row"]["pool"]))
+            if pool is not None and pool.sched in SCHEDULERS:
+                raw["sched"] = parse_sched(self._xl(f"sched-{pool.sched}", "-d", domid)).get(int(domid))
+        self._raw[uuid] = raw
+        d = self._domains[uuid] = self._build(**raw)
         return d
 
     def _forget_gone(self) -> None:
@@ -379,7 +398,22 @@ class XlBackend(Backend):
         self._generation += 1
         self._host = None
 
-    def _write_config(self, config: DomainConfig) -> Path:
+    def _restore_config(self, saved: Domain, pool: str, config: DomainConfig | None) -> list[str]:
+        """The config file argument of ``xl restore``: the image carries the configuration the domain
+        was created with, whose pool may no longer exist (cpupool-migrate does not update it), so
+        we give xl the domain as saved, in the pool it is to run in now."""
+        boot = ({"kernel": config.kernel, "ramdisk": config.ramdisk, "args": config.args} if config is not None
+                else self._state["domains"].get(saved.uuid, {}).get("boot"))
+        if not boot or not boot.get("kernel"):
+            return []  # an image from elsewhere without a definition: xl's own saved configuration
+        as_saved = DomainConfig(
+            uuid=saved.uuid, name=config.name if config is not None else saved.name, memory=saved.memory,
+            memory_max=saved.memory_max, vcpus=saved.vcpus, vcpus_max=saved.vcpus_max, weight=saved.weight,
+            cap=saved.cap, pins=saved.pins, kernel=boot["kernel"], ramdisk=boot.get("ramdisk", ""),
+            args=boot.get("args", ""), pool=pool)
+        return [str(self._write_config(as_saved, "restore"))]
+
+    def _write_config(self, config: DomainConfig, purpose: str = "start") -> Path:
         """The xl domain configuration for a start: a PV guest from the stored definition."""
         pool = self._pool_by_uuid(config.pool or POOL0_UUID)
         if pool is None:
@@ -416,7 +450,7 @@ class XlBackend(Backend):
                 _quote(format_cpulist(config.pins[v]) if v in config.pins else "all")
                 for v in range(max(config.vcpus_max, config.vcpus))) + "]")
         self.configs.mkdir(parents=True, exist_ok=True)
-        path = self.configs / f"{config.uuid}.cfg"
+        path = self.configs / f"{config.uuid}-{purpose}.cfg"
         _write_atomic(path, ("\n".join(lines) + "\n").encode())
         return path
 
@@ -432,6 +466,7 @@ class XlBackend(Backend):
             self._acted()
         record = self._record(config.uuid)
         record["metadata"] = dict(config.metadata)
+        record["boot"] = {"kernel": config.kernel, "ramdisk": config.ramdisk, "args": config.args}
         record["start_time"] = _now().isoformat()
         record.pop("suspended", None)
         self._save_state()
@@ -462,6 +497,7 @@ class XlBackend(Backend):
 
     def _gone(self, uuid: str) -> None:
         self._domains.pop(uuid, None)
+        self._raw.pop(uuid, None)
         self._listed.pop(uuid, None)
         self._state["domains"].pop(uuid, None)
         self._save_state()
@@ -492,16 +528,16 @@ class XlBackend(Backend):
         with self._lock:
             d = self._get(uuid, PowerState.RUNNING)
             self._act(uuid, "pause", str(d.domid))
-            return self._after(uuid)
+            return self._after(uuid, "row")
 
     def unpause(self, uuid: str) -> Domain:
         with self._lock:
             d = self._get(uuid, PowerState.PAUSED)
             self._act(uuid, "unpause", str(d.domid))
-            return self._after(uuid)
+            return self._after(uuid, "row")
 
-    def _after(self, uuid: str) -> Domain:
-        d = self._refresh(uuid)
+    def _after(self, uuid: str, *parts: str) -> Domain:
+        d = self._refresh(uuid, *parts)
         if d is None:
             raise BackendError(f"domain {uuid} disappeared from Xen", "HANDLE_INVALID", "VM", uuid)
         return d
@@ -519,6 +555,7 @@ class XlBackend(Backend):
             self._act(uuid, "save", str(d.domid), str(image))
             suspended = replace(d, power_state=PowerState.SUSPENDED, domid=-1, vcpu_cpu={})
             self._domains.pop(uuid, None)
+            self._raw.pop(uuid, None)
             self._record(uuid)["suspended"] = _domain_to_json(suspended)
             self._save_state()
             return suspended
@@ -526,8 +563,10 @@ class XlBackend(Backend):
     def resume(self, uuid: str, paused: bool) -> Domain:
         with self._lock:
             d = self._get(uuid, PowerState.SUSPENDED)
+            pool = d.pool if self._pool_by_uuid(d.pool) is not None else POOL0_UUID
             self._check_memory(d.memory)
-            self._act(uuid, "restore", *(["-p"] if paused else []), str(self._image(uuid)))
+            self._act(uuid, "restore", *(["-p"] if paused else []), *self._restore_config(d, pool, None),
+                      str(self._image(uuid)))
             self._record(uuid).pop("suspended", None)
             self._save_state()
             self._image(uuid).unlink(missing_ok=True)
@@ -573,7 +612,7 @@ class XlBackend(Backend):
                                    "deactivated")
             self._check_memory(saved.memory)
             # paused while we put it right (name, pool), then unpaused unless asked otherwise
-            self._act(saved.uuid, "restore", "-p", str(path))
+            self._act(saved.uuid, "restore", "-p", *self._restore_config(saved, target, config), str(path))
             d = self._after(saved.uuid)
             if config is not None and config.name != d.name:
                 self._act(saved.uuid, "rename", str(d.domid), config.name)
@@ -584,6 +623,8 @@ class XlBackend(Backend):
             record = self._record(saved.uuid)
             record["metadata"] = dict(config.metadata if config is not None else saved.metadata)
             record["start_time"] = saved.start_time.isoformat()
+            if config is not None:
+                record["boot"] = {"kernel": config.kernel, "ramdisk": config.ramdisk, "args": config.args}
             self._save_state()
             return self._after(saved.uuid), metadata
 
@@ -603,7 +644,7 @@ class XlBackend(Backend):
             if memory > d.memory:
                 self._check_memory(memory - d.memory)
             self._act(uuid, "mem-set", str(d.domid), f"{-(-memory // KIB)}k")
-            return self._after(uuid)
+            return self._after(uuid, "row", "long")
 
     def set_memory_max(self, uuid: str, memory_max: int) -> Domain:
         with self._lock:
@@ -615,7 +656,7 @@ class XlBackend(Backend):
                 raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
                                    f"below the domain's current memory ({d.memory}); lower that first")
             self._act(uuid, "mem-max", str(d.domid), f"{-(-memory_max // KIB)}k")
-            return self._after(uuid)
+            return self._after(uuid, "row", "long")
 
     def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
         with self._lock:
@@ -627,7 +668,7 @@ class XlBackend(Backend):
                 raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
                                    f"between 1 and {d.vcpus_max}")
             self._act(uuid, "vcpu-set", str(d.domid), str(vcpus))
-            return self._after(uuid)
+            return self._after(uuid, "row", "long", "vcpus")
 
     def pin(self, uuid: str, vcpu: int, cpus: frozenset[int] | None) -> Domain:
         with self._lock:
@@ -641,7 +682,7 @@ class XlBackend(Backend):
                     raise BackendError(f"pCPU {bad[0]} does not exist" if bad else "an empty pCPU set",
                                        "INVALID_VALUE", f"cpumap{vcpu}", format_cpulist(cpus))
             self._act(uuid, "vcpu-pin", str(d.domid), str(vcpu), "all" if cpus is None else format_cpulist(cpus))
-            return self._after(uuid)
+            return self._after(uuid, "vcpus")
 
     def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
         with self._lock:
@@ -655,7 +696,7 @@ class XlBackend(Backend):
                 raise BackendError(f"the {sched} scheduler has no weight and cap", "OPERATION_NOT_ALLOWED",
                                    f"the domain's pool runs the {sched} scheduler, which has no weight and cap")
             self._act(uuid, f"sched-{sched}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
-            return self._after(uuid)
+            return self._after(uuid, "sched")
 
     # -- CPU pools ------------------------------------------------------------------------------------
     def _pool_uuid(self, name: str) -> str:
@@ -769,17 +810,19 @@ class XlBackend(Backend):
             target = self._pool(pool)
             if d.pool != pool:
                 self._act(domain, "cpupool-migrate", str(d.domid), target.name)
-            return self._after(domain)
+            return self._after(domain, "row", "sched")
 
     # -- changes made outside xend-ext ----------------------------------------------------------------
     def _sync(self) -> tuple[set[str], bool]:
         """Compare Xen with what we last read; re-read what changed. Returns (changed uuids, pools changed)."""
         generation = self._generation
         rows = {r["uuid"]: r for r in parse_list(self._xl("list", "-v", "-c"))}
-        pools = parse_pools(self._xl("cpupool-list"), self._xl("cpupool-list", "-c"))
+        # names and CPUs tell a change (a pool's scheduler is fixed when it is made): one call, not two
+        pool_cpus = self._xl("cpupool-list", "-c")
         if generation != self._generation:
             return set(), False  # an action of ours ran meanwhile: it knows its results; look again next time
-        pools_changed = [(p.name, p.sched, p.cpus) for p in self._pools] != pools
+        pools_changed = [(p.name, p.cpus) for p in self._pools] != [
+            (name, cpus) for name, _, cpus in parse_pools(pool_cpus, pool_cpus, any_sched=True)]
         if pools_changed:
             self._refresh_pools()
         changed = {u for u, row in rows.items() if self._listed.get(u) != _row_print(row)}
