@@ -886,7 +886,7 @@ def test_a_refused_pool_message_emits_nothing(kit):
 
 # -- roles ----------------------------------------------------------------------------------------
 
-def test_a_vm_operator_moves_vms_but_does_not_manage_pools(make_server, tmp_path):
+def test_a_vm_operator_moves_vms_but_does_not_manage_pools(make_server, backend, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     add_user(state, "admin", "s3cret", "pool-admin")
