@@ -94,17 +94,24 @@ class Xen:
         return int(line[-2]), int(line[-1])
 
     def clean(self) -> None:
-        """Back to a freshly booted host: only Domain-0, every pCPU in Pool-0."""
+        """Back to a freshly booted host: only Domain-0, every pCPU in Pool-0. Two xl calls when
+        there is nothing to undo (each costs ~0.4 s)."""
+        acted = False
         for name in self.domains():
             if name != "Domain-0":
                 self.run("destroy", name)
-        for name in self.pools():
+                acted = True
+        pools = {f[0]: _cpus(f[1]) if len(f) > 1 else set()
+                 for f in (line.split() for line in self.out("cpupool-list", "-c").splitlines()[1:]) if f}
+        for name in pools:
             if name != "Pool-0":
                 self.run("cpupool-destroy", name)
-        missing = set(range(NCPUS)) - self.pools()["Pool-0"]["cpus"]
+                acted = True
+        missing = set(range(NCPUS)) - pools.get("Pool-0", set())
         if missing:
             self.out("cpupool-cpu-add", "Pool-0", ",".join(str(c) for c in sorted(missing)))
-        assert list(self.domains()) == ["Domain-0"] and list(self.pools()) == ["Pool-0"]
+        if acted or missing:
+            assert list(self.domains()) == ["Domain-0"] and list(self.pools()) == ["Pool-0"]
 
 
 def _cpus(text: str) -> set[int]:
@@ -143,7 +150,7 @@ def xen_fixture() -> Xen:
 
 @pytest.fixture(name="clean_xen")
 def clean_xen_fixture(xen) -> Xen:
-    """The machine with nothing but Domain-0 and Pool-0, before and after the test."""
+    """The machine with nothing but Domain-0 and Pool-0 when the test begins (what a test leaves,
+    the next one's set-up removes: one clean per test, each xl call being slow)."""
     xen.clean()
-    yield xen
-    xen.clean()
+    return xen

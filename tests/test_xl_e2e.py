@@ -73,7 +73,7 @@ def test_done_means_a_pool_and_a_guest_on_real_xen(xl_server, clean_xen):
     assert "p" not in clean_xen.domains()["g-e2e"]["state"] and x.VM.get_power_state(vm) == "Running"
 
     # back to Pool-0 (its pin on CPU 3 is outside Pool-0: unpin first, as xend required)
-    x.VM.pin_VCPU(vm, "0", "", "dynamic")
+    x.VM.pin_VCPU(vm, "0", "all", "dynamic")
     assert clean_xen.vcpus("g-e2e")[0]["hard"] == "all"
     x.VM.cpu_pool_migrate(vm, k.pool0)
     assert clean_xen.domains()["g-e2e"]["pool"] == "Pool-0" and x.VM.get_cpu_pool(vm) == [k.pool0]
