@@ -124,6 +124,16 @@ def parse_pools(listing: str, cpus_listing: str, any_sched: bool = False) -> lis
     return pools
 
 
+def _fields(text: str) -> dict[str, str]:
+    """``key : value`` lines of ``xl info`` (the first of each key; indented lines are tables)."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and not line.startswith(" "):
+            info.setdefault(key.strip(), value.strip())
+    return info
+
+
 def _quote(value: str) -> str:
     """A string in xl's config syntax (C-like escapes inside double quotes)."""
     if "\n" in value or "\r" in value:
@@ -209,16 +219,11 @@ class XlBackend(Backend):
 
     # -- host ----------------------------------------------------------------------------------
     def _info(self) -> dict[str, str]:
-        info = {}
-        for line in self._xl("info").splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip() and not line.startswith(" "):
-                info.setdefault(key.strip(), value.strip())
-        return info
+        return _fields(self._xl("info"))
 
     def _describe(self) -> HostInfo:
-        info = self._info()
-        topology = self._xl("info", "-n")
+        topology = self._xl("info", "-n")  # everything `xl info` prints, and the CPU topology: one call
+        info = _fields(topology)
         nodes = {}
         in_topology = False
         for line in topology.splitlines():
