@@ -46,12 +46,24 @@ NEEDS = {"set_sched_weight": "sched_credit", "set_sched_cap": "sched_credit", "s
          "migrate": "migrate"}
 
 
+MODES = ("dynamic", "static", "perm")
+
+
+def touches_live(x, vm: str, message: str, args: tuple) -> bool:
+    """Whether the call changes the running domain (what needs the capability): dynamic always,
+    perm on a running or paused VM; static changes only the definition. Migration always."""
+    if message == "migrate":
+        return True
+    mode = args[-1] if args and args[-1] in MODES else "dynamic"
+    return mode == "dynamic" or (mode == "perm" and x.VM.get_power_state(vm) in ("Running", "Paused"))
+
+
 def not_implemented_here(server, x, vm: str, message: str, *args) -> bool:
-    """On a backend lacking what VM.``message`` needs: check that the call is refused with
-    ``NOT_IMPLEMENTED [capability]`` and changes nothing, and say True (the test has nothing more to
-    check there). False where the backend has it."""
+    """On a backend lacking what VM.``message`` needs for a live change: check that the call is
+    refused with ``NOT_IMPLEMENTED [capability]`` and changes nothing, and say True (the test has
+    nothing more to check there). False where the backend has it, or the call is a static change."""
     capability = NEEDS.get(message)
-    if capability is None or not lacks(server, capability):
+    if capability is None or not lacks(server, capability) or not touches_live(x, vm, message, args):
         return False
     before = everything(server, x, vm)
     assert failure(getattr(x.VM, message), vm, *args) == ["NOT_IMPLEMENTED", capability]

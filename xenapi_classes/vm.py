@@ -739,18 +739,21 @@ async def remove_from_VCPUs_params(ctx, ref, key):  # noqa: N802 - the wire name
 MODE = T.Enum("allocation_mode", "dynamic", "static", "perm")
 
 
-async def _allocate(ctx, ref, mode, stored, live):
+async def _allocate(ctx, ref, mode, stored, live, capability):
     """One allocation change in the three modes of API.md §8.
 
     ``stored(obj)``: the definition fields to write (static, perm), computed under the VM's lock
     so concurrent changes of one map do not overwrite each other; ``live``: a function of the
     VM's uuid calling the backend (dynamic, perm). A halted VM has no domain, so dynamic fails
     there and perm changes the definition only. The definition is checked before the backend.
+    ``capability`` is what the backend needs for the live change: a backend without it still takes
+    static changes (and perm on a halted VM), which only touch the definition.
     """
     async with ctx.lock(ref):
         obj = current(ctx, ref)
         stored = stored(obj)
         running = obj.values["power_state"] in LIVE_STATES
+        _needs(ctx, obj, mode, capability)  # again, under the lock: the VM may have started meanwhile
         if mode == "dynamic" and not running:
             raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", obj.values["power_state"].lower())
         if mode != "dynamic":
@@ -768,13 +771,21 @@ async def _allocate(ctx, ref, mode, stored, live):
             await sdoms.push(ctx)
 
 
-ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED"))
+ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "NOT_IMPLEMENTED"))
 
 
-@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"), capability=Capability.MEMORY_LIVE,
+def _needs(ctx, obj, mode, capability):
+    """A live change needs the backend's capability (checked first, before the values); a static
+    one, or perm on a halted VM, changes only the definition and needs nothing of the backend."""
+    if mode == "dynamic" or (mode == "perm" and obj.values["power_state"] in LIVE_STATES):
+        ctx.require(capability)
+
+
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
             **ALLOCATION)
 async def set_memory(ctx, ref, value, mode):
     """Memory in bytes (xm mem-set)."""
+    _needs(ctx, ctx.db.get(ref), mode, Capability.MEMORY_LIVE)
     _at_least_one("memory", value)
 
     def stored(obj):
@@ -785,25 +796,28 @@ async def set_memory(ctx, ref, value, mode):
             raise XenAPIError("VALUE_NOT_SUPPORTED", "memory", value, f"more than the host has ({host_memory})")
         return {"memory_target": value}
 
-    await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.set_memory(uuid, value))
+    await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.set_memory(uuid, value),
+                    Capability.MEMORY_LIVE)
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
-            capability=Capability.MEMORY_MAX_LIVE, **ALLOCATION)
+            **ALLOCATION)
 async def set_memory_max(ctx, ref, value, mode):
     """The most memory the domain may have, in bytes (xm mem-max)."""
+    _needs(ctx, ctx.db.get(ref), mode, Capability.MEMORY_MAX_LIVE)
     _at_least_one("memory_max", value)
     await _allocate(ctx, ref, mode, lambda obj: {"memory_static_max": value},
-                    lambda uuid: ctx.backend.set_memory_max(uuid, value))
+                    lambda uuid: ctx.backend.set_memory_max(uuid, value), Capability.MEMORY_MAX_LIVE)
 
 
-@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"), capability=Capability.VCPUS_LIVE,
+@vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
             **ALLOCATION)
 async def set_VCPUs(ctx, ref, value, mode):  # noqa: N802 - the wire name
     """vCPUs online (xm vcpu-set)."""
+    _needs(ctx, ctx.db.get(ref), mode, Capability.VCPUS_LIVE)
     _at_least_one("VCPUs", value)
     await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_at_startup": value},
-                    lambda uuid: ctx.backend.set_vcpus(uuid, value))
+                    lambda uuid: ctx.backend.set_vcpus(uuid, value), Capability.VCPUS_LIVE)
 
 
 def _at_least_one(name, value):
@@ -820,31 +834,34 @@ def _live_sched(ctx, ref, weight=None, cap=None):
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
-            capability=Capability.SCHED_CREDIT, **ALLOCATION)
+            **ALLOCATION)
 async def set_sched_weight(ctx, ref, value, mode):
     """Credit scheduler weight, 1..65535 (xm sched-credit -w)."""
+    _needs(ctx, ctx.db.get(ref), mode, Capability.SCHED_CREDIT)
     if not 1 <= value <= 65535:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "weight", value, "weight is 1..65535")
     await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_params": {**obj.values["VCPUs_params"], "weight": str(value)}},
-                    _live_sched(ctx, ref, weight=value))
+                    _live_sched(ctx, ref, weight=value), Capability.SCHED_CREDIT)
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Int), ("mode", MODE, "dynamic"),
-            capability=Capability.SCHED_CREDIT, **ALLOCATION)
+            **ALLOCATION)
 async def set_sched_cap(ctx, ref, value, mode):
     """Credit scheduler cap in % of one pCPU, 0 (none)..100 x vCPUs (xm sched-credit -c)."""
+    _needs(ctx, ctx.db.get(ref), mode, Capability.SCHED_CREDIT)
     obj = ctx.db.get(ref)
     vcpus = obj.values["VCPUs_max"]
     if not 0 <= value <= 100 * vcpus:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cap", value, f"cap is 0..{100 * vcpus} for {vcpus} vCPUs")
     await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_params": {**obj.values["VCPUs_params"], "cap": str(value)}},
-                    _live_sched(ctx, ref, cap=value))
+                    _live_sched(ctx, ref, cap=value), Capability.SCHED_CREDIT)
 
 
 @vm.message(("self", T.Ref("VM")), ("vcpu", T.Int), ("cpus", T.String), ("mode", MODE, "dynamic"),
-            capability=Capability.PIN, **ALLOCATION)
+            **ALLOCATION)
 async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
     """Restrict a vCPU to some pCPUs: "2,3", "0-3,^1" or "all" (xm vcpu-pin)."""
+    _needs(ctx, ctx.db.get(ref), mode, Capability.PIN)
     obj = ctx.db.get(ref)
     if not 0 <= vcpu < obj.values["VCPUs_max"]:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "vcpu", vcpu, f"the VM has vCPUs 0..{obj.values['VCPUs_max'] - 1}")
@@ -873,7 +890,7 @@ async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
             params[f"cpumap{vcpu}"] = ",".join(str(c) for c in sorted(chosen))
         return {"VCPUs_params": params}
 
-    await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.pin(uuid, vcpu, chosen))
+    await _allocate(ctx, ref, mode, stored, lambda uuid: ctx.backend.pin(uuid, vcpu, chosen), Capability.PIN)
 
 
 @vm.message(("self", T.Ref("VM")), result=T.Struct, role="read-only", async_ok=False)

@@ -107,7 +107,9 @@ def _vcpu_rows(d: Domain, ncpus: int) -> list[tuple]:
         elif d.power_state == "Paused":
             state, cpu = "--p", str(where.get(str(v), "-"))
         else:
-            state, cpu = ("r--" if share > 0 else "-b-"), str(where.get(str(v), "-"))
+            # without a utilisation figure (libvirt, xl) a running domain's online vCPU counts as running
+            state = "r--" if share > 0 or not use else "-b-"
+            cpu = str(where.get(str(v), "-"))
         rows.append((d.name, d.domid_text, v, cpu, state, uptime * share if v < online else 0.0,
                      _affinity(params.get(f"cpumap{v}", ""), ncpus)))
     return rows
