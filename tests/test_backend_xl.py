@@ -23,7 +23,7 @@ from xend_ext.backends.base import BackendError, Capability, DomainConfig, Power
 from xend_ext.backends.xl import POOL0_UUID, XlBackend, parse_cpulist, parse_vcpu_list
 
 # every xl call takes ~0.4 s under emulation and a create ~10 s: more than the suite's default
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("realxen")]  # one machine, one worker
 
 POOL_UUID = "5eed0000-0000-4000-8000-000000000001"
 

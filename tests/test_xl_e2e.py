@@ -22,7 +22,7 @@ from vmkit import event_from, new_vm, token_now
 from xmkit import ok, xm
 
 # every xl call takes ~0.4 s under emulation and a create ~10 s: more than the suite's default
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("realxen")]  # one machine, one worker
 
 
 @pytest.fixture
