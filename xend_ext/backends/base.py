@@ -143,6 +143,62 @@ class BackendError(Exception):
         self.params = [str(p) for p in params] if params else [message]
 
 
+# -- the checks every backend makes before it acts (the sim, libvirt and xl give the same errors) --
+
+def checked(d: Domain | None, uuid: str, *states: str) -> Domain:
+    """The domain found for ``uuid``: it exists and, when ``states`` are given, is in one of them
+    and is not Domain-0 (which is never stopped, paused or moved)."""
+    if d is None:
+        raise BackendError(f"no domain {uuid} on this host", "HANDLE_INVALID", "VM", uuid)
+    if states and d.power_state not in states:
+        raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid,
+                           "/".join(s.lower() for s in states), d.power_state.lower())
+    if d.is_control_domain and states:
+        raise BackendError("Domain-0 cannot be stopped, paused or moved", "OPERATION_NOT_ALLOWED",
+                           "Domain-0 cannot be stopped, paused, suspended or moved")
+    return d
+
+
+def require_live(d: Domain) -> None:
+    """A live change needs a domain that runs (or is paused)."""
+    if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
+        raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", d.uuid, "running",
+                           d.power_state.lower())
+
+
+def check_memory(d: Domain, memory: int) -> None:
+    if memory < 1:
+        raise BackendError("memory must be positive", "VALUE_NOT_SUPPORTED", "memory", memory, "must be at least 1")
+    if memory > d.memory_max:
+        raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
+                           f"the domain's maximum is {d.memory_max}")
+
+
+def check_memory_max(d: Domain, memory_max: int) -> None:
+    if memory_max < d.memory:
+        raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
+                           f"below the domain's current memory ({d.memory}); lower that first")
+
+
+def check_vcpus(d: Domain, vcpus: int) -> None:
+    if not 1 <= vcpus <= d.vcpus_max:
+        raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
+                           f"between 1 and {d.vcpus_max}")
+
+
+def check_free(needed: int, free: int) -> None:
+    if needed > free:
+        raise BackendError(f"{needed} bytes needed, {free} free", "HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
+
+
+def check_pins(pins: dict[int, frozenset[int]], ncpus: int) -> None:
+    for vcpu, cpus in pins.items():
+        bad = sorted(c for c in cpus if not 0 <= c < ncpus)
+        if bad:
+            raise BackendError(f"pCPU {bad[0]} does not exist", "INVALID_VALUE", f"cpumap{vcpu}",
+                               ",".join(map(str, sorted(cpus))))
+
+
 class Backend(ABC):
     name: str = "?"
     capabilities: frozenset[str] = frozenset()

@@ -41,6 +41,13 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    check_free,
+    check_memory,
+    check_memory_max,
+    check_pins,
+    check_vcpus,
+    checked,
+    require_live,
 )
 from .pooltable import SCHEDULERS, PoolTable
 
@@ -334,16 +341,7 @@ class LibvirtBackend(Backend):
             raise _error(exc, uuid) from None
 
     def _get(self, uuid: str, *states: str) -> Domain:
-        d = self._refresh(uuid)  # a fresh look: the state may have changed behind our back
-        if d is None:
-            raise BackendError(f"no domain {uuid} on this host", "HANDLE_INVALID", "VM", uuid)
-        if states and d.power_state not in states:
-            raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid,
-                               "/".join(s.lower() for s in states), d.power_state.lower())
-        if d.is_control_domain and states:
-            raise BackendError("Domain-0 cannot be stopped, paused or moved", "OPERATION_NOT_ALLOWED",
-                               "Domain-0 cannot be stopped, paused, suspended or moved")
-        return d
+        return checked(self._refresh(uuid), uuid, *states)  # a fresh look: it may have changed behind our back
 
     def _not_control(self, d: Domain) -> None:
         if d.is_control_domain and self.driver != "Xen":
@@ -351,16 +349,7 @@ class LibvirtBackend(Backend):
                                f"on a {self.driver} host the control domain is the host itself")
 
     def _check_memory(self, needed: int, releasing: int = 0) -> None:
-        free = self.host_info().memory_free + releasing
-        if needed > free:
-            raise BackendError(f"{needed} bytes needed, {free} free", "HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
-
-    def _check_pins(self, pins: dict[int, frozenset[int]]) -> None:
-        for vcpu, cpus in pins.items():
-            bad = sorted(c for c in cpus if not 0 <= c < self.ncpus)
-            if bad:
-                raise BackendError(f"pCPU {bad[0]} does not exist", "INVALID_VALUE", f"cpumap{vcpu}",
-                                   cpuset.format(cpus))
+        check_free(needed, self.host_info().memory_free + releasing)
 
     def _affect(self, dom) -> int:
         """Change the running domain and, if libvirt keeps one, its persistent definition."""
@@ -527,7 +516,7 @@ class LibvirtBackend(Backend):
 
     def start(self, config: DomainConfig, paused: bool) -> Domain:
         def action():
-            self._check_pins(config.pins)
+            check_pins(config.pins, self.ncpus)
             if (config.pool or POOL0_UUID) not in self.table.pools:
                 raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
             dom = self._existing(config.uuid)
@@ -676,12 +665,8 @@ class LibvirtBackend(Backend):
         def action():
             d = self._get(uuid)
             self._not_control(d)
-            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
-                                   d.power_state.lower())
-            if memory > d.memory_max:
-                raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
-                                   f"the domain's maximum is {d.memory_max}")
+            require_live(d)
+            check_memory(d, memory)
             self._check_memory(memory, releasing=d.memory)
             self._lookup(uuid).setMemoryFlags(memory // KIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             return self._refresh(uuid)
@@ -693,9 +678,7 @@ class LibvirtBackend(Backend):
 
         def action():
             d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
-            if memory_max < d.memory:
-                raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
-                                   f"below the domain's current memory ({d.memory}); lower that first")
+            check_memory_max(d, memory_max)
             self._lookup(uuid).setMemoryFlags(memory_max // KIB,
                                               libvirt.VIR_DOMAIN_MEM_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_LIVE)
             return self._refresh(uuid)
@@ -705,9 +688,7 @@ class LibvirtBackend(Backend):
         def action():
             d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
             self._not_control(d)
-            if not 1 <= vcpus <= d.vcpus_max:
-                raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
-                                   f"between 1 and {d.vcpus_max}")
+            check_vcpus(d, vcpus)
             self._lookup(uuid).setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             self._repin(uuid)  # new vCPUs are confined like the others
             return self._refresh(uuid)
@@ -721,7 +702,7 @@ class LibvirtBackend(Backend):
             if cpus is None:
                 pins.pop(vcpu, None)
             else:
-                self._check_pins({vcpu: cpus})
+                check_pins({vcpu: cpus}, self.ncpus)
                 pins[vcpu] = frozenset(cpus)
             self._write_meta(self._lookup(uuid), pins=pins)
             self._repin(uuid)

@@ -34,6 +34,13 @@ from .base import (
     PhysicalCPU,
     PowerState,
     SchedDomain,
+    check_free,
+    check_memory,
+    check_memory_max,
+    check_pins,
+    check_vcpus,
+    checked,
+    require_live,
 )
 from .pooltable import PoolTable
 
@@ -269,31 +276,13 @@ class SimBackend(Backend):
 
     # -- actions ---------------------------------------------------------------------------
     def _get(self, uuid: str, *states: str) -> Domain:
-        d = self._domains.get(uuid)
-        if d is None:
-            raise BackendError(f"no domain {uuid} on this host", "HANDLE_INVALID", "VM", uuid)
-        if states and d.power_state not in states:
-            raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid,
-                               "/".join(s.lower() for s in states), d.power_state.lower())
-        if d.is_control_domain and states:
-            raise BackendError("Domain-0 cannot be stopped, paused or moved", "OPERATION_NOT_ALLOWED",
-                               "Domain-0 cannot be stopped, paused, suspended or moved")
-        return d
+        return checked(self._domains.get(uuid), uuid, *states)
 
     def _check_memory(self, needed: int, releasing: int = 0) -> None:
-        free = self.memory_total - self._used_memory() + releasing
-        if needed > free:
-            raise BackendError(f"{needed} bytes needed, {free} free", "HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
-
-    def _check_pins(self, pins: dict[int, frozenset[int]]) -> None:
-        for vcpu, cpus in pins.items():
-            bad = sorted(c for c in cpus if not 0 <= c < self.ncpus)
-            if bad:
-                raise BackendError(f"pCPU {bad[0]} does not exist", "INVALID_VALUE", f"cpumap{vcpu}",
-                                   ",".join(map(str, sorted(cpus))))
+        check_free(needed, self.memory_total - self._used_memory() + releasing)
 
     def _boot(self, config: DomainConfig, paused: bool, domid: int | None = None) -> Domain:
-        self._check_pins(config.pins)
+        check_pins(config.pins, self.ncpus)
         pool = config.pool or POOL0_UUID
         if pool not in self.table.pools:
             raise BackendError("the CPU pool is not active", "POOL_BAD_STATE", "deactivated")
@@ -423,35 +412,22 @@ class SimBackend(Backend):
     def set_memory(self, uuid: str, memory: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
-            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
-                                   d.power_state.lower())
-            if memory < 1:
-                raise BackendError("memory must be positive", "VALUE_NOT_SUPPORTED", "memory", memory,
-                                   "must be at least 1")
-            if memory > d.memory_max:
-                raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
-                                   f"the domain's maximum is {d.memory_max}")
+            require_live(d)
+            check_memory(d, memory)
             self._check_memory(memory, releasing=d.memory)
             return self._commit(replace(d, memory=memory))
 
     def set_memory_max(self, uuid: str, memory_max: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
-            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
-                                   d.power_state.lower())
-            if memory_max < d.memory:
-                raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
-                                   f"below the domain's current memory ({d.memory}); lower that first")
+            require_live(d)
+            check_memory_max(d, memory_max)
             return self._commit(replace(d, memory_max=memory_max))
 
     def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
-            if not 1 <= vcpus <= d.vcpus_max:
-                raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
-                                   f"between 1 and {d.vcpus_max}")
+            check_vcpus(d, vcpus)
             return self._commit(replace(d, vcpus=vcpus))
 
     def pin(self, uuid: str, vcpu: int, cpus: frozenset[int] | None) -> Domain:
@@ -461,7 +437,7 @@ class SimBackend(Backend):
             if cpus is None:
                 pins.pop(vcpu, None)
             else:
-                self._check_pins({vcpu: cpus})
+                check_pins({vcpu: cpus}, self.ncpus)
                 pins[vcpu] = frozenset(cpus)
             return self._commit(replace(d, pins=pins))
 

@@ -42,6 +42,12 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    check_free,
+    check_memory,
+    check_memory_max,
+    check_vcpus,
+    checked,
+    require_live,
 )
 
 log = logging.getLogger(__name__)
@@ -263,8 +269,7 @@ class XlBackend(Backend):
     def _check_memory(self, needed: int) -> None:
         free = int(self._info().get("free_memory", "0")) * MIB
         self._host = None
-        if needed > free:
-            raise BackendError(f"{needed} bytes needed, {free} free", "HOST_NOT_ENOUGH_FREE_MEMORY", needed, free)
+        check_free(needed, free)
 
     # -- domains: reading Xen ----------------------------------------------------------------
     def _sched_table(self) -> dict[int, tuple[int, int]]:
@@ -389,15 +394,7 @@ class XlBackend(Backend):
     # -- domains: acting -------------------------------------------------------------------------
     def _get(self, uuid: str, *states: str) -> Domain:
         d = self._domains.get(uuid) or next((s for s in self._suspended() if s.uuid == uuid), None)
-        if d is None:
-            raise BackendError(f"no domain {uuid} on this host", "HANDLE_INVALID", "VM", uuid)
-        if states and d.power_state not in states:
-            raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid,
-                               "/".join(s.lower() for s in states), d.power_state.lower())
-        if d.is_control_domain and states:
-            raise BackendError("Domain-0 cannot be stopped, paused or moved", "OPERATION_NOT_ALLOWED",
-                               "Domain-0 cannot be stopped, paused, suspended or moved")
-        return d
+        return checked(d, uuid, *states)
 
     def _acted(self) -> None:
         self._generation += 1
@@ -637,15 +634,8 @@ class XlBackend(Backend):
     def set_memory(self, uuid: str, memory: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
-            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
-                                   d.power_state.lower())
-            if memory < 1:
-                raise BackendError("memory must be positive", "VALUE_NOT_SUPPORTED", "memory", memory,
-                                   "must be at least 1")
-            if memory > d.memory_max:
-                raise BackendError("above the domain's maximum", "VALUE_NOT_SUPPORTED", "memory", memory,
-                                   f"the domain's maximum is {d.memory_max}")
+            require_live(d)
+            check_memory(d, memory)
             if memory > d.memory:
                 self._check_memory(memory - d.memory)
             self._act(uuid, "mem-set", str(d.domid), f"{-(-memory // KIB)}k")
@@ -654,24 +644,16 @@ class XlBackend(Backend):
     def set_memory_max(self, uuid: str, memory_max: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
-            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
-                                   d.power_state.lower())
-            if memory_max < d.memory:
-                raise BackendError("below the memory in use", "VALUE_NOT_SUPPORTED", "memory_max", memory_max,
-                                   f"below the domain's current memory ({d.memory}); lower that first")
+            require_live(d)
+            check_memory_max(d, memory_max)
             self._act(uuid, "mem-max", str(d.domid), f"{-(-memory_max // KIB)}k")
             return self._after(uuid, "row", "long")
 
     def set_vcpus(self, uuid: str, vcpus: int) -> Domain:
         with self._lock:
             d = self._get(uuid)
-            if d.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise BackendError(f"domain {d.name} is {d.power_state}", "VM_BAD_POWER_STATE", uuid, "running",
-                                   d.power_state.lower())
-            if not 1 <= vcpus <= d.vcpus_max:
-                raise BackendError("outside 1..VCPUs_max", "VALUE_NOT_SUPPORTED", "VCPUs", vcpus,
-                                   f"between 1 and {d.vcpus_max}")
+            require_live(d)
+            check_vcpus(d, vcpus)
             self._act(uuid, "vcpu-set", str(d.domid), str(vcpus))
             return self._after(uuid, "row", "long", "vcpus")
 
