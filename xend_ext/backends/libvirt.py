@@ -459,7 +459,7 @@ class LibvirtBackend(Backend):
                 return None
             raise _error(exc, uuid) from None
 
-    def _boot(self, dom, paused: bool, resume_image: bool = False) -> None:
+    def _boot(self, dom, paused: bool) -> None:
         """Start a defined domain (from its managed save image if it has one), paused if asked."""
         try:
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
@@ -500,11 +500,9 @@ class LibvirtBackend(Backend):
     def define(self, config: DomainConfig) -> None:
         def action():
             dom = self._existing(config.uuid)
-            if dom is not None and not dom.isPersistent():
-                return  # a transient domain has no definition to keep; the next start makes one
-            base = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom is not None else None
-            if dom is not None:
-                self.conn.defineXML(self._definition(config, base))
+            # no definition yet, or a transient domain: there is none to keep; the next start makes one
+            if dom is not None and dom.isPersistent():
+                self.conn.defineXML(self._definition(config, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
         self._act(config.uuid, action)
 
     def undefine(self, uuid: str) -> None:
