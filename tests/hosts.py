@@ -85,8 +85,8 @@ class XlHost(Host):
             _take(extra, flag, default)
         if "--sim-reboot" in extra:
             extra.remove("--sim-reboot")
-        # a poll takes two xl calls (~1 s under emulation): every 1 s leaves the channel half free
-        return ["--backend", "xl", "--xl-path", realxen.machine().xl, "--xl-poll", "1"]
+        # a poll takes two xl calls (~0.4 s under emulation): every 2 s leaves the channel to the test
+        return ["--backend", "xl", "--xl-path", realxen.machine().xl, "--xl-poll", "2"]
 
 
 HOSTS["xl"] = XlHost()

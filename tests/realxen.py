@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "realxen"
 CACHE = Path(os.environ.get("XEND_REALXEN_CACHE", "/var/cache/xend-ext-realxen"))
+# Two guests. The tiny one (scripts/realxen/tiny-guest.s) is created in about half a second and
+# then sleeps in Xen; it cannot answer Xen's shutdown, reboot or suspend requests. The Linux one
+# (about 8 s per create: dom0 unpacks its kernel) can: the tests of those requests use it.
+TINY_KERNEL = str(CACHE / "machine" / "tiny-guest")
 GUEST_KERNEL = str(CACHE / "machine" / "vmlinuz")
 GUEST_RAMDISK = str(CACHE / "machine" / "guest-initrd.gz")
 GUEST_ARGS = "console=hvc0 quiet rdinit=/sbin/init"
@@ -93,6 +98,15 @@ class Xen:
         line = self.out(f"sched-{scheduler}", "-d", domain).splitlines()[-1].split()
         return int(line[-2]), int(line[-1])
 
+    def wait_booted(self, name: str, timeout: float = 90) -> None:
+        """Wait until the Linux guest ``name`` has booted (its init said so on its console): Linux
+        answers a suspend request only once its drivers are up, and booting takes seconds here."""
+        log = self.machine.consoles / f"guest-{name}.log"
+        deadline = time.monotonic() + timeout
+        while "realxen guest up" not in (log.read_text(errors="replace") if log.exists() else ""):
+            assert time.monotonic() < deadline, f"guest {name} did not boot within {timeout:.0f} s ({log})"
+            time.sleep(0.2)
+
     def clean(self) -> None:
         """Back to a freshly booted host: only Domain-0, every pCPU in Pool-0. Two xl calls when
         there is nothing to undo (each costs ~0.4 s)."""
@@ -112,6 +126,15 @@ class Xen:
             self.out("cpupool-cpu-add", "Pool-0", ",".join(str(c) for c in sorted(missing)))
         if acted or missing:
             assert list(self.domains()) == ["Domain-0"] and list(self.pools()) == ["Pool-0"]
+        for log in self.machine.consoles.glob("guest-*.log"):  # a new guest of the same name logs anew
+            log.unlink()
+
+
+def pv_fields(linux: bool = False) -> dict[str, str]:
+    """The VM record's boot fields of a guest the machine can run (see TINY_KERNEL)."""
+    if linux:
+        return {"PV_kernel": GUEST_KERNEL, "PV_ramdisk": GUEST_RAMDISK, "PV_args": GUEST_ARGS}
+    return {"PV_kernel": TINY_KERNEL, "PV_ramdisk": "", "PV_args": ""}
 
 
 def _cpus(text: str) -> set[int]:

@@ -4,7 +4,9 @@
 #   vmlinuz           the Linux kernel of dom0 and of the test guests
 #   dom0-initrd.gz    dom0's whole root filesystem: busybox, the xl tools and their libraries,
 #                     the xen/virtio/9p modules and our /init (dom0-init.sh)
-#   guest-initrd.gz   the tiny PV guest: busybox with busybox init (answers xl shutdown/reboot)
+#   guest-initrd.gz   the Linux guest's root: busybox with busybox init (answers xl shutdown/reboot)
+#   tiny-guest        the tiny PV guest (tiny-guest.s): created in half a second, never uses CPU
+#   xl-shim           the host-side xl (xl-shim.c)
 # Rebuilt only when these scripts or the kernel change (a stamp records what was built).
 set -euo pipefail
 
@@ -17,7 +19,8 @@ KROOT=$CACHE/kernel-$KVER
 KMODS=$KROOT/lib/modules/$KVER/kernel
 OUT=$CACHE/machine
 
-stamp=$(cat "$HERE/build.sh" "$HERE/dom0-init.sh" "$HERE/guest-inittab" /boot/xen-$XENVER-amd64.gz | sha256sum | cut -c1-16)-$KVER
+stamp=$(cat "$HERE/build.sh" "$HERE/dom0-init.sh" "$HERE/guest-inittab" "$HERE/tiny-guest.s" \
+  "$HERE/tiny-guest.lds" "$HERE/xl-shim.c" /boot/xen-$XENVER-amd64.gz | sha256sum | cut -c1-16)-$KVER
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$stamp" ]; then
   exit 0
 fi
@@ -51,7 +54,11 @@ base_tree() {        # ROOT: directories and busybox with its applet links made 
   ln -sfn /run "$r/var/run"
 }
 
-# ---- the guest
+# ---- the guests, and the host-side xl
+as -o tiny-guest.o "$HERE/tiny-guest.s"
+ld -T "$HERE/tiny-guest.lds" -o tiny-guest tiny-guest.o
+rm tiny-guest.o
+gcc -O2 -Wall -o xl-shim "$HERE/xl-shim.c"
 G=guest-root
 base_tree "$G"
 cp "$HERE/guest-inittab" "$G/etc/inittab"

@@ -17,7 +17,10 @@ for m in $(cat /lib/modules/ORDER); do
   insmod "/lib/modules/$m" || fail "insmod $m"
 done
 mount -t xenfs xenfs /proc/xen || fail "mount xenfs"
-# The shares: realxen.share=TAG:PATH on the kernel command line, one per host directory.
+# The shares: realxen.share=TAG:PATH on the kernel command line, one per host directory; and
+# realxen.consoles=DIR, a shared directory where xenconsoled logs each guest's console (the host
+# reads there whether a guest has booted).
+consoles=/var/log/xen/console
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     realxen.share=*)
@@ -25,14 +28,15 @@ for arg in $(cat /proc/cmdline); do
       mkdir -p "$path"
       mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none "$tag" "$path" || fail "mount 9p $tag at $path"
       ;;
+    realxen.consoles=*) consoles=${arg#realxen.consoles=} ;;
   esac
 done
 xenstored --pid-file /run/xenstored.pid
 i=0; while [ ! -S /run/xenstored/socket ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
 xen-init-dom0 >/dev/null || fail "xen-init-dom0"
-mkdir -p /var/log/xen/console
+mkdir -p "$consoles"
 # xl create waits for the guest console; without xenconsoled it times out and fails
-xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console || fail "xenconsoled"
+xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir="$consoles" || fail "xenconsoled"
 dev=""; i=0
 while [ -z "$dev" ] && [ $i -lt 100 ]; do
   for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = xlctl ] && dev=/dev/${p##*/}; done
@@ -44,13 +48,14 @@ say READY
 # Protocol: the host sends "ID COMMAND-LINE" (ID: a token of its choosing, COMMAND-LINE shell-quoted);
 # we answer with the command's stdout lines prefixed "O ", its stderr lines prefixed "E ", then
 # "@@RC ID <exit status>". The ID lets a host client skip the late answer of a client that gave up.
-# "@@POWEROFF" ends.
+# "@@POWEROFF" ends. Every xl call of the backend pays this loop's overhead, so it runs the command
+# in a subshell (a fork, not sh's fork and exec) and runs sed only on output there is.
 while :; do
   if IFS= read -r line <&3; then
     [ "$line" = "@@POWEROFF" ] && break
     id=${line%% *}
-    sh -c "${line#* }" >/run/o 2>/run/e </dev/null; rc=$?
-    { sed 's/^/O /' /run/o; sed 's/^/E /' /run/e; echo "@@RC $id $rc"; } >&3
+    ( eval "${line#* }" ) >/run/o 2>/run/e </dev/null; rc=$?
+    { [ -s /run/o ] && sed 's/^/O /' /run/o; [ -s /run/e ] && sed 's/^/E /' /run/e; echo "@@RC $id $rc"; } >&3
   else
     sleep 0.05   # no host client connected: the port reads as end of file
   fi

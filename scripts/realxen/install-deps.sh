@@ -9,7 +9,7 @@ set -euo pipefail
 
 CACHE=${XEND_REALXEN_CACHE:-/var/cache/xend-ext-realxen}
 XENVER=4.17
-PKGS="qemu-system-x86 xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER busybox-static cpio gzip python3"
+PKGS="qemu-system-x86 xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER busybox-static cpio gzip python3 gcc libc6-dev binutils"
 
 log() { echo "[realxen install] $*" >&2; }
 

@@ -46,6 +46,11 @@ class Machine:
         return self.run_dir / "xl"
 
     @property
+    def consoles(self) -> Path:
+        """Where the guests' consoles are logged (guest-NAME.log), when the run dir is shared."""
+        return self.run_dir.resolve() / "consoles"
+
+    @property
     def serial(self) -> Path:
         return self.run_dir / "serial.log"
 
@@ -59,7 +64,7 @@ class Machine:
     def boot(self, timeout: float = 120) -> Path:
         """Start QEMU and wait until dom0 serves xl; returns the shim's path."""
         files = CACHE / "machine"
-        for name in ("xen", "vmlinuz", "dom0-initrd.gz"):
+        for name in ("xen", "vmlinuz", "dom0-initrd.gz", "xl-shim"):
             if not (files / name).is_file():
                 raise MachineError(f"{files / name} is missing: run scripts/realxen/build.sh")
         if shutil.which("qemu-system-x86_64") is None:
@@ -67,12 +72,15 @@ class Machine:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         sock = self.run_dir / "xlctl.sock"
         sock.unlink(missing_ok=True)
-        shutil.copy(HERE / "xl-shim.py", self.xl)
+        shutil.copy(files / "xl-shim", self.xl)
         self.xl.chmod(0o755)
         xen_args = (f"console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=384M,max:384M "
                     f"dom0_max_vcpus=2 sched={self.sched} bootscrub=false noreboot")
         dom0_args = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=4 " + " ".join(
             f"realxen.share=share{i}:{path}" for i, path in enumerate(self.shares))
+        if any(self.consoles.is_relative_to(share) for share in self.shares):
+            self.consoles.mkdir(exist_ok=True)
+            dom0_args += f" realxen.consoles={self.consoles}"
         if "," in dom0_args:  # QEMU's multiboot -initrd list is comma-separated
             raise MachineError(f"a shared path contains a comma: {self.shares}")
         cmd = ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg,thread=multi",
