@@ -5,7 +5,7 @@
 #   dom0-initrd.gz    dom0's whole root filesystem: busybox, the xl tools and their libraries,
 #                     the xen/virtio/9p modules and our /init (dom0-init.sh)
 #   guest-initrd.gz   the Linux guest's root: busybox with busybox init (answers xl shutdown/reboot)
-#   tiny-guest        the tiny PV guest (tiny-guest.s): created in half a second, never uses CPU
+#   tiny-guest        the tiny PV guest (tiny-guest.c): created in half a second, answers Xen's requests
 #   xl-shim           the host-side xl (xl-shim.c)
 # Rebuilt only when these scripts or the kernel change (a stamp records what was built).
 set -euo pipefail
@@ -20,7 +20,7 @@ KMODS=$KROOT/lib/modules/$KVER/kernel
 OUT=$CACHE/machine
 
 stamp=$(cat "$HERE/build.sh" "$HERE/dom0-init.sh" "$HERE/guest-inittab" "$HERE/tiny-guest.s" \
-  "$HERE/tiny-guest.lds" "$HERE/xl-shim.c" /boot/xen-$XENVER-amd64.gz | sha256sum | cut -c1-16)-$KVER
+  "$HERE/tiny-guest.c" "$HERE/tiny-guest.lds" "$HERE/xl-shim.c" /boot/xen-$XENVER-amd64.gz | sha256sum | cut -c1-16)-$KVER
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$stamp" ]; then
   exit 0
 fi
@@ -55,9 +55,12 @@ base_tree() {        # ROOT: directories and busybox with its applet links made 
 }
 
 # ---- the guests, and the host-side xl
-as -o tiny-guest.o "$HERE/tiny-guest.s"
-ld -T "$HERE/tiny-guest.lds" -o tiny-guest tiny-guest.o
-rm tiny-guest.o
+# a kernel: no libc, no red zone (Xen may push frames on our stack), no SSE (no FPU state set up)
+as -o tiny-head.o "$HERE/tiny-guest.s"
+gcc -O2 -Wall -Wextra -ffreestanding -fno-builtin -fno-pic -fno-pie -mno-red-zone -mgeneral-regs-only \
+  -fno-stack-protector -fno-asynchronous-unwind-tables -fcf-protection=none -c -o tiny-main.o "$HERE/tiny-guest.c"
+ld -nostdlib -T "$HERE/tiny-guest.lds" -o tiny-guest tiny-head.o tiny-main.o
+rm tiny-head.o tiny-main.o
 gcc -O2 -Wall -o xl-shim "$HERE/xl-shim.c"
 G=guest-root
 base_tree "$G"

@@ -5,8 +5,9 @@ Usage: ``machine.py up RUN_DIR`` boots it and prints the shim's path (QEMU keeps
 in ``RUN_DIR/qemu.pid``); ``machine.py down RUN_DIR`` powers it off. The test fixture
 (tests/realxen.py) uses :class:`Machine` directly. Needs install-deps.sh and build.sh first.
 
-The machine: 4 pCPUs (dom0 has 2 vCPUs, so two pCPUs can go to a second pool), 1.25 GiB with
-384 MiB for dom0, Pool-0 under the credit scheduler. The host's temporary directory and the build
+The machine: 8 pCPUs and 4 GiB, the host the shared test suite assumes (dom0 has 2 vCPUs and
+384 MiB; idle emulated CPUs cost nothing, nor does memory no guest has touched), Pool-0 under the
+credit scheduler. The host's temporary directory and the build
 cache are shared into dom0 over 9p at the same paths, so the xl config files, kernels and save
 images the backend names mean the same file on both sides.
 """
@@ -33,7 +34,7 @@ class MachineError(RuntimeError):
 
 
 class Machine:
-    def __init__(self, run_dir: Path, cpus: int = 4, memory_mib: int = 1280, sched: str = "credit") -> None:
+    def __init__(self, run_dir: Path, cpus: int = 8, memory_mib: int = 4096, sched: str = "credit") -> None:
         self.run_dir = Path(run_dir)
         self.cpus = cpus
         self.memory_mib = memory_mib

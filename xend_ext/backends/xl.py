@@ -19,6 +19,7 @@ brings in changes made outside xend-ext and reports them to the server.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -554,7 +555,7 @@ class XlBackend(Backend):
             self.suspended_dir.mkdir(parents=True, exist_ok=True)
             image = self._image(uuid)
             image.unlink(missing_ok=True)
-            self._act(uuid, "save", str(d.domid), str(image))
+            self._save(d, image)
             suspended = replace(d, power_state=PowerState.SUSPENDED, domid=-1, vcpu_cpu={})
             self._domains.pop(uuid, None)
             self._raw.pop(uuid, None)
@@ -581,11 +582,26 @@ class XlBackend(Backend):
             sidecar = _sidecar(path)
             _write_atomic(sidecar, json.dumps({"domain": _domain_to_json(d), "metadata": metadata}).encode())
             try:
-                self._act(uuid, "save", str(d.domid), str(path))
+                self._save(d, path)
             except BackendError:
                 sidecar.unlink(missing_ok=True)
                 raise
             self._gone(uuid)
+
+    def _save(self, d: Domain, image: Path) -> None:
+        """``xl save``: Xen asks a PV guest to suspend itself, which a paused guest cannot do, so a
+        paused domain runs for the moment of the save (and is paused again if the save fails).
+        Whether it comes back paused is the resume's or restore's choice."""
+        paused = d.power_state == PowerState.PAUSED
+        if paused:
+            self._act(d.uuid, "unpause", str(d.domid))
+        try:
+            self._act(d.uuid, "save", str(d.domid), str(image))
+        except BackendError:
+            if paused:
+                with contextlib.suppress(BackendError):
+                    self._act(d.uuid, "pause", str(d.domid))
+            raise
 
     def read_image(self, path: Path) -> dict[str, str]:
         return self._read_sidecar(Path(path))[1]
