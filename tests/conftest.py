@@ -13,6 +13,7 @@ import xmlrpc.client
 from pathlib import Path
 
 import pytest
+import vmkit
 from hosts import HOSTS, Host, SimHost
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,40 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         mark = metafunc.definition.get_closest_marker("backends")
         names = mark.args if mark else ("sim",)
-        metafunc.parametrize("backend", [HOSTS[n] for n in names], ids=list(names), scope="module")
+        metafunc.parametrize("backend", [HOSTS[n] for n in names], ids=list(names), scope="module", indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real-Xen cases: only those an ``on_xl(when=...)`` mark accepts; all on one xdist worker,
+    which boots the one emulated Xen machine they share."""
+    dropped = []
+    for item in items:
+        host = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        if getattr(host, "name", None) != "xl":
+            continue
+        mark = item.get_closest_marker("backends")
+        when = mark.kwargs.get("xl_when") if mark else None
+        params = {k: v for k, v in item.callspec.params.items() if k != "backend"}
+        if when is not None and not when(**params):
+            dropped.append(item)
+        else:
+            item.add_marker(pytest.mark.xdist_group("realxen"))
+            item.add_marker(pytest.mark.timeout(300))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = set(map(id, dropped))
+        items[:] = [item for item in items if id(item) not in gone]
+
+
+@pytest.fixture(scope="module")
+def backend(request) -> Host:
+    """The hypervisor of the module's servers (parametrised above); the VMs that vmkit.new_vm
+    makes meanwhile get what they need to boot there."""
+    host = request.param
+    vmkit.BOOT_FIELDS.clear()
+    vmkit.BOOT_FIELDS.update(host.boot_fields())
+    yield host
+    vmkit.BOOT_FIELDS.clear()
 
 
 @pytest.fixture

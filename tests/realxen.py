@@ -35,7 +35,7 @@ GUEST_KERNEL = str(CACHE / "machine" / "vmlinuz")
 GUEST_RAMDISK = str(CACHE / "machine" / "guest-initrd.gz")
 GUEST_ARGS = "console=hvc0 quiet rdinit=/sbin/init"
 GUEST_MIB = 128  # the Debian kernel needs about this much to unpack its initramfs and boot
-NCPUS = 4  # the emulated machine's pCPUs (dom0 has 2 vCPUs)
+NCPUS = 8  # the emulated machine's pCPUs (dom0 has 2 vCPUs), as the shared suite's hosts
 MIB = 1 << 20
 
 
@@ -149,8 +149,14 @@ _XEN: Xen | None = None
 
 
 def machine() -> Xen:
-    """The session's machine, booted on first use (XlHost needs it outside any fixture)."""
+    """The session's machine, booted on first use (XlHost needs it outside any fixture). A machine
+    that died (Xen reboots on a panic, which ends QEMU) fails the test it died in; the next test
+    gets a new one, its predecessor's console kept beside it as serial-N.log."""
     global _XEN
+    if _XEN is not None and _XEN.machine.proc.poll() is not None:
+        died = _XEN.machine.serial
+        died.rename(died.with_name(f"serial-{time.monotonic_ns()}.log"))
+        _XEN = None
     if _XEN is None:
         module = _machine_module()
         m = module.Machine(Path("/tmp") / f"xend-realxen-{os.getpid()}")

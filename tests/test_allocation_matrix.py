@@ -37,6 +37,7 @@ from vmkit import (
     metrics,
     not_implemented_here,
     on_sim,
+    on_xl,
     session,
     sim_only,
 )
@@ -173,6 +174,7 @@ CELLS = [pytest.param(q, mode, step, id=f"{q.name}-{mode}-{step}-{STEPS[step]}")
 
 
 @pytest.mark.parametrize("q, mode, step", CELLS)
+@on_xl(when=lambda q, mode, step: (mode, step) in (("dynamic", 2), ("perm", 4)))
 def test_matrix_cell(kit, q, mode, step):
     x, server = kit.x, kit.server
     vm = kit.vm(**q.fields)
@@ -275,6 +277,7 @@ def test_a_reboot_applies_the_stored_definition(kit, q, reboot, mode, after):
     check_stored(x, q, vm, getattr(q, after))
 
 
+@on_xl()
 def test_a_reboot_applies_every_stored_policy_at_once(kit):
     """Pins, weight and cap changed statically while running (the policy manager's policy) all apply
     together at the reboot."""
@@ -434,6 +437,7 @@ def test_the_bounds_themselves_are_accepted(kit, mode):
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "perm"])
+@on_xl(when=lambda mode: mode == "dynamic")
 def test_memory_beyond_what_the_host_has_free(kit, mode):
     x = kit.x
     vm = kit.vm(memory_target=128 * MIB, memory_static_max=32 * GIB)
@@ -474,6 +478,7 @@ def pooled(tmp_path_factory, backend):
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "perm"])
+@on_xl(when=lambda mode: mode == "dynamic")
 def test_a_live_pin_outside_the_pool_is_refused(pooled, mode):
     k = Kit(pooled)
     try:

@@ -14,7 +14,7 @@ import time
 import pytest
 import XenAPI
 from poolkit import CPUS, PoolKit, add_user, backend_pools, event_from, failure, unique
-from vmkit import BOTH, NO_UTILISATION, backend_domain, lacks, session, sim_only
+from vmkit import BOTH, NO_UTILISATION, backend_domain, lacks, on_xl, session, sim_only
 
 pytestmark = pytest.mark.backends(*BOTH)
 
@@ -53,6 +53,7 @@ def consistent(kit: PoolKit) -> None:
 
 # -- boot state -----------------------------------------------------------------------------------
 
+@on_xl()
 def test_at_boot_every_cpu_is_in_pool0(kit):
     x = kit.x
     assert x.cpu_pool.get_all() == [kit.pool0]
@@ -69,6 +70,7 @@ def test_at_boot_every_cpu_is_in_pool0(kit):
     consistent(kit)
 
 
+@on_xl()
 def test_pool0_can_be_neither_destroyed_deactivated_nor_renamed(kit):
     x = kit.x
     kit.refused("OPERATION_NOT_ALLOWED", x.cpu_pool.destroy, kit.pool0)
@@ -212,6 +214,7 @@ def test_destroy_only_an_inactive_pool(kit):
 
 # -- activate -----------------------------------------------------------------------------------
 
+@on_xl()
 def test_activate_takes_free_proposed_cpus_first_then_other_free_ones(kit):
     x = kit.x
     kit.free(3, 4, 5, 6)
@@ -249,6 +252,7 @@ def test_activate_twice_and_with_too_few_free_cpus(kit):
     consistent(kit)
 
 
+@on_xl()
 def test_activate_uses_the_pools_scheduler_or_the_hosts_default(kit):
     x = kit.x
     kit.free(4, 5, 6, 7)
@@ -285,6 +289,7 @@ def test_async_activate_runs_as_a_task(kit):
 
 # -- deactivate ---------------------------------------------------------------------------------
 
+@on_xl()
 def test_deactivate_needs_an_active_pool_without_vms_and_frees_its_cpus(kit):
     x = kit.x
     pool = kit.active_pool([6, 7], "work", sched_policy="credit2", other_config={"k": "v"})
@@ -315,6 +320,7 @@ def test_deactivate_needs_an_active_pool_without_vms_and_frees_its_cpus(kit):
 
 # -- add_host_CPU_live / remove_host_CPU_live -----------------------------------------------------
 
+@on_xl()
 def test_add_host_cpu_live(kit):
     x = kit.x
     kit.free(5, 6, 7)
@@ -336,6 +342,7 @@ def test_add_host_cpu_live(kit):
     consistent(kit)
 
 
+@on_xl()
 def test_remove_host_cpu_live(kit):
     x = kit.x
     pool = kit.active_pool([5, 6], "shrink")
@@ -476,6 +483,7 @@ def test_setters_and_their_checks(kit):
 
 # -- the state machine --------------------------------------------------------------------------
 
+@on_xl()
 def test_state_machine_defined_activated_and_back(kit):
     x = kit.x
     kit.free(4, 5, 6, 7)
@@ -500,6 +508,7 @@ def test_state_machine_defined_activated_and_back(kit):
 
 # -- VMs and pools ----------------------------------------------------------------------------
 
+@on_xl()
 def test_a_vm_starts_only_in_an_active_pool(kit):
     x = kit.x
     vm = kit.vm(pool_name="NoSuch")
@@ -536,6 +545,7 @@ def test_a_vm_starts_only_in_an_active_pool(kit):
     consistent(kit)
 
 
+@on_xl()
 def test_pins_outside_the_pool_refuse_the_start(kit):
     x = kit.x
     kit.active_pool([4, 5], "pinned")
@@ -554,6 +564,7 @@ def test_pins_outside_the_pool_refuse_the_start(kit):
     consistent(kit)
 
 
+@on_xl()
 def test_live_pinning_stays_inside_the_vms_pool(kit):
     """API.md §5: pinning (cpumap<N>) is restricted to the pool's CPUs, at start and live."""
     x = kit.x
@@ -582,6 +593,7 @@ def test_cpu_pool_migrate_checks_the_running_domains_pins(kit):
     assert kit.vcpus_cpu(vm) == {0: 5} and kit.utilisation(vm) == ({} if lacks(kit.server, "utilisation") else {0: 1.0})
 
 
+@on_xl()
 def test_cpu_pool_migrate_moves_a_running_vm_live(kit):
     x = kit.x
     pool = kit.active_pool([6, 7], "dest")
@@ -702,6 +714,7 @@ def test_a_start_racing_a_deactivate_never_leaves_a_vm_in_an_inactive_pool(kit):
 
 # -- isolation through the scheduler model ---------------------------------------------------
 
+@on_xl()
 def test_pools_share_only_their_own_cpus(kit):
     """Each pool's VMs run on its pCPUs only; with the sim's scheduler model, they share them only
     among themselves (libvirt reports no utilisation: there the placement is checked)."""
@@ -782,6 +795,7 @@ def test_a_paused_vm_reports_its_vcpus_on_its_pools_cpus(kit):
     assert set(kit.vcpus_cpu(vm).values()) <= {6, 7}
 
 
+@on_xl()
 def test_vm_cpu_pool_and_started_vms_agree_in_every_power_state(kit):
     """VM.cpu_pool is the pool the VM runs in (xend: [] when not running) and a pool's
     started_VMs are the VMs running in it: the two are the same relation, seen from both ends."""
@@ -807,6 +821,7 @@ def test_vm_cpu_pool_and_started_vms_agree_in_every_power_state(kit):
 
 # -- events -------------------------------------------------------------------------------------
 
+@on_xl()
 def test_every_pool_message_emits_events(kit):
     x = kit.x
     watched = ["cpu_pool", "host_cpu", "host"]

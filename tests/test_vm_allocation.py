@@ -28,6 +28,7 @@ from vmkit import (
     lacks,
     metrics,
     not_implemented_here,
+    on_xl,
     sim_only,
 )
 
@@ -144,6 +145,7 @@ def test_a_live_weight_change_moves_both_vms_and_fires_both_events(kit):
     assert {x.VM.get_metrics(a), x.VM.get_metrics(b)} <= events
 
 
+@on_xl()
 def test_live_pins_move_vcpus(kit):
     x = kit.x
     a = kit.vm()
@@ -213,6 +215,7 @@ def _state(kit, vm, message):
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "perm"])
 @pytest.mark.parametrize("message", list(CHANGES))
+@on_xl(when=lambda message, mode: mode == "perm")
 def test_modes_on_a_running_vm(kit, message, mode):
     x = kit.x
     vm = _alloc_vm(kit)
@@ -269,6 +272,7 @@ def test_dynamic_is_the_default_mode(kit, message):
 
 
 @pytest.mark.parametrize("message", list(CHANGES))
+@on_xl()
 def test_dynamic_on_a_paused_vm_changes_the_domain(kit, message):
     x = kit.x
     vm = _alloc_vm(kit)
@@ -385,6 +389,7 @@ def test_cap_up_to_100_per_vcpu_is_accepted(kit):
     assert x.VM.get_VCPUs_params(vm)["weight"] == "1"
 
 
+@on_xl()
 def test_memory_the_host_cannot_give(kit):
     x = kit.x
     vm = kit.vm(memory_target=128 * MIB, memory_static_max=64 * GIB)
@@ -405,6 +410,7 @@ def test_memory_the_host_cannot_give(kit):
     assert everything(kit.server, x, big) == before
 
 
+@on_xl()
 def test_live_vcpu_changes_keep_pins_and_utilisation_consistent(kit):
     x = kit.x
     vm = kit.vm(VCPUs_at_startup=1, VCPUs_max=4, VCPUs_params={"cpumap2": "4"})

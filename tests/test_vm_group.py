@@ -14,7 +14,7 @@ import sys
 import pytest
 import XenAPI
 from conftest import ServerProcess
-from vmkit import BOTH, MIB, backend_domain, event_from, failure, unique
+from vmkit import BOTH, MIB, backend_domain, event_from, failure, on_xl, unique
 
 from xenapi_classes import build_registry
 
@@ -296,6 +296,7 @@ def test_add_vm_moves_the_vm_out_of_its_group(kit):
     assert x.VM.get_groups(vm) == [two]
 
 
+@on_xl()
 def test_a_running_vm_changes_group_and_keeps_running(kit):
     x = kit.x
     vm = kit.vm()
@@ -351,6 +352,7 @@ def test_destroy_moves_members_to_null_group(kit):
     assert backend_domain(kit.server, x.VM.get_uuid(running), x)["state"] == "Running"
 
 
+@on_xl()
 def test_a_destroyed_vm_leaves_its_group(kit):
     x = kit.x
     vm, stays = kit.vm(), kit.vm()

@@ -41,9 +41,9 @@ def test_done_means_a_pool_and_a_guest_on_real_xen(xl_server, clean_xen):
     x = k.x
     # a pool with two CPUs taken from Pool-0
     pool = k.active_pool([2, 3], name="xp")
-    assert clean_xen.pools() == {"Pool-0": {"sched": "credit", "cpus": {0, 1}},
-                                 "xp": {"sched": "credit", "cpus": {2, 3}}}
-    assert k.cpus_of(k.pool0) == {0, 1} and x.cpu_pool.get_activated(pool)
+    assert clean_xen.pools() == {"Pool-0": {"sched": "credit2", "cpus": {0, 1, 4, 5, 6, 7}},
+                                 "xp": {"sched": "credit2", "cpus": {2, 3}}}
+    assert k.cpus_of(k.pool0) == {0, 1, 4, 5, 6, 7} and x.cpu_pool.get_activated(pool)
 
     # a PV guest started in it
     vm = pv_guest(x, "g-e2e", pool_name="xp")
@@ -55,7 +55,7 @@ def test_done_means_a_pool_and_a_guest_on_real_xen(xl_server, clean_xen):
     # weight and cap
     x.VM.set_sched_weight(vm, "512", "dynamic")
     x.VM.set_sched_cap(vm, "40", "dynamic")
-    assert clean_xen.sched("g-e2e") == (512, 40)
+    assert clean_xen.sched("g-e2e", "credit2") == (512, 40)
     running = x.VM.get_cpu_policy(vm)["running"]
     assert (int(running["weight"]), int(running["cap"])) == (512, 40)
 
@@ -104,7 +104,7 @@ def test_xm_cpupool_list_prints_what_xl_prints(xl_server, clean_xen):
     xm_cpus = {r[0]: r[1:] for r in _table(ok(xm(xl_server, "cpupool-list", "-c")))}
     xl_cpus = {r[0]: r[1:] for r in _table(clean_xen.out("cpupool-list", "-c"))}
     xm_cpus.pop("xdefined", None)
-    assert xm_cpus == xl_cpus == {"Pool-0": ["0,1,2"], "xq": ["3"]}
+    assert xm_cpus == xl_cpus == {"Pool-0": ["0,1,2,4,5,6,7"], "xq": ["3"]}
 
 
 def test_an_xl_pause_behind_the_servers_back_is_a_mod_event(xl_server, clean_xen):

@@ -25,6 +25,18 @@ BOTH = ("sim", "libvirt")
 """The backends the VM and class integration tests run on (``pytestmark = pytest.mark.backends(*BOTH)``)."""
 
 
+def on_xl(when=None):
+    """Mark a test of such a module to run on real Xen as well (the xl backend, tests/realxen.py),
+    for every case of a parametrised test or those ``when(**params)`` accepts.
+
+    Real Xen runs under emulation there, where each xl call costs about 0.2 s and the stage has
+    five minutes: it runs the tests of what reaches the hypervisor, one case of each behaviour.
+    What the server decides before the backend is reached (argument checks, refusals by power
+    state, naming, permissions) is the same on every backend and is left to sim and libvirt. The
+    README lists what stays off xl and why."""
+    return pytest.mark.backends("sim", "libvirt", "xl", xl_when=when)
+
+
 def sim_only(reason: str):
     """Mark a test of a module running on every backend as one for the simulated host only, saying
     why (what libvirt's test driver, or our libvirt backend, cannot do). The README lists them."""
@@ -33,7 +45,12 @@ def sim_only(reason: str):
 
 #: the capabilities each test backend lacks (the server answers NOT_IMPLEMENTED [capability])
 LACKS = {"sim": frozenset(), "libvirt": frozenset({"sched_credit", "migrate", "sched_domain", "memory_max_live",
-                                                  "utilisation", "numa"})}
+                                                  "utilisation", "numa"}),
+         "xl": frozenset({"migrate", "sched_domain", "utilisation", "cpu_occupy", "numa"})}
+
+#: what VMs need to boot on the backend of the tests running now (conftest's ``backend`` sets it:
+#: on xl a PV kernel); new_vm adds it to every record
+BOOT_FIELDS: dict[str, str] = {}
 
 
 def lacks(server, capability: str) -> bool:
@@ -105,7 +122,7 @@ def unique(prefix: str = "vm") -> str:
 def new_vm(x, name: str | None = None, **fields) -> str:
     """VM.create with small defaults; integers go as strings (XML-RPC ints are 32-bit)."""
     record = {"name_label": name or unique(), "memory_target": str(128 * MIB), "memory_static_max": str(256 * MIB),
-              "VCPUs_at_startup": "1", "VCPUs_max": "2", "VCPUs_params": {}}
+              "VCPUs_at_startup": "1", "VCPUs_max": "2", "VCPUs_params": {}, **BOOT_FIELDS}
     record.update({k: (str(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in fields.items()})
     return x.VM.create(record)
 

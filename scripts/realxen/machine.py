@@ -6,10 +6,13 @@ in ``RUN_DIR/qemu.pid``); ``machine.py down RUN_DIR`` powers it off. The test fi
 (tests/realxen.py) uses :class:`Machine` directly. Needs install-deps.sh and build.sh first.
 
 The machine: 8 pCPUs and 4 GiB, the host the shared test suite assumes (dom0 has 2 vCPUs and
-384 MiB; idle emulated CPUs cost nothing, nor does memory no guest has touched), Pool-0 under the
-credit scheduler. The host's temporary directory and the build
-cache are shared into dom0 over 9p at the same paths, so the xl config files, kernels and save
-images the backend names mean the same file on both sides.
+384 MiB; idle emulated CPUs cost nothing, nor does memory no guest has touched). Pool-0 runs
+credit2, Xen's default: Xen 4.17's credit scheduler once faulted in its tick (a NULL pointer in
+csched_tick) while pCPUs moved between pools under emulation, so credit runs only in pools made
+with it. Xen reboots on a panic, which ends QEMU (-no-reboot): the machine's xl then fails at
+once, not by timeout. The host's temporary directory and the build cache are shared into dom0
+over 9p at the same paths, so the xl config files, kernels and save images the backend names
+mean the same file on both sides.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class MachineError(RuntimeError):
 
 
 class Machine:
-    def __init__(self, run_dir: Path, cpus: int = 8, memory_mib: int = 4096, sched: str = "credit") -> None:
+    def __init__(self, run_dir: Path, cpus: int = 8, memory_mib: int = 4096, sched: str = "credit2") -> None:
         self.run_dir = Path(run_dir)
         self.cpus = cpus
         self.memory_mib = memory_mib
@@ -76,7 +79,7 @@ class Machine:
         shutil.copy(files / "xl-shim", self.xl)
         self.xl.chmod(0o755)
         xen_args = (f"console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=384M,max:384M "
-                    f"dom0_max_vcpus=2 sched={self.sched} bootscrub=false noreboot")
+                    f"dom0_max_vcpus=2 sched={self.sched} bootscrub=false")
         dom0_args = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=4 " + " ".join(
             f"realxen.share=share{i}:{path}" for i, path in enumerate(self.shares))
         if any(self.consoles.is_relative_to(share) for share in self.shares):

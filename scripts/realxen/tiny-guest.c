@@ -7,16 +7,19 @@
  * Why not Linux: under QEMU's emulation dom0 needs about 8 s to unpack and load a Linux kernel
  * at every `xl create`, and the guest then boots for seconds of emulated CPU. This one is created
  * in half a second and is ready at once, so the shared test suite can start guests by the dozen.
- * What it does not do: balloon (xl reports memory targets, not what the guest gave back) or bring
- * up vCPUs other than vCPU 0 (xl reports the vCPUs made available to it).
+ * Like Linux, it brings up and takes down its vCPUs as the toolstack makes them available
+ * (`xl vcpu-set` writes cpu/N/availability); the others only sleep. What it does not do is balloon
+ * (xl reports memory targets, not what a guest gave back).
  *
  * Everything here is Xen's public PV ABI (xen/include/public): start_info, shared_info, the
- * xenstore and console rings, and four hypercalls. Entry and ELF notes are in tiny-guest.s.
+ * xenstore and console rings, and five hypercalls. Entry and ELF notes are in tiny-guest.s.
  */
 
 typedef unsigned char u8;
 typedef unsigned int u32;
 typedef unsigned long u64;
+typedef unsigned short u16;
+typedef u64 u16_pad; /* a selector: 16 bits in an 8-byte slot */
 
 #define PAGE_SIZE 4096UL
 #define PAGE_SHIFT 12
@@ -24,6 +27,7 @@ typedef unsigned long u64;
 
 /* ---- hypercalls: a 64-bit PV kernel makes them with `syscall`, as Xen's hypercall page does */
 #define HYPERVISOR_update_va_mapping 14
+#define HYPERVISOR_vcpu_op 24
 #define HYPERVISOR_sched_op 29
 #define HYPERVISOR_event_channel_op 32
 #define SCHEDOP_shutdown 2
@@ -33,6 +37,10 @@ typedef unsigned long u64;
 #define SHUTDOWN_suspend 2
 #define EVTCHNOP_send 4
 #define UVMF_INVLPG 2
+#define VCPUOP_initialise 0
+#define VCPUOP_up 1
+#define VCPUOP_down 2
+#define MAX_VCPUS 32
 
 static long hypercall3(long nr, long a1, long a2, long a3)
 {
@@ -78,6 +86,35 @@ struct shared_info {
 _Static_assert(sizeof(struct vcpu_info) == 64, "vcpu_info is 64 bytes");
 _Static_assert(__builtin_offsetof(struct shared_info, max_pfn) == 3088, "arch_shared_info at 3088");
 
+struct cpu_user_regs {
+    u64 r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi;
+    u32 error_code, entry_vector;
+    u64 rip;
+    u16_pad cs;
+    u64 rflags, rsp;
+    u16_pad ss, es, ds, fs, gs;
+};
+
+/* what VCPUOP_initialise starts a vCPU with */
+struct vcpu_guest_context {
+    u8 fpu[512];
+    u64 flags;
+    struct cpu_user_regs user_regs;
+    struct {
+        u8 vector, flags;
+        u16 cs;
+        u64 address;
+    } trap_ctxt[256];
+    u64 ldt_base, ldt_ents, gdt_frames[16], gdt_ents, kernel_ss, kernel_sp, ctrlreg[8], debugreg[8];
+    u64 event_callback_eip, failsafe_callback_eip, syscall_callback_eip, vm_assist;
+    u64 fs_base, gs_base_kernel, gs_base_user;
+};
+_Static_assert(__builtin_offsetof(struct vcpu_guest_context, trap_ctxt) == 720, "trap_ctxt at 720");
+_Static_assert(sizeof(struct vcpu_guest_context) == 5168, "vcpu_guest_context is 5168 bytes");
+#define VGCF_in_kernel (1 << 2)
+#define FLAT_KERNEL_CS64 0xe033
+#define FLAT_KERNEL_SS64 0xe02b
+
 struct xenstore_ring {
     char req[1024], rsp[1024];
     volatile u32 req_cons, req_prod, rsp_cons, rsp_prod;
@@ -91,6 +128,7 @@ struct console_ring {
 struct xs_header {
     u32 type, req_id, tx_id, len;
 };
+#define XS_DIRECTORY 1
 #define XS_READ 2
 #define XS_WATCH 4
 #define XS_WRITE 11
@@ -108,6 +146,8 @@ static struct console_ring *console;
 static u64 *p2m;
 static u32 req_id;
 static int watch_fired;
+static u8 vcpu_started[MAX_VCPUS]; /* initialised once; then only up and down */
+static struct vcpu_guest_context vcpu_context;
 
 static u8 shared_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 static u64 frame_list[P2M_PER_PAGE] __attribute__((aligned(PAGE_SIZE)));
@@ -199,6 +239,29 @@ static void say(const char *text)
     notify(si->console.evtchn);
 }
 
+/* ---- vCPUs: all but vCPU 0 start down; a vCPU brought up sleeps (secondary_start in tiny-guest.s) */
+extern char secondary_start[];
+
+static void set_vcpu(u32 vcpu, int online)
+{
+    if (online && !vcpu_started[vcpu]) {
+        struct vcpu_guest_context *c = &vcpu_context;
+        memset(c, 0, sizeof *c);
+        c->flags = VGCF_in_kernel;
+        c->user_regs.rip = (u64)secondary_start;
+        c->user_regs.cs = FLAT_KERNEL_CS64;
+        c->user_regs.ss = FLAT_KERNEL_SS64;
+        c->user_regs.rflags = 0x1000; /* IOPL 1, as Linux starts its vCPUs */
+        c->kernel_ss = FLAT_KERNEL_SS64;
+        c->ctrlreg[3] = virt_to_mfn((void *)si->pt_base) << PAGE_SHIFT; /* our page tables */
+        if (hypercall3(HYPERVISOR_vcpu_op, VCPUOP_initialise, vcpu, (long)c) != 0)
+            return;
+        vcpu_started[vcpu] = 1;
+    }
+    if (vcpu_started[vcpu])
+        hypercall3(HYPERVISOR_vcpu_op, online ? VCPUOP_up : VCPUOP_down, vcpu, 0);
+}
+
 /* ---- xenstore: requests on the shared ring, replies and watch events on the other */
 static void store_write(const void *data, u32 n)
 {
@@ -268,9 +331,27 @@ static long store_request(u32 type, const char *payload, u32 n, char *reply, u32
 
 static void watch_control(void)
 {
-    static const char watch[] = "control/shutdown\0tiny"; /* path, token: both nul-terminated */
+    static const char shutdown[] = "control/shutdown\0tiny", cpus[] = "cpu\0tiny"; /* path, token */
     char reply[16];
-    store_request(XS_WATCH, watch, sizeof watch, reply, sizeof reply);
+    store_request(XS_WATCH, shutdown, sizeof shutdown, reply, sizeof reply);
+    store_request(XS_WATCH, cpus, sizeof cpus, reply, sizeof reply);
+}
+
+/* cpu/N/availability says "online" or "offline" for each vCPU N the domain may have */
+static void follow_vcpus(void)
+{
+    for (u32 vcpu = 1; vcpu < MAX_VCPUS; vcpu++) {
+        char path[32] = "cpu/", value[16];
+        u32 n = 4;
+        if (vcpu >= 10)
+            path[n++] = '0' + vcpu / 10;
+        path[n++] = '0' + vcpu % 10;
+        memcpy(path + n, "/availability", 14);
+        long len = store_request(XS_READ, path, n + 14, value, sizeof value);
+        if (len < 0)
+            break; /* no such vCPU: the domain has no more */
+        set_vcpu(vcpu, same(value, len, "online"));
+    }
 }
 
 /* Clear control/shutdown: the toolstack takes that as the guest's acknowledgement. */
@@ -335,6 +416,7 @@ void main(struct start_info *start)
         while (!watch_fired)
             store_message(value, sizeof value);
         watch_fired = 0;
+        follow_vcpus();
         static const char path[] = "control/shutdown";
         long n = store_request(XS_READ, path, sizeof path, value, sizeof value);
         u32 reason;

@@ -39,6 +39,20 @@ _start:
         call main
         ud2
 
+# Where the other vCPUs start when brought up: they sleep in SCHEDOP_poll on no event channel (any
+# event wakes them; they sleep again) and need no stack, hypercalls being made on Xen's.
+        .globl secondary_start
+secondary_start:
+        mov $29, %eax                   # HYPERVISOR_sched_op
+        mov $3, %edi                    # SCHEDOP_poll
+        lea no_events(%rip), %rsi
+        syscall
+        jmp secondary_start
+
+        .section .rodata
+no_events:
+        .quad 0, 0, 0                   # struct sched_poll: no ports, none of them, no timeout
+
         .section .note.GNU-stack, "", @progbits   # no executable stack wanted
 
         .bss

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -259,18 +260,24 @@ class XlBackend(Backend):
         )
 
     def host_info(self) -> HostInfo:
+        """The host, its free memory as read at most ``poll`` seconds ago (each read is an xl call,
+        and the server reads the host for most requests)."""
         host = self._host
         if host is None or time.monotonic() - self._host_at > self.poll:
             with self._lock:
-                free = int(self._info().get("free_memory", "0")) * MIB
-                host = self._host = replace(self._static, memory_free=free)
-                self._host_at = time.monotonic()
+                host = self._read_host()
         return host
 
-    def _check_memory(self, needed: int) -> None:
+    def _read_host(self) -> HostInfo:
         free = int(self._info().get("free_memory", "0")) * MIB
-        self._host = None
-        check_free(needed, free)
+        self._host = replace(self._static, memory_free=free)
+        self._host_at = time.monotonic()
+        return self._host
+
+    def _check_memory(self, needed: int, releasing: int = 0) -> None:
+        """As the other backends: ``needed`` bytes against what is free, counting the ``releasing``
+        bytes the domain holds now (read now: the check decides)."""
+        check_free(needed, self._read_host().memory_free + releasing)
 
     # -- domains: reading Xen ----------------------------------------------------------------
     def _sched_table(self) -> dict[int, tuple[int, int]]:
@@ -330,14 +337,18 @@ class XlBackend(Backend):
         self._synced = time.monotonic()
         self._forget_gone()
 
-    def _refresh(self, uuid: str, *parts: str) -> Domain | None:
+    def _refresh(self, uuid: str, *parts: str, sched: tuple[int, int] | None = None) -> Domain | None:
         """Read one domain from Xen after an action on it (None: Xen has no such domain). ``parts``
         names what the action can have changed (row, long, vcpus, sched); the rest is as last read,
-        since each xl call costs a noticeable fraction of a second."""
+        since each xl call costs a noticeable fraction of a second. ``sched``: weight and cap known
+        without asking (those a create just applied)."""
         raw = self._raw.get(uuid)
         if raw is None or not parts:
             parts = ("row", "long", "vcpus", "sched")
             raw = {}
+        if sched is not None:
+            parts = tuple(p for p in parts if p != "sched")
+            raw["sched"] = sched
         if "row" in parts:
             row = next((r for r in parse_list(self._xl("list", "-v", "-c")) if r["uuid"] == uuid), None)
             if row is None:
@@ -399,7 +410,6 @@ class XlBackend(Backend):
 
     def _acted(self) -> None:
         self._generation += 1
-        self._host = None
 
     def _restore_config(self, saved: Domain, pool: str, config: DomainConfig | None) -> list[str]:
         """The config file argument of ``xl restore``: the image carries the configuration the domain
@@ -473,7 +483,8 @@ class XlBackend(Backend):
         record["start_time"] = _now().isoformat()
         record.pop("suspended", None)
         self._save_state()
-        d = self._refresh(config.uuid)
+        # libxl sets weight and cap while it builds the domain (a create that cannot, fails)
+        d = self._refresh(config.uuid, sched=(config.weight, config.cap))
         if d is None:
             raise BackendError(f"xl create of {config.name} succeeded, but the domain is gone (it crashed at boot?)",
                                "BACKEND_ERROR")
@@ -580,12 +591,16 @@ class XlBackend(Backend):
             d = self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
             path = Path(path)
             sidecar = _sidecar(path)
-            _write_atomic(sidecar, json.dumps({"domain": _domain_to_json(d), "metadata": metadata}).encode())
+            record = {"domain": _domain_to_json(d), "metadata": metadata}
+            _write_atomic(sidecar, json.dumps(record).encode())
             try:
                 self._save(d, path)
             except BackendError:
                 sidecar.unlink(missing_ok=True)
                 raise
+            # the image's digest: a damaged or replaced image is refused before xl reads it
+            record["sha256"] = _digest(path)
+            _write_atomic(sidecar, json.dumps(record).encode())
             self._gone(uuid)
 
     def _save(self, d: Domain, image: Path) -> None:
@@ -611,10 +626,15 @@ class XlBackend(Backend):
             raise BackendError(f"cannot read {path}: no such file", "INVALID_VALUE", "path", str(path))
         try:
             data = json.loads(_sidecar(path).read_text(encoding="utf-8"))
-            return _domain_from_json(data["domain"]), {str(k): str(v) for k, v in data["metadata"].items()}
+            saved = _domain_from_json(data["domain"]), {str(k): str(v) for k, v in data["metadata"].items()}
+            digest = data["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             raise BackendError(f"{path} is not an image saved by xend-ext (no readable {_sidecar(path).name})",
                                "INVALID_VALUE", "path", str(path)) from None
+        if _digest(path) != digest:
+            raise BackendError(f"{path} is damaged or was changed since it was saved (checksum mismatch)",
+                               "INVALID_VALUE", "path", str(path))
+        return saved
 
     def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
         with self._lock:
@@ -653,7 +673,7 @@ class XlBackend(Backend):
             require_live(d)
             check_memory(d, memory)
             if memory > d.memory:
-                self._check_memory(memory - d.memory)
+                self._check_memory(memory, releasing=d.memory)
             self._act(uuid, "mem-set", str(d.domid), f"{-(-memory // KIB)}k")
             return self._after(uuid, "row", "long")
 
@@ -906,6 +926,14 @@ def _domain_from_json(data: dict) -> Domain:
         pins={int(v): frozenset(c) for v, c in data.get("pins", {}).items()},
         start_time=dt.datetime.fromisoformat(data["start_time"]), metadata=dict(data.get("metadata", {})),
         pool=data.get("pool", POOL0_UUID))
+
+
+def _digest(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise BackendError(f"cannot read {path}: {exc.strerror}", "INVALID_VALUE", "path", str(path)) from None
 
 
 def _sidecar(path: Path) -> Path:
