@@ -167,10 +167,10 @@ def test_a_guest_through_its_live_changes(xlb, clean_xen):
 
 
 def test_a_guest_answering_suspend_save_and_shutdown(xlb, clean_xen, tmp_path):
-    """The Linux guest (it answers Xen's requests): suspend/resume, save/restore, clean shutdown."""
+    """What needs the guest's help (the tiny guest answers as a PV Linux does): suspend/resume,
+    save/restore, clean shutdown."""
     uuid = "5eed0000-0000-4000-8000-0000000000a2"
-    xlb.start(guest("g-life", uuid, linux=True), paused=False)
-    clean_xen.wait_booted("g-life")
+    xlb.start(guest("g-life", uuid, memory=32 * MIB), paused=False)
     d = xlb.suspend(uuid)
     assert d.power_state == PowerState.SUSPENDED and "g-life" not in clean_xen.domains()
     assert xlb.domain(uuid).power_state == PowerState.SUSPENDED
@@ -183,14 +183,32 @@ def test_a_guest_answering_suspend_save_and_shutdown(xlb, clean_xen, tmp_path):
     xlb.save(uuid, image, {"name_label": "g-life", "note": "kept"})
     assert "g-life" not in clean_xen.domains() and xlb.domain(uuid) is None
     assert xlb.read_image(image) == {"name_label": "g-life", "note": "kept"}
-    d, meta = xlb.restore(image, paused=True, config=guest("g-back", uuid, linux=True))
+    d, meta = xlb.restore(image, paused=True, config=guest("g-back", uuid))
     assert meta["note"] == "kept" and d.name == "g-back" and d.power_state == PowerState.PAUSED
     row = clean_xen.domains()["g-back"]
     assert row["uuid"] == uuid and "p" in row["state"]
 
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 1
+    image.write_bytes(bytes(data))  # damaged since: refused before xl reads it
+    with pytest.raises(BackendError) as damaged:
+        xlb.restore(image, paused=False)
+    assert damaged.value.code == "INVALID_VALUE" and list(clean_xen.domains()) == ["Domain-0", "g-back"]
+
     xlb.unpause(uuid)
-    xlb.shutdown(uuid, clean=True)  # the guest's busybox init powers off on Xen's request
+    xlb.shutdown(uuid, clean=True)  # the guest acknowledges the request and powers off
     assert list(clean_xen.domains()) == ["Domain-0"] and xlb.domain(uuid) is None
+
+
+def test_a_linux_guest_boots_and_answers_a_clean_shutdown(xlb, clean_xen):
+    """A real OS as the guest (the Debian kernel, a busybox initramfs): created, booted, and gone
+    when asked, by its own kernel's answer to Xen's poweroff request."""
+    uuid = "5eed0000-0000-4000-8000-0000000000a3"
+    d = xlb.start(guest("g-linux", uuid, linux=True), paused=False)
+    assert d.power_state == PowerState.RUNNING and clean_xen.domains()["g-linux"]["uuid"] == uuid
+    clean_xen.wait_booted("g-linux")
+    xlb.shutdown(uuid, clean=True)
+    assert "g-linux" not in clean_xen.domains() and xlb.domain(uuid) is None
 
 
 def test_outside_changes_are_reported_once(xlb, clean_xen):

@@ -53,7 +53,6 @@ def consistent(kit: PoolKit) -> None:
 
 # -- boot state -----------------------------------------------------------------------------------
 
-@on_xl()
 def test_at_boot_every_cpu_is_in_pool0(kit):
     x = kit.x
     assert x.cpu_pool.get_all() == [kit.pool0]
@@ -70,7 +69,6 @@ def test_at_boot_every_cpu_is_in_pool0(kit):
     consistent(kit)
 
 
-@on_xl()
 def test_pool0_can_be_neither_destroyed_deactivated_nor_renamed(kit):
     x = kit.x
     kit.refused("OPERATION_NOT_ALLOWED", x.cpu_pool.destroy, kit.pool0)
@@ -214,7 +212,6 @@ def test_destroy_only_an_inactive_pool(kit):
 
 # -- activate -----------------------------------------------------------------------------------
 
-@on_xl()
 def test_activate_takes_free_proposed_cpus_first_then_other_free_ones(kit):
     x = kit.x
     kit.free(3, 4, 5, 6)
@@ -252,7 +249,6 @@ def test_activate_twice_and_with_too_few_free_cpus(kit):
     consistent(kit)
 
 
-@on_xl()
 def test_activate_uses_the_pools_scheduler_or_the_hosts_default(kit):
     x = kit.x
     kit.free(4, 5, 6, 7)
@@ -320,7 +316,6 @@ def test_deactivate_needs_an_active_pool_without_vms_and_frees_its_cpus(kit):
 
 # -- add_host_CPU_live / remove_host_CPU_live -----------------------------------------------------
 
-@on_xl()
 def test_add_host_cpu_live(kit):
     x = kit.x
     kit.free(5, 6, 7)
@@ -342,7 +337,6 @@ def test_add_host_cpu_live(kit):
     consistent(kit)
 
 
-@on_xl()
 def test_remove_host_cpu_live(kit):
     x = kit.x
     pool = kit.active_pool([5, 6], "shrink")
@@ -483,7 +477,6 @@ def test_setters_and_their_checks(kit):
 
 # -- the state machine --------------------------------------------------------------------------
 
-@on_xl()
 def test_state_machine_defined_activated_and_back(kit):
     x = kit.x
     kit.free(4, 5, 6, 7)
@@ -508,7 +501,6 @@ def test_state_machine_defined_activated_and_back(kit):
 
 # -- VMs and pools ----------------------------------------------------------------------------
 
-@on_xl()
 def test_a_vm_starts_only_in_an_active_pool(kit):
     x = kit.x
     vm = kit.vm(pool_name="NoSuch")
@@ -545,7 +537,6 @@ def test_a_vm_starts_only_in_an_active_pool(kit):
     consistent(kit)
 
 
-@on_xl()
 def test_pins_outside_the_pool_refuse_the_start(kit):
     x = kit.x
     kit.active_pool([4, 5], "pinned")
@@ -714,7 +705,6 @@ def test_a_start_racing_a_deactivate_never_leaves_a_vm_in_an_inactive_pool(kit):
 
 # -- isolation through the scheduler model ---------------------------------------------------
 
-@on_xl()
 def test_pools_share_only_their_own_cpus(kit):
     """Each pool's VMs run on its pCPUs only; with the sim's scheduler model, they share them only
     among themselves (libvirt reports no utilisation: there the placement is checked)."""
@@ -795,7 +785,6 @@ def test_a_paused_vm_reports_its_vcpus_on_its_pools_cpus(kit):
     assert set(kit.vcpus_cpu(vm).values()) <= {6, 7}
 
 
-@on_xl()
 def test_vm_cpu_pool_and_started_vms_agree_in_every_power_state(kit):
     """VM.cpu_pool is the pool the VM runs in (xend: [] when not running) and a pool's
     started_VMs are the VMs running in it: the two are the same relation, seen from both ends."""
@@ -821,7 +810,6 @@ def test_vm_cpu_pool_and_started_vms_agree_in_every_power_state(kit):
 
 # -- events -------------------------------------------------------------------------------------
 
-@on_xl()
 def test_every_pool_message_emits_events(kit):
     x = kit.x
     watched = ["cpu_pool", "host_cpu", "host"]

@@ -215,7 +215,6 @@ def _state(kit, vm, message):
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "perm"])
 @pytest.mark.parametrize("message", list(CHANGES))
-@on_xl(when=lambda message, mode: mode == "perm")
 def test_modes_on_a_running_vm(kit, message, mode):
     x = kit.x
     vm = _alloc_vm(kit)
@@ -272,7 +271,7 @@ def test_dynamic_is_the_default_mode(kit, message):
 
 
 @pytest.mark.parametrize("message", list(CHANGES))
-@on_xl()
+@on_xl(when=lambda message: message == "set_memory")
 def test_dynamic_on_a_paused_vm_changes_the_domain(kit, message):
     x = kit.x
     vm = _alloc_vm(kit)
@@ -410,7 +409,6 @@ def test_memory_the_host_cannot_give(kit):
     assert everything(kit.server, x, big) == before
 
 
-@on_xl()
 def test_live_vcpu_changes_keep_pins_and_utilisation_consistent(kit):
     x = kit.x
     vm = kit.vm(VCPUs_at_startup=1, VCPUs_max=4, VCPUs_params={"cpumap2": "4"})

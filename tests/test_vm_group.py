@@ -14,7 +14,7 @@ import sys
 import pytest
 import XenAPI
 from conftest import ServerProcess
-from vmkit import BOTH, MIB, backend_domain, event_from, failure, on_xl, unique
+from vmkit import BOOT_FIELDS, BOTH, MIB, backend_domain, event_from, failure, on_xl, unique
 
 from xenapi_classes import build_registry
 
@@ -59,7 +59,7 @@ class GroupKit:
     def vm(self, name=None, **fields) -> str:
         record = {"name_label": name or unique("gvm"), "memory_target": str(64 * MIB),
                   "memory_static_max": str(64 * MIB), "VCPUs_at_startup": "1", "VCPUs_max": "1",
-                  "VCPUs_params": {}}
+                  "VCPUs_params": {}, **BOOT_FIELDS}
         record.update({k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in fields.items()})
         ref = self.x.VM.create(record)
         self.vms.append(ref)
@@ -352,7 +352,6 @@ def test_destroy_moves_members_to_null_group(kit):
     assert backend_domain(kit.server, x.VM.get_uuid(running), x)["state"] == "Running"
 
 
-@on_xl()
 def test_a_destroyed_vm_leaves_its_group(kit):
     x = kit.x
     vm, stays = kit.vm(), kit.vm()

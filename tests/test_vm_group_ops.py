@@ -29,7 +29,6 @@ from vmkit import (
     failure,
     lacks,
     metrics,
-    on_xl,
     session,
     sim_only,
     unique,
@@ -224,7 +223,6 @@ def assert_backend_matches(server, x, vm) -> None:
 
 # -- ordering --------------------------------------------------------------------------------------
 
-@on_xl()
 def test_start_runs_in_ascending_order_equal_orders_together(kit):
     x = kit.x
     # names sort against the orders: the order decides
@@ -462,7 +460,6 @@ def test_start_and_shutdown_delays(kit):
 
 # -- partial failure and rollback ------------------------------------------------------------------
 
-@on_xl()
 def test_partial_failure_rolls_back_and_reports_every_member(kit):
     x = kit.x
     host = x.host.get_all()[0]
@@ -504,7 +501,6 @@ def test_partial_failure_rolls_back_and_reports_every_member(kit):
     assert all(x.VM.get_power_state(vm) == "Halted" for vm in members)
 
 
-@on_xl()
 def test_a_failed_shutdown_starts_the_stopped_members_again(kit):
     x = kit.x
     paused = kit.vm(unique("paused"), order=0)  # stops last, and a paused VM refuses a clean shutdown

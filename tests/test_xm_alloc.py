@@ -31,7 +31,6 @@ from vmkit import (
     lacks,
     metrics,
     on_sim,
-    on_xl,
     sim_only,
 )
 
@@ -261,7 +260,6 @@ def test_a_domain_named_by_uuid_or_domid(k):
     assert state_of(k, ref)["vcpus"] == ("2", "2")
 
 
-@on_xl()
 def test_list_long_shows_the_stored_and_the_running_values_after_changes(k):
     name, ref = k.domain("running")
     ok(xm(k.server, "mem-set", name, "200"))
@@ -389,7 +387,6 @@ def test_weight_and_cap_bounds(k, mode):
     ok(xm(k.server, "sched-credit", "-d", name, "-w", "65535", "-c", "200", mode))
 
 
-@on_xl()
 def test_a_pin_outside_the_pool(k):
     name, ref = k.domain("running", pool_name="P67")
     assert error(xm(k.server, "vcpu-pin", name, "0", "2")) == (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
-from vmkit import BOTH, NO_NUMA, lacks, on_xl, sim_only
+from vmkit import BOOT_FIELDS, BOTH, NO_NUMA, lacks, sim_only
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -91,7 +91,8 @@ def write(tmp_path: Path, filename: str, text: str) -> str:
 
 
 def make_vm(server, tmp_path: Path, name: str, pool: str, vcpus: int = 2) -> None:
-    cfg = write(tmp_path, f"{name}.cfg", f'name = "{name}"\nmemory = 128\nvcpus = {vcpus}\npool = "{pool}"\n')
+    kernel = f'kernel = "{BOOT_FIELDS["PV_kernel"]}"\n' if BOOT_FIELDS.get("PV_kernel") else ""  # xl: a PV kernel
+    cfg = write(tmp_path, f"{name}.cfg", f'name = "{name}"\nmemory = 128\nvcpus = {vcpus}\npool = "{pool}"\n{kernel}')
     ok(xm(server, "create", cfg))
 
 
@@ -101,7 +102,6 @@ def table(stdout: str) -> list[str]:
 
 # -- cpupool-list ----------------------------------------------------------------------------
 
-@on_xl()
 def test_list_formats_at_boot(srv):
     assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, POOL0_ROW]
     assert table(ok(xm(srv, "cpupool-list", "-c"))) == [CPUS_HEADER, "Pool-0           0,1,2,3,4,5,6,7"]
@@ -213,7 +213,6 @@ def test_raw_sxp_config(fresh, tmp_path):
 
 # -- lifecycle -------------------------------------------------------------------------------
 
-@on_xl()
 def test_create_destroy_start_delete(fresh):
     srv = fresh
     free(srv, 2, 3)
@@ -290,7 +289,6 @@ def test_pool_errors(fresh, tmp_path):
 
 # -- CPUs ------------------------------------------------------------------------------------
 
-@on_xl()
 def test_cpu_add_and_remove(fresh):
     srv = fresh
     ok(xm(srv, "cpupool-cpu-remove", "Pool-0", "6"))
@@ -327,7 +325,6 @@ def test_cpu_add_and_remove(fresh):
 
 # -- domains ---------------------------------------------------------------------------------
 
-@on_xl()
 def test_domains_in_pools(fresh, tmp_path):
     srv = fresh
     free(srv, 2, 3, 4)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
-from vmkit import BOOT_FIELDS, BOTH, NO_MIGRATE, lacks, on_xl, sim_only
+from vmkit import BOOT_FIELDS, BOTH, NO_MIGRATE, lacks, sim_only
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -209,7 +209,6 @@ def test_dry_run_needs_no_server(tmp_path):
 
 # -- grp-create / grp-new / grp-list -----------------------------------------------------------
 
-@on_xl()
 def test_grp_create_defines_the_members_and_starts_them_in_order(srv, tmp_path):
     cfg = shop(tmp_path, description="a shop")
     result = xm(srv, "grp-create", cfg)
@@ -309,7 +308,6 @@ def test_grp_new_and_grp_list(srv, tmp_path):
 
 # -- the operations ------------------------------------------------------------------------------
 
-@on_xl()
 def test_every_operation_reports_each_member_in_its_order(srv, tmp_path):
     ok(xm(srv, "grp-create", shop(tmp_path), "-p"))
 

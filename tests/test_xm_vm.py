@@ -257,7 +257,6 @@ def state_of(srv, name: str) -> str:
     return records(srv, name)[0]["power_state"]
 
 
-@on_xl()
 def test_every_lifecycle_command(srv, tmp_path):
     name = make_vm(srv, tmp_path)
     ok(xm(srv, "start", name, "-p"))
@@ -330,7 +329,6 @@ def test_usage_errors_exit_2(srv, command):
     assert "usage: xm" in result.stderr and "Traceback" not in result.stderr
 
 
-@on_xl()
 def test_save_and_restore_with_a_relative_path(srv, tmp_path):
     name = make_vm(srv, tmp_path, "running")
     out = ok(xm(srv, "save", name, "img.sav", cwd=tmp_path))
@@ -408,7 +406,6 @@ def sched_row(srv, name: str) -> str:
     return out[1]
 
 
-@on_xl()
 def test_sched_credit_lists_every_domain(srv, tmp_path):
     running = make_vm(srv, tmp_path, "running", cpu_weight=700, cpu_cap=40)
     halted = make_vm(srv, tmp_path, cpu_weight=100)
@@ -453,7 +450,6 @@ def test_sched_credit_modes(srv, tmp_path):
         "Error: weight cannot be 70000: weight is 1..65535")
 
 
-@on_xl()
 def test_vcpu_pin_and_vcpu_list(srv, tmp_path):
     name = make_vm(srv, tmp_path, "running")
     ok(xm(srv, "vcpu-pin", name, "1", "3"))

@@ -260,8 +260,8 @@ class XlBackend(Backend):
         )
 
     def host_info(self) -> HostInfo:
-        """The host, its free memory as read at most ``poll`` seconds ago (each read is an xl call,
-        and the server reads the host for most requests)."""
+        """The host, its free memory as read at most ``poll`` seconds ago or since our last action
+        (each read is an xl call, and the server reads the host for most requests)."""
         host = self._host
         if host is None or time.monotonic() - self._host_at > self.poll:
             with self._lock:
@@ -410,6 +410,7 @@ class XlBackend(Backend):
 
     def _acted(self) -> None:
         self._generation += 1
+        self._host_at = 0.0  # free memory may have changed: read it again when asked
 
     def _restore_config(self, saved: Domain, pool: str, config: DomainConfig | None) -> list[str]:
         """The config file argument of ``xl restore``: the image carries the configuration the domain
@@ -769,6 +770,15 @@ class XlBackend(Backend):
         finally:
             self._acted()
             self._refresh_pools()
+            if args[0] in ("cpupool-cpu-add", "cpupool-cpu-remove"):
+                self._refresh_vcpus()  # the pool's domains may now run on other pCPUs
+
+    def _refresh_vcpus(self) -> None:
+        """Where every domain's vCPUs run now: one ``xl vcpu-list``."""
+        vcpus = parse_vcpu_list(self._xl("vcpu-list"))
+        for uuid, raw in self._raw.items():
+            raw["vcpus"] = vcpus.get(int(raw["row"]["domid"]), [])
+            self._domains[uuid] = self._build(**raw)
 
     def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
         with self._lock:
@@ -833,7 +843,7 @@ class XlBackend(Backend):
             target = self._pool(pool)
             if d.pool != pool:
                 self._act(domain, "cpupool-migrate", str(d.domid), target.name)
-            return self._after(domain, "row", "sched")
+            return self._after(domain, "row", "vcpus", "sched")  # its vCPUs now run on the pool's pCPUs
 
     # -- changes made outside xend-ext ----------------------------------------------------------------
     def _sync(self) -> tuple[set[str], bool]:
