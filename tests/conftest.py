@@ -114,12 +114,15 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         mark = metafunc.definition.get_closest_marker("backends")
         names = mark.args if mark else ("sim",)
-        metafunc.parametrize("backend", [HOSTS[n] for n in names], ids=list(names), scope="module", indirect=True)
+        # the real-Xen cases all on one xdist worker, which boots the one emulated machine they share
+        # (marked here: xdist reads the group before the collection hooks below could add it)
+        on_xen = [pytest.mark.xdist_group("realxen"), pytest.mark.timeout(300)]
+        hosts = [pytest.param(HOSTS[n], id=n, marks=on_xen if n == "xl" else ()) for n in names]
+        metafunc.parametrize("backend", hosts, scope="module", indirect=True)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The real-Xen cases: only those an ``on_xl(when=...)`` mark accepts; all on one xdist worker,
-    which boots the one emulated Xen machine they share."""
+    """The real-Xen cases: only those an ``on_xl(when=...)`` mark accepts."""
     dropped = []
     for item in items:
         host = getattr(item, "callspec", None) and item.callspec.params.get("backend")
@@ -130,13 +133,29 @@ def pytest_collection_modifyitems(config, items):
         params = {k: v for k, v in item.callspec.params.items() if k != "backend"}
         if when is not None and not when(**params):
             dropped.append(item)
-        else:
-            item.add_marker(pytest.mark.xdist_group("realxen"))
-            item.add_marker(pytest.mark.timeout(300))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         gone = set(map(id, dropped))
         items[:] = [item for item in items if id(item) not in gone]
+
+
+# The real-Xen stage's wall time (first phase of a test on the emulated machine to the last),
+# printed at the end of the run: with xdist it runs on one worker beside the rest of the suite.
+REAL_XEN_MODULES = ("tests/test_backend_xl.py::", "tests/test_xl_e2e.py::")
+_real_xen: list[tuple[float, float]] = []
+
+
+def pytest_runtest_logreport(report):
+    if "[xl" in report.nodeid or report.nodeid.startswith(REAL_XEN_MODULES):
+        _real_xen.append((report.start, report.stop))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _real_xen:
+        tests = len(_real_xen) // 3  # setup, call and teardown each report
+        wall = max(stop for _, stop in _real_xen) - min(start for start, _ in _real_xen)
+        terminalreporter.write_line(f"real-Xen stage: {tests} tests, {wall:.0f} s wall from the machine's boot "
+                                    "to the last of them")
 
 
 @pytest.fixture(scope="module")
