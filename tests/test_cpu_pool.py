@@ -285,7 +285,6 @@ def test_async_activate_runs_as_a_task(kit):
 
 # -- deactivate ---------------------------------------------------------------------------------
 
-@on_xl()
 def test_deactivate_needs_an_active_pool_without_vms_and_frees_its_cpus(kit):
     x = kit.x
     pool = kit.active_pool([6, 7], "work", sched_policy="credit2", other_config={"k": "v"})

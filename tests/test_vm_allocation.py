@@ -271,7 +271,6 @@ def test_dynamic_is_the_default_mode(kit, message):
 
 
 @pytest.mark.parametrize("message", list(CHANGES))
-@on_xl(when=lambda message: message == "set_memory")
 def test_dynamic_on_a_paused_vm_changes_the_domain(kit, message):
     x = kit.x
     vm = _alloc_vm(kit)
@@ -388,7 +387,6 @@ def test_cap_up_to_100_per_vcpu_is_accepted(kit):
     assert x.VM.get_VCPUs_params(vm)["weight"] == "1"
 
 
-@on_xl()
 def test_memory_the_host_cannot_give(kit):
     x = kit.x
     vm = kit.vm(memory_target=128 * MIB, memory_static_max=64 * GIB)

@@ -106,7 +106,6 @@ def test_start_paused_then_unpause_keeps_the_domid(kit):
     assert (x.VM.get_power_state(vm), x.VM.get_domid(vm)) == ("Running", domid)
 
 
-@on_xl()
 def test_pause_and_unpause(kit):
     x = kit.x
     vm = kit.vm()
@@ -120,7 +119,6 @@ def test_pause_and_unpause(kit):
     assert backend_domain(kit.server, x.VM.get_uuid(vm))["state"] == "Running"
 
 
-@on_xl()
 def test_host_not_enough_free_memory_on_start_changes_nothing(kit):
     x = kit.x
     vm = kit.vm(memory_target=64 * 1024 * MIB, memory_static_max=64 * 1024 * MIB)
@@ -385,7 +383,6 @@ def test_restore_onto_a_vm_that_is_not_halted_is_refused(kit, tmp_path, state):
 
 # -- Domain-0 -----------------------------------------------------------------------------------
 
-@on_xl()
 def test_domain0_runs_from_the_start(kit):
     x = kit.x
     record = x.VM.get_record(DOM0)

@@ -19,7 +19,7 @@ from realxen import (  # noqa: F401 - clean_xen_fixture and xen_fixture are the 
 from vmkit import event_from, new_vm, token_now
 from xmkit import ok, xm
 
-# every xl call takes ~0.2 s under emulation and a Linux guest's create ~8 s
+# every xl call takes ~0.2 s under emulation
 pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("realxen")]  # one machine, one worker
 
 

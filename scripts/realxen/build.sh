@@ -1,11 +1,10 @@
 #!/bin/bash
 # Build the emulated Xen machine's boot files into the cache (after install-deps.sh):
 #   xen               the hypervisor, gunzipped (QEMU's multiboot loader cannot read the .gz)
-#   vmlinuz           the Linux kernel of dom0 and of the test guests
+#   vmlinuz           the Linux kernel of dom0
 #   dom0-initrd.gz    dom0's whole root filesystem: busybox, the xl tools and their libraries,
 #                     the xen/virtio/9p modules and our /init (dom0-init.sh)
-#   guest-initrd.gz   the Linux guest's root: busybox with busybox init (answers xl shutdown/reboot)
-#   tiny-guest        the tiny PV guest (tiny-guest.c): created in half a second, answers Xen's requests
+#   tiny-guest        the test guest (tiny-guest.c): created in 0.7 s, answers Xen's requests
 #   xl-shim           the host-side xl (xl-shim.c)
 # Rebuilt only when these scripts or the kernel change (a stamp records what was built).
 set -euo pipefail
@@ -19,7 +18,7 @@ KROOT=$CACHE/kernel-$KVER
 KMODS=$KROOT/lib/modules/$KVER/kernel
 OUT=$CACHE/machine
 
-stamp=$(cat "$HERE/build.sh" "$HERE/dom0-init.sh" "$HERE/guest-inittab" "$HERE/tiny-guest.s" \
+stamp=$(cat "$HERE/build.sh" "$HERE/dom0-init.sh" "$HERE/tiny-guest.s" \
   "$HERE/tiny-guest.c" "$HERE/tiny-guest.lds" "$HERE/xl-shim.c" /boot/xen-$XENVER-amd64.gz | sha256sum | cut -c1-16)-$KVER
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$stamp" ]; then
   exit 0
@@ -54,7 +53,7 @@ base_tree() {        # ROOT: directories and busybox with its applet links made 
   ln -sfn /run "$r/var/run"
 }
 
-# ---- the guests, and the host-side xl
+# ---- the guest, and the host-side xl
 # a kernel: no libc, no red zone (Xen may push frames on our stack), no SSE (no FPU state set up)
 as -o tiny-head.o "$HERE/tiny-guest.s"
 gcc -O2 -Wall -Wextra -ffreestanding -fno-builtin -fno-pic -fno-pie -mno-red-zone -mgeneral-regs-only \
@@ -62,10 +61,6 @@ gcc -O2 -Wall -Wextra -ffreestanding -fno-builtin -fno-pic -fno-pie -mno-red-zon
 ld -nostdlib -T "$HERE/tiny-guest.lds" -o tiny-guest tiny-head.o tiny-main.o
 rm tiny-head.o tiny-main.o
 gcc -O2 -Wall -o xl-shim "$HERE/xl-shim.c"
-G=guest-root
-base_tree "$G"
-cp "$HERE/guest-inittab" "$G/etc/inittab"
-(cd "$G" && find . | cpio -o -H newc --quiet | gzip -9) > guest-initrd.gz
 
 # ---- dom0
 R=dom0-root
@@ -105,7 +100,7 @@ PY
 cp "$HERE/dom0-init.sh" "$R/init"
 chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > dom0-initrd.gz
-rm -rf "$R" "$G"
+rm -rf "$R"
 echo "$stamp" > stamp
 cd "$CACHE"
 rm -rf "$OUT"
