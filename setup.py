@@ -15,7 +15,7 @@ setup(
     ],
     extras_require={
         "libvirt": ["libvirt-python>=9.0,<13"],
-        "test": ["pytest>=8,<9", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100", "xenapi>=24.0",
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100", "xenapi>=24.0",
                  "trustme>=1.1", "ruff>=0.5"],
     },
     entry_points={
