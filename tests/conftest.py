@@ -114,8 +114,9 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         mark = metafunc.definition.get_closest_marker("backends")
         names = mark.args if mark else ("sim",)
-        # the real-Xen cases all on one xdist worker, which boots the one emulated machine they share
-        # (marked here: xdist reads the group before the collection hooks below could add it)
+        # the real-Xen cases grouped on one xdist worker, which boots the machine they share (marked
+        # here, where xdist reads the group). xdist 3.8 cannot group under pytest 9.2 (it rewrites
+        # item._nodeid, which pytest 9 no longer reads): there each worker boots its own machine.
         on_xen = [pytest.mark.xdist_group("realxen"), pytest.mark.timeout(300)]
         hosts = [pytest.param(HOSTS[n], id=n, marks=on_xen if n == "xl" else ()) for n in names]
         metafunc.parametrize("backend", hosts, scope="module", indirect=True)
