@@ -47,6 +47,7 @@ from .base import (
     check_free,
     check_memory,
     check_memory_max,
+    check_pins,
     check_vcpus,
     checked,
     require_live,
@@ -435,10 +436,7 @@ class XlBackend(Backend):
         if not config.kernel:
             raise BackendError("a PV guest needs a kernel (PV_kernel)", "VALUE_NOT_SUPPORTED", "PV_kernel", "",
                                "the xl backend starts PV guests, which need a kernel")
-        for v, cpus in config.pins.items():
-            bad = sorted(c for c in cpus if not 0 <= c < len(self._static.cpus))
-            if bad:
-                raise BackendError(f"pCPU {bad[0]} does not exist", "INVALID_VALUE", f"cpumap{v}", format_cpulist(cpus))
+        check_pins(config.pins, len(self._static.cpus))
         lines = [
             f"name = {_quote(config.name)}",
             f"uuid = {_quote(config.uuid)}",
@@ -701,10 +699,9 @@ class XlBackend(Backend):
                 raise BackendError(f"domain {d.name} is suspended", "VM_BAD_POWER_STATE", uuid, "running",
                                    "suspended")
             if cpus is not None:
-                bad = sorted(c for c in cpus if not 0 <= c < len(self._static.cpus))
-                if bad or not cpus:
-                    raise BackendError(f"pCPU {bad[0]} does not exist" if bad else "an empty pCPU set",
-                                       "INVALID_VALUE", f"cpumap{vcpu}", format_cpulist(cpus))
+                if not cpus:
+                    raise BackendError("an empty pCPU set", "INVALID_VALUE", f"cpumap{vcpu}", "")
+                check_pins({vcpu: cpus}, len(self._static.cpus))
             self._act(uuid, "vcpu-pin", str(d.domid), str(vcpu), "all" if cpus is None else format_cpulist(cpus))
             return self._after(uuid, "vcpus")
 
