@@ -107,6 +107,7 @@ class ServerProcess:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run the test on each of these hypervisor backends")
+    config.addinivalue_line("markers", "realxen: runs on the emulated Xen machine (the real-Xen stage)")
 
 
 def pytest_generate_tests(metafunc):
@@ -114,10 +115,8 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         mark = metafunc.definition.get_closest_marker("backends")
         names = mark.args if mark else ("sim",)
-        # the real-Xen cases grouped on one xdist worker, which boots the machine they share (marked
-        # here, where xdist reads the group). xdist 3.8 cannot group under pytest 9.2 (it rewrites
-        # item._nodeid, which pytest 9 no longer reads): there each worker boots its own machine.
-        on_xen = [pytest.mark.xdist_group("realxen"), pytest.mark.timeout(300)]
+        # the real-Xen cases form their own stage (`make test` runs it alone: pytest -m realxen)
+        on_xen = [pytest.mark.realxen, pytest.mark.timeout(300)]
         hosts = [pytest.param(HOSTS[n], id=n, marks=on_xen if n == "xl" else ()) for n in names]
         metafunc.parametrize("backend", hosts, scope="module", indirect=True)
 
@@ -141,7 +140,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 # The real-Xen stage's wall time (first phase of a test on the emulated machine to the last),
-# printed at the end of the run: with xdist it runs on one worker beside the rest of the suite.
+# printed at the end of the run.
 REAL_XEN_MODULES = ("tests/test_backend_xl.py::", "tests/test_xl_e2e.py::")
 _real_xen: list[tuple[float, float]] = []
 

@@ -21,7 +21,7 @@ from xend_ext.backends.base import BackendError, Capability, DomainConfig, Power
 from xend_ext.backends.xl import POOL0_UUID, XlBackend, parse_cpulist, parse_vcpu_list
 
 # every xl call takes ~0.2 s under emulation
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("realxen")]  # one machine, one worker
+pytestmark = [pytest.mark.timeout(300), pytest.mark.realxen]
 
 POOL_UUID = "5eed0000-0000-4000-8000-000000000001"
 

@@ -20,7 +20,7 @@ from vmkit import event_from, new_vm, token_now
 from xmkit import ok, xm
 
 # every xl call takes ~0.2 s under emulation
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("realxen")]  # one machine, one worker
+pytestmark = [pytest.mark.timeout(300), pytest.mark.realxen]
 
 
 @pytest.fixture
