@@ -110,11 +110,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "realxen: runs on the emulated Xen machine (the real-Xen stage)")
 
 
+#: XEND_EXT_XL=all: every case of the shared suite that runs on libvirt runs on real Xen as well,
+#: not only those marked ``on_xl`` (`make test` runs those, chosen for the stage's five minutes).
+XL_ALL = os.environ.get("XEND_EXT_XL") == "all"
+
+
 def pytest_generate_tests(metafunc):
     """``backend`` is parametrised by the closest ``backends`` mark (default: the simulated host)."""
     if "backend" in metafunc.fixturenames:
         mark = metafunc.definition.get_closest_marker("backends")
         names = mark.args if mark else ("sim",)
+        if XL_ALL and "libvirt" in names and "xl" not in names:
+            names = (*names, "xl")
         # the real-Xen cases form their own stage (`make test` runs it alone: pytest -m realxen)
         on_xen = [pytest.mark.realxen, pytest.mark.timeout(300)]
         hosts = [pytest.param(HOSTS[n], id=n, marks=on_xen if n == "xl" else ()) for n in names]
@@ -131,7 +138,7 @@ def pytest_collection_modifyitems(config, items):
         mark = item.get_closest_marker("backends")
         when = mark.kwargs.get("xl_when") if mark else None
         params = {k: v for k, v in item.callspec.params.items() if k != "backend"}
-        if when is not None and not when(**params):
+        if when is not None and not XL_ALL and not when(**params):
             dropped.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -205,7 +205,12 @@ class Backend(ABC):
 
     @abstractmethod
     def host_info(self) -> HostInfo:
-        """What the host is: CPUs, memory, scheduler, versions. Cheap enough to call per request."""
+        """What the host is: CPUs, memory, scheduler, versions. Cheap enough to call per request;
+        its ``memory_free`` may be a little old where reading it costs (see memory_free)."""
+
+    def memory_free(self) -> int:
+        """Bytes of RAM no domain holds, read now."""
+        return self.host_info().memory_free
 
     # -- domains: facts ----------------------------------------------------------------
     @abstractmethod

@@ -184,9 +184,9 @@ class XlBackend(Backend):
         self._raw: dict[str, dict] = {}  # what xl last printed about each domain (see _refresh)
         self._pools: list[CpuPool] = []
         self._synced = 0.0
-        self._host: HostInfo | None = None
-        self._host_at = 0.0
         self._static = self._describe()
+        self._host: HostInfo = self._static  # its free memory is fresh too
+        self._host_at = time.monotonic()
         with self._lock:
             self._refresh_pools()
             self._refresh_all()
@@ -261,13 +261,16 @@ class XlBackend(Backend):
         )
 
     def host_info(self) -> HostInfo:
-        """The host, its free memory as read at most ``poll`` seconds ago or since our last action
-        (each read is an xl call, and the server reads the host for most requests)."""
-        host = self._host
-        if host is None or time.monotonic() - self._host_at > self.poll:
-            with self._lock:
-                host = self._read_host()
-        return host
+        """The host as described at start, with the free memory last read (most requests need only
+        the CPUs; each read of the free memory is an xl call)."""
+        return self._host
+
+    def memory_free(self) -> int:
+        """Read at most ``poll`` seconds ago, and not before our last action."""
+        with self._lock:
+            if time.monotonic() - self._host_at > self.poll:
+                self._read_host()
+            return self._host.memory_free
 
     def _read_host(self) -> HostInfo:
         free = int(self._info().get("free_memory", "0")) * MIB
