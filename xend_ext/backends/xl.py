@@ -183,6 +183,7 @@ class XlBackend(Backend):
         self._listed: dict[str, tuple] = {}  # each domain's `xl list` row at our last read (see _sync)
         self._raw: dict[str, dict] = {}  # what xl last printed about each domain (see _refresh)
         self._pools: list[CpuPool] = []
+        self._digests: dict[Path, tuple[tuple, str]] = {}  # image -> (its stat when hashed, SHA-256)
         self._synced = 0.0
         self._static = self._describe()
         self._host: HostInfo = self._static  # its free memory is fresh too
@@ -601,7 +602,7 @@ class XlBackend(Backend):
                 sidecar.unlink(missing_ok=True)
                 raise
             # the image's digest: a damaged or replaced image is refused before xl reads it
-            record["sha256"] = _digest(path)
+            record["sha256"] = self._digest(path)
             _write_atomic(sidecar, json.dumps(record).encode())
             self._gone(uuid)
 
@@ -633,10 +634,23 @@ class XlBackend(Backend):
         except (OSError, ValueError, KeyError, TypeError):
             raise BackendError(f"{path} is not an image saved by xend-ext (no readable {_sidecar(path).name})",
                                "INVALID_VALUE", "path", str(path)) from None
-        if _digest(path) != digest:
+        if self._digest(path) != digest:
             raise BackendError(f"{path} is damaged or was changed since it was saved (checksum mismatch)",
                                "INVALID_VALUE", "path", str(path))
         return saved
+
+    def _digest(self, path: Path) -> str:
+        """The image's SHA-256, computed once per version of the file (a restore reads the image's
+        record first, then restores: two checks of 128 MiB and more, moments apart)."""
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise BackendError(f"cannot read {path}: {exc.strerror}", "INVALID_VALUE", "path", str(path)) from None
+        version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self._digests.get(path)
+        if known is None or known[0] != version:
+            known = self._digests[path] = (version, _digest(path))
+        return known[1]
 
     def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
         with self._lock:
