@@ -161,6 +161,34 @@ def test_a_guest_through_its_live_changes(xlb, clean_xen):
     assert list(clean_xen.domains()) == ["Domain-0"] and xlb.domain(uuid) is None
 
 
+def test_reserved_pcpus_narrow_the_other_guests_hard_affinity(xlb, clean_xen, tmp_path):
+    """cpuoccupy: Xen has no reservations, so the backend keeps the other guests off a reserved pCPU
+    by their hard affinity (``xl vcpu-list``) while it reports their pins as asked, and gives them
+    back when the reservation ends; a guest started meanwhile is created that way."""
+    a, b, c = (f"5eed0000-0000-4000-8000-0000000000c{i}" for i in (1, 2, 3))
+    xlb.start(guest("g-occ", a), paused=False)
+    xlb.start(guest("g-free", b, pins={1: frozenset({4, 5})}), paused=False)
+    xlb.set_occupancy({4: frozenset({a}), 5: frozenset({a})})
+    assert [v["hard"] for v in clean_xen.vcpus("g-occ")] == ["all", "all"]
+    assert [v["hard"] for v in clean_xen.vcpus("g-free")] == ["0-3,6-7", "0-3,6-7"]
+    assert xlb.domain(b).pins == {1: {4, 5}}  # as asked; Xen holds them narrowed
+    assert all(v["cpu"] not in ("4", "5") for v in clean_xen.vcpus("g-free"))
+    xlb.pin(b, 0, frozenset({5, 6}))
+    assert clean_xen.vcpus("g-free")[0]["hard"] == "6" and xlb.domain(b).pins == {0: {5, 6}, 1: {4, 5}}
+    xlb.start(guest("g-late", c), paused=True)
+    assert [v["hard"] for v in clean_xen.vcpus("g-late")] == ["0-3,6-7", "0-3,6-7"]
+    again = XlBackend(clean_xen.xl, tmp_path / "state", poll=0.5)  # a restarted server knows it all
+    try:
+        assert again.domain(b).pins == {0: {5, 6}, 1: {4, 5}}
+    finally:
+        again.close()
+
+    xlb.set_occupancy({})
+    assert [v["hard"] for v in clean_xen.vcpus("g-free")] == ["5-6", "4-5"]
+    assert [v["hard"] for v in clean_xen.vcpus("g-late")] == ["all", "all"]
+    assert xlb.domain(b).pins == {0: {5, 6}, 1: {4, 5}}
+
+
 def test_a_guest_answering_suspend_save_and_shutdown(xlb, clean_xen, tmp_path):
     """What needs the guest's help (the tiny guest answers as a PV Linux does): suspend/resume,
     save/restore, clean shutdown."""

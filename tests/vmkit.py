@@ -46,7 +46,7 @@ def sim_only(reason: str):
 #: the capabilities each test backend lacks (the server answers NOT_IMPLEMENTED [capability])
 LACKS = {"sim": frozenset(), "libvirt": frozenset({"sched_credit", "migrate", "sched_domain", "memory_max_live",
                                                   "utilisation", "numa"}),
-         "xl": frozenset({"migrate", "sched_domain", "utilisation", "cpu_occupy", "numa"})}
+         "xl": frozenset({"migrate", "sched_domain", "utilisation", "numa"})}
 
 #: what VMs need to boot on the backend of the tests running now (conftest's ``backend`` sets it:
 #: on xl a PV kernel); new_vm adds it to every record

@@ -160,11 +160,10 @@ class XlBackend(Backend):
     #   migrate       - needs a second Xen host to receive the domain
     #   sched_domain  - the "nemesis" scheduling domains were never merged into Xen
     #   utilisation   - xl reports CPU time per vCPU, not the scheduler model's shares
-    #   cpu_occupy    - the policy manager's pCPU reservations have no xl equivalent
     capabilities = frozenset({
         Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
         Capability.MEMORY_LIVE, Capability.MEMORY_MAX_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
-        Capability.SCHED_CREDIT, Capability.POOLS,
+        Capability.SCHED_CREDIT, Capability.POOLS, Capability.CPU_OCCUPY,
     })
 
     def __init__(self, xl_path: str = "xl", state_dir: str | Path = ".", poll: float = 2.0) -> None:
@@ -217,6 +216,7 @@ class XlBackend(Backend):
             raise BackendError(f"cannot read {self.path}: {exc}", "BACKEND_ERROR") from None
         state.setdefault("pools", {})
         state.setdefault("domains", {})
+        state.setdefault("occupied", {})  # cpuoccupy: {pCPU: [uuids of the domains it is reserved to]}
         state["pools"][POOL0] = POOL0_UUID
         return state
 
@@ -308,7 +308,8 @@ class XlBackend(Backend):
             memory=int(b_info.get("target_memkb") or int(row["mem"]) * KIB) * KIB,
             memory_max=int(b_info.get("max_memkb") or int(row["mem"]) * KIB) * KIB,
             vcpus=online, vcpus_max=vcpus_max, weight=weight, cap=cap,
-            pins={v["vcpu"]: v["hard"] for v in vcpus if v["hard"] is not None},
+            pins=_pins_from_json(record["pins"]) if "pins" in record else {
+                v["vcpu"]: v["hard"] for v in vcpus if v["hard"] is not None},
             vcpu_cpu={v["vcpu"]: v["cpu"] for v in vcpus if v["cpu"] >= 0},
             start_time=dt.datetime.fromisoformat(record["start_time"]),
             is_control_domain=control, metadata=dict(record.get("metadata", {})),
@@ -460,11 +461,11 @@ class XlBackend(Backend):
             lines.append(f"ramdisk = {_quote(config.ramdisk)}")
         if config.args:
             lines.append(f"extra = {_quote(config.args)}")
-        if config.pins:
+        affinity = self._affinity(config.uuid, pool, config.pins, max(config.vcpus_max, config.vcpus))
+        if any(cpus is not None for cpus in affinity.values()):
             # one entry per vCPU: xl's list form pins vCPU i to entry i
             lines.append("cpus = [" + ", ".join(
-                _quote(format_cpulist(config.pins[v]) if v in config.pins else "all")
-                for v in range(max(config.vcpus_max, config.vcpus))) + "]")
+                _quote("all" if cpus is None else format_cpulist(cpus)) for cpus in affinity.values()) + "]")
         self.configs.mkdir(parents=True, exist_ok=True)
         path = self.configs / f"{config.uuid}-{purpose}.cfg"
         _write_atomic(path, ("\n".join(lines) + "\n").encode())
@@ -485,6 +486,7 @@ class XlBackend(Backend):
         record["boot"] = {"kernel": config.kernel, "ramdisk": config.ramdisk, "args": config.args}
         record["start_time"] = _now().isoformat()
         record.pop("suspended", None)
+        self._keep_pins(record, config.pins)
         self._save_state()
         # libxl sets weight and cap while it builds the domain (a create that cannot, fails)
         d = self._refresh(config.uuid, sched=(config.weight, config.cap))
@@ -679,6 +681,7 @@ class XlBackend(Backend):
             record["start_time"] = saved.start_time.isoformat()
             if config is not None:
                 record["boot"] = {"kernel": config.kernel, "ramdisk": config.ramdisk, "args": config.args}
+            self._keep_pins(record, saved.pins)
             self._save_state()
             return self._after(saved.uuid), metadata
 
@@ -719,7 +722,11 @@ class XlBackend(Backend):
                 if not cpus:
                     raise BackendError("an empty pCPU set", "INVALID_VALUE", f"cpumap{vcpu}", "")
                 check_pins({vcpu: cpus}, len(self._static.cpus))
-            self._act(uuid, "vcpu-pin", str(d.domid), str(vcpu), "all" if cpus is None else format_cpulist(cpus))
+            pins = {v: c for v, c in d.pins.items() if v != vcpu} | ({vcpu: cpus} if cpus is not None else {})
+            given = self._affinity(uuid, self._pool_by_uuid(d.pool), pins, vcpu + 1)[vcpu]
+            self._act(uuid, "vcpu-pin", str(d.domid), str(vcpu), "all" if given is None else format_cpulist(given))
+            if self._keep_pins(self._record(uuid), pins):
+                self._save_state()
             return self._after(uuid, "vcpus")
 
     def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
@@ -857,7 +864,60 @@ class XlBackend(Backend):
             target = self._pool(pool)
             if d.pool != pool:
                 self._act(domain, "cpupool-migrate", str(d.domid), target.name)
+                if self._barred(domain):  # its affinity was narrowed within the pool it left
+                    self._apply_affinity(replace(d, pool=pool))
             return self._after(domain, "row", "vcpus", "sched")  # its vCPUs now run on the pool's pCPUs
+
+    # -- cpuoccupy: pCPUs reserved to some domains, kept by narrowing the others' hard affinity ---------
+    def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
+        with self._lock:
+            bad = sorted(c for c in occupied if not 0 <= c < len(self._static.cpus))
+            if bad:
+                raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+            live = [d for d in self._domains.values() if not d.is_control_domain]
+            asked = {d.uuid: d.pins for d in live}  # read before the map changes what _build reports
+            self._state["occupied"] = {str(c): sorted(who) for c, who in sorted(occupied.items()) if who}
+            for d in live:
+                self._keep_pins(self._record(d.uuid), asked[d.uuid])
+            self._save_state()
+            for d in live:
+                self._apply_affinity(d)
+            self._refresh_vcpus()
+
+    def _barred(self, uuid: str) -> frozenset[int]:
+        """The pCPUs reserved to domains other than ``uuid``."""
+        return frozenset(int(c) for c, who in self._state["occupied"].items() if uuid not in who)
+
+    def _affinity(self, uuid: str, pool: CpuPool | None, pins: dict[int, frozenset[int]],
+                  vcpus: int) -> dict[int, frozenset[int] | None]:
+        """The hard affinity Xen gets for each vCPU (None: anywhere): its pins, less the pCPUs reserved
+        to other domains, within its pool, as on libvirt (the server refuses pins left with none)."""
+        barred = self._barred(uuid)
+        if not barred:
+            return {v: pins.get(v) for v in range(vcpus)}
+        home = pool.cpus if pool is not None and pool.cpus else frozenset(range(len(self._static.cpus)))
+        allowed = (home - barred) or home
+        return {v: (pins[v] & allowed or allowed) if v in pins else (None if allowed == home else allowed)
+                for v in range(vcpus)}
+
+    def _apply_affinity(self, d: Domain) -> None:
+        """Give Xen the affinity of each vCPU of a live domain: one call when all are alike."""
+        affinity = self._affinity(d.uuid, self._pool_by_uuid(d.pool), d.pins, d.vcpus_max)
+        given = {v: "all" if cpus is None else format_cpulist(cpus) for v, cpus in affinity.items()}
+        if len(set(given.values())) == 1:
+            self._act(d.uuid, "vcpu-pin", str(d.domid), "all", next(iter(given.values())))
+            return
+        for v, cpus in given.items():
+            self._act(d.uuid, "vcpu-pin", str(d.domid), str(v), cpus)
+
+    def _keep_pins(self, record: dict, pins: dict[int, frozenset[int]]) -> bool:
+        """While a reservation is in force Xen holds narrowed affinities: the pins as asked are kept
+        in our record (True: the record changed)."""
+        if not self._state["occupied"]:
+            return record.pop("pins", None) is not None
+        kept = {str(v): sorted(c) for v, c in sorted(pins.items())}
+        changed, record["pins"] = record.get("pins") != kept, kept
+        return changed
 
     # -- changes made outside xend-ext ----------------------------------------------------------------
     def _sync(self) -> tuple[set[str], bool]:
@@ -950,6 +1010,10 @@ def _domain_from_json(data: dict) -> Domain:
         pins={int(v): frozenset(c) for v, c in data.get("pins", {}).items()},
         start_time=dt.datetime.fromisoformat(data["start_time"]), metadata=dict(data.get("metadata", {})),
         pool=data.get("pool", POOL0_UUID))
+
+
+def _pins_from_json(data: dict) -> dict[int, frozenset[int]]:
+    return {int(v): frozenset(cpus) for v, cpus in data.items()}
 
 
 def _digest(path: Path) -> str:
