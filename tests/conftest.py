@@ -129,16 +129,19 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The real-Xen cases: only those an ``on_xl(when=...)`` mark accepts."""
+    """The real-Xen cases: those an ``on_xl(when=...)`` mark accepts (all with XEND_EXT_XL=all),
+    less those an ``off_xl(reason, when=...)`` mark keeps off."""
     dropped = []
     for item in items:
         host = getattr(item, "callspec", None) and item.callspec.params.get("backend")
         if getattr(host, "name", None) != "xl":
             continue
         mark = item.get_closest_marker("backends")
-        when = mark.kwargs.get("xl_when") if mark else None
+        marked = mark.kwargs if mark else {}
         params = {k: v for k, v in item.callspec.params.items() if k != "backend"}
-        if when is not None and not XL_ALL and not when(**params):
+        chosen, off = marked.get("xl_when"), marked.get("off_xl_when")
+        if (not XL_ALL and chosen is not None and not chosen(**params)) or (
+                "off_xl" in marked and (off is None or off(**params))):
             dropped.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

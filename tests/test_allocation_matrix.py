@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import ServerProcess
 from vmkit import (
+    BOOT_FIELDS,
     BOTH,
     MIB,
     NO_SURVIVAL,
@@ -364,9 +365,9 @@ def test_a_host_reboot_ends_dynamic_changes_and_keeps_stored_ones(make_server, b
     sched = not lacks(server, "sched_credit")
     x = session(server).xenapi
     dyn = x.VM.create({"name_label": "dyn", "memory_target": str(128 * MIB), "memory_static_max": str(256 * MIB),
-                       "VCPUs_max": "2", "VCPUs_params": {"weight": "300"}})
+                       "VCPUs_max": "2", "VCPUs_params": {"weight": "300"}, **BOOT_FIELDS})
     sta = x.VM.create({"name_label": "sta", "memory_target": str(128 * MIB), "memory_static_max": str(256 * MIB),
-                       "VCPUs_max": "2", "VCPUs_params": {"weight": "300"}})
+                       "VCPUs_max": "2", "VCPUs_params": {"weight": "300"}, **BOOT_FIELDS})
     for vm in (dyn, sta):
         x.VM.start(vm, False, False)
     x.VM.set_memory(dyn, str(200 * MIB), "dynamic")

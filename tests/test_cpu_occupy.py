@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
-from vmkit import BOTH, MIB, NO_MIGRATE, NO_SURVIVAL, Kit, failure, lacks, metrics, on_sim, session, sim_only
+from vmkit import BOTH, MIB, NO_MIGRATE, NO_SURVIVAL, Kit, failure, lacks, metrics, on_sim, on_xl, session, sim_only
 
 from xend_ext import sxp
 
@@ -170,6 +170,7 @@ def test_a_pcpu_reserved_to_several_vms(k):
     assert policy(x, a) == (["0"], []) and policy(x, b) == (["0"], []) and policy(x, c) == ([], ["0"])
 
 
+@on_xl()
 def test_a_new_reservation_of_a_pcpu_replaces_the_old_one(k):
     x = k.x
     a, b = k.running("0-1"), k.running("0-1")

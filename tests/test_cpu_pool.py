@@ -14,7 +14,7 @@ import time
 import pytest
 import XenAPI
 from poolkit import CPUS, PoolKit, add_user, backend_pools, event_from, failure, unique
-from vmkit import BOTH, NO_UTILISATION, backend_domain, lacks, on_xl, session, sim_only
+from vmkit import BOOT_FIELDS, BOTH, NO_UTILISATION, backend_domain, lacks, on_xl, session, sim_only
 
 pytestmark = pytest.mark.backends(*BOTH)
 
@@ -65,7 +65,8 @@ def test_at_boot_every_cpu_is_in_pool0(kit):
     assert kit.free_cpus() == 0 and x.host_cpu.get_unassigned_cpus() == []
     assert x.host.get_resident_cpu_pools(kit.host) == [kit.pool0]
     assert x.VM.get_cpu_pool(kit.dom0) == [kit.pool0] and x.VM.get_pool_name(kit.dom0) == "Pool-0"
-    assert backend_pools(kit.server) == {POOL0_UUID: {"name": "Pool-0", "sched": "credit", "cpus": set(range(CPUS))}}
+    assert backend_pools(kit.server) == {
+        POOL0_UUID: {"name": "Pool-0", "sched": kit.server.host.sched, "cpus": set(range(CPUS))}}
     consistent(kit)
 
 
@@ -252,12 +253,12 @@ def test_activate_twice_and_with_too_few_free_cpus(kit):
 def test_activate_uses_the_pools_scheduler_or_the_hosts_default(kit):
     x = kit.x
     kit.free(4, 5, 6, 7)
-    pools = {sched: kit.pool(sched_policy=sched) for sched in ("", "credit", "credit2", "sedf")}
+    pools = {sched: kit.pool(sched_policy=sched) for sched in ("", *kit.server.host.schedulers)}
     for pool in pools.values():
         x.cpu_pool.activate(pool)
     live = backend_pools(kit.server)
     host_default = x.host.get_sched_policy(kit.host)
-    assert host_default == "credit"
+    assert host_default == kit.server.host.sched
     for sched, pool in pools.items():
         assert live[x.cpu_pool.get_uuid(pool)]["sched"] == (sched or host_default)
     # '' is the host's default; the getter shows '' or the scheduler it resolves to (xend)
@@ -910,7 +911,7 @@ def test_a_vm_operator_moves_vms_but_does_not_manage_pools(make_server, backend,
     admin.cpu_pool.activate(active)
     idle = admin.cpu_pool.create({"name_label": "idle"})
     vm = admin.VM.create({"name_label": "guest", "memory_target": str(128 << 20), "memory_static_max": str(128 << 20),
-                          "VCPUs_at_startup": "1", "VCPUs_max": "1", "VCPUs_params": {}})
+                          "VCPUs_at_startup": "1", "VCPUs_max": "1", "VCPUs_params": {}, **BOOT_FIELDS})
 
     def denied(call, *args):
         details = failure(call, *args)

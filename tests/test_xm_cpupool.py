@@ -30,7 +30,11 @@ EXAMPLE = ROOT / "examples" / "cpupool"
 LIST_HEADER = "Name               CPUs   Sched     Active   Domain count"
 CPUS_HEADER = "Name             CPU list"
 BRIEF_HEADER = "Name                                        ID   Mem VCPUs      State   Time(s)"
-POOL0_ROW = "Pool-0               8    credit       y          1"
+
+
+def pool0_row(srv, ncpus: int = 8) -> str:
+    """Pool-0's row of ``xm cpupool-list``: it runs the host's default scheduler."""
+    return f"Pool-0{ncpus:>16}{srv.host.sched:>10}       y          1"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +107,7 @@ def table(stdout: str) -> list[str]:
 # -- cpupool-list ----------------------------------------------------------------------------
 
 def test_list_formats_at_boot(srv):
-    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, POOL0_ROW]
+    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, pool0_row(srv)]
     assert table(ok(xm(srv, "cpupool-list", "-c"))) == [CPUS_HEADER, "Pool-0           0,1,2,3,4,5,6,7"]
     assert table(ok(xm(srv, "cpupool-list", "Pool-0", "--cpus"))) == [CPUS_HEADER, "Pool-0           0,1,2,3,4,5,6,7"]
     long = sxp.loads(ok(xm(srv, "cpupool-list", "-l")))
@@ -112,7 +116,7 @@ def test_list_formats_at_boot(srv):
     fields = {item[0]: item[1:] for item in long[1:]}
     assert fields["name_label"] == ["Pool-0"]
     assert fields["ncpu"] == ["8"]
-    assert fields["sched_policy"] == ["credit"]
+    assert fields["sched_policy"] == [srv.host.sched]
     assert fields["activated"] == ["1"]
     assert fields["host_CPU_numbers"] == [str(n) for n in range(8)]
     assert fields["started_VM_names"] == ["Domain-0"]
@@ -218,7 +222,7 @@ def test_create_destroy_start_delete(fresh):
     free(srv, 2, 3)
     assert ok(xm(srv, "cpupool-create", "web.pool", cwd=EXAMPLE)) == "Pool 'web' started with CPUs 2,3 (credit).\n"
     assert table(ok(xm(srv, "cpupool-list"))) == [
-        LIST_HEADER, "Pool-0               6    credit       y          1",
+        LIST_HEADER, pool0_row(srv, 6),
         "web                  2    credit       y          0"]
     assert table(ok(xm(srv, "cpupool-list", "-c"))) == [CPUS_HEADER, "Pool-0           0,1,4,5,6,7",
                                                          "web              2,3"]
@@ -241,7 +245,7 @@ def test_new_then_start_by_uuid(fresh):
     srv = fresh
     assert ok(xm(srv, "cpupool-new", "--path", f"/nonexistent:{EXAMPLE}", "web.pool", "cpus=2")) == \
         "Pool 'web' defined; start it with 'xm cpupool-start web'.\n"
-    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, POOL0_ROW,
+    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, pool0_row(srv),
                                                   "web                  2    credit       n          0"]
     free(srv, 7, 5)
     uuid = pool_record(srv, "web")["uuid"]
@@ -315,7 +319,7 @@ def test_cpu_add_and_remove(fresh):
     assert error(xm(srv, "cpupool-cpu-remove", "Pool-0", "0")) == (
         'Error: CPU 0 is the last CPU of pool "Pool-0", where Domain-0 always runs; Pool-0 keeps at least one CPU')
     ok(xm(srv, "cpupool-cpu-add", "web", "1-5"))
-    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, "Pool-0               1    credit       y          1",
+    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, pool0_row(srv, 1),
                                                   "web                  7    credit       y          0"]
     ok(xm(srv, "cpupool-destroy", "web"))
     assert error(xm(srv, "cpupool-cpu-add", "web", "1")) == (
@@ -423,7 +427,7 @@ def test_deprecated_aliases(srv, alias, args, code):
     if code:
         assert lines[1:] == ["Error: Pool 'nope' does not exist."]
     if alias == "pool-list":
-        assert table(result.stdout) == [LIST_HEADER, POOL0_ROW]
+        assert table(result.stdout) == [LIST_HEADER, pool0_row(srv)]
 
 
 # -- numa-split ------------------------------------------------------------------------------
@@ -458,7 +462,8 @@ def test_two_pools_example(fresh):
     assert shutil.which("sh")
     xm_cmd = f"{sys.executable} -m xend_ext.cli.main"
     env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
-    env.update(XM_CONF="/nonexistent/xm.conf", XM=xm_cmd, PYTHON=sys.executable)
+    env.update(XM_CONF="/nonexistent/xm.conf", XM=xm_cmd, PYTHON=sys.executable,
+               KERNEL=BOOT_FIELDS.get("PV_kernel", ""))
     result = subprocess.run(["sh", str(EXAMPLE / "two_pools.sh"), srv.url], capture_output=True, text=True,
                             timeout=120, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -473,7 +478,7 @@ def test_two_pools_example(fresh):
     if not lacks(srv, "utilisation"):  # the shares of the sim's scheduler model
         check_two_pools_shares(before, after)
     # it cleans up after itself: the boot state again
-    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, POOL0_ROW]
+    assert table(ok(xm(srv, "cpupool-list"))) == [LIST_HEADER, pool0_row(srv)]
     assert [row.split()[0] for row in table(ok(xm(srv, "list")))[1:]] == ["Domain-0"]
 
 

@@ -37,6 +37,13 @@ def on_xl(when=None):
     return pytest.mark.backends("sim", "libvirt", "xl", xl_when=when)
 
 
+def off_xl(reason: str, when=None):
+    """Keep a test of such a module (or the cases ``when(**params)`` accepts) off real Xen, saying
+    why: what one emulated Xen machine cannot show. Only XEND_EXT_XL=all would run it there (see
+    conftest); the README lists these."""
+    return pytest.mark.backends(*BOTH, off_xl=reason, off_xl_when=when)
+
+
 def sim_only(reason: str):
     """Mark a test of a module running on every backend as one for the simulated host only, saying
     why (what libvirt's test driver, or our libvirt backend, cannot do). The README lists them."""

@@ -10,7 +10,8 @@
 # server's scheduler model gives each vCPU when every vCPU is busy. A pool's CPUs are shared by
 # its domains only, so the move halves the shares in batch and doubles them in web.
 # Everything it makes is removed again at the end (also when a step fails), and the CPUs go back
-# to Pool-0. XM (default xm) and PYTHON (default python3) say which programs to run.
+# to Pool-0. XM (default xm) and PYTHON (default python3) say which programs to run; on a real Xen
+# host (--backend xl) set KERNEL to a PV guest kernel the domains can boot.
 set -eu
 
 URL=${1:?usage: two_pools.sh SERVER-URL}
@@ -67,6 +68,7 @@ step "Domains: web1 and web2 in web, job1 in batch, 2 vCPUs each"
 for vm in web1:web web2:web job1:batch; do
     name=${vm%%:*}
     printf 'name = "%s"\nmemory = 128\nvcpus = 2\npool = "%s"\n' "$name" "${vm#*:}" > "$WORK/$name.cfg"
+    [ -z "${KERNEL:-}" ] || printf 'kernel = "%s"\n' "$KERNEL" >> "$WORK/$name.cfg"
     xm create "$WORK/$name.cfg"
 done
 xm list --pool=web

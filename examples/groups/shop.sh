@@ -11,7 +11,8 @@
 # them; `xm grp-restore` brings the group back, in ascending order again. The directory is a path
 # on the server host: this script makes it with mktemp, so run it on the server's host (the
 # directory must also be writable by the server). Everything it makes is removed at the end, also
-# when a step fails. XM (default xm) and PYTHON (default python3) say which programs to run.
+# when a step fails. XM (default xm) and PYTHON (default python3) say which programs to run; on a
+# real Xen host (--backend xl) set KERNEL to a PV guest kernel the domains can boot.
 set -eu
 
 URL=${1:?usage: shop.sh SERVER-URL}
@@ -19,6 +20,14 @@ XM=${XM:-xm}
 PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SAVED=$(mktemp -d)
+CONFIGS=$HERE
+if [ -n "${KERNEL:-}" ]; then  # the configs with the kernel added, beside the saved images
+    CONFIGS=$(mktemp -d)
+    cp "$HERE/shop.grp" "$CONFIGS/"
+    for cfg in db web; do
+        { cat "$HERE/$cfg.cfg"; printf 'kernel = "%s"\n' "$KERNEL"; } > "$CONFIGS/$cfg.cfg"
+    done
+fi
 
 xm() { $XM --url "$URL" "$@"; }
 step() { printf '\n== %s\n' "$*"; }
@@ -32,6 +41,7 @@ cleanup() {
         xm delete "$vm" 2>/dev/null
     done
     rm -rf "$SAVED"
+    [ "$CONFIGS" = "$HERE" ] || rm -rf "$CONFIGS"
 }
 trap cleanup EXIT
 
@@ -47,7 +57,7 @@ print("started in this order: " + ", ".join("%s (order %d, id %d)" % (m["name_la
 }
 
 step "xm grp-create shop.grp: define shop-db and shop-web, the group, and start it"
-xm grp-create "$HERE/shop.grp"
+xm grp-create "$CONFIGS/shop.grp"
 xm grp-list shop
 start_order shop
 
@@ -56,7 +66,8 @@ xm grp-list -l shop
 
 step "xm grp-save shop: both saved to a directory on the server host, in descending order"
 xm grp-save shop "$SAVED"
-ls "$SAVED" | sed 's/^[0-9a-f-]*\.img$/<uuid>.img/' | sort
+# (on Xen, xl's images have their VM records beside them: *.img.xend-ext.json)
+ls "$SAVED" | grep -v '\.xend-ext\.json$' | sed 's/^[0-9a-f-]*\.img$/<uuid>.img/' | sort
 xm grp-list shop
 
 step "xm grp-restore: the group back, in ascending order"
