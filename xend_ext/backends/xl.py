@@ -586,7 +586,9 @@ class XlBackend(Backend):
             self._check_memory(d.memory)
             self._act(uuid, "restore", *(["-p"] if paused else []), *self._restore_config(d, pool, None),
                       str(self._image(uuid)))
-            self._record(uuid).pop("suspended", None)
+            record = self._record(uuid)
+            record.pop("suspended", None)
+            self._keep_pins(record, d.pins)  # the reservations may have changed while it was suspended
             self._save_state()
             self._image(uuid).unlink(missing_ok=True)
             return self._after(uuid)
