@@ -149,14 +149,13 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if id(item) not in gone]
 
 
-# The real-Xen stage's wall time (first phase of a test on the emulated machine to the last),
-# printed at the end of the run.
-REAL_XEN_MODULES = ("tests/test_backend_xl.py::", "tests/test_xl_e2e.py::")
+# The real-Xen stage's wall time (first phase of a test marked realxen to the last), printed at the
+# end of the run.
 _real_xen: list[tuple[float, float]] = []
 
 
 def pytest_runtest_logreport(report):
-    if "[xl" in report.nodeid or report.nodeid.startswith(REAL_XEN_MODULES):
+    if "realxen" in report.keywords:
         _real_xen.append((report.start, report.stop))
 
 

@@ -94,7 +94,7 @@ class XlHost(Host):
 
         for flag, default in SIM_FLAGS.items():
             if _take(extra, flag, default) not in (default, self.machine[flag]):
-                raise ValueError(f"the Xen machine cannot be given {flag}: it has 8 pCPUs and 4 GiB, one NUMA node")
+                raise ValueError(f"the Xen machine cannot be given {flag}: it is {self.machine}")
         xen = realxen.machine()
         reboot = "--sim-reboot" in extra  # what a toolstack sees of a host reboot: every guest and pool gone
         if reboot:

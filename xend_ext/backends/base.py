@@ -199,6 +199,21 @@ def check_pins(pins: dict[int, frozenset[int]], ncpus: int) -> None:
                                ",".join(map(str, sorted(cpus))))
 
 
+def check_occupancy(occupied: dict[int, frozenset[str]], ncpus: int) -> None:
+    """A reservation map (cpuoccupy) names only pCPUs the host has."""
+    bad = sorted(c for c in occupied if not 0 <= c < ncpus)
+    if bad:
+        raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+
+
+def narrowed(home: frozenset[int], barred: frozenset[int], pins: frozenset[int] | None) -> frozenset[int]:
+    """Where a vCPU may run where reservations are kept by pinning (libvirt, xl): its pool's pCPUs
+    (``home``) less those reserved to other domains, within its pins; a step that would leave
+    nothing is skipped (the server refuses pins that reservations would leave with none)."""
+    allowed = (home - barred) or home
+    return (allowed if pins is None else pins & allowed) or allowed
+
+
 class Backend(ABC):
     name: str = "?"
     capabilities: frozenset[str] = frozenset()

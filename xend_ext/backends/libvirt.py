@@ -44,9 +44,11 @@ from .base import (
     check_free,
     check_memory,
     check_memory_max,
+    check_occupancy,
     check_pins,
     check_vcpus,
     checked,
+    narrowed,
     require_live,
 )
 from .pooltable import SCHEDULERS, PoolTable
@@ -383,8 +385,7 @@ class LibvirtBackend(Backend):
         """Where a vCPU may run: its pool's CPUs, less CPUs reserved to others, within its pins."""
         home = self.table.pools[pool].cpus if pool in self.table.pools and self.table.pools[pool].cpus else \
             frozenset(range(self.ncpus))
-        allowed = home - {cpu for cpu, who in self._occupied.items() if uuid not in who} or home
-        return (pins.get(vcpu, allowed) & allowed) or allowed
+        return narrowed(home, frozenset(cpu for cpu, who in self._occupied.items() if uuid not in who), pins.get(vcpu))
 
     def _repin(self, uuid: str) -> None:
         """Apply the pool, reservations and pins of a running domain to libvirt."""
@@ -798,9 +799,7 @@ class LibvirtBackend(Backend):
 
     def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
         def action():
-            bad = sorted(c for c in occupied if not 0 <= c < self.ncpus)
-            if bad:
-                raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+            check_occupancy(occupied, self.ncpus)
             self._occupied = {cpu: frozenset(who) for cpu, who in occupied.items() if who}
             self._save_pools()
             for d in list(self._domains().values()):

@@ -37,6 +37,7 @@ from .base import (
     check_free,
     check_memory,
     check_memory_max,
+    check_occupancy,
     check_pins,
     check_vcpus,
     checked,
@@ -492,9 +493,7 @@ class SimBackend(Backend):
     # -- cpuoccupy -------------------------------------------------------------------------------
     def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
         with self._lock:
-            bad = sorted(c for c in occupied if not 0 <= c < self.ncpus)
-            if bad:
-                raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+            check_occupancy(occupied, self.ncpus)
             self._occupied = {cpu: frozenset(who) for cpu, who in occupied.items() if who}
             self._util = None
             self._save()

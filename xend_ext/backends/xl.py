@@ -47,9 +47,11 @@ from .base import (
     check_free,
     check_memory,
     check_memory_max,
+    check_occupancy,
     check_pins,
     check_vcpus,
     checked,
+    narrowed,
     require_live,
 )
 
@@ -653,7 +655,7 @@ class XlBackend(Backend):
         version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         known = self._digests.get(path)
         if known is None or known[0] != version:
-            known = self._digests[path] = (version, _digest(path))
+            known = self._digests[path] = (version, _sha256(path))
         return known[1]
 
     def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:
@@ -873,9 +875,7 @@ class XlBackend(Backend):
     # -- cpuoccupy: pCPUs reserved to some domains, kept by narrowing the others' hard affinity ---------
     def set_occupancy(self, occupied: dict[int, frozenset[str]]) -> None:
         with self._lock:
-            bad = sorted(c for c in occupied if not 0 <= c < len(self._static.cpus))
-            if bad:
-                raise BackendError(f"no pCPU {bad[0]}", "INVALID_CPU", f"no pCPU {bad[0]} on this host")
+            check_occupancy(occupied, len(self._static.cpus))
             live = [d for d in self._domains.values() if not d.is_control_domain]
             asked = {d.uuid: d.pins for d in live}  # read before the map changes what _build reports
             self._state["occupied"] = {str(c): sorted(who) for c, who in sorted(occupied.items()) if who}
@@ -898,9 +898,8 @@ class XlBackend(Backend):
         if not barred:
             return {v: pins.get(v) for v in range(vcpus)}
         home = pool.cpus if pool is not None and pool.cpus else frozenset(range(len(self._static.cpus)))
-        allowed = (home - barred) or home
-        return {v: (pins[v] & allowed or allowed) if v in pins else (None if allowed == home else allowed)
-                for v in range(vcpus)}
+        affinity = {v: narrowed(home, barred, pins.get(v)) for v in range(vcpus)}
+        return {v: None if v not in pins and cpus == home else cpus for v, cpus in affinity.items()}
 
     def _apply_affinity(self, d: Domain) -> None:
         """Give Xen the affinity of each vCPU of a live domain: one call when all are alike."""
@@ -1018,7 +1017,7 @@ def _pins_from_json(data: dict) -> dict[int, frozenset[int]]:
     return {int(v): frozenset(cpus) for v, cpus in data.items()}
 
 
-def _digest(path: Path) -> str:
+def _sha256(path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
