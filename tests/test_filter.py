@@ -16,7 +16,7 @@ CLS = XenAPIClass("thing", "test", [Field("name_label", T.String, RW), Field("po
 
 
 def match(expr: str, **values) -> bool:
-    return compile_filter(expr, CLS)(lambda name: values.get(name))
+    return compile_filter(expr, CLS).test(values)
 
 
 def test_equality_and_connectives():
@@ -29,6 +29,16 @@ def test_equality_and_connectives():
     assert match('"web"=field "name_label"', **rec)
     assert match('(field "n"="3" or false) and not (false)', **rec)
     assert match('field "name_label"="web" and field "n"="3" or field "n"="9"', **rec)
+
+
+def test_fixed_are_the_equalities_every_match_has():
+    """What an index may answer: field = literal joined by "and" at the top, never under or/not."""
+    assert compile_filter('field "name_label"="web"', CLS).fixed == {"name_label": "web"}
+    assert compile_filter('"web"=field "name_label" and (field "n"="3" and true)', CLS).fixed == {
+        "name_label": "web", "n": "3"}
+    assert compile_filter('field "name_label"="web" or field "n"="3"', CLS).fixed == {}
+    assert compile_filter('not field "name_label"="web"', CLS).fixed == {}
+    assert compile_filter('field "name_label"=field "power_state"', CLS).fixed == {}
 
 
 def test_precedence_and_binds_tighter_than_or():

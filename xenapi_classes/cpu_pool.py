@@ -44,16 +44,16 @@ def _host_cpus(db, pool):
 def _started_vms(db, pool):
     if _active(db, pool) is None:
         return []
-    running = {d.uuid for d in db.backend.domains() if d.pool == pool.uuid and d.power_state in ("Running", "Paused")}
-    return [vm.ref for vm in db.all("VM") if vm.uuid in running]
+    running = (db.by_uuid_index.get(("VM", d.uuid)) for d in db.backend.domains()
+               if d.pool == pool.uuid and d.power_state in ("Running", "Paused"))
+    return [vm.ref for vm in running if vm is not None]
 
 
 def _check_name(ctx, obj, value):
     if not value or not NAME_RE.fullmatch(value):
         raise XenAPIError("PARAMETER_ERROR", f'Invalid Pool Name "{value}": use letters, digits and _-.:/+')
-    for other in ctx.db.all("cpu_pool"):
-        if other is not obj and other.values["name_label"] == value:
-            raise XenAPIError("PARAMETER_ERROR", f'Pool name "{value}" already exists')
+    if any(other is not obj for other in ctx.db.find_by("cpu_pool", "name_label", value)):
+        raise XenAPIError("PARAMETER_ERROR", f'Pool name "{value}" already exists')
     if obj is not None and obj.values["name_label"] == POOL0 and value != POOL0:
         raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be renamed")
 
@@ -111,20 +111,19 @@ POOL_LOCK = "cpu_pool/*"  # pool changes compete for the free CPUs: one at a tim
 
 
 def announce(ctx):
-    """Pool changes move CPUs and VMs: the computed fields of pools, CPUs, host and VMs changed."""
+    """Pool changes move CPUs: the computed fields of pools, CPUs and the host changed, and the live
+    state of the domains the backend says moved. (A VM's cpu_pool changes only when it moves: the
+    move announces it.)"""
     from xenapi_classes.vm import refresh_live
 
     for cname in ("cpu_pool", "host_cpu", "host"):
         for obj in ctx.db.all(cname):
             ctx.db.touch(obj)
-    for obj in ctx.db.all("VM"):
-        if obj.values["power_state"] in ("Running", "Paused"):
-            ctx.db.touch(obj)
     refresh_live(ctx)
 
 
 def _on_create(ctx, values):
-    host = next(iter(ctx.db.all("host")), None)
+    host = ctx.db.first("host")
     values["resident_on"] = host.ref if host else NULL_REF
 
 
@@ -167,9 +166,8 @@ def set_name_label(ctx, ref, value):
     _check_name(ctx, pool, value)
     old = pool.values["name_label"]
     ctx.db.set(pool, "name_label", value)
-    for vm in ctx.db.all("VM"):
-        if vm.values["pool_name"] == old:
-            ctx.db.set(vm, "pool_name", value)
+    for vm in ctx.db.find_by("VM", "pool_name", old):
+        ctx.db.set(vm, "pool_name", value)
 
 
 @cpu_pool.message(("self", T.Ref("cpu_pool")), role=POOL_ADMIN, **POOL_MSG,
@@ -287,7 +285,7 @@ def _current(ctx, ref):
 
 def pool_named(ctx, name):
     name = name or POOL0  # xend treated '' as Pool-0
-    return next((p for p in ctx.db.all("cpu_pool") if p.values["name_label"] == name), None)
+    return next(iter(ctx.db.find_by("cpu_pool", "name_label", name)), None)
 
 
 def check_vm_start(ctx, vm):
@@ -383,17 +381,23 @@ def reconcile(ctx):
     (made by another tool) are adopted, as xend did."""
     if Capability.POOLS not in ctx.backend.capabilities:
         return
-    host = next(iter(ctx.db.all("host")))
+    host = ctx.db.first("host")
+    adopted = set()
     for live in ctx.backend.pools():
         if ctx.db.by_uuid_index.get(("cpu_pool", live.uuid)) is not None:
             continue
         name = live.name
-        clash = next((p for p in ctx.db.all("cpu_pool") if p.values["name_label"] == name), None)
-        if clash is not None:  # a stored definition with that name but another uuid: keep both apart
-            name = f"{name}-{live.poolid}"
+        if ctx.db.find_by("cpu_pool", "name_label", name):  # a stored definition with that name but
+            name = f"{name}-{live.poolid}"  # another uuid: keep both apart
         ctx.db.create("cpu_pool", {"uuid": live.uuid, "name_label": name, "resident_on": host.ref,
                                    "ncpu": max(1, len(live.cpus)), "sched_policy": live.sched,
                                    "proposed_CPUs": [str(c) for c in sorted(live.cpus)]})
+        adopted.add(live.uuid)
+    if adopted:  # the VMs running there have a cpu_pool now
+        for domain in ctx.backend.domains():
+            vm = ctx.db.by_uuid_index.get(("VM", domain.uuid)) if domain.pool in adopted else None
+            if vm is not None:
+                ctx.db.touch(vm)
     announce(ctx)
 
 

@@ -36,7 +36,7 @@ def get_unassigned_cpus(ctx):
 def reconcile(ctx):
     """One host_cpu per pCPU the backend reports; CPUs that disappeared are removed."""
     info = ctx.backend.host_info()
-    host = next(iter(ctx.db.all("host")))
+    host = ctx.db.first("host")
     existing = {c.values["number"]: c for c in ctx.db.all("host_cpu")}
     for cpu in info.cpus:
         facts = {"host": host.ref, "number": cpu.number, "vendor": cpu.vendor, "modelname": cpu.modelname,

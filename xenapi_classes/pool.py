@@ -23,7 +23,7 @@ pool = XenAPIClass(
 
 
 def reconcile(ctx):
-    host = next(iter(ctx.db.all("host")))
+    host = ctx.db.first("host")
     pools = list(ctx.db.all("pool"))
     if not pools:
         ctx.db.create("pool", {"name_label": "", "master": host.ref})

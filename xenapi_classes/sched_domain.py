@@ -19,8 +19,8 @@ sched_domain = XenAPIClass(
     [
         Field("name_label", T.String, RW),
         Field("name_description", T.String, RW),
-        Field("master", T.Ref("VM"), RO, doc="the VM whose weight and cap the domain has"),
-        Field("members", T.Set(T.Ref("VM")), RO, doc="the other VMs (the master excluded)"),
+        Field("master", T.Ref("VM"), RO, index=True, doc="the VM whose weight and cap the domain has"),
+        Field("members", T.Set(T.Ref("VM")), RO, index=True, doc="the other VMs (the master excluded)"),
         Field("other_config", T.Map(T.String, T.String), RW),
     ],
     default_role=POOL_ADMIN,
@@ -31,10 +31,8 @@ sched_domain = XenAPIClass(
 
 def domain_of(db, vm_ref):
     """The scheduling domain a VM is master or member of, or None."""
-    for sd in db.all("sched_domain"):
-        if sd.values["master"] == vm_ref or vm_ref in sd.values["members"]:
-            return sd
-    return None
+    found = db.find_by("sched_domain", "master", vm_ref) or db.find_by("sched_domain", "members", vm_ref)
+    return found[0] if found else None
 
 
 def vm_sched_domain(db, vm):
@@ -55,8 +53,9 @@ def _pool_of(vm):
     return vm.values["pool_name"] or "Pool-0"
 
 
-async def push(ctx):
-    """Tell the backend the whole set of scheduling domains, then announce the changed shares."""
+async def push(ctx, joined=()):
+    """Tell the backend the whole set of scheduling domains, then announce the changed shares and
+    the VMs that ``joined`` a domain (their sched_domain changed)."""
     from xenapi_classes.vm import refresh_live
 
     domains = []
@@ -67,8 +66,7 @@ async def push(ctx):
             master=master.uuid, members=frozenset(ctx.db.get(m).uuid for m in sd.values["members"]),
             weight=int(params.get("weight") or 256), cap=int(params.get("cap") or 0)))
     await ctx.call_backend(ctx.backend.set_sched_domains, domains)
-    for vm_ref in {r for sd in ctx.db.all("sched_domain") for r in (sd.values["master"], *sd.values["members"])}:
-        ctx.db.touch(ctx.db.get(vm_ref))
+    _touch(ctx, joined)
     refresh_live(ctx)
 
 
@@ -97,7 +95,7 @@ async def create(ctx, record):
                   "other_config": {str(k): str(v) for k, v in (record.get("other_config") or {}).items()},
                   "master": master.ref, "members": list(dict.fromkeys(vm.ref for vm in members))}
         obj = ctx.db.create("sched_domain", values)
-        await push(ctx)
+        await push(ctx, [values["master"], *values["members"]])
         return obj.ref
 
 
@@ -125,7 +123,7 @@ async def add_member(ctx, ref, vm_ref):
         if _pool_of(vm) != _pool_of(master):
             raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
         ctx.db.set(sd, "members", [*sd.values["members"], vm.ref])
-        await push(ctx)
+        await push(ctx, [vm.ref])
 
 
 @sched_domain.message(("self", T.Ref("sched_domain")), ("vm", T.Ref("VM")), role=VM_OPERATOR,

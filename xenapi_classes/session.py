@@ -71,9 +71,9 @@ async def login_with_password(ctx, uname, pwd, version, originator):
     if role is None:
         raise XenAPIError("SESSION_AUTHENTICATION_FAILED")
     _evict(ctx)
-    hosts = list(ctx.db.all("host"))
+    host = ctx.db.first("host")
     obj = ctx.db.create("session", {
-        "this_host": hosts[0].ref if hosts else "OpaqueRef:NULL",
+        "this_host": host.ref if host else "OpaqueRef:NULL",
         "this_user": uname,
         "role": role,
         "originator": originator,

@@ -84,10 +84,10 @@ def set_progress(ctx, fraction):
 
 async def start_task(ctx, name, msg, args):
     """Create the task, run the message in the background, answer with the task at once."""
-    hosts = list(ctx.db.all("host"))
+    host = ctx.db.first("host")
     obj = ctx.db.create("task", {
         "name_label": name, "status": "pending", "type": msg.result.name if msg.result else "void",
-        "resident_on": hosts[0].ref if hosts else "OpaqueRef:NULL",
+        "resident_on": host.ref if host else "OpaqueRef:NULL",
         "owner": ctx.session.values["this_user"],
     })
     body_ctx = Context(ctx.services, name)

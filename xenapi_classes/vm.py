@@ -64,9 +64,8 @@ def _definition(name, positive=True):
 
 
 def _unique_name(ctx, obj, value):
-    for other in ctx.db.all("VM"):
-        if other is not obj and other.values["name_label"] == value:
-            raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another VM has this name")
+    if any(other is not obj for other in ctx.db.find_by("VM", "name_label", value)):
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another VM has this name")
 
 
 def _check_uuid(ctx, obj, value):
@@ -102,13 +101,14 @@ vm = XenAPIClass(
         Field("is_control_domain", T.Bool, RO, doc="true for Domain-0"),
         Field("resident_on", T.Ref("host", nullable=True), RO, doc="the host it runs on, NULL when halted"),
         Field("pool_name", T.String, RW, default="Pool-0", set_role=VM_OPERATOR, validate=_check_pool_name,
-              doc="the CPU pool it starts in"),
+              index=True, doc="the CPU pool it starts in"),
         Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=pools.vm_cpu_pool,
               doc="the pool its domain runs in (empty when halted)"),
         Field("order", T.Int, RW, doc="start order within its group (ascending)"),
         Field("start_delay", T.Int, RW, doc="seconds to wait after starting it in a group operation"),
         Field("shutdown_delay", T.Int, RW, doc="seconds to wait after stopping it in a group operation"),
-        Field("depends_on", T.Set(T.Ref("VM")), RW, doc="VMs that must be running before this one starts"),
+        Field("depends_on", T.Set(T.Ref("VM")), RW, index=True,
+              doc="VMs that must be running before this one starts"),
         Field("auto_power_on", T.Bool, RW, doc="start when the server starts"),
         Field("PV_kernel", T.String, RW, doc="path of the kernel on the host"),
         Field("PV_ramdisk", T.String, RW, doc="path of the initrd on the host"),
@@ -266,8 +266,10 @@ def not_control_domain(obj, what):
 
 
 def apply_domain(ctx, obj, domain):
-    """Record what the backend reports (None: no domain any more) and announce the live changes."""
-    host = next(iter(ctx.db.all("host")), None)
+    """Record what the backend reports (None: no domain any more) and announce the live changes:
+    this VM's, and those of the domains the backend says the action changed too."""
+    host = ctx.db.first("host")
+    had_domain = obj.values["power_state"] != "Halted"
     if domain is None:
         ctx.db.set(obj, "power_state", "Halted")
         ctx.db.set(obj, "domid", -1)
@@ -276,18 +278,26 @@ def apply_domain(ctx, obj, domain):
         ctx.db.set(obj, "power_state", domain.power_state)
         ctx.db.set(obj, "domid", domain.domid if domain.power_state != PowerState.SUSPENDED else -1)
         ctx.db.set(obj, "resident_on", host.ref if host and domain.power_state != PowerState.SUSPENDED else NULL_REF)
+    if domain is not None or had_domain:  # a VM halted before and after has the same (empty) metrics
+        touch_metrics(ctx, obj)
+    refresh_live(ctx, obj.uuid)
+
+
+def touch_metrics(ctx, obj):
+    """Announce a change of the VM's live state (its VM_metrics are computed from the backend)."""
     metrics = ctx.db.find(obj.values["metrics"])
     if metrics is not None:
         ctx.db.touch(metrics)
-    refresh_live(ctx)
 
 
-def refresh_live(ctx):
-    """The scheduler model's shares depend on every running VM: their metrics all changed."""
-    for other in ctx.db.all("VM"):
-        metrics = ctx.db.find(other.values["metrics"])
-        if metrics is not None and other.values["power_state"] in LIVE_STATES:
-            ctx.db.touch(metrics)
+def refresh_live(ctx, done=""):
+    """Announce the live state of the domains the backend says its last actions changed besides
+    the one acted on (the others' CPU shares, pins narrowed by a reservation); ``done`` is
+    announced already."""
+    for uuid in ctx.backend.changed_domains():
+        other = ctx.db.by_uuid_index.get(("VM", uuid))
+        if other is not None and uuid != done:
+            touch_metrics(ctx, other)
 
 
 # -- lifecycle -------------------------------------------------------------------------
@@ -623,7 +633,7 @@ async def migrate_vm(ctx, ref, destination_url, live, depends_on_uuids=None):
                 apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
             if isinstance(exc, XenAPIError):
                 raise
-            source = next(iter(ctx.db.all("host"))).values["name_label"]
+            source = ctx.db.first("host").values["name_label"]
             raise XenAPIError("VM_MIGRATE_FAILED", ref, source, url, str(exc)) from None
         finally:
             image.unlink(missing_ok=True)
@@ -640,9 +650,8 @@ async def _forget(ctx, obj):
         ctx.db.destroy(metrics)
     released = sdoms.forget_vm(ctx, obj)
     unreserved = host_cpus.forget_vm(ctx, obj)
-    for other in ctx.db.all("VM"):
-        if obj.ref in other.values["depends_on"]:
-            ctx.db.set_remove(other, "depends_on", obj.ref)
+    for other in ctx.db.find_by("VM", "depends_on", obj.ref):
+        ctx.db.set_remove(other, "depends_on", obj.ref)
     ctx.db.destroy(obj)
     if released:
         await sdoms.push(ctx)
@@ -948,7 +957,7 @@ def _discover(ctx, found):
         "PV_kernel": found.kernel if not live else "", "PV_ramdisk": found.ramdisk if not live else "",
         "PV_args": found.args if not live else "",
     }
-    if any(o.values["name_label"] == found.name for o in ctx.db.all("VM")):
+    if ctx.db.find_by("VM", "name_label", found.name):
         values["name_label"] = f"{found.name}-{found.uuid[:8]}"  # names are unique here, not always there
     obj = ctx.db.create("VM", values)
     _after_create(ctx, obj)

@@ -34,9 +34,8 @@ DEPENDENCY_WAIT = 600.0  # seconds a member waits for the VMs it depends on
 def _unique_name(ctx, obj, value):
     if not value:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "a group needs a name")
-    for other in ctx.db.all("VM_group"):
-        if other is not obj and other.values["name_label"] == value:
-            raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another group has this name")
+    if any(other is not obj for other in ctx.db.find_by("VM_group", "name_label", value)):
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", value, "another group has this name")
     if obj is not None and obj.values["name_label"] in DEFAULTS and value != obj.values["name_label"]:
         raise XenAPIError("OPERATION_NOT_ALLOWED", f"{obj.values['name_label']} cannot be renamed")
 
@@ -45,7 +44,7 @@ vm_group = XenAPIClass(
     "VM_group",
     "A named group of VMs, operated on as one",
     [
-        Field("group_id", T.Int, RO, doc="0 for Group-0, 1 for Null-Group, then one more per group"),
+        Field("group_id", T.Int, RO, index=True, doc="0 for Group-0, 1 for Null-Group, then one more per group"),
         Field("name_label", T.String, RW, validate=_unique_name, doc="unique"),
         Field("name_description", T.String, RW),
         Field("VMs", T.Set(T.Ref("VM")), RO, reverse=("VM", "groups"), doc="the members"),
@@ -60,7 +59,7 @@ vm_group = XenAPIClass(
 
 
 def named(ctx, name):
-    return next((g for g in ctx.db.all("VM_group") if g.values["name_label"] == name), None)
+    return next(iter(ctx.db.find_by("VM_group", "name_label", name)), None)
 
 
 def join(ctx, vm, group):
@@ -81,7 +80,7 @@ def place_new_vm(ctx, vm):
 
 
 def _next_id(ctx):
-    return max((g.values["group_id"] for g in ctx.db.all("VM_group")), default=1) + 1
+    return max(1, ctx.db.highest("VM_group", "group_id", 1)) + 1
 
 
 def _on_create(ctx, values):
@@ -120,7 +119,7 @@ def _vm(ctx, text):
     text = str(text)
     found = ctx.db.find(text) or ctx.db.by_uuid_index.get(("VM", text))
     if found is None or found.cls.name != "VM":
-        found = next((v for v in ctx.db.all("VM") if v.values["name_label"] == text), None)
+        found = next(iter(ctx.db.find_by("VM", "name_label", text)), None)
     if found is None:
         raise XenAPIError("HANDLE_INVALID", "VM", text)
     return found

@@ -49,6 +49,7 @@ class Field:
     reverse: tuple[str, str] | None = None  # computed: refs of <class> objects whose <field> names me
     compute: Callable[[Database, Obj], Any] | None = None  # computed from other state at read time
     set_role: str | None = None
+    index: bool = False  # the model keeps value -> objects, for Database.find_by (name_label always)
 
     @property
     def derived(self) -> bool:
@@ -190,6 +191,10 @@ class XenAPIClass:
     def build(self) -> None:
         """Derive the generic messages, then let the class's own declarations override them."""
         self.derived_fields = frozenset(f.name for f in self.fields.values() if f.derived)
+        # stored fields the model indexes by value (each item of a set): find_by, unique names, filters
+        self.indexed = tuple(f.name for f in self.fields.values()
+                             if (f.index or f.name == "name_label") and not f.derived
+                             and not isinstance(f.type, T.MapType))
         self.messages = {}
         if self.generic:
             self._derive_generic()
@@ -218,8 +223,8 @@ class XenAPIClass:
                   READ_ONLY, "the object with this uuid")
         if self.has_name_label:
             self._add("get_by_name_label", [("label", T.String)], T.Set(me),
-                      lambda ctx, label: [o.ref for o in self.visible_objects(ctx)
-                                          if o.values.get("name_label") == label],
+                      lambda ctx, label: [o.ref for o in ctx.db.find_by(cls, "name_label", label)
+                                          if self.visible is None or self.visible(ctx, o)],
                       READ_ONLY, "every object with this name_label")
         for f in self.fields.values():
             self._derive_field(f, me)
@@ -342,14 +347,32 @@ def generic_destroy(ctx: Context, cls: XenAPIClass, ref: str) -> None:
     ctx.db.destroy(obj)
 
 
+def _stored_text(f: Field) -> bool:
+    """The field's filter text is its stored value itself (strings, enums, refs)."""
+    return not f.derived and isinstance(f.type, (T.StringType, T.EnumType, T.RefType))
+
+
 def _records_where(ctx: Context, cls: XenAPIClass, expr: str) -> dict:
+    """Compiled once; rows come from an index when the expression fixes an indexed field's value."""
     from .filter import compile_filter
 
-    predicate = compile_filter(expr, cls)
+    db = ctx.db
+
+    def read(name: str) -> Callable[[Obj], Any]:
+        f = cls.fields[name]
+        if _stored_text(f):
+            return lambda obj: obj.values[name]
+        return lambda obj: f.type.filter_text(db.field_value(obj, name))
+
+    where = compile_filter(expr, cls, read)
+    indexed = [(name, text) for name, text in where.fixed.items()
+               if name in cls.indexed and _stored_text(cls.fields[name])]
+    objs = db.find_by(cls.name, *indexed[0]) if indexed else db.values(cls.name)
+    test, visible = where.test, cls.visible
     out = {}
-    for obj in cls.visible_objects(ctx):
-        if predicate(lambda name, o=obj: ctx.db.filter_text(o, name)):
-            out[obj.ref] = ctx.db.record(obj)
+    for obj in objs:
+        if test(obj) and (visible is None or visible(ctx, obj)):
+            out[obj.ref] = db.record(obj)
     return out
 
 

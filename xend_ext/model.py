@@ -8,9 +8,10 @@ event loop one at a time between awaits, so a mutation never sees another half d
 from __future__ import annotations
 
 import uuid as _uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .types import EnumType, IntType, MapType, RefType, SetType, StringType
 from .wire import NULL_REF, REF_PREFIX, XenAPIError, strip_ref
 
 if TYPE_CHECKING:
@@ -60,26 +61,35 @@ class Database:
                 # a back-reference to a class not (yet) declared is simply empty
                 if f.reverse and f.reverse[0] in registry.classes:
                     self.reverse[f.reverse] = {}
+        # value indexes of the fields classes declare indexed: (class, field) -> value -> ordered refs
+        self.indexes: dict[tuple[str, str], dict[Any, dict[str, None]]] = {
+            (cls.name, name): {} for cls in registry.classes.values() for name in cls.indexed}
+        self._highest: dict[tuple[str, str], Any] = {}
         self.backend: Any = None  # computed fields read live facts through it
         self.last_seq = 0  # the newest journal record this model has written
 
     # -- loading -------------------------------------------------------------------------
     def load(self, tables: dict[str, dict[str, dict]]) -> None:
-        """Rebuild objects from the store's encoded tables; fields added since get their default."""
+        """Rebuild objects from the store's encoded tables; fields added since get their default.
+
+        Equal strings and numbers met while loading become one object (a ref and every field
+        naming it, an enum value in every object that has it), so a large model holds each once.
+        """
+        shared: dict[Any, Any] = {}
         for cname, rows in tables.items():
             cls = self.registry.classes.get(cname)
             if cls is None:
                 continue
+            plan = [(f.name, _decoder(f.type, shared), f) for f in cls.fields.values() if not f.derived]
             for ref, encoded in rows.items():
                 values = {}
-                for f in cls.fields.values():
-                    if f.derived:
-                        continue
-                    if f.name in encoded:
-                        values[f.name] = f.type.decode(encoded[f.name])
+                for name, decode, f in plan:
+                    text = encoded.get(name, _MISSING)
+                    if text is _MISSING:
+                        values[name] = f.make_default() if f.default is not None else f.type.fresh_default()
                     else:
-                        values[f.name] = f.make_default() if f.default is not None else f.type.fresh_default()
-                obj = Obj(cls, ref, values)
+                        values[name] = decode(text)
+                obj = Obj(cls, shared.setdefault(ref, ref), values)
                 # changed "at boot" as far as events know: a token from before the restart, or
                 # "", gets every object (we keep no per-object history across restarts)
                 obj.ctime = obj.mtime = self.hub.generation
@@ -101,6 +111,25 @@ class Database:
     # -- reading -------------------------------------------------------------------------
     def all(self, cname: str) -> Iterable[Obj]:
         return list(self.tables[cname].values())
+
+    def values(self, cname: str) -> Iterable[Obj]:
+        """The objects of a class without copying them: do not change the table while iterating."""
+        return self.tables[cname].values()
+
+    def first(self, cname: str) -> Obj | None:
+        """The first object of a class (the host, the pool), or None."""
+        return next(iter(self.tables[cname].values()), None)
+
+    def find_by(self, cname: str, name: str, value: Any) -> list[Obj]:
+        """The objects whose indexed field ``name`` is ``value`` (or, for a set, holds it)."""
+        held = self.indexes[(cname, name)].get(value)
+        if held is None:
+            return []
+        return [self.by_ref[held]] if isinstance(held, str) else [self.by_ref[r] for r in held]
+
+    def highest(self, cname: str, name: str, default: Any) -> Any:
+        """The largest value an indexed field has held since the model was loaded, or ``default``."""
+        return self._highest.get((cname, name), default)
 
     def count(self, cname: str) -> int:
         return len(self.tables[cname])
@@ -141,12 +170,6 @@ class Database:
             return {name: values[name] for name in obj.cls.fields}
         return {name: (self.field_value(obj, name) if name in derived else values[name]) for name in obj.cls.fields}
 
-    def filter_text(self, obj: Obj, name: str) -> str | None:
-        f = obj.cls.fields.get(name)
-        if f is None:
-            return None
-        return f.type.filter_text(self.field_value(obj, name))
-
     # -- mutating ------------------------------------------------------------------------
     def create(self, cname: str, values: dict, ref: str | None = None) -> Obj:
         cls = self.registry.classes[cname]
@@ -186,6 +209,9 @@ class Database:
         if reverse_key in self.reverse:
             self._unindex(reverse_key, obj.ref, old)
             self._index(reverse_key, obj.ref, value)
+        if reverse_key in self.indexes:
+            self._unindex_value(reverse_key, obj.ref, old)
+            self._index_value(reverse_key, obj.ref, value)
         obj.values[name] = value
         if obj.cls.persist and f.persist:
             self._journal(("set", obj.cls.name, obj.ref, name, f.type.encode(value)))
@@ -233,6 +259,8 @@ class Database:
         self.by_uuid_index[(obj.cls.name, obj.values["uuid"])] = obj
         for key in self._reverse_keys(obj.cls):
             self._index(key, obj.ref, obj.values[key[1]])
+        for name in obj.cls.indexed:
+            self._index_value((obj.cls.name, name), obj.ref, obj.values[name])
 
     def _remove(self, obj: Obj) -> None:
         del self.tables[obj.cls.name][obj.ref]
@@ -240,6 +268,8 @@ class Database:
         del self.by_uuid_index[(obj.cls.name, obj.values["uuid"])]
         for key in self._reverse_keys(obj.cls):
             self._unindex(key, obj.ref, obj.values[key[1]])
+        for name in obj.cls.indexed:
+            self._unindex_value((obj.cls.name, name), obj.ref, obj.values[name])
 
     def _reverse_keys(self, cls: XenAPIClass) -> list[tuple[str, str]]:
         return [(cls.name, name) for name in cls.fields if (cls.name, name) in self.reverse]
@@ -258,11 +288,54 @@ class Database:
                 if not sources:
                     del index[t]
 
+    # a value held by one object maps to its ref, by several to an ordered dict of refs (most are one)
+    def _index_value(self, key: tuple[str, str], source: str, value: Any) -> None:
+        index = self.indexes[key]
+        for v in value if isinstance(value, list) else (value,):
+            held = index.get(v)
+            if held is None:
+                index[v] = source
+            elif isinstance(held, dict):
+                held[source] = None
+            elif held != source:
+                index[v] = {held: None, source: None}
+            if isinstance(v, int) and v > self._highest.get(key, v - 1):
+                self._highest[key] = v
+
+    def _unindex_value(self, key: tuple[str, str], source: str, value: Any) -> None:
+        index = self.indexes[key]
+        for v in value if isinstance(value, list) else (value,):
+            held = index.get(v)
+            if held == source:
+                del index[v]
+            elif isinstance(held, dict):
+                held.pop(source, None)
+                if len(held) == 1:
+                    index[v] = next(iter(held))
+
     def _touch_targets(self, target: Any) -> None:
         for t in _refs(target):
             obj = self.by_ref.get(t)
             if obj is not None:
                 self._changed(obj, "mod")
+
+
+_MISSING = object()
+
+
+def _decoder(t: Any, shared: dict[Any, Any]) -> Callable[[Any], Any]:
+    """How to decode one stored field while loading, sharing equal strings and ints (see load)."""
+    if isinstance(t, SetType):
+        item = _decoder(t.item, shared)
+        return lambda texts: [item(x) for x in texts]
+    if isinstance(t, MapType):
+        key, value = _decoder(t.key, shared), _decoder(t.value, shared)
+        return lambda texts: {key(k): value(v) for k, v in texts.items()}
+    if isinstance(t, (StringType, EnumType, RefType)):
+        return lambda text: shared.setdefault(text, text)
+    if isinstance(t, IntType):
+        return lambda text: shared.setdefault(("int", text), int(text))
+    return t.decode
 
 
 def _refs(value: Any) -> list[str]:

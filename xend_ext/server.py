@@ -8,6 +8,7 @@ listen. Shutdown stops listening, finishes the journal and writes a final snapsh
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import inspect
 import logging
 import os
@@ -105,6 +106,7 @@ class Server:
         tables, seq = self.store.open()
         try:
             self.db.load(tables)
+            del tables  # the store's encoded copy: the model has its own now
             self.db.last_seq = seq
             self.hub.durable_seq = seq
             self.hub.bind(self.db)
@@ -120,6 +122,7 @@ class Server:
                 if asyncio.iscoroutine(result):
                     await result
             await self.services.commit(self.db.last_seq)
+            _return_free_memory()
             self._pending_changes: set[tuple[str, str]] = set()
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
@@ -229,6 +232,15 @@ class Server:
         if self.config.unix is not None:
             _remove_stale_socket(self.config.unix)
         log.info("stopped")
+
+
+def _return_free_memory() -> None:
+    """Loading freed the parsed state file and the store's encoded copy of it: give those pages back
+    to the system (glibc keeps a freed heap otherwise), so the server's size is its model's."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _hostport(host: str, port: int) -> str:

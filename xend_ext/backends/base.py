@@ -11,6 +11,7 @@ the backend keeps the running state.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,6 +215,25 @@ def narrowed(home: frozenset[int], barred: frozenset[int], pins: frozenset[int] 
     return (allowed if pins is None else pins & allowed) or allowed
 
 
+class SideEffects:
+    """Domains whose live state an action changed besides the domain it names (other domains' CPU
+    shares, pins narrowed by a reservation): noted in the backend's worker threads, drained on
+    the server's loop by :meth:`Backend.changed_domains`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._uuids: set[str] = set()
+
+    def add(self, *uuids: str) -> None:
+        with self._lock:
+            self._uuids.update(uuids)
+
+    def drain(self) -> set[str]:
+        with self._lock:
+            uuids, self._uuids = self._uuids, set()
+        return uuids
+
+
 class Backend(ABC):
     name: str = "?"
     capabilities: frozenset[str] = frozenset()
@@ -234,6 +254,13 @@ class Backend(ABC):
 
     def domain(self, uuid: str) -> Domain | None:
         return next((d for d in self.domains() if d.uuid == uuid), None)
+
+    def changed_domains(self) -> set[str]:
+        """Uuids of the domains whose live state changed as a side effect of the actions since the
+        last call, besides the domains those actions named (the server announces those anyway).
+        Only these get their live state announced, so an action costs the server the domains it
+        affects, not every domain there is."""
+        return set()
 
     # -- domains: actions; each returns the new live state, or None once the domain is gone --
     def start(self, config: DomainConfig, paused: bool) -> Domain:

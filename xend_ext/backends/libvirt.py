@@ -41,6 +41,7 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    SideEffects,
     check_free,
     check_memory,
     check_memory_max,
@@ -140,6 +141,7 @@ class LibvirtBackend(Backend):
         })
         self._notify = None
         self._changes: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._side = SideEffects()  # domains re-pinned by a pool or reservation change
 
     # -- the host ----------------------------------------------------------------------------
     def _describe(self) -> HostInfo:
@@ -397,6 +399,10 @@ class LibvirtBackend(Backend):
             cpus = self._allowed(uuid, d.pool, v, d.pins)
             dom.pinVcpu(v, tuple(c in cpus for c in range(self.ncpus)))
         self._refresh(uuid)
+        self._side.add(uuid)
+
+    def changed_domains(self) -> set[str]:
+        return self._side.drain()
 
     def _definition(self, config: DomainConfig, base: str | None) -> str:
         """The domain XML for ``config``: the existing definition edited, or a new minimal one."""

@@ -34,6 +34,7 @@ from .base import (
     PhysicalCPU,
     PowerState,
     SchedDomain,
+    SideEffects,
     check_free,
     check_memory,
     check_memory_max,
@@ -125,6 +126,8 @@ class SimBackend(Backend):
         self._host: HostInfo | None = None
         self._load(reboot)
         self._info = self._describe()
+        self._side = SideEffects()
+        self._shown = self._placement()  # shares and placement as last reported (see changed_domains)
 
     # -- persistence of the simulated hypervisor ------------------------------------------
     def _load(self, reboot: bool) -> None:
@@ -180,7 +183,7 @@ class SimBackend(Backend):
             self._domains.pop(uuid or "", None)
         else:
             self._domains[domain.uuid] = domain
-        self._util = None
+        self._model_changed()
         self._host = None
         self._save()
         return self._live(domain) if domain is not None else None
@@ -225,6 +228,11 @@ class SimBackend(Backend):
             return self._live(d) if d is not None else None
 
     def _live(self, d: Domain) -> Domain:
+        share, where = self._placed(d)
+        return replace(d, utilisation=share, vcpu_cpu=where)
+
+    def _placed(self, d: Domain) -> tuple[dict[int, float], dict[int, int]]:
+        """Each vCPU's share of a pCPU and the pCPU it runs on, from the scheduler model."""
         util, placed = self._utilisation()
         share = util.get(d.uuid, {})
         where = {}
@@ -234,7 +242,21 @@ class SimBackend(Backend):
             for v in range(d.vcpus):  # where the model runs it most, else the first CPU it may use
                 allowed = (d.pins.get(v) or home) & home or home
                 where[v] = placed.get((d.uuid, v), min(allowed))
-        return replace(d, utilisation={v: share.get(v, 0.0) for v in range(d.vcpus)}, vcpu_cpu=where)
+        return {v: share.get(v, 0.0) for v in range(d.vcpus)}, where
+
+    def _placement(self) -> dict[str, tuple[dict[int, float], dict[int, int]]]:
+        return {d.uuid: self._placed(d) for d in self._domains.values()}
+
+    def _model_changed(self) -> None:
+        """Domains, pools, reservations or scheduling domains changed: solve the scheduler model
+        again and note the domains whose shares or placement moved."""
+        self._util = None
+        now = self._placement()
+        self._side.add(*(uuid for uuid, placed in now.items() if self._shown.get(uuid) != placed))
+        self._shown = now
+
+    def changed_domains(self) -> set[str]:
+        return self._side.drain()
 
     def _utilisation(self) -> tuple[dict[str, dict[int, float]], dict[tuple[str, int], int]]:
         """The scheduler model's answer for the running guests, cached until something changes."""
@@ -453,7 +475,7 @@ class SimBackend(Backend):
             return self.table.active()
 
     def _pools_changed(self, pool: CpuPool | None = None) -> CpuPool | None:
-        self._util = None
+        self._model_changed()
         self._save()
         return pool
 
@@ -486,8 +508,17 @@ class SimBackend(Backend):
     # -- scheduling domains --------------------------------------------------------------------
     def set_sched_domains(self, domains: list[SchedDomain]) -> None:
         with self._lock:
+            before = {sd.master: sd for sd in self._sdoms}
             self._sdoms = list(domains)
-            self._util = None
+            after = {sd.master: sd for sd in self._sdoms}
+            # the domains of a scheduling domain that changed are scheduled as another entity now,
+            # whether their shares moved or not
+            for master in before.keys() | after.keys():
+                if before.get(master) != after.get(master):
+                    for sd in (before.get(master), after.get(master)):
+                        if sd is not None:
+                            self._side.add(sd.master, *sd.members)
+            self._model_changed()
             self._save()
 
     # -- cpuoccupy -------------------------------------------------------------------------------
@@ -495,5 +526,5 @@ class SimBackend(Backend):
         with self._lock:
             check_occupancy(occupied, self.ncpus)
             self._occupied = {cpu: frozenset(who) for cpu, who in occupied.items() if who}
-            self._util = None
+            self._model_changed()
             self._save()

@@ -44,6 +44,7 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    SideEffects,
     check_free,
     check_memory,
     check_memory_max,
@@ -186,6 +187,7 @@ class XlBackend(Backend):
         self._pools: list[CpuPool] = []
         self._digests: dict[Path, tuple[tuple, str]] = {}  # image -> (its stat when hashed, SHA-256)
         self._synced = 0.0
+        self._side = SideEffects()  # domains re-pinned or moved by a pool or reservation change
         self._static = self._describe()
         self._host: HostInfo = self._static  # its free memory is fresh too
         self._host_at = time.monotonic()
@@ -803,7 +805,12 @@ class XlBackend(Backend):
         vcpus = parse_vcpu_list(self._xl("vcpu-list"))
         for uuid, raw in self._raw.items():
             raw["vcpus"] = vcpus.get(int(raw["row"]["domid"]), [])
-            self._domains[uuid] = self._build(**raw)
+            before, self._domains[uuid] = self._domains.get(uuid), self._build(**raw)
+            if before != self._domains[uuid]:
+                self._side.add(uuid)
+
+    def changed_domains(self) -> set[str]:
+        return self._side.drain()
 
     def pool_activate(self, uuid: str, name: str, sched: str, cpus: frozenset[int]) -> CpuPool:
         with self._lock:
@@ -905,6 +912,7 @@ class XlBackend(Backend):
         """Give Xen the affinity of each vCPU of a live domain: one call when all are alike."""
         affinity = self._affinity(d.uuid, self._pool_by_uuid(d.pool), d.pins, d.vcpus_max)
         given = {v: "all" if cpus is None else format_cpulist(cpus) for v, cpus in affinity.items()}
+        self._side.add(d.uuid)
         if len(set(given.values())) == 1:
             self._act(d.uuid, "vcpu-pin", str(d.domid), "all", next(iter(given.values())))
             return
