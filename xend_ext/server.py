@@ -57,6 +57,7 @@ class Config:
     read_timeout: float = 30.0
     event_queue: int = 10_000
     compact_min_bytes: int = 4 << 20
+    image_dir: Path | None = None  # VM.save/restore files live here (None: <state dir>/images)
 
 
 def make_backend(config: Config):
