@@ -38,6 +38,7 @@ class ServerProcess:
         self.sock = ""
         self.log: list[str] = []
         self.image_root: Path | None = IMAGE_ROOT[0] if IMAGE_ROOT else None  # None: the server's default
+        self.env: dict[str, str] = {}  # more environment for the server (e.g. tests/faultbackend.py's)
 
     @property
     def sock_url(self) -> str:
@@ -62,7 +63,7 @@ class ServerProcess:
 
     def start(self, wait: bool = True) -> ServerProcess:
         self.log = []
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(self.command(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, cwd=ROOT, env=env)
         ready = threading.Event()

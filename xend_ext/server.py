@@ -8,6 +8,7 @@ listen. Shutdown stops listening, finishes the journal and writes a final snapsh
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import os
@@ -79,6 +80,16 @@ def make_backend(config: Config):
     raise ValueError(f"unknown backend {config.backend!r} (this build has: sim, libvirt, xl)")
 
 
+def wrap_for_tests(backend):
+    """Tests only: ``XEND_EXT_TEST_BACKEND_WRAPPER=module:callable`` wraps the backend in a named
+    stand-in that injects faults (tests/faultbackend.py). Unset in any real deployment."""
+    hook = os.environ.get("XEND_EXT_TEST_BACKEND_WRAPPER")
+    if not hook:
+        return backend
+    module, _, name = hook.partition(":")
+    return getattr(importlib.import_module(module), name)(backend)
+
+
 class Server:
     def __init__(self, config: Config) -> None:
         from xenapi_classes import build_registry
@@ -110,7 +121,7 @@ class Server:
             self.hub.durable_seq = seq
             self.hub.bind(self.db)
             self.store.set_capture(lambda: (self.db.capture(), self.db.last_seq))
-            self.backend = make_backend(self.config)
+            self.backend = wrap_for_tests(make_backend(self.config))
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()
