@@ -215,6 +215,20 @@ def server(make_server) -> ServerProcess:
     return make_server()
 
 
+@pytest.fixture
+def faulty(tmp_path):
+    """(server, faults, client): a server whose backend is wrapped in tests/faultbackend.py's
+    fault-injecting stand-in, the test's handle on it, and a root XenAPI client."""
+    from faultbackend import Faults
+
+    faults = Faults(tmp_path / "faults")
+    server = ServerProcess(tmp_path / "state", unix=False)
+    server.env.update(faults.env())
+    server.start()
+    yield server, faults, vmkit.session(server).xenapi
+    server.stop()
+
+
 def ok(reply: dict):
     """The Value of a Success reply (assert on the envelope)."""
     assert reply["Status"] == "Success", reply

@@ -10,12 +10,16 @@ asked: the hypervisor did nothing, as when it refuses an action.
 The test arms it by writing ``"N TOKEN"`` to the control file; counting starts again at each new
 TOKEN. Every counted call is appended to ``<control file>.log`` as ``TOKEN INDEX NAME`` (with
 `` FAILED`` for the one failed), so the test sees how many actions an operation made.
+
+A slow hypervisor, for tests that race: ``"NAME SECONDS"`` in ``<control file>.slow`` makes every
+NAME action wait that long before it runs (the server's call holds its locks meanwhile).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from xend_ext.backends.base import BackendError
@@ -48,9 +52,18 @@ class FaultBackend:
 
         def action(*args, **kwargs):
             self._count(name)
+            self._slow(name)
             return value(*args, **kwargs)
 
         return action
+
+    def _slow(self, name: str) -> None:
+        try:
+            slow, seconds = Path(str(self._control) + ".slow").read_text(encoding="utf-8").split()
+        except (FileNotFoundError, ValueError):
+            return
+        if slow == name:
+            time.sleep(float(seconds))
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -91,6 +104,13 @@ class Faults:
 
     def disarm(self) -> None:
         self.control.unlink(missing_ok=True)
+
+    def slow(self, action: str, seconds: float) -> None:
+        """Make every ``action`` of the hypervisor take ``seconds`` from now on."""
+        Path(str(self.control) + ".slow").write_text(f"{action} {seconds}\n", encoding="utf-8")
+
+    def fast(self) -> None:
+        Path(str(self.control) + ".slow").unlink(missing_ok=True)
 
     def calls(self, token: str) -> list[str]:
         """The actions counted under ``token``, in order (a failed one ends with ' FAILED')."""

@@ -10,24 +10,11 @@ from pathlib import Path
 
 import pytest
 import XenAPI
-from conftest import ServerProcess
-from faultbackend import Faults
-from vmkit import MIB, new_vm, session
+from vmkit import MIB, new_vm
 
 from xend_ext import sxp
 
 MAX_ACTIONS = 20  # more actions than any operation here needs
-
-
-@pytest.fixture
-def faulty(tmp_path):
-    faults = Faults(tmp_path / "faults")
-    server = ServerProcess(tmp_path / "state", unix=False)
-    server.env.update(faults.env())
-    server.start()
-    x = session(server).xenapi
-    yield server, faults, x
-    server.stop()
 
 
 # -- what each side says -------------------------------------------------------------------------

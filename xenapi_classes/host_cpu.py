@@ -151,6 +151,11 @@ def check_vm_start(ctx, vm):
                               f"{key}={text} lies on pCPUs reserved to other VMs (cpuoccupy); pin it elsewhere")
 
 
+def reserved_to(ctx, vm):
+    """Whether some pCPU is reserved to the VM (it is among its occupants)."""
+    return any(vm.ref in c.values["occupants"] for c in ctx.db.all("host_cpu"))
+
+
 def forget_vm(ctx, vm):
     """A destroyed VM leaves every reservation; True when the map changed."""
     changed = False

@@ -691,21 +691,29 @@ def _migrate_failed(ctx, ref, url, reason):
 
 async def _forget(ctx, obj):
     """The VM is gone from this server (destroyed or migrated away): nothing may still name it.
-    Its scheduling domain and reservations change under their own locks, as their messages do."""
+    A scheduling domain or reservations it is in change under their own locks, as their messages
+    do; otherwise nothing waits between the check and the end."""
+    if sdoms.domain_of(ctx.db, obj.ref) is None and not host_cpus.reserved_to(ctx, obj):
+        _drop(ctx, obj)
+        return
     async with ctx.lock(sdoms.LOCK), ctx.lock(host_cpus.LOCK):
-        metrics = ctx.db.find(obj.values["metrics"])
-        if metrics is not None:
-            ctx.db.destroy(metrics)
         released = sdoms.forget_vm(ctx, obj)
         unreserved = host_cpus.forget_vm(ctx, obj)
-        for other in ctx.db.all("VM"):
-            if obj.ref in other.values["depends_on"]:
-                ctx.db.set_remove(other, "depends_on", obj.ref)
-        ctx.db.destroy(obj)
+        _drop(ctx, obj)
         if released:
             await sdoms.push(ctx)
         if unreserved:
             await host_cpus.push_occupancy(ctx)
+
+
+def _drop(ctx, obj):
+    metrics = ctx.db.find(obj.values["metrics"])
+    if metrics is not None:
+        ctx.db.destroy(metrics)
+    for other in ctx.db.all("VM"):
+        if obj.ref in other.values["depends_on"]:
+            ctx.db.set_remove(other, "depends_on", obj.ref)
+    ctx.db.destroy(obj)
 
 
 async def _hand_over(ctx, ref, sender, meta, image, paused):
