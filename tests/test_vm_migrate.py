@@ -374,3 +374,24 @@ def test_only_http_destinations_are_accepted(src, url):
     before = _snapshot(src, vm)
     assert failure(src.x.VM.migrate, vm, url, False)[:3] == ["VALUE_NOT_SUPPORTED", "destination_url", url]
     _left_running(src, vm, before)
+
+
+def test_a_group_migration_to_an_impostor_fails_member_by_member(src):
+    """Each member's failure is VM_MIGRATE_FAILED (in the task's result); the call answers
+    OPERATION_PARTIALLY_FAILED and the members run on here. A bad URL is refused before any moves."""
+    vm = _running_vm(src)
+    x = src.x
+    group = x.VM_group.create({"name_label": unique("travellers"), "VMs": [vm]})
+    try:
+        before = _snapshot(src, vm)
+        assert failure(x.VM_group.migrate, group, "ftp://127.0.0.1/", False)[:2] == [
+            "VALUE_NOT_SUPPORTED", "destination_url"]
+        with impostor(IMPOSTORS["html page"]) as url:
+            task = x.Async.VM_group.migrate(group, url, False)
+            while x.task.get_status(task) == "pending":
+                time.sleep(0.05)
+        assert x.task.get_error_info(task) == ["OPERATION_PARTIALLY_FAILED", "VM_group.migrate", vm]
+        assert "VM_MIGRATE_FAILED" in x.task.get_result(task)
+        _left_running(src, vm, before)
+    finally:
+        x.VM_group.destroy(group)
