@@ -31,7 +31,11 @@ def x(default_server):
 
 
 def images(server) -> Path:
-    return Path(server.state_dir) / "images"
+    """The default image directory (the server makes it at its first save or restore; a test that
+    writes there first makes it itself)."""
+    folder = Path(server.state_dir) / "images"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def running(x, name):
@@ -57,8 +61,8 @@ def test_relative_and_absolute_paths_inside_the_default_image_directory(default_
                                   "/etc/passwd"])
 def test_a_path_outside_is_refused_before_anything_changes(default_server, x, tmp_path, path):
     link = images(default_server) / "link"
-    if not link.is_symlink():
-        link.symlink_to(tmp_path)  # a symlink inside the directory pointing out of it
+    link.unlink(missing_ok=True)
+    link.symlink_to(tmp_path)  # a symlink inside the directory pointing out of it
     vm = running(x, f"out{abs(hash(path)) % 1000}")
     before = everything(default_server, x, vm)
     refused = failure(x.VM.save, vm, path)

@@ -11,7 +11,7 @@ import XenAPI
 from test_backend_faults import assert_agree, cpu
 from vmkit import new_vm, session
 
-SLOW = 1.5  # seconds the slow action takes: the holder keeps its lock that long
+SLOW = 3.0  # seconds the slow action takes: the holder keeps its lock that long
 
 
 class Background(threading.Thread):

@@ -554,8 +554,8 @@ def test_save_and_restore_across_a_server_restart(make_server, pair, tmp_path):
     uuids = {vm: x.VM.get_uuid(vm) for vm in (db, web, cache, spare)}
     stored = x.VM_group.get_record(group)
 
-    assert failure(x.VM_group.save, group, "relative/dir")[:2] == ["VALUE_NOT_SUPPORTED", "directory"]
-    assert failure(x.VM_group.save, group, str(tmp_path / "missing"))[:2] == ["VALUE_NOT_SUPPORTED", "directory"]
+    for outside in ("../../outside", "/etc/shop"):  # outside the image directory (--image-dir)
+        assert failure(x.VM_group.save, group, outside)[:2] == ["VALUE_NOT_SUPPORTED", "directory"]
     folder = tmp_path / "saved"
     folder.mkdir()
     with Watcher(server) as watcher:

@@ -456,8 +456,11 @@ EXISTS = "a file of this name exists; pass overwrite=true to replace it"
 def image_dir(ctx):
     """The directory server-side image files live in (``--image-dir``, default <state dir>/images)."""
     config = ctx.services.config
-    folder = Path(getattr(config, "image_dir", None) or Path(config.state_dir) / "images")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(config.image_dir or Path(config.state_dir) / "images")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "image_dir", str(folder), f"cannot make it: {exc.strerror}") from None
     return folder.resolve()
 
 
