@@ -212,3 +212,19 @@ def test_allocation_changes(faulty, message, mode):
     x.sched_domain.create({"master": vm, "members": [running(x, "stub")]})
     actions = every_n(server, faults, x, lambda: getattr(x.VM, message)(vm, *ALLOCATIONS[message], mode))
     assert actions == {"dynamic": 1, "static": 2, "perm": 3}[mode]
+
+
+# -- destroy -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("role", ["master", "member"])
+def test_destroy_of_a_vm_in_a_sched_domain_holding_a_pcpu(faulty, role):
+    """The scheduling domain and the reservation let the VM go (the backend told), then the backend
+    forgets its definition, then the store forgets the VM; a refused step puts it all back."""
+    server, faults, x = faulty
+    master, member = new_vm(x, "master"), new_vm(x, "member")
+    x.sched_domain.create({"master": master, "members": [member]})
+    victim, other = (master, member) if role == "master" else (member, master)
+    x.VM.start(other, False, False)
+    x.host_cpu.set_occupants(cpu(x, 5), [victim])
+    assert every_n(server, faults, x, lambda: x.VM.destroy(victim)) == 3
+    assert victim not in x.VM.get_all()

@@ -157,13 +157,14 @@ def reserved_to(ctx, vm):
 
 
 def forget_vm(ctx, vm):
-    """A destroyed VM leaves every reservation; True when the map changed."""
-    changed = False
-    for cpu in ctx.db.all("host_cpu"):
-        if vm.ref in cpu.values["occupants"]:
-            ctx.db.set(cpu, "occupants", [v for v in cpu.values["occupants"] if v != vm.ref])
-            changed = True
-    return changed
+    """A VM going away leaves every reservation. Returns what puts them back (None when it held
+    none)."""
+    before = {cpu: list(cpu.values["occupants"]) for cpu in ctx.db.all("host_cpu") if vm.ref in cpu.values["occupants"]}
+    for cpu, occupants in before.items():
+        ctx.db.set(cpu, "occupants", [v for v in occupants if v != vm.ref])
+    if not before:
+        return None
+    return lambda: [ctx.db.set(cpu, "occupants", occupants) for cpu, occupants in before.items()]
 
 
 async def push_at_start(ctx):

@@ -194,17 +194,17 @@ def pool_change_allowed(ctx, vm, pool_name):
 
 
 def forget_vm(ctx, vm):
-    """A destroyed VM leaves its domain; a destroyed master dissolves it (members are released)."""
+    """A VM going away leaves its domain; a master dissolves it (members are released). Returns
+    what puts it back (None when the VM was in no domain)."""
     sd = domain_of(ctx.db, vm.ref)
     if sd is None:
-        return False
+        return None
     if sd.values["master"] == vm.ref:
-        members = list(sd.values["members"])
-        ctx.db.destroy(sd)
-        _touch(ctx, members)
-    else:
-        ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm.ref])
-    return True
+        _destroy(ctx, sd)
+        return lambda: _again(ctx, sd)
+    before = list(sd.values["members"])
+    ctx.db.set(sd, "members", [m for m in before if m != vm.ref])
+    return lambda: _members(ctx, sd, before)
 
 
 async def reconcile(ctx):

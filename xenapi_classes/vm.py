@@ -241,8 +241,7 @@ async def destroy(ctx, ref):
     async with ctx.lock(ref):
         obj = ctx.current("VM", ref)
         _on_destroy(ctx, obj)
-        await ctx.call_backend(ctx.backend.undefine, obj.uuid)
-        await _forget(ctx, obj)
+        await _forget(ctx, obj, ctx.backend.undefine)
 
 
 # -- live state --------------------------------------------------------------------------
@@ -684,7 +683,11 @@ async def migrate_vm(ctx, ref, destination_url, live, depends_on_uuids=None):
             raise _migrate_failed(ctx, ref, url, "the destination runs it, but its domain here could not be "
                                   "stopped: " + " ".join(exc.description)) from None
         apply_domain(ctx, obj, None)
-        await _forget(ctx, obj)
+        try:
+            await _forget(ctx, obj)
+        except XenAPIError as exc:
+            raise _migrate_failed(ctx, ref, url, "the destination runs it, but it could not be forgotten here: "
+                                  + " ".join(exc.description)) from None
 
 
 def _migrate_failed(ctx, ref, url, reason):
@@ -692,21 +695,37 @@ def _migrate_failed(ctx, ref, url, reason):
     return XenAPIError("VM_MIGRATE_FAILED", ref, host.values["name_label"] if host else "", url, reason)
 
 
-async def _forget(ctx, obj):
+async def _forget(ctx, obj, last=None):
     """The VM is gone from this server (destroyed or migrated away): nothing may still name it.
-    A scheduling domain or reservations it is in change under their own locks, as their messages
-    do; otherwise nothing waits between the check and the end."""
+    Its scheduling domain and reservations let it go first, under their own locks as their
+    messages do, and the backend is told; then ``last(uuid)`` runs (the backend forgets its
+    definition); only then does the store forget the VM. If the backend refuses a step, the
+    memberships are put back (and told again) and the VM stays."""
     if sdoms.domain_of(ctx.db, obj.ref) is None and not host_cpus.reserved_to(ctx, obj):
+        if last is not None:
+            await ctx.call_backend(last, obj.uuid)
         _drop(ctx, obj)
         return
     async with ctx.lock(sdoms.LOCK), ctx.lock(host_cpus.LOCK):
-        released = sdoms.forget_vm(ctx, obj)
-        unreserved = host_cpus.forget_vm(ctx, obj)
+        undo_sd, undo_cpus = sdoms.forget_vm(ctx, obj), host_cpus.forget_vm(ctx, obj)
+        try:
+            await _tell(ctx, undo_sd, undo_cpus)
+            if last is not None:
+                await ctx.call_backend(last, obj.uuid)
+        except XenAPIError:
+            for undo in (undo_sd, undo_cpus):
+                if undo is not None:
+                    undo()
+            await _tell(ctx, undo_sd, undo_cpus)  # the backend may have taken the new set already
+            raise
         _drop(ctx, obj)
-        if released:
-            await sdoms.push(ctx)
-        if unreserved:
-            await host_cpus.push_occupancy(ctx)
+
+
+async def _tell(ctx, sched_domains, reservations):
+    if sched_domains is not None:
+        await sdoms.push(ctx)
+    if reservations is not None:
+        await host_cpus.push_occupancy(ctx)
 
 
 def _drop(ctx, obj):
