@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LISTEN_TCP = re.compile(r"listening on (https?://\S+/)")
 LISTEN_UNIX = re.compile(r"listening on unix socket (\S+)")
 
+#: the image directory (--image-dir) of the servers the tests start: pytest's base temporary
+#: directory, so a test may save to and restore from its own tmp_path (set once per session)
+IMAGE_ROOT: list[Path] = []
+
 
 class ServerProcess:
     """``xend-ext serve`` as a child process; knows its URLs once it has said where it listens."""
@@ -33,6 +37,8 @@ class ServerProcess:
         self.url = ""
         self.sock = ""
         self.log: list[str] = []
+        self.image_root: Path | None = IMAGE_ROOT[0] if IMAGE_ROOT else None  # None: the server's default
+        self.env: dict[str, str] = {}  # more environment for the server (e.g. tests/faultbackend.py's)
 
     @property
     def sock_url(self) -> str:
@@ -50,12 +56,14 @@ class ServerProcess:
             cmd += ["--unix", str(sockdir / "xapi.sock")]
         elif not self.use_unix:
             cmd += ["--unix", "none"]
+        if self.image_root is not None and "--image-dir" not in self.extra:
+            cmd += ["--image-dir", str(self.image_root)]
         extra = list(self.extra)
         return cmd + self.host.args(self.state_dir, extra) + extra
 
     def start(self, wait: bool = True) -> ServerProcess:
         self.log = []
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(self.command(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, cwd=ROOT, env=env)
         ready = threading.Event()
@@ -103,6 +111,11 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _image_root(tmp_path_factory):
+    IMAGE_ROOT[:] = [tmp_path_factory.getbasetemp()]
 
 
 def pytest_configure(config):
@@ -200,6 +213,20 @@ def make_server(tmp_path, request):
 @pytest.fixture
 def server(make_server) -> ServerProcess:
     return make_server()
+
+
+@pytest.fixture
+def faulty(tmp_path):
+    """(server, faults, client): a server whose backend is wrapped in tests/faultbackend.py's
+    fault-injecting stand-in, the test's handle on it, and a root XenAPI client."""
+    from faultbackend import Faults
+
+    faults = Faults(tmp_path / "faults")
+    server = ServerProcess(tmp_path / "state", unix=False)
+    server.env.update(faults.env())
+    server.start()
+    yield server, faults, vmkit.session(server).xenapi
+    server.stop()
 
 
 def ok(reply: dict):

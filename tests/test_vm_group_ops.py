@@ -10,7 +10,6 @@ made; the restart test has a server of its own.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -18,7 +17,7 @@ import xmlrpc.client
 
 import pytest
 import XenAPI
-from conftest import ROOT, ServerProcess
+from conftest import ServerProcess
 from vmkit import (
     BOTH,
     MIB,
@@ -555,8 +554,8 @@ def test_save_and_restore_across_a_server_restart(make_server, pair, tmp_path):
     uuids = {vm: x.VM.get_uuid(vm) for vm in (db, web, cache, spare)}
     stored = x.VM_group.get_record(group)
 
-    assert failure(x.VM_group.save, group, "relative/dir")[:2] == ["VALUE_NOT_SUPPORTED", "directory"]
-    assert failure(x.VM_group.save, group, str(tmp_path / "missing"))[:2] == ["VALUE_NOT_SUPPORTED", "directory"]
+    for outside in ("../../outside", "/etc/shop"):  # outside the image directory (--image-dir)
+        assert failure(x.VM_group.save, group, outside)[:2] == ["VALUE_NOT_SUPPORTED", "directory"]
     folder = tmp_path / "saved"
     folder.mkdir()
     with Watcher(server) as watcher:
@@ -656,26 +655,23 @@ def test_restore_refuses_a_name_taken_by_another_group(kit, far, tmp_path):
     assert x.VM.get_power_state(vm) == "Running"
 
 
-def test_restore_refuses_a_relative_directory(kit, tmp_path):
-    """A relative directory means nothing on the server host: VM_group.save refuses one, VM.restore
-    refuses a relative path, and so must VM_group.restore (xm makes paths absolute first).
-
-    Fails today: VM_group.restore (xenapi_classes/vm_group.py) reads ``Path(directory) /
-    "group.sxp"`` without checking that the path is absolute, so it resolves against the server
-    process's working directory (making the group and defining unknown members from the images
-    found there); then each member's VM.restore refuses the relative image path, and the call
-    ends in OPERATION_PARTIALLY_FAILED for every member instead of a refusal of the directory.
-    """
+def test_a_relative_directory_is_taken_from_the_image_directory(kit, tmp_path):
+    """Server-side paths live in the image directory (--image-dir): a relative directory is taken
+    from it, and one that leads outside it (``..``, a symlink) is refused before anything changes."""
     x = kit.x
     vm = kit.vm()
     group = kit.group([vm])
     x.VM_group.start(group, False)
-    x.VM_group.save(group, str(tmp_path))
-    relative = os.path.relpath(tmp_path, ROOT)  # the tests start the server in ROOT
-    assert not os.path.isabs(relative)
-    refused = failure(x.VM_group.restore, relative)
-    assert refused[:3] == ["VALUE_NOT_SUPPORTED", "directory", relative], refused
+    relative = str(tmp_path.relative_to(kit.server.image_root) / "saved")
+    x.VM_group.save(group, relative)
+    assert (tmp_path / "saved" / "group.sxp").is_file()
+    (tmp_path / "out").symlink_to("/etc")
+    for outside in ("../../elsewhere", str(tmp_path / "out")):
+        refused = failure(x.VM_group.restore, outside)
+        assert refused[:3] == ["VALUE_NOT_SUPPORTED", "directory", outside], refused
     assert x.VM.get_power_state(vm) == "Halted"
+    assert x.VM_group.restore(relative) == group
+    assert x.VM.get_power_state(vm) == "Running"
 
 
 # -- migration ------------------------------------------------------------------------------------

@@ -286,7 +286,7 @@ def test_save_to_a_bad_path_changes_nothing(kit, tmp_path):
     vm = kit.vm()
     bring_to(x, vm, "Running")
     before = everything(kit.server, x, vm)
-    for path in ("relative.img", str(tmp_path / "no-such-dir" / "vm.img"), ""):
+    for path in ("../outside.img", "/etc/outside.img", str(tmp_path / "no-such-dir" / "vm.img"), ""):
         assert failure(x.VM.save, vm, path)[0] == "VALUE_NOT_SUPPORTED"
         assert everything(kit.server, x, vm) == before
 

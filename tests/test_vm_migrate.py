@@ -306,3 +306,92 @@ def test_a_migration_to_a_destination_that_never_answers_can_be_cancelled(src):
         assert record["status"] in ("cancelled", "failure"), "the migration still waits for the destination"
         _left_running(src, vm, before)
     _finish(src.x, task, 10)
+
+
+# -- destinations that are not xend-ext -----------------------------------------------------------
+
+@contextlib.contextmanager
+def impostor(reply: bytes):
+    """A TCP server on loopback answering every connection with ``reply`` (whatever came in)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(1 << 20)
+                    conn.sendall(reply)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+HTML = b"<html><body>It works!</body></html>"
+IMPOSTORS = {
+    "html page": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s" % (len(HTML), HTML),
+    "truncated xml": b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 200\r\n\r\n<?xml version='1.0'?>",
+    "not http": b"SSH-2.0-OpenSSH_9.2\r\n",
+    "not a struct": (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 112\r\n\r\n<?xml version='1.0'?>"
+                     b"<methodResponse><params><param><value><string>hi</string></value></param></params>"
+                     b"</methodResponse>"),
+    "server error": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(IMPOSTORS))
+def test_a_destination_that_is_not_xend_ext_fails_as_vm_migrate_failed(src, kind):
+    """Whatever the destination answers, the migration fails with VM_MIGRATE_FAILED (never
+    INTERNAL_ERROR) and the VM runs on here, untouched."""
+    vm = _running_vm(src)
+    before = _snapshot(src, vm)
+    with impostor(IMPOSTORS[kind]) as url:
+        err = failure(src.x.VM.migrate, vm, url, False)
+    _migrate_failed(err, vm, url, "")
+    _left_running(src, vm, before)
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "file:///etc/passwd", "http://127.0.0.1:99999/", "http:///",
+                                 "127.0.0.1:9363", "http://a b/"])
+def test_only_http_destinations_are_accepted(src, url):
+    vm = _running_vm(src)
+    before = _snapshot(src, vm)
+    assert failure(src.x.VM.migrate, vm, url, False)[:3] == ["VALUE_NOT_SUPPORTED", "destination_url", url]
+    _left_running(src, vm, before)
+
+
+def test_a_group_migration_to_an_impostor_fails_member_by_member(src):
+    """Each member's failure is VM_MIGRATE_FAILED (in the task's result); the call answers
+    OPERATION_PARTIALLY_FAILED and the members run on here. A bad URL is refused before any moves."""
+    vm = _running_vm(src)
+    x = src.x
+    group = x.VM_group.create({"name_label": unique("travellers"), "VMs": [vm]})
+    try:
+        before = _snapshot(src, vm)
+        assert failure(x.VM_group.migrate, group, "ftp://127.0.0.1/", False)[:2] == [
+            "VALUE_NOT_SUPPORTED", "destination_url"]
+        with impostor(IMPOSTORS["html page"]) as url:
+            task = x.Async.VM_group.migrate(group, url, False)
+            while x.task.get_status(task) == "pending":
+                time.sleep(0.05)
+        assert x.task.get_error_info(task) == ["OPERATION_PARTIALLY_FAILED", "VM_group.migrate", vm]
+        assert "VM_MIGRATE_FAILED" in x.task.get_result(task)
+        _left_running(src, vm, before)
+    finally:
+        x.VM_group.destroy(group)

@@ -438,27 +438,28 @@ def test_grp_save_and_grp_restore_across_a_server_restart(make_server, backend, 
     ok(xm(server, "pause", "web"))
     before = group(server, "shop")
     work = tmp_path / "work"
-    (work / "saved").mkdir(parents=True)
-    out = ok(xm(server, "grp-save", "shop", "saved", cwd=work))  # relative: from xm's directory
-    saved = work / "saved"
-    assert lines(out) == [f"Group 'shop' saved to {saved} on the server host:",
+    work.mkdir()
+    relative = str(tmp_path.relative_to(server.image_root) / "saved")  # from the server's image directory
+    out = ok(xm(server, "grp-save", "shop", relative, cwd=work))  # made there if missing
+    saved = tmp_path / "saved"
+    assert lines(out) == [f"Group 'shop' saved to {relative} in the server's image directory:",
                           "  web                  order 1   saved",
                           "  db                   order 0   saved"]
     assert sorted(p.name for p in saved.iterdir()) == sorted(
         ["group.sxp", *(f"{rec['uuid']}.img" for rec in before["members"].values())])
     assert {rec["power_state"] for rec in group(server, "shop")["members"].values()} == {"Halted"}
-    assert error(xm(server, "grp-save", "shop", str(tmp_path / "missing"))) == (
-        f"Error: the directory '{tmp_path / 'missing'}' cannot be used: it must be an existing directory on the "
-        "server host (create it there first)")
+    assert error(xm(server, "grp-save", "shop", "/etc/shop")) == (
+        f"Error: the directory '/etc/shop' cannot be used on the server host: outside the image directory "
+        f"{server.image_root.resolve()}; give a path inside it (a relative path is taken from it)")
 
     assert server.stop() == 0
     server = make_server("--memory", "4096", state_dir=server.state_dir, unix=False)
     assert lines(ok(xm(server, "grp-list", "shop")))[1] == (
         f"shop                 {before['group_id']:>3}  db(halted) web(halted)")
-    out = ok(xm(server, "grp-restore", "saved", cwd=work))
+    out = ok(xm(server, "grp-restore", relative, cwd=work))
     after = group(server, "shop")
     db, web = after["members"]["db"], after["members"]["web"]
-    assert lines(out) == [f"Group 'shop' restored from {saved}:",
+    assert lines(out) == [f"Group 'shop' restored from {relative}:",
                           f"  db                   order 0   restored (id {db['domid']})",
                           f"  web                  order 1   restored (paused, id {web['domid']})"]
     assert (db["power_state"], web["power_state"]) == ("Running", "Paused")
@@ -513,7 +514,7 @@ def test_shop_example(srv):
     assert shutil.which("sh")
     env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
     env.update(XM_CONF="/nonexistent/xm.conf", XM=f"{sys.executable} -m xend_ext.cli.main", PYTHON=sys.executable,
-               KERNEL=BOOT_FIELDS.get("PV_kernel", ""))
+               KERNEL=BOOT_FIELDS.get("PV_kernel", ""), IMAGES=str(srv.image_root))
     result = subprocess.run(["sh", str(EXAMPLE / "shop.sh"), srv.url], capture_output=True, text=True, timeout=120,
                             cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

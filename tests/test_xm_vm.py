@@ -335,27 +335,42 @@ def test_usage_errors_exit_2(srv, command):
 
 
 def test_save_and_restore_with_a_relative_path(srv, tmp_path):
+    """A relative FILE is taken from the server's image directory (--image-dir), whatever xm's own
+    directory; a file outside it is refused, an existing one replaced only with -f."""
     name = make_vm(srv, tmp_path, "running")
-    out = ok(xm(srv, "save", name, "img.sav", cwd=tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relative = str(tmp_path.relative_to(srv.image_root) / "img.sav")
     image = tmp_path / "img.sav"
-    assert out == f"Domain '{name}' saved to {image} on the server host.\n"
+    out = ok(xm(srv, "save", name, relative, cwd=elsewhere))
+    assert out == f"Domain '{name}' saved to {relative} in the server's image directory.\n"
     assert image.is_file() and state_of(srv, name) == "Halted"
-    out = ok(xm(srv, "restore", "img.sav", cwd=tmp_path))
-    assert re.fullmatch(rf"Restored domain {name} \(id=\d+\) from {re.escape(str(image))}\.\n", out)
+    out = ok(xm(srv, "restore", relative, cwd=elsewhere))
+    assert re.fullmatch(rf"Restored domain {name} \(id=\d+\) from {re.escape(relative)}\.\n", out)
     assert state_of(srv, name) == "Running"
-    ok(xm(srv, "save", name, str(image)))
+    assert error(xm(srv, "save", name, str(image))) == (
+        f"Error: the path '{image}' cannot be used on the server host: a file of this name exists; give -f to "
+        "replace it")
+    assert state_of(srv, name) == "Running"
+    ok(xm(srv, "save", name, str(image), "-f"))
     ok(xm(srv, "start", name))  # the image's VM runs again: restoring it is refused, by name
     assert error(xm(srv, "restore", str(image))) == (
         f"Error: Domain '{name}' is running; it must be halted for that. Stop it first with 'xm shutdown {name}'.")
     ok(xm(srv, "destroy", name))
     ok(xm(srv, "restore", str(image), "-p"))
     assert state_of(srv, name) == "Paused"
-    assert error(xm(srv, "save", name, "no/such/dir/x.sav", cwd=tmp_path)) == (
-        f"Error: the path '{tmp_path / 'no/such/dir/x.sav'}' cannot be used on the server host: its directory "
-        "does not exist on the host")
+    missing = str(tmp_path.relative_to(srv.image_root) / "no/such/dir/x.sav")
+    assert error(xm(srv, "save", name, missing)) == (
+        f"Error: the path '{missing}' cannot be used on the server host: its directory does not exist on the host")
+    root = srv.image_root.resolve()
+    for outside in ("/etc/x.sav", "../x.sav"):
+        assert error(xm(srv, "save", name, outside)) == (
+            f"Error: the path '{outside}' cannot be used on the server host: outside the image directory "
+            f"{root}; give a path inside it (a relative path is taken from it)")
+    assert state_of(srv, name) == "Paused"
     (tmp_path / "junk").write_text("not an image")
-    msg = error(xm(srv, "restore", "junk", cwd=tmp_path))
-    assert msg.startswith(f"Error: '{tmp_path / 'junk'}' on the server host is not")
+    msg = error(xm(srv, "restore", str(tmp_path / "junk")))
+    assert msg.startswith(f"Error: '{(tmp_path / 'junk').resolve()}' on the server host is not")
 
 
 @sim_only(NO_MIGRATE)

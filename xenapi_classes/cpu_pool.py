@@ -9,6 +9,7 @@ changes nothing, and every change emits events (xend's methods emitted none).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
@@ -162,7 +163,7 @@ POOL_MSG = dict(capability=Capability.POOLS)
                   errors=("PARAMETER_ERROR",))
 def set_name_label(ctx, ref, value):
     """Rename a pool; the VMs that name it in pool_name follow, so they still start there."""
-    pool = _current(ctx, ref)
+    pool = ctx.current("cpu_pool", ref)
     _check_name(ctx, pool, value)
     old = pool.values["name_label"]
     ctx.db.set(pool, "name_label", value)
@@ -175,7 +176,7 @@ def set_name_label(ctx, ref, value):
 async def activate(ctx, ref):
     """Create the pool in the hypervisor: proposed free CPUs first, then other free ones, ncpu in all."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         if _active(ctx.db, pool) is not None:
             raise XenAPIError("POOL_BAD_STATE", "activated")
         await _activate(ctx, pool, free_cpus(ctx))
@@ -185,7 +186,7 @@ async def activate(ctx, ref):
 async def deactivate(ctx, ref):
     """Remove the pool from the hypervisor (no VM may run in it); its CPUs become free."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         if _active(ctx.db, pool) is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
         if pool.values["name_label"] == POOL0:
@@ -200,7 +201,7 @@ async def deactivate(ctx, ref):
 async def destroy(ctx, ref):
     """Forget an inactive pool's definition."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         if pool.values["name_label"] == POOL0:
             raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be destroyed")
         if _active(ctx.db, pool) is not None:
@@ -217,7 +218,7 @@ def _number(ctx, host_cpu_ref):
 async def add_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
     """Give an active pool a free CPU (it joins proposed_CPUs; ncpu follows)."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         if _active(ctx.db, pool) is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
         number = _number(ctx, host_cpu)
@@ -230,7 +231,7 @@ async def add_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
 async def remove_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
     """Take a CPU out of an active pool; it becomes free. The last one stays while VMs run there."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         if _active(ctx.db, pool) is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
         number = _number(ctx, host_cpu)
@@ -258,7 +259,7 @@ def _cpu_number(ctx, value):
 async def add_to_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
     """Prefer this CPU at the next activation (inactive pools only)."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         _inactive_only(ctx, pool, None)
         number = _cpu_number(ctx, cpu)
         if number not in pool.values["proposed_CPUs"]:
@@ -269,16 +270,9 @@ async def add_to_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
 async def remove_from_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire name
     """Stop preferring this CPU (inactive pools only)."""
     async with ctx.lock(POOL_LOCK):
-        pool = _current(ctx, ref)
+        pool = ctx.current("cpu_pool", ref)
         _inactive_only(ctx, pool, None)
         ctx.db.set(pool, "proposed_CPUs", [c for c in pool.values["proposed_CPUs"] if int(c) != cpu])
-
-
-def _current(ctx, ref):
-    pool = ctx.db.find(ref)
-    if pool is None:
-        raise XenAPIError("HANDLE_INVALID", "cpu_pool", ref)
-    return pool
 
 
 # -- VMs and pools -------------------------------------------------------------------------
@@ -345,16 +339,24 @@ def host_cpu_pool(db, cpu):
 
 async def move_vm(ctx, ref, pool_ref):
     """Move a VM to another pool: a running one moves live, a halted one starts there next time.
-    A scheduling domain's master takes its members along, all or none; a member cannot go alone."""
+    A scheduling domain's master takes its members along, all or none (one moved back if a later
+    one fails); a member cannot go alone. Holds the VMs' locks and the pools' lock throughout."""
     from xenapi_classes import sched_domain as sdoms
-    from xenapi_classes.vm import apply_domain, current
 
-    async with ctx.lock(ref):
-        vm = current(ctx, ref)
+    async with contextlib.AsyncExitStack() as held:
+        await held.enter_async_context(ctx.lock(ref))
+        vm = ctx.current("VM", ref)
         if vm.values["is_control_domain"]:
             raise XenAPIError("OPERATION_NOT_ALLOWED", "could not move Domain-0")
-        pool = _current(ctx, pool_ref)
+        others = sorted(m.ref for m in sdoms.pool_change_allowed(ctx, vm, ""))
+        for other in others:  # always in the same order: no two moves wait on each other
+            await held.enter_async_context(ctx.lock(other))
+        await held.enter_async_context(ctx.lock(POOL_LOCK))
+        vm = ctx.current("VM", ref)  # everything again, now that nothing can change under us
+        pool = ctx.current("cpu_pool", pool_ref)
         moving = [vm, *sdoms.pool_change_allowed(ctx, vm, pool.values["name_label"])]
+        if sorted(m.ref for m in moving[1:]) != others:
+            raise XenAPIError("OPERATION_NOT_ALLOWED", "the scheduling domain changed meanwhile; try again")
         live = _active(ctx.db, pool)
         for each in moving:  # check them all before moving any
             state = each.values["power_state"]
@@ -367,11 +369,27 @@ async def move_vm(ctx, ref, pool_ref):
                     raise XenAPIError("INSUFFICIENT_CPUS", 1, 0)
                 check_pins(ctx, each.values["VCPUs_params"], live, pool, ctx.backend.domain(each.uuid))
                 ctx.require(Capability.POOLS)
+        await _move_all(ctx, [m for m in moving if m.values["power_state"] in ("Running", "Paused")], pool)
         for each in moving:
-            if each.values["power_state"] in ("Running", "Paused"):
-                apply_domain(ctx, each, await ctx.call_backend(ctx.backend.pool_move_domain, each.uuid, pool.uuid))
             ctx.db.set(each, "pool_name", pool.values["name_label"])
         announce(ctx)
+
+
+async def _move_all(ctx, running, pool):
+    """Move the running VMs' domains to ``pool``; if one fails, those moved go back first."""
+    from xenapi_classes.vm import apply_domain
+
+    moved = []
+    try:
+        for each in running:
+            back = ctx.backend.domain(each.uuid).pool
+            apply_domain(ctx, each, await ctx.call_backend(ctx.backend.pool_move_domain, each.uuid, pool.uuid))
+            moved.append((each, back))
+    except XenAPIError:
+        for each, back in reversed(moved):
+            apply_domain(ctx, each, await ctx.call_backend(ctx.backend.pool_move_domain, each.uuid, back))
+        announce(ctx)
+        raise
 
 
 # -- start-up ----------------------------------------------------------------------------------

@@ -59,12 +59,28 @@ async def push_occupancy(ctx):
     """The backend gets the whole reservation map; then every running VM's share may change."""
     from xenapi_classes.vm import refresh_live
 
-    occupied = {}
-    for cpu in ctx.db.all("host_cpu"):
-        if cpu.values["occupants"]:
-            occupied[cpu.values["number"]] = frozenset(ctx.db.get(v).uuid for v in cpu.values["occupants"])
-    await ctx.call_backend(ctx.backend.set_occupancy, occupied)
+    async with ctx.lock(PUSH_LOCK):  # in the order of the changes: the last map sent is the store's
+        occupied = {}
+        for cpu in ctx.db.all("host_cpu"):
+            if cpu.values["occupants"]:
+                occupied[cpu.values["number"]] = frozenset(ctx.db.get(v).uuid for v in cpu.values["occupants"])
+        await ctx.call_backend(ctx.backend.set_occupancy, occupied)
     refresh_live(ctx)
+
+
+PUSH_LOCK = "cpu_occupy/push"
+LOCK = "cpu_occupy/*"
+
+
+async def _occupy(ctx, cpu, vms):
+    """Set a pCPU's occupants and tell the backend; if it refuses, the store keeps the old ones."""
+    before = list(cpu.values["occupants"])
+    ctx.db.set(cpu, "occupants", list(vms))
+    try:
+        await push_occupancy(ctx)
+    except XenAPIError:
+        ctx.db.set(cpu, "occupants", [v for v in before if ctx.db.find(v) is not None])
+        raise
 
 
 def stranded(ctx, vm, reserved):
@@ -96,11 +112,13 @@ def reserved_for_others(ctx, vm):
 async def set_occupants(ctx, ref, vms):
     """cpuoccupy: only these VMs may run on this pCPU; every other VM is kept off it. Refused while
     another VM is pinned to this pCPU alone (it would have nowhere to run)."""
-    async with ctx.lock("cpu_occupy/*"):
-        cpu = ctx.db.get(ref)
+    async with ctx.lock(LOCK):
+        cpu = ctx.current("host_cpu", ref)
         number = cpu.values["number"]
         if not vms:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "vms", "", "name at least one VM (clear_occupants frees it)")
+        for vm_ref in vms:  # a VM may have been destroyed while we waited for the lock
+            ctx.current("VM", vm_ref)
         for vm in ctx.db.all("VM"):
             if vm.ref in vms or vm.values["is_control_domain"]:
                 continue
@@ -109,16 +127,14 @@ async def set_occupants(ctx, ref, vms):
                 raise XenAPIError("OPERATION_NOT_ALLOWED",
                                   f"VM {vm.values['name_label']} could run only on pCPUs reserved to others "
                                   f"(pCPU {number} among them); unpin it or move it first")
-        ctx.db.set(cpu, "occupants", list(vms))
-        await push_occupancy(ctx)
+        await _occupy(ctx, cpu, vms)
 
 
 @host_cpu.message(("self", T.Ref("host_cpu")), role=POOL_ADMIN, capability="cpu_occupy")
 async def clear_occupants(ctx, ref):
     """Every VM may use this pCPU again."""
-    async with ctx.lock("cpu_occupy/*"):
-        ctx.db.set(ctx.db.get(ref), "occupants", [])
-        await push_occupancy(ctx)
+    async with ctx.lock(LOCK):
+        await _occupy(ctx, ctx.current("host_cpu", ref), [])
 
 
 def check_vm_start(ctx, vm):
@@ -135,14 +151,20 @@ def check_vm_start(ctx, vm):
                               f"{key}={text} lies on pCPUs reserved to other VMs (cpuoccupy); pin it elsewhere")
 
 
+def reserved_to(ctx, vm):
+    """Whether some pCPU is reserved to the VM (it is among its occupants)."""
+    return any(vm.ref in c.values["occupants"] for c in ctx.db.all("host_cpu"))
+
+
 def forget_vm(ctx, vm):
-    """A destroyed VM leaves every reservation; True when the map changed."""
-    changed = False
-    for cpu in ctx.db.all("host_cpu"):
-        if vm.ref in cpu.values["occupants"]:
-            ctx.db.set(cpu, "occupants", [v for v in cpu.values["occupants"] if v != vm.ref])
-            changed = True
-    return changed
+    """A VM going away leaves every reservation. Returns what puts them back (None when it held
+    none)."""
+    before = {cpu: list(cpu.values["occupants"]) for cpu in ctx.db.all("host_cpu") if vm.ref in cpu.values["occupants"]}
+    for cpu, occupants in before.items():
+        ctx.db.set(cpu, "occupants", [v for v in occupants if v != vm.ref])
+    if not before:
+        return None
+    return lambda: [ctx.db.set(cpu, "occupants", occupants) for cpu, occupants in before.items()]
 
 
 async def push_at_start(ctx):

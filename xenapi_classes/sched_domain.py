@@ -55,21 +55,34 @@ def _pool_of(vm):
 
 async def push(ctx, joined=()):
     """Tell the backend the whole set of scheduling domains, then announce the changed shares and
-    the VMs that ``joined`` a domain (their sched_domain changed)."""
+    the VMs that ``joined`` a domain (their sched_domain changed). One push at a time, each
+    computing the set once the previous one is done: the last set the backend gets is the store's."""
     from xenapi_classes.vm import refresh_live
 
-    domains = []
-    for sd in ctx.db.all("sched_domain"):
-        master = ctx.db.get(sd.values["master"])
-        params = master.values["VCPUs_params"]
-        domains.append(SchedDomain(
-            master=master.uuid, members=frozenset(ctx.db.get(m).uuid for m in sd.values["members"]),
-            weight=int(params.get("weight") or 256), cap=int(params.get("cap") or 0)))
-    await ctx.call_backend(ctx.backend.set_sched_domains, domains)
+    async with ctx.lock(PUSH_LOCK):
+        domains = []
+        for sd in ctx.db.all("sched_domain"):
+            master = ctx.db.get(sd.values["master"])
+            params = master.values["VCPUs_params"]
+            domains.append(SchedDomain(
+                master=master.uuid, members=frozenset(ctx.db.get(m).uuid for m in sd.values["members"]),
+                weight=int(params.get("weight") or 256), cap=int(params.get("cap") or 0)))
+        await ctx.call_backend(ctx.backend.set_sched_domains, domains)
     _touch(ctx, joined)
     refresh_live(ctx)
 
 
+async def push_or_undo(ctx, undo, joined=()):
+    """Push a change of the store; if the backend refuses it (it keeps the set it had), ``undo()``
+    puts the store back, so the two never disagree."""
+    try:
+        await push(ctx, joined)
+    except XenAPIError:
+        undo()
+        raise
+
+
+PUSH_LOCK = "sched_domain/push"
 LOCK = "sched_domain/*"  # membership rules span domains: one change at a time
 
 
@@ -95,7 +108,7 @@ async def create(ctx, record):
                   "other_config": {str(k): str(v) for k, v in (record.get("other_config") or {}).items()},
                   "master": master.ref, "members": list(dict.fromkeys(vm.ref for vm in members))}
         obj = ctx.db.create("sched_domain", values)
-        await push(ctx, [values["master"], *values["members"]])
+        await push_or_undo(ctx, lambda: _destroy(ctx, obj), [values["master"], *values["members"]])
         return obj.ref
 
 
@@ -103,11 +116,9 @@ async def create(ctx, record):
 async def destroy(ctx, ref):
     """Dissolve the domain: its members are scheduled on their own again."""
     async with ctx.lock(LOCK):
-        sd = _current(ctx, ref)
-        leaving = [sd.values["master"], *sd.values["members"]]
-        ctx.db.destroy(sd)
-        _touch(ctx, leaving)
-        await push(ctx)
+        sd = ctx.current("sched_domain", ref)
+        _destroy(ctx, sd)
+        await push_or_undo(ctx, lambda: _again(ctx, sd))
 
 
 @sched_domain.message(("self", T.Ref("sched_domain")), ("vm", T.Ref("VM")), role=VM_OPERATOR,
@@ -116,14 +127,15 @@ async def destroy(ctx, ref):
 async def add_member(ctx, ref, vm_ref):
     """Make a VM share the master's timeslices (it must be in the master's CPU pool)."""
     async with ctx.lock(LOCK):
-        sd = _current(ctx, ref)
-        vm = ctx.db.get(vm_ref)
+        sd = ctx.current("sched_domain", ref)
+        vm = ctx.current("VM", vm_ref)  # either may have gone while we waited for the lock
         _free(ctx, vm)
-        master = ctx.db.get(sd.values["master"])
+        master = ctx.current("VM", sd.values["master"])
         if _pool_of(vm) != _pool_of(master):
             raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
-        ctx.db.set(sd, "members", [*sd.values["members"], vm.ref])
-        await push(ctx, [vm.ref])
+        before = list(sd.values["members"])
+        ctx.db.set(sd, "members", [*before, vm.ref])
+        await push_or_undo(ctx, lambda: _members(ctx, sd, before), [vm.ref])
 
 
 @sched_domain.message(("self", T.Ref("sched_domain")), ("vm", T.Ref("VM")), role=VM_OPERATOR,
@@ -131,12 +143,32 @@ async def add_member(ctx, ref, vm_ref):
 async def remove_member(ctx, ref, vm_ref):
     """Schedule a member on its own again."""
     async with ctx.lock(LOCK):
-        sd = _current(ctx, ref)
+        sd = ctx.current("sched_domain", ref)
+        ctx.current("VM", vm_ref)
         if vm_ref not in sd.values["members"]:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "vm", vm_ref, "not a member of this scheduling domain")
-        ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm_ref])
+        before = list(sd.values["members"])
+        ctx.db.set(sd, "members", [m for m in before if m != vm_ref])
         _touch(ctx, [vm_ref])
-        await push(ctx)
+        await push_or_undo(ctx, lambda: _members(ctx, sd, before))
+
+
+def _destroy(ctx, sd):
+    if ctx.db.find(sd.ref) is sd:
+        ctx.db.destroy(sd)
+        _touch(ctx, [sd.values["master"], *sd.values["members"]])
+
+
+def _again(ctx, sd):
+    """Undo _destroy: the same domain (ref and uuid) back in the store."""
+    again = ctx.db.create("sched_domain", dict(sd.values), ref=sd.ref)
+    _touch(ctx, [again.values["master"], *again.values["members"]])
+
+
+def _members(ctx, sd, members):
+    if ctx.db.find(sd.ref) is sd:
+        ctx.db.set(sd, "members", members)
+        _touch(ctx, members)
 
 
 def _touch(ctx, vm_refs):
@@ -145,13 +177,6 @@ def _touch(ctx, vm_refs):
         vm = ctx.db.find(ref)
         if vm is not None:
             ctx.db.touch(vm)
-
-
-def _current(ctx, ref):
-    sd = ctx.db.find(ref)
-    if sd is None:
-        raise XenAPIError("HANDLE_INVALID", "sched_domain", ref)
-    return sd
 
 
 def pool_change_allowed(ctx, vm, pool_name):
@@ -166,17 +191,17 @@ def pool_change_allowed(ctx, vm, pool_name):
 
 
 def forget_vm(ctx, vm):
-    """A destroyed VM leaves its domain; a destroyed master dissolves it (members are released)."""
+    """A VM going away leaves its domain; a master dissolves it (members are released). Returns
+    what puts it back (None when the VM was in no domain)."""
     sd = domain_of(ctx.db, vm.ref)
     if sd is None:
-        return False
+        return None
     if sd.values["master"] == vm.ref:
-        members = list(sd.values["members"])
-        ctx.db.destroy(sd)
-        _touch(ctx, members)
-    else:
-        ctx.db.set(sd, "members", [m for m in sd.values["members"] if m != vm.ref])
-    return True
+        _destroy(ctx, sd)
+        return lambda: _again(ctx, sd)
+    before = list(sd.values["members"])
+    ctx.db.set(sd, "members", [m for m in before if m != vm.ref])
+    return lambda: _members(ctx, sd, before)
 
 
 async def reconcile(ctx):

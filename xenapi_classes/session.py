@@ -4,13 +4,15 @@ xend: after a restart clients get ``SESSION_INVALID`` and the official client lo
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, Field, XenAPIClass
 from xend_ext.model import new_uuid
 from xend_ext.wire import REF_PREFIX, XenAPIError
 
-MAX_SESSIONS = 10_000
+MAX_SESSIONS = 10_000  # in all
+MAX_SESSIONS_PER_USER = 2_000
 INACTIVE_LIMIT = dt.timedelta(hours=24)
 
 
@@ -50,27 +52,63 @@ def _visible(ctx, obj):
     return ctx.role == POOL_ADMIN or (ctx.session is not None and obj.ref == ctx.session.ref)
 
 
-def _evict(ctx):
-    sessions = list(ctx.db.all("session"))
+# Database -> user -> that user's session refs: eviction looks at one user's sessions only
+_by_user: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sessions_of(db, user):
+    return _by_user.setdefault(db, {}).setdefault(user, {})
+
+
+def _end(ctx, obj):
+    ctx.services.hub.forget_session(obj.ref)
+    mine = _sessions_of(ctx.db, obj.values["this_user"])
+    mine.pop(obj.ref, None)
+    if not mine:
+        _by_user[ctx.db].pop(obj.values["this_user"], None)
+    ctx.db.destroy(obj)
+
+
+def _make_room(ctx, user):
+    """Room for one more session of ``user``; a login never ends another user's live session.
+
+    A user with MAX_SESSIONS_PER_USER sessions loses their least recently active one. When the
+    server holds MAX_SESSIONS in all, sessions idle for INACTIVE_LIMIT end (anyone's: they have
+    expired), then the user's own least recently active one; a user with none is refused
+    (OPERATION_NOT_ALLOWED) until others log out or expire."""
+    mine = _sessions_of(ctx.db, user)
+    if len(mine) >= MAX_SESSIONS_PER_USER:
+        _end(ctx, _least_active(ctx, mine))
+    if ctx.db.count("session") < MAX_SESSIONS:
+        return
     cutoff = _now() - INACTIVE_LIMIT
-    stale = [s for s in sessions if s.values["last_active"] < cutoff]
-    if len(sessions) - len(stale) >= MAX_SESSIONS:
-        live = sorted((s for s in sessions if s not in stale), key=lambda s: s.values["last_active"])
-        stale += live[: len(sessions) - len(stale) - MAX_SESSIONS + 1]
-    for s in stale:
-        ctx.services.hub.forget_session(s.ref)
-        ctx.db.destroy(s)
+    for obj in [o for o in ctx.db.all("session") if o.values["last_active"] < cutoff]:
+        _end(ctx, obj)
+    if ctx.db.count("session") < MAX_SESSIONS:
+        return
+    mine = _sessions_of(ctx.db, user)
+    if not mine:
+        raise XenAPIError("OPERATION_NOT_ALLOWED",
+                          f"the server holds {MAX_SESSIONS} sessions; try again once some log out or expire")
+    _end(ctx, _least_active(ctx, mine))
+
+
+def _least_active(ctx, refs):
+    return min((ctx.db.get(r) for r in refs), key=lambda o: o.values["last_active"])
 
 
 @session.message(("uname", T.String), ("pwd", T.String), ("version", T.String, "1.1"),
                  ("originator", T.String, ""), result=T.Ref("session"), session=False, async_ok=False,
-                 errors=("SESSION_AUTHENTICATION_FAILED",))
+                 errors=("SESSION_AUTHENTICATION_FAILED", "OPERATION_NOT_ALLOWED"))
 async def login_with_password(ctx, uname, pwd, version, originator):
-    """Log in; with auth ``none`` anyone is pool-admin, with ``file`` the password file decides."""
+    """Log in; with auth ``none`` anyone is pool-admin, with ``file`` the password file decides.
+    A user keeps at most 2,000 sessions (a new login ends their least recently active one); the
+    server keeps 10,000 in all, and a login never ends another user's live session: when the server
+    is full and the user has none, OPERATION_NOT_ALLOWED."""
     role = await ctx.services.auth.authenticate(uname, pwd)
     if role is None:
         raise XenAPIError("SESSION_AUTHENTICATION_FAILED")
-    _evict(ctx)
+    _make_room(ctx, uname)
     host = ctx.db.first("host")
     obj = ctx.db.create("session", {
         "this_host": host.ref if host else "OpaqueRef:NULL",
@@ -79,14 +117,14 @@ async def login_with_password(ctx, uname, pwd, version, originator):
         "originator": originator,
         "is_local_superuser": role == POOL_ADMIN,
     }, ref=REF_PREFIX + new_uuid())
+    _sessions_of(ctx.db, uname)[obj.ref] = None
     return obj.ref
 
 
 @session.message(result=None, async_ok=False)
 def logout(ctx):
     """End this session."""
-    ctx.services.hub.forget_session(ctx.session.ref)
-    ctx.db.destroy(ctx.session)
+    _end(ctx, ctx.session)
 
 
 def install(registry):

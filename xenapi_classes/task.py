@@ -47,6 +47,7 @@ _cancel_requested: set[str] = set()
 
 
 def _check_owner(ctx, obj, what):
+    """Only the task's owner, or a pool-admin, may change or end it (every setter, cancel, destroy)."""
     if ctx.role != POOL_ADMIN and obj.values["owner"] != ctx.session.values["this_user"]:
         raise XenAPIError("RBAC_PERMISSION_DENIED", f"task.{what}", "only the task's owner or a pool-admin may")
 
@@ -141,6 +142,7 @@ def _forget_old(ctx):
 
 
 def install(registry):
+    task.changeable = _check_owner
     registry.add(task)
     registry.start_task = start_task
     registry.checkpoint = checkpoint

@@ -39,7 +39,7 @@ from xend_ext.datamodel import (
     generic_map_remove,
     generic_set,
 )
-from xend_ext.wire import NULL_REF, XenAPIError
+from xend_ext.wire import NULL_REF, REF_PREFIX, XenAPIError
 
 log = logging.getLogger("xend_ext.vm")
 
@@ -239,21 +239,12 @@ def _on_destroy(ctx, obj):
 async def destroy(ctx, ref):
     """Forget a halted VM (xm delete). Takes the VM's lock: a start in flight finishes first."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         _on_destroy(ctx, obj)
-        await ctx.call_backend(ctx.backend.undefine, obj.uuid)
-        await _forget(ctx, obj)
+        await _forget(ctx, obj, ctx.backend.undefine)
 
 
 # -- live state --------------------------------------------------------------------------
-
-def current(ctx, ref):
-    """The VM once its lock is ours: it may have been destroyed while we waited."""
-    obj = ctx.db.find(ref)
-    if obj is None:
-        raise XenAPIError("HANDLE_INVALID", "VM", ref)
-    return obj
-
 
 def require_state(obj, *states):
     if obj.values["power_state"] not in states:
@@ -310,7 +301,7 @@ LIFECYCLE = dict(role=VM_OPERATOR, capability=Capability.LIFECYCLE)
 async def start(ctx, ref, start_paused, force):
     """Start a halted VM from its stored definition (paused if asked)."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         require_state(obj, "Halted")
         for hook in ctx.registry.before_start:
             hook(ctx, obj)
@@ -322,7 +313,7 @@ async def start(ctx, ref, start_paused, force):
 async def pause(ctx, ref):
     """Stop scheduling a running VM."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         not_control_domain(obj, "paused")
         require_state(obj, "Running")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
@@ -332,14 +323,14 @@ async def pause(ctx, ref):
 async def unpause(ctx, ref):
     """Schedule a paused VM again."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         require_state(obj, "Paused")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
 
 
 async def _shutdown(ctx, ref, clean):
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         not_control_domain(obj, "stopped")
         require_state(obj, *(("Running",) if clean else ("Running", "Paused", "Suspended")))
         await ctx.call_backend(ctx.backend.shutdown, obj.uuid, clean)
@@ -360,7 +351,7 @@ async def hard_shutdown(ctx, ref):
 
 async def _reboot(ctx, ref, clean):
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         not_control_domain(obj, "rebooted")
         require_state(obj, *(("Running",) if clean else ("Running", "Paused")))
         for hook in ctx.registry.before_start:
@@ -385,7 +376,7 @@ async def hard_reboot(ctx, ref):
 async def suspend(ctx, ref):
     """Save the domain to an image the host keeps; resume brings it back."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         not_control_domain(obj, "suspended")
         require_state(obj, "Running", "Paused")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.suspend, obj.uuid))
@@ -396,7 +387,7 @@ async def suspend(ctx, ref):
 async def resume(ctx, ref, start_paused, force):
     """Bring a suspended VM back."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         require_state(obj, "Suspended")
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.resume, obj.uuid, start_paused))
 
@@ -442,15 +433,25 @@ def record_from_image(meta):
     return out
 
 
-@vm.message(("self", T.Ref("VM")), ("path", T.String), role=POOL_ADMIN, capability=Capability.SAVE,
-            errors=("VM_BAD_POWER_STATE",))
-async def save(ctx, ref, path):
-    """Save a running or paused VM to a file on the host; the VM is halted afterwards."""
+IMAGE_ERRORS = ("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED")
+
+
+@vm.message(("self", T.Ref("VM")), ("path", T.String), ("overwrite", T.Bool, False), role=POOL_ADMIN,
+            capability=Capability.SAVE, errors=IMAGE_ERRORS)
+async def save(ctx, ref, path, overwrite):
+    """Save a running or paused VM to a file in the server's image directory (``--image-dir``); the
+    VM is halted afterwards. ``path`` is relative to the image directory, or absolute inside it;
+    anything else (after ``..`` and symlinks are resolved) is ``VALUE_NOT_SUPPORTED [path, path,
+    reason]``, as is an existing file unless ``overwrite`` is true."""
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         not_control_domain(obj, "saved")
         require_state(obj, "Running", "Paused")
-        target = _host_path(path, must_exist=False)
+        target = image_path(ctx, path)
+        if not target.parent.is_dir():
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "its directory does not exist on the host")
+        if not overwrite and os.path.lexists(target):
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, EXISTS)
         meta = record_for_image(ctx, obj)
         meta["power_state"] = obj.values["power_state"]
         ctx.progress(0.1)
@@ -458,29 +459,48 @@ async def save(ctx, ref, path):
         apply_domain(ctx, obj, None)
 
 
-def _host_path(path, must_exist):
+EXISTS = "a file of this name exists; pass overwrite=true to replace it"
+
+
+def image_dir(ctx):
+    """The directory server-side image files live in (``--image-dir``, default <state dir>/images)."""
+    config = ctx.services.config
+    folder = Path(config.image_dir or Path(config.state_dir) / "images")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "image_dir", str(folder), f"cannot make it: {exc.strerror}") from None
+    return folder.resolve()
+
+
+def image_path(ctx, path, what="path"):
+    """``path`` (relative to the image directory, or absolute) resolved, symlinks and ``..``
+    included; VALUE_NOT_SUPPORTED unless it lies inside the image directory."""
+    root = image_dir(ctx)
     if not path or "\x00" in path:
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "give an absolute path on the host")
-    target = Path(path)
-    if not target.is_absolute():
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "give an absolute path on the host")
-    if must_exist and not target.is_file():
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "no such file on the host")
-    if not must_exist and not target.parent.is_dir():
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "its directory does not exist on the host")
+        raise XenAPIError("VALUE_NOT_SUPPORTED", what, path, f"give a path in the image directory {root}")
+    target = (root / path).resolve()
+    if target != root and root not in target.parents:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", what, path,
+                          f"outside the image directory {root}; give a path inside it (a relative path is "
+                          "taken from it)")
     return target
 
 
 @vm.message(("path", T.String), ("start_paused", T.Bool, False), result=T.Ref("VM"), role=POOL_ADMIN,
-            capability=Capability.SAVE, errors=("VM_BAD_POWER_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY"))
+            capability=Capability.SAVE, errors=(*IMAGE_ERRORS, "HOST_NOT_ENOUGH_FREE_MEMORY", "INVALID_VALUE"))
 async def restore(ctx, path, start_paused):
-    """Bring back a VM saved with VM.save (here or on another server); defines it if unknown."""
-    source = _host_path(path, must_exist=True)
+    """Bring back a VM saved with VM.save (here or on another server); defines it if unknown.
+    ``path`` is in the image directory, as for VM.save (VALUE_NOT_SUPPORTED otherwise); a damaged
+    or foreign file is INVALID_VALUE."""
+    source = image_path(ctx, path)
+    if not source.is_file():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "path", path, "no such file in the image directory")
     meta = await ctx.call_backend(ctx.backend.read_image, source)
     return await receive(ctx, meta, source, start_paused or meta.get("power_state") == "Paused")
 
 
-def _values_from_image(ctx, meta):
+def values_from_image(ctx, meta):
     """The checked create values of the VM an image carries (its uuid kept)."""
     record = record_from_image(meta)
     record.pop("uuid", None)
@@ -490,44 +510,58 @@ def _values_from_image(ctx, meta):
     return values
 
 
-def _define(ctx, values, meta):
+def define_vm(ctx, values, meta):
     obj = ctx.db.create("VM", values)
     _after_create(ctx, obj)
     resolve_dependencies(ctx, obj, meta)
     return obj
 
 
-def define_from_image(ctx, meta):
-    """Define (halted) the VM a saved image carries; returns its ref."""
-    return _define(ctx, _values_from_image(ctx, meta), meta).ref
-
-
 async def receive(ctx, meta, image, paused):
     """Find or define the VM an image belongs to, then restore its domain from the image. A VM
     unknown here is defined only once its domain runs, so a failed restore leaves nothing."""
     uuid = meta.get("uuid", "")
-    obj = ctx.db.by_uuid_index.get(("VM", uuid))
-    values = _values_from_image(ctx, meta) if obj is None else None
-    async with ctx.lock(obj.ref if obj else "VM/" + uuid):
+    known = ctx.db.by_uuid_index.get(("VM", uuid))
+    if known is None:
+        values_from_image(ctx, meta)  # refused now if it could not be defined
+    async with ctx.lock(known.ref if known else REF_PREFIX + uuid):
+        obj = ctx.db.by_uuid_index.get(("VM", uuid))  # again: it may have come or gone while we waited
+        if known is not None and obj is not known:
+            raise XenAPIError("HANDLE_INVALID", "VM", known.ref)
         config = None
         if obj is not None:
             require_state(obj, "Halted")
             config = domain_config(ctx, obj)
+        else:
+            values_from_image(ctx, meta)
         domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
+        if obj is None:  # a VM.create may have given that uuid meanwhile (it takes no lock)
+            obj = ctx.db.by_uuid_index.get(("VM", uuid))
         if obj is None:
-            obj = _define(ctx, values, meta)
+            try:  # checked again: a VM of that name may have been made while the domain came back
+                obj = define_vm(ctx, values_from_image(ctx, meta), meta)
+            except XenAPIError:
+                await ctx.call_backend(ctx.backend.shutdown, uuid, False)
+                raise
         apply_domain(ctx, obj, domain)
         return obj.ref
 
 
 # -- migration to another xend-ext server ------------------------------------------------
 
-def _destination(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "destination_url", url,
+def destination_of(url):
+    """(url without credentials, user, password) of an http(s) destination; VALUE_NOT_SUPPORTED
+    for anything else."""
+    refused = XenAPIError("VALUE_NOT_SUPPORTED", "destination_url", url,
                           "give http(s)://[user:password@]host:port/ of the other xend-ext server")
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refused from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in "\r\n\x00 "):
+        raise refused
+    netloc = parts.hostname + (f":{port}" if port else "")
     clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))
     return clean, urllib.parse.unquote(parts.username or "root"), urllib.parse.unquote(parts.password or "")
 
@@ -539,7 +573,7 @@ class _Refused(Exception):
     """The destination did not take the VM; the text says why, for VM_MIGRATE_FAILED."""
 
 
-class _Sender:
+class Sender:
     """The source side of the hand-over, run in a worker thread; abort() cuts it off."""
 
     def __init__(self, url: str, user: str, password: str) -> None:
@@ -562,9 +596,9 @@ class _Sender:
     def call(self, method, *args):
         try:
             reply = self.proxy.__getattr__(method)(*args)
-        except (OSError, xmlrpc.client.Error) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the destination does (not HTTP, not XML-RPC...)
             raise _Refused("the migration was cancelled" if self.aborted
-                           else f"cannot talk to the destination: {exc}") from None
+                           else f"cannot talk to the destination: {type(exc).__name__}: {exc}") from None
         if not isinstance(reply, dict) or reply.get("Status") != "Success":
             detail = reply.get("ErrorDescription", []) if isinstance(reply, dict) else [str(reply)]
             raise _Refused("the destination answered " + " ".join(map(str, detail)))
@@ -573,12 +607,15 @@ class _Sender:
     def send(self, meta, image_path, paused):
         session = self.call("session.login_with_password", self.user, self.password, "1.1", "xend-ext migrate")
         try:
-            image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
+            try:
+                image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
+            except OSError as exc:
+                raise _Refused(f"cannot read the image: {exc}") from None
             return self.call("VM.migrate_receive", session, meta, image, paused)
         finally:
             try:
-                self.proxy.session.logout(session)
-            except (OSError, xmlrpc.client.Error):
+                self.call("session.logout", session)
+            except _Refused:
                 pass
 
     def abort(self):
@@ -606,10 +643,15 @@ async def migrate(ctx, ref, destination_url, live):
 
 
 async def migrate_vm(ctx, ref, destination_url, live, depends_on_uuids=None):
-    """VM.migrate; a group migration passes the dependencies it saw before any member left."""
-    url, user, password = _destination(destination_url)
+    """VM.migrate; a group migration passes the dependencies it saw before any member left.
+
+    Every failure once the hand-over begins (the backend's pause or export, the destination down
+    or answering anything but Xen-API, the image unreadable) is VM_MIGRATE_FAILED [vm, source,
+    destination, reason], after the VM is put back as it was; a cancelled task is TASK_CANCELLED."""
+    url, user, password = destination_of(destination_url)
+    ctx.require(Capability.MIGRATE)  # a group migration calls this directly, past the dispatcher's check
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         not_control_domain(obj, "migrated")
         require_state(obj, "Running", "Paused")
         was_paused = obj.values["power_state"] == "Paused"
@@ -617,46 +659,92 @@ async def migrate_vm(ctx, ref, destination_url, live, depends_on_uuids=None):
         if depends_on_uuids is not None:
             meta["depends_on_uuids"] = json.dumps(depends_on_uuids)
         paused_here = False
-        if not live and not was_paused:
-            apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
-            paused_here = True
-        ctx.progress(0.1)
-        handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
-        os.close(handle)
-        image = Path(tmp)
+        image = None
         try:
+            if not live and not was_paused:
+                apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
+                paused_here = True
+            ctx.progress(0.1)
+            handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
+            os.close(handle)
+            image = Path(tmp)
             await ctx.call_backend(ctx.backend.export, obj.uuid, image, meta)
             ctx.progress(0.5)
-            await _hand_over(ctx, ref, _Sender(url, user, password), meta, image, was_paused)
-        except (XenAPIError, _Refused) as exc:
+            await _hand_over(ctx, ref, Sender(url, user, password), meta, image, was_paused)
+        except (XenAPIError, _Refused, OSError) as exc:
+            reason = " ".join(exc.description) if isinstance(exc, XenAPIError) else str(exc)
             if paused_here:
-                apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
-            if isinstance(exc, XenAPIError):
+                try:
+                    apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
+                except XenAPIError as again:
+                    reason += "; and it could not be unpaused here: " + " ".join(again.description)
+                    apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, obj.uuid))
+            if isinstance(exc, XenAPIError) and exc.code == "TASK_CANCELLED":
                 raise
-            source = ctx.db.first("host").values["name_label"]
-            raise XenAPIError("VM_MIGRATE_FAILED", ref, source, url, str(exc)) from None
+            raise _migrate_failed(ctx, ref, url, reason) from None
         finally:
-            image.unlink(missing_ok=True)
+            if image is not None:
+                image.unlink(missing_ok=True)
         ctx.progress(0.9)
-        await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
+        try:
+            await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
+        except XenAPIError as exc:  # it runs there now: say so, and keep what runs here on record
+            apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, obj.uuid))
+            raise _migrate_failed(ctx, ref, url, "the destination runs it, but its domain here could not be "
+                                  "stopped: " + " ".join(exc.description)) from None
         apply_domain(ctx, obj, None)
-        await _forget(ctx, obj)
+        try:
+            await _forget(ctx, obj)
+        except XenAPIError as exc:
+            raise _migrate_failed(ctx, ref, url, "the destination runs it, but it could not be forgotten here: "
+                                  + " ".join(exc.description)) from None
 
 
-async def _forget(ctx, obj):
-    """The VM is gone from this server (destroyed or migrated away): nothing may still name it."""
+def _migrate_failed(ctx, ref, url, reason):
+    host = ctx.db.first("host")
+    return XenAPIError("VM_MIGRATE_FAILED", ref, host.values["name_label"] if host else "", url, reason)
+
+
+async def _forget(ctx, obj, last=None):
+    """The VM is gone from this server (destroyed or migrated away): nothing may still name it.
+    Its scheduling domain and reservations let it go first, under their own locks as their
+    messages do, and the backend is told; then ``last(uuid)`` runs (the backend forgets its
+    definition); only then does the store forget the VM. If the backend refuses a step, the
+    memberships are put back (and told again) and the VM stays."""
+    if sdoms.domain_of(ctx.db, obj.ref) is None and not host_cpus.reserved_to(ctx, obj):
+        if last is not None:
+            await ctx.call_backend(last, obj.uuid)
+        _drop(ctx, obj)
+        return
+    async with ctx.lock(sdoms.LOCK), ctx.lock(host_cpus.LOCK):
+        undo_sd, undo_cpus = sdoms.forget_vm(ctx, obj), host_cpus.forget_vm(ctx, obj)
+        try:
+            await _tell(ctx, undo_sd, undo_cpus)
+            if last is not None:
+                await ctx.call_backend(last, obj.uuid)
+        except XenAPIError:
+            for undo in (undo_sd, undo_cpus):
+                if undo is not None:
+                    undo()
+            await _tell(ctx, undo_sd, undo_cpus)  # the backend may have taken the new set already
+            raise
+        _drop(ctx, obj)
+
+
+async def _tell(ctx, sched_domains, reservations):
+    if sched_domains is not None:
+        await sdoms.push(ctx)
+    if reservations is not None:
+        await host_cpus.push_occupancy(ctx)
+
+
+def _drop(ctx, obj):
     metrics = ctx.db.find(obj.values["metrics"])
     if metrics is not None:
         ctx.db.destroy(metrics)
-    released = sdoms.forget_vm(ctx, obj)
-    unreserved = host_cpus.forget_vm(ctx, obj)
     for other in ctx.db.find_by("VM", "depends_on", obj.ref):
         ctx.db.set_remove(other, "depends_on", obj.ref)
     ctx.db.destroy(obj)
-    if released:
-        await sdoms.push(ctx)
-    if unreserved:
-        await host_cpus.push_occupancy(ctx)
 
 
 async def _hand_over(ctx, ref, sender, meta, image, paused):
@@ -716,31 +804,32 @@ def set_groups(ctx, ref, value):
 
 # A scheduling domain's master's VCPUs_params are the whole domain's: its setters tell the backend.
 
-async def _after_params(ctx, ref):
+async def _params(ctx, ref, change):
+    """Change VCPUs_params with ``change()``; a master's goes to the backend, or back if refused."""
+    obj = ctx.current("VM", ref)
+    before = dict(obj.values["VCPUs_params"])
+    change()
     if sdoms.domain_of(ctx.db, ref) is not None:
-        await sdoms.push(ctx)
+        await sdoms.push_or_undo(ctx, lambda: ctx.db.find(ref) is obj and ctx.db.set(obj, "VCPUs_params", before))
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Map(T.String, T.String)), async_ok=False)
 async def set_VCPUs_params(ctx, ref, value):  # noqa: N802 - the wire name
     """Scheduler parameters at next start: weight, cap, cpumap<N>."""
-    generic_set(ctx, vm, ref, vm.fields["VCPUs_params"], value)
-    await _after_params(ctx, ref)
+    await _params(ctx, ref, lambda: generic_set(ctx, vm, ref, vm.fields["VCPUs_params"], value))
 
 
 @vm.message(("self", T.Ref("VM")), ("key", T.String), ("value", T.String), async_ok=False,
             errors=("MAP_DUPLICATE_KEY",))
 async def add_to_VCPUs_params(ctx, ref, key, value):  # noqa: N802 - the wire name
     """Add one scheduler parameter to the definition."""
-    generic_map_add(ctx, vm, ref, vm.fields["VCPUs_params"], key, value)
-    await _after_params(ctx, ref)
+    await _params(ctx, ref, lambda: generic_map_add(ctx, vm, ref, vm.fields["VCPUs_params"], key, value))
 
 
 @vm.message(("self", T.Ref("VM")), ("key", T.String), async_ok=False)
 async def remove_from_VCPUs_params(ctx, ref, key):  # noqa: N802 - the wire name
     """Remove one scheduler parameter from the definition."""
-    generic_map_remove(ctx, vm, ref, vm.fields["VCPUs_params"], key)
-    await _after_params(ctx, ref)
+    await _params(ctx, ref, lambda: generic_map_remove(ctx, vm, ref, vm.fields["VCPUs_params"], key))
 
 
 # -- allocation changes: dynamic (running domain only), static (definition only), perm (both) --
@@ -759,7 +848,7 @@ async def _allocate(ctx, ref, mode, stored, live, capability):
     static changes (and perm on a halted VM), which only touch the definition.
     """
     async with ctx.lock(ref):
-        obj = current(ctx, ref)
+        obj = ctx.current("VM", ref)
         stored = stored(obj)
         running = obj.values["power_state"] in LIVE_STATES
         _needs(ctx, obj, mode, capability)  # again, under the lock: the VM may have started meanwhile
@@ -767,17 +856,38 @@ async def _allocate(ctx, ref, mode, stored, live, capability):
             raise XenAPIError("VM_BAD_POWER_STATE", ref, "running", obj.values["power_state"].lower())
         if mode != "dynamic":
             check_definition(ctx, {**obj.values, **stored})
+        old = {name: obj.values[name] for name in stored}
+        master = sdoms.domain_of(ctx.db, obj.ref) is not None  # a master's weight and cap cover its members
+        if mode != "dynamic":
+            await _redefine(ctx, obj, stored, old, master)
         domain = None
         if mode != "static" and running:
-            domain = await ctx.call_backend(live, obj.uuid)
-        if mode != "dynamic":
-            for name, value in stored.items():
-                ctx.db.set(obj, name, value)
-            await ctx.call_backend(ctx.backend.define, domain_config(ctx, obj))
-        if domain is not None:
+            try:
+                domain = await ctx.call_backend(live, obj.uuid)
+            except XenAPIError:
+                if mode != "dynamic":  # perm: the definition goes back too, nothing half done
+                    await _redefine(ctx, obj, old, stored, master)
+                raise
             apply_domain(ctx, obj, domain)
-        if sdoms.domain_of(ctx.db, obj.ref) is not None:  # a master's weight and cap cover its members
-            await sdoms.push(ctx)
+
+
+async def _redefine(ctx, obj, values, previous, master):
+    """Store definition ``values`` and tell the backend (its kept definition; the scheduling domains
+    when the VM is in one). If it refuses, ``previous`` is stored and told again, then the error
+    raised: the store and the backend keep agreeing."""
+    try:
+        await _define(ctx, obj, values, master)
+    except XenAPIError:
+        await _define(ctx, obj, previous, master)
+        raise
+
+
+async def _define(ctx, obj, values, master):
+    for name, value in values.items():
+        ctx.db.set(obj, name, value)
+    await ctx.call_backend(ctx.backend.define, domain_config(ctx, obj))
+    if master:
+        await sdoms.push(ctx)
 
 
 ALLOCATION = dict(role=VM_OPERATOR, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "NOT_IMPLEMENTED"))
@@ -794,7 +904,7 @@ def _needs(ctx, obj, mode, capability):
             **ALLOCATION)
 async def set_memory(ctx, ref, value, mode):
     """Memory in bytes (xm mem-set)."""
-    _needs(ctx, ctx.db.get(ref), mode, Capability.MEMORY_LIVE)
+    _needs(ctx, ctx.current("VM", ref), mode, Capability.MEMORY_LIVE)
     _at_least_one("memory", value)
 
     def stored(obj):
@@ -813,7 +923,7 @@ async def set_memory(ctx, ref, value, mode):
             **ALLOCATION)
 async def set_memory_max(ctx, ref, value, mode):
     """The most memory the domain may have, in bytes (xm mem-max)."""
-    _needs(ctx, ctx.db.get(ref), mode, Capability.MEMORY_MAX_LIVE)
+    _needs(ctx, ctx.current("VM", ref), mode, Capability.MEMORY_MAX_LIVE)
     _at_least_one("memory_max", value)
     await _allocate(ctx, ref, mode, lambda obj: {"memory_static_max": value},
                     lambda uuid: ctx.backend.set_memory_max(uuid, value), Capability.MEMORY_MAX_LIVE)
@@ -823,7 +933,7 @@ async def set_memory_max(ctx, ref, value, mode):
             **ALLOCATION)
 async def set_VCPUs(ctx, ref, value, mode):  # noqa: N802 - the wire name
     """vCPUs online (xm vcpu-set)."""
-    _needs(ctx, ctx.db.get(ref), mode, Capability.VCPUS_LIVE)
+    _needs(ctx, ctx.current("VM", ref), mode, Capability.VCPUS_LIVE)
     _at_least_one("VCPUs", value)
     await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_at_startup": value},
                     lambda uuid: ctx.backend.set_vcpus(uuid, value), Capability.VCPUS_LIVE)
@@ -846,7 +956,7 @@ def _live_sched(ctx, ref, weight=None, cap=None):
             **ALLOCATION)
 async def set_sched_weight(ctx, ref, value, mode):
     """Credit scheduler weight, 1..65535 (xm sched-credit -w)."""
-    _needs(ctx, ctx.db.get(ref), mode, Capability.SCHED_CREDIT)
+    _needs(ctx, ctx.current("VM", ref), mode, Capability.SCHED_CREDIT)
     if not 1 <= value <= 65535:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "weight", value, "weight is 1..65535")
     await _allocate(ctx, ref, mode, lambda obj: {"VCPUs_params": {**obj.values["VCPUs_params"], "weight": str(value)}},
@@ -857,8 +967,8 @@ async def set_sched_weight(ctx, ref, value, mode):
             **ALLOCATION)
 async def set_sched_cap(ctx, ref, value, mode):
     """Credit scheduler cap in % of one pCPU, 0 (none)..100 x vCPUs (xm sched-credit -c)."""
-    _needs(ctx, ctx.db.get(ref), mode, Capability.SCHED_CREDIT)
-    obj = ctx.db.get(ref)
+    obj = ctx.current("VM", ref)
+    _needs(ctx, obj, mode, Capability.SCHED_CREDIT)
     vcpus = obj.values["VCPUs_max"]
     if not 0 <= value <= 100 * vcpus:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cap", value, f"cap is 0..{100 * vcpus} for {vcpus} vCPUs")
@@ -870,8 +980,8 @@ async def set_sched_cap(ctx, ref, value, mode):
             **ALLOCATION)
 async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
     """Restrict a vCPU to some pCPUs: "2,3", "0-3,^1" or "all" (xm vcpu-pin)."""
-    _needs(ctx, ctx.db.get(ref), mode, Capability.PIN)
-    obj = ctx.db.get(ref)
+    obj = ctx.current("VM", ref)
+    _needs(ctx, obj, mode, Capability.PIN)
     if not 0 <= vcpu < obj.values["VCPUs_max"]:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "vcpu", vcpu, f"the VM has vCPUs 0..{obj.values['VCPUs_max'] - 1}")
     ncpus = len(ctx.backend.host_info().cpus)

@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import os
-from pathlib import Path
+import uuid as uuid_module
 
 from xend_ext import sxp
 from xend_ext import types as T
@@ -224,6 +224,9 @@ async def _wait_for_dependencies(ctx, vm, done, paused):
             continue
         if dep_ref in done:
             await done[dep_ref].wait()
+            dep = ctx.db.find(dep_ref)
+            if dep is None:
+                continue
         if dep.values["power_state"] not in satisfied:
             raise XenAPIError("OPERATION_NOT_ALLOWED",
                               f"{vm.values['name_label']} depends on {dep.values['name_label']}, which is not running")
@@ -233,6 +236,7 @@ async def run_group(ctx, group, operation, step, inverse_step=None, paused=False
     """Run ``step(vm)`` over the group's members in order; see the module docstring. One group
     operation at a time per group."""
     async with ctx.lock(group.ref):
+        group = ctx.current("VM_group", group.ref)  # it may have been destroyed while we waited
         return await _run_group(ctx, group, operation, step, inverse_step, paused)
 
 
@@ -318,7 +322,7 @@ def _declare(operation, extra=(), doc=""):
     message = OPERATIONS[operation][0]
 
     async def body(ctx, ref, *args):
-        group = ctx.db.get(ref)
+        group = ctx.current("VM_group", ref)
         await run_group(ctx, group, operation, _vm_step(ctx, message, *args),
                         lambda vm, inverse: _inverse(ctx, vm, inverse), paused=bool(args and args[0] is True))
 
@@ -338,25 +342,36 @@ _declare("suspend", (), "Suspend the members in descending order.")
 _declare("resume", (("start_paused", T.Bool, False),), "Resume the members in ascending order.")
 
 
-@vm_group.message(("self", T.Ref("VM_group")), ("directory", T.String), role=POOL_ADMIN,
-                  errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
-async def save(ctx, ref, directory):
-    """Save every member to <directory>/<uuid>.img (descending order) with a manifest of the group."""
-    folder = Path(directory)
-    if not folder.is_absolute() or not folder.is_dir():
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, "give an existing absolute directory")
-    group = ctx.db.get(ref)
+@vm_group.message(("self", T.Ref("VM_group")), ("directory", T.String), ("overwrite", T.Bool, False),
+                  role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
+async def save(ctx, ref, directory, overwrite):
+    """Save every member to <directory>/<uuid>.img (descending order) with a manifest of the group.
+    ``directory`` is in the image directory, as for VM.save (made if missing); a manifest or an
+    image already there is VALUE_NOT_SUPPORTED unless ``overwrite`` is true."""
+    from xenapi_classes import vm as vm_module
+
+    folder = vm_module.image_path(ctx, directory, "directory")
+    if folder.exists() and not folder.is_dir():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, "not a directory")
+    group = ctx.current("VM_group", ref)
     members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
+    saved = [m for m in members if m.values["power_state"] in ("Running", "Paused")]
+    if not overwrite:
+        for name in (MANIFEST, *(f"{m.uuid}.img" for m in saved)):
+            if os.path.lexists(folder / name):
+                raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory,
+                                  f"{name} exists; pass overwrite=true to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
     manifest = ["vm_group", ["uuid", group.uuid], ["name_label", group.values["name_label"]],
                 ["name_description", group.values["name_description"]], ["placement", group.values["placement"]],
                 ["other_config", json.dumps(group.values["other_config"])],
-                *[["member", ["uuid", m.uuid], ["order", str(m.values["order"])]] for m in members
-                  if m.values["power_state"] in ("Running", "Paused")]]
+                *[["member", ["uuid", m.uuid], ["order", str(m.values["order"])]] for m in saved]]
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(sxp.dumps(manifest) + "\n", encoding="utf-8")
     os.replace(tmp, folder / MANIFEST)
+
     async def step(vm):
-        await _vm_step(ctx, "save", str(folder / f"{vm.uuid}.img"))(vm)
+        await _vm_step(ctx, "save", str(folder / f"{vm.uuid}.img"), overwrite)(vm)
 
     await run_group(ctx, group, "save", step)
 
@@ -364,44 +379,47 @@ async def save(ctx, ref, directory):
 @vm_group.message(("directory", T.String), ("start_paused", T.Bool, False), result=T.Ref("VM_group"),
                   role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
 async def restore(ctx, directory, start_paused):
-    """Bring back a group saved with VM_group.save (here or on another server), ascending order."""
+    """Bring back a group saved with VM_group.save (here or on another server), ascending order.
+    ``directory`` is in the image directory, as for VM_group.save."""
     from xenapi_classes import vm as vm_module
 
-    folder = Path(directory)
-    if not folder.is_absolute():
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, "give an absolute directory on the host")
+    folder = vm_module.image_path(ctx, directory, "directory")
     try:
         manifest = sxp.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, sxp.SxpError) as exc:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, f"no readable {MANIFEST}: {exc}") from None
+    images = {}
+    for m in manifest[1:]:
+        if isinstance(m, list) and m and m[0] == "member":
+            member = str(sxp.child_value(m, "uuid"))
+            if not _is_uuid(member):  # the image name comes from the file: it must stay in the directory
+                raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, f"{MANIFEST} names a bad uuid")
+            images[member] = folder / f"{member}.img"
+    for image in images.values():
+        if not image.is_file():
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, f"{image.name} is missing")
+    metas = {member: await ctx.call_backend(ctx.backend.read_image, image) for member, image in images.items()}
+    # nothing waits from here to the group operation: what is checked holds while the store changes
     uuid = sxp.child_value(manifest, "uuid")
     group = ctx.db.by_uuid_index.get(("VM_group", uuid))
+    name = sxp.child_value(manifest, "name_label")
+    if group is None and named(ctx, name) is not None:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", name, "another group here has this name")
+    # a member not defined here is defined (halted) from its image, so the group can order it
+    unknown = {member: vm_module.values_from_image(ctx, meta) for member, meta in metas.items()
+               if ctx.db.by_uuid_index.get(("VM", member)) is None}
     if group is None:
-        name = sxp.child_value(manifest, "name_label")
-        if named(ctx, name) is not None:
-            raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", name, "another group here has this name")
         group = ctx.db.create("VM_group", {
             "uuid": uuid, "name_label": name, "group_id": _next_id(ctx),
             "name_description": sxp.child_value(manifest, "name_description", "") or "",
             "placement": sxp.child_value(manifest, "placement", "normal"),
             "other_config": json.loads(sxp.child_value(manifest, "other_config", "{}") or "{}")})
-    images = {sxp.child_value(m, "uuid"): folder / f"{sxp.child_value(m, 'uuid')}.img"
-              for m in manifest[1:] if isinstance(m, list) and m[0] == "member"}
-    for image in images.values():
-        if not image.is_file():
-            raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, f"{image.name} is missing")
-    # a member not defined here is defined (halted) from its image, so the group can order it
-    for uuid_, image in images.items():
-        vm = ctx.db.by_uuid_index.get(("VM", uuid_))
-        if vm is None:
-            meta = await ctx.call_backend(ctx.backend.read_image, image)
-            vm = ctx.db.get(vm_module.define_from_image(ctx, meta))
+    for member, meta in metas.items():
+        vm = ctx.db.by_uuid_index.get(("VM", member)) or vm_module.define_vm(ctx, unknown[member], meta)
         if vm.values["power_state"] == "Halted":
             join(ctx, vm, group)
-
-    for uuid_, image in images.items():  # every member is defined now: dependencies can be named
-        meta = await ctx.call_backend(ctx.backend.read_image, image)
-        vm_module.resolve_dependencies(ctx, ctx.db.by_uuid_index[("VM", uuid_)], meta)
+    for member, meta in metas.items():  # every member is defined now: dependencies can be named
+        vm_module.resolve_dependencies(ctx, ctx.db.by_uuid_index[("VM", member)], meta)
 
     async def step(vm):
         if vm.uuid in images and vm.values["power_state"] == "Halted":
@@ -413,12 +431,14 @@ async def restore(ctx, directory, start_paused):
 
 
 @vm_group.message(("self", T.Ref("VM_group")), ("destination_url", T.String), ("live", T.Bool, False),
-                  role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED",))
+                  role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
 async def migrate(ctx, ref, destination_url, live):
-    """Migrate every member (ascending order), then gather them in a group of the same name there."""
+    """Migrate every member (ascending order), then gather them in a group of the same name there.
+    A member that fails (VM_MIGRATE_FAILED) stops the operation: OPERATION_PARTIALLY_FAILED."""
     from xenapi_classes import vm as vm_module
 
-    group = ctx.db.get(ref)
+    vm_module.destination_of(destination_url)  # a bad URL is refused before any member moves
+    group = ctx.current("VM_group", ref)
     record = {"name_label": group.values["name_label"], "name_description": group.values["name_description"],
               "placement": group.values["placement"]}
     moved = []
@@ -442,10 +462,10 @@ async def migrate(ctx, ref, destination_url, live):
 
 def _regroup_remote(destination_url, record, uuids):
     """On the destination, gather the migrated VMs in a group of the same name (made if missing)."""
-    from xenapi_classes.vm import _destination, _Refused, _Sender
+    from xenapi_classes.vm import Sender, destination_of
 
-    url, user, password = _destination(destination_url)
-    sender = _Sender(url, user, password)
+    url, user, password = destination_of(destination_url)
+    sender = Sender(url, user, password)
     try:
         session = sender.call("session.login_with_password", user, password, "1.1", "xend-ext group migrate")
         found = sender.call("VM_group.get_by_name_label", session, record["name_label"])
@@ -453,8 +473,15 @@ def _regroup_remote(destination_url, record, uuids):
         for uuid in uuids:
             sender.call("VM_group.add_VM", session, group, sender.call("VM.get_by_uuid", session, uuid))
         sender.call("session.logout", session)
-    except _Refused as exc:  # the VMs did move; only their grouping there failed
+    except Exception as exc:  # noqa: BLE001 - the VMs did move; only their grouping there failed
         log.warning("group migrate: the VMs moved but could not be grouped on %s: %s", url, exc)
+
+
+def _is_uuid(text):
+    try:
+        return str(uuid_module.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def reconcile(ctx):

@@ -133,6 +133,9 @@ class XenAPIClass:
         self.on_create: Callable[[Context, dict], None] | None = None
         self.after_create: Callable[[Context, Obj], None] | None = None
         self.on_destroy: Callable[[Context, Obj], None] | None = None
+        # who may change an object through the generic setters and destroy (default: the role
+        # check alone); raises RBAC_PERMISSION_DENIED to refuse
+        self.changeable: Callable[[Context, Obj, str], None] | None = None
         self._custom: dict[str, Message] = {}
 
     # -- declaration helpers -------------------------------------------------------------
@@ -270,14 +273,21 @@ def _validate(ctx: Context, f: Field, obj: Obj | None, value: Any) -> None:
         f.validate(ctx, obj, value)
 
 
-def generic_set(ctx: Context, cls: XenAPIClass, ref: str, f: Field, value: Any) -> None:
+def _to_change(ctx: Context, cls: XenAPIClass, ref: str, message: str) -> Obj:
     obj = ctx.db.get(ref)
+    if cls.changeable is not None:
+        cls.changeable(ctx, obj, message)
+    return obj
+
+
+def generic_set(ctx: Context, cls: XenAPIClass, ref: str, f: Field, value: Any) -> None:
+    obj = _to_change(ctx, cls, ref, f"set_{f.name}")
     _validate(ctx, f, obj, value)
     ctx.db.set(obj, f.name, value)
 
 
 def generic_map_add(ctx: Context, cls: XenAPIClass, ref: str, f: Field, key: Any, value: Any) -> None:
-    obj = ctx.db.get(ref)
+    obj = _to_change(ctx, cls, ref, f"add_to_{f.name}")
     if key in obj.values[f.name]:
         raise XenAPIError("MAP_DUPLICATE_KEY", cls.name, f.name, ref, key)
     if f.validate is not None:
@@ -286,7 +296,7 @@ def generic_map_add(ctx: Context, cls: XenAPIClass, ref: str, f: Field, key: Any
 
 
 def generic_map_remove(ctx: Context, cls: XenAPIClass, ref: str, f: Field, key: Any) -> None:
-    obj = ctx.db.get(ref)
+    obj = _to_change(ctx, cls, ref, f"remove_from_{f.name}")
     if key not in obj.values[f.name]:
         return
     if f.validate is not None:
@@ -295,7 +305,7 @@ def generic_map_remove(ctx: Context, cls: XenAPIClass, ref: str, f: Field, key: 
 
 
 def generic_set_add(ctx: Context, cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
-    obj = ctx.db.get(ref)
+    obj = _to_change(ctx, cls, ref, f"add_{f.name}")
     if item in obj.values[f.name]:
         return
     _validate(ctx, f, obj, [*obj.values[f.name], item])
@@ -303,7 +313,7 @@ def generic_set_add(ctx: Context, cls: XenAPIClass, ref: str, f: Field, item: An
 
 
 def generic_set_remove(ctx: Context, cls: XenAPIClass, ref: str, f: Field, item: Any) -> None:
-    obj = ctx.db.get(ref)
+    obj = _to_change(ctx, cls, ref, f"remove_{f.name}")
     if item not in obj.values[f.name]:
         return
     _validate(ctx, f, obj, [v for v in obj.values[f.name] if v != item])
@@ -341,7 +351,7 @@ def generic_create(ctx: Context, cls: XenAPIClass, record: Any) -> str:
 
 
 def generic_destroy(ctx: Context, cls: XenAPIClass, ref: str) -> None:
-    obj = ctx.db.get(ref)
+    obj = _to_change(ctx, cls, ref, "destroy")
     if cls.on_destroy is not None:
         cls.on_destroy(ctx, obj)
     ctx.db.destroy(obj)

@@ -63,6 +63,14 @@ class Context:
         """The lock that keeps operations on one object in order while they wait on the backend."""
         return self.services.lock(ref)
 
+    def current(self, cname: str, ref: str) -> Obj:
+        """The object ``ref`` now, after a wait (its lock, the backend, or the time between the
+        dispatcher's check and an async body): HANDLE_INVALID if it was destroyed meanwhile."""
+        obj = self.db.find(ref)
+        if obj is None or obj.cls.name != cname:
+            raise XenAPIError("HANDLE_INVALID", cname, ref)
+        return obj
+
     def require(self, capability: str) -> None:
         if capability not in self.backend.capabilities:
             raise XenAPIError("NOT_IMPLEMENTED", capability)

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a client may take to send one request (default 30)")
     serve.add_argument("--event-queue", type=int, default=10_000,
                        help="events queued per event.register session before EVENTS_LOST (default 10000)")
+    serve.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
+                       help="where VM.save, VM.restore and group save/restore read and write image files; "
+                            "paths outside it are refused (default <state dir>/images)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
     pw = sub.add_parser("passwd", help="add a user or change a password or role (auth 'file')")
@@ -102,7 +105,8 @@ def _config(args: argparse.Namespace):
                   libvirt_uri=args.libvirt_uri, xl_path=args.xl_path, xl_poll=args.xl_poll,
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                  max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue)
+                  max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
+                  image_dir=(args.image_dir or state_dir / "images").absolute())
 
 
 async def _serve(config) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import inspect
 import logging
 import os
@@ -58,6 +59,7 @@ class Config:
     read_timeout: float = 30.0
     event_queue: int = 10_000
     compact_min_bytes: int = 4 << 20
+    image_dir: Path | None = None  # VM.save/restore files live here (None: <state dir>/images)
 
 
 def make_backend(config: Config):
@@ -77,6 +79,16 @@ def make_backend(config: Config):
 
         return XlBackend(config.xl_path, config.state_dir, poll=config.xl_poll)
     raise ValueError(f"unknown backend {config.backend!r} (this build has: sim, libvirt, xl)")
+
+
+def wrap_for_tests(backend):
+    """Tests only: ``XEND_EXT_TEST_BACKEND_WRAPPER=module:callable`` wraps the backend in a named
+    stand-in that injects faults (tests/faultbackend.py). Unset in any real deployment."""
+    hook = os.environ.get("XEND_EXT_TEST_BACKEND_WRAPPER")
+    if not hook:
+        return backend
+    module, _, name = hook.partition(":")
+    return getattr(importlib.import_module(module), name)(backend)
 
 
 class Server:
@@ -111,7 +123,7 @@ class Server:
             self.hub.durable_seq = seq
             self.hub.bind(self.db)
             self.store.set_capture(lambda: (self.db.capture(), self.db.last_seq))
-            self.backend = make_backend(self.config)
+            self.backend = wrap_for_tests(make_backend(self.config))
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()

@@ -9,9 +9,9 @@
 # first, then shop-web (order 1). The domain IDs show that order: a domain gets the next free ID
 # when it starts. `xm grp-save` then saves both (in descending order) to a directory and halts
 # them; `xm grp-restore` brings the group back, in ascending order again. The directory is a path
-# on the server host: this script makes it with mktemp, so run it on the server's host (the
-# directory must also be writable by the server). Everything it makes is removed at the end, also
-# when a step fails. XM (default xm) and PYTHON (default python3) say which programs to run; on a
+# in the server's image directory (xend-ext serve --image-dir, default <state dir>/images): this
+# script names it shop-<pid> there and lists it through IMAGES (default ./var/state/images), so run
+# it on the server's host. Everything it makes is removed at the end, also when a step fails. XM (default xm) and PYTHON (default python3) say which programs to run; on a
 # real Xen host (--backend xl) set KERNEL to a PV guest kernel the domains can boot.
 set -eu
 
@@ -19,7 +19,8 @@ URL=${1:?usage: shop.sh SERVER-URL}
 XM=${XM:-xm}
 PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
-SAVED=$(mktemp -d)
+IMAGES=${IMAGES:-./var/state/images}
+SAVED=shop-$$
 CONFIGS=$HERE
 if [ -n "${KERNEL:-}" ]; then  # the configs with the kernel added, beside the saved images
     CONFIGS=$(mktemp -d)
@@ -40,7 +41,7 @@ cleanup() {
         xm destroy "$vm" 2>/dev/null
         xm delete "$vm" 2>/dev/null
     done
-    rm -rf "$SAVED"
+    rm -rf "${IMAGES:?}/$SAVED"
     [ "$CONFIGS" = "$HERE" ] || rm -rf "$CONFIGS"
 }
 trap cleanup EXIT
@@ -67,7 +68,7 @@ xm grp-list -l shop
 step "xm grp-save shop: both saved to a directory on the server host, in descending order"
 xm grp-save shop "$SAVED"
 # (on Xen, xl's images have their VM records beside them: *.img.xend-ext.json)
-ls "$SAVED" | grep -v '\.xend-ext\.json$' | sed 's/^[0-9a-f-]*\.img$/<uuid>.img/' | sort
+ls "$IMAGES/$SAVED" | grep -v '\.xend-ext\.json$' | sed 's/^[0-9a-f-]*\.img$/<uuid>.img/' | sort
 xm grp-list shop
 
 step "xm grp-restore: the group back, in ascending order"

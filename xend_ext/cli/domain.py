@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 
 from .. import cpuset
@@ -249,23 +248,24 @@ def resume(client: Client, args) -> int:
 
 
 def save(client: Client, args) -> int:
-    """Save a domain to FILE on the server host and halt it; 'xm restore FILE' brings it back.
+    """Save a domain to FILE in the server's image directory and halt it; 'xm restore FILE' brings
+    it back.
 
-    FILE is a path on the server host; a relative one is made absolute from this directory.
+    FILE is relative to the server's image directory (xend-ext serve --image-dir), or absolute
+    inside it. An existing file is replaced only with -f.
     """
     d = find(client, args.domain, with_metrics=False)
-    path = os.path.abspath(args.file)
-    tasks.run(client, "VM.save", d.ref, path, label="saving")
-    print(f"Domain '{d.name}' saved to {path} on the server host.")
+    path = args.file
+    tasks.run(client, "VM.save", d.ref, path, bool(args.force), label="saving")
+    print(f"Domain '{d.name}' saved to {path} in the server's image directory.")
     return 0
 
 
 def restore(client: Client, args) -> int:
-    """Restore a domain from FILE on the server host (written by 'xm save'), paused with -p.
-
-    FILE is a path on the server host; a relative one is made absolute from this directory.
+    """Restore a domain from FILE in the server's image directory (written by 'xm save'), paused
+    with -p. FILE is relative to the image directory, or absolute inside it.
     """
-    path = os.path.abspath(args.file)
+    path = args.file
     _, ref = tasks.run(client, "VM.restore", path, bool(args.paused), label="restoring")
     if isinstance(ref, str) and ref.startswith("OpaqueRef:"):
         record = client.call("VM.get_record", ref)
@@ -315,8 +315,9 @@ COMMANDS = {
     "unpause": (unpause, [DOMAIN]),
     "suspend": (suspend, [DOMAIN]),
     "resume": (resume, [DOMAIN, PAUSED]),
-    "save": (save, [DOMAIN, arg("file", metavar="FILE", help="path on the server host")]),
-    "restore": (restore, [arg("file", metavar="FILE", help="path on the server host"), PAUSED]),
+    "save": (save, [DOMAIN, arg("file", metavar="FILE", help="path in the server's image directory"),
+                    arg("-f", "--force", action="store_true", help="replace an existing file")]),
+    "restore": (restore, [arg("file", metavar="FILE", help="path in the server's image directory"), PAUSED]),
     "migrate": (migrate, [DOMAIN, arg("destination", metavar="URL", help="http(s)://[user:password@]host:port/ of the "
                                                                   "other xend-ext server"),
                           arg("-l", "--live", action="store_true", help="keep it running while it is copied")]),

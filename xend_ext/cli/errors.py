@@ -110,6 +110,7 @@ def _invalid_value(params: list[str], ctx: Context) -> str:
 
 def _value_not_supported(params: list[str], ctx: Context) -> str:
     what, value, reason = (params + ["", "", ""])[:3]
+    reason = reason.replace("pass overwrite=true to replace it", "give -f to replace it")
     if what == "path":
         return f"the path '{value}' cannot be used on the server host: {reason}"
     if ctx.command in ALLOC_COMMANDS:
@@ -344,6 +345,8 @@ def _group_refused(reason: str, ctx: Context) -> str:
 
 def _group_value_refused(what: str, value: str, reason: str, ctx: Context) -> str:
     if what == "directory":
+        if "image directory" in reason or "replace it" in reason:
+            return f"the directory '{value}' cannot be used on the server host: {reason}"
         if reason.startswith("no readable") or reason.endswith("is missing"):
             return f"'{value}' on the server host holds no complete group saved by 'xm grp-save' ({reason})"
         return (f"the directory '{value}' cannot be used: it must be an existing directory on the server host "

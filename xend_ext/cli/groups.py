@@ -16,7 +16,6 @@ xm command takes it (name, uuid or domain ID).
 
 from __future__ import annotations
 
-import os
 import shlex
 import urllib.parse
 
@@ -465,27 +464,29 @@ def reboot(client: Client, args) -> int:
 
 
 def save(client: Client, args) -> int:
-    """Save a group's running members (descending order) to DIR on the server host; they halt.
+    """Save a group's running members (descending order) to DIR in the server's image directory;
+    they halt.
 
-    DIR must exist on the server host; a relative path is made absolute from this directory, as
-    'xm save' does. It receives one image per member and group.sxp; 'xm grp-restore DIR' brings
-    the group back, here or on another server that can read DIR.
+    DIR is relative to the server's image directory (xend-ext serve --image-dir), or absolute
+    inside it; the server makes it if missing. It receives one image per member and group.sxp
+    (replaced only with -f); 'xm grp-restore DIR' brings the group back, here or on another server
+    that can read DIR.
     """
     ref, record = find_group(client, args.group)
-    path = os.path.abspath(args.directory)
-    operate(client, args.command, "save", ref, record, path,
-            title=f"Group '{record['name_label']}' saved to {path} on the server host:")
+    path = args.directory
+    operate(client, args.command, "save", ref, record, path, bool(args.force),
+            title=f"Group '{record['name_label']}' saved to {path} in the server's image directory:")
     return 0
 
 
 def restore(client: Client, args) -> int:
-    """Restore a group saved with 'xm grp-save' from DIR on the server host (ascending order).
+    """Restore a group saved with 'xm grp-save' from DIR in the server's image directory
+    (ascending order).
 
     The group is made again if this server does not have it, and members this server does not
-    know are defined from their images. DIR is made absolute from this directory. -p leaves the
-    members paused.
+    know are defined from their images. -p leaves the members paused.
     """
-    path = os.path.abspath(args.directory)
+    path = args.directory
     op = OPS["restore"]
     result, failed = run_task(client, "VM_group.restore", path, bool(args.paused), label="restoring group")
     if failed:
@@ -519,7 +520,7 @@ def migrate(client: Client, args) -> int:
 
 GROUP = arg("group", metavar="GRP", help="group name, uuid or group ID")
 PAUSED = arg("-p", "--paused", action="store_true", help="leave the members paused")
-DIRECTORY = arg("directory", metavar="DIR", help="directory on the server host")
+DIRECTORY = arg("directory", metavar="DIR", help="directory in the server's image directory")
 
 COMMANDS = {
     "grp-create": (create, [
@@ -558,7 +559,8 @@ COMMANDS = {
                                        "them back)."), [GROUP]),
     "grp-resume": (_simple("resume", "Resume a group's suspended members, in ascending order (paused with -p).",
                            paused=True), [GROUP, PAUSED]),
-    "grp-save": (save, [GROUP, DIRECTORY]),
+    "grp-save": (save, [GROUP, DIRECTORY, arg("-f", "--force", action="store_true",
+                                               help="replace the files of an earlier save")]),
     "grp-restore": (restore, [DIRECTORY, PAUSED]),
     "grp-join": (join, [arg("domain", metavar="DOMAIN", help="name, uuid or (running) domain id"), GROUP]),
     "grp-migrate": (migrate, [GROUP, arg("destination", metavar="URL", help="http(s)://[user:password@]host:port/ "
