@@ -45,12 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model a reboot of the simulated host before starting")
     serve.add_argument("--auth", choices=["none", "file"], default="none",
                        help="none: anyone is pool-admin; file: users of the password file")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow --auth none on a listener that is not loopback (warned at every start)")
     serve.add_argument("--passwd-file", type=Path, help="password file (default <state dir>/passwd)")
     serve.add_argument("--tls-cert", type=Path, help="certificate (PEM): TCP listeners serve HTTPS")
     serve.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
     serve.add_argument("--max-body", type=int, default=16 << 20, help="largest request body in bytes")
     serve.add_argument("--read-timeout", type=float, default=30.0,
-                       help="seconds a client may take to send one request (default 30)")
+                       help="seconds a client may take to send one request, or to take a reply it "
+                       "stopped reading (default 30)")
+    serve.add_argument("--first-byte-timeout", type=float, default=10.0, metavar="S",
+                       help="seconds a new connection may wait before its first request starts (default 10)")
+    serve.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
+                       help="seconds a keep-alive connection may stay idle between requests (default 300)")
+    serve.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                       help="connections per TCP listener (default 1000)")
+    serve.add_argument("--max-per-peer", type=int, default=100, metavar="N",
+                       help="connections per TCP listener from one address, an IPv6 /64 (default 100)")
+    serve.add_argument("--unix-connections", type=int, default=64, metavar="N",
+                       help="connections on the Unix socket, counted apart from TCP (default 64)")
+    serve.add_argument("--max-pipelined", type=int, default=32, metavar="N",
+                       help="requests a connection may have waiting for their answer (default 32)")
     serve.add_argument("--event-queue", type=int, default=10_000,
                        help="events queued per event.register session before EVENTS_LOST (default 10000)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -96,13 +111,20 @@ def _config(args: argparse.Namespace):
         unix = None
     else:
         unix = Path(args.unix).absolute() if args.unix else state_dir / "xen-api.sock"
+    for limit in ("max_connections", "max_per_peer", "unix_connections", "max_pipelined"):
+        if getattr(args, limit) < 1:
+            raise ValueError(f"--{limit.replace('_', '-')} must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
                   libvirt_uri=args.libvirt_uri, xl_path=args.xl_path, xl_poll=args.xl_poll,
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                  max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue)
+                  max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
+                  first_byte_timeout=args.first_byte_timeout, idle_timeout=args.idle_timeout,
+                  max_connections=args.max_connections, max_per_peer=args.max_per_peer,
+                  unix_connections=args.unix_connections, max_pipelined=args.max_pipelined,
+                  insecure_no_auth=args.insecure_no_auth)
 
 
 async def _serve(config) -> int:
