@@ -34,6 +34,9 @@ from .store import Store
 log = logging.getLogger("xend_ext")
 
 PARSE_IN_THREAD = 256 << 10  # bodies larger than this are parsed off the loop
+# Connections the kernel queues before we accept them: with asyncio's 100, a burst of connects
+# overflowed it and a newcomer's SYN waited a second for its retransmission.
+BACKLOG = 1024
 Response = tuple[int, str, bytes]
 
 
@@ -182,7 +185,7 @@ class Server:
         scheme = "https" if tls else "http"
         for host, port in self.config.listen:
             factory = self._gate(f"{host}:{port}", tcp_limit, config.max_per_peer)
-            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True)
+            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True, backlog=BACKLOG)
             self.listeners.append(srv)
             bound = srv.sockets[0].getsockname()
             address = f"{scheme}://{_hostport(bound[0], bound[1])}/"
@@ -191,7 +194,8 @@ class Server:
         if self.config.unix is not None:
             path = self.config.unix
             _remove_stale_socket(path)
-            srv = await loop.create_unix_server(self._gate(str(path), config.unix_connections), str(path))
+            srv = await loop.create_unix_server(self._gate(str(path), config.unix_connections), str(path),
+                                               backlog=BACKLOG)
             os.chmod(path, 0o600)
             self.listeners.append(srv)
             self.addresses.append(f"unix:{path}")

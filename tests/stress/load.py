@@ -126,7 +126,9 @@ async def soak(host: str, port: int, pid: int, clients: int, seconds: float, win
     while not all(t.done() for t in tasks):
         await asyncio.wait(tasks, timeout=window)
         result.windows[-1].rss_kib = rss_kib(pid)
-        cpu, result.windows[-1].cpu = cpu_seconds(pid), cpu_seconds(pid) - cpu
+        now = cpu_seconds(pid)
+        result.windows[-1].cpu += now - cpu  # the tail after the deadline adds to the last window
+        cpu = now
         if time.monotonic() < begin + seconds:
             result.windows.append(Window(time.monotonic() - begin))
     for t in tasks:

@@ -151,6 +151,8 @@ def test_hostile_floods_leave_everyone_else_served(make_server):
         assert dropped(flood)  # it did not take its replies within --read-timeout
         for sock in idle + slow + [flood]:
             sock.close()
+    print(f"{sent} hostile requests; watchdog: {dog.calls} calls, slowest {dog.slowest * 1000:.0f} ms, "
+          f"server RSS at most {dog.max_rss / MIB:.1f} MB")
     assert taken < len(request) * 30_000
     assert sent >= 10_000
     assert dog.errors == [] and dog.calls >= 10, dog.errors
