@@ -175,10 +175,16 @@ class HttpProtocol(asyncio.Protocol):
         if self.gate is not None:
             self.gate.release(self)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close (after what is written; at once when ``abort``), and give its room back now."""
         if self.transport is not None and not self.closing:
             self.closing = True
-            self.transport.close()
+            if self.gate is not None:
+                self.gate.release(self)
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def idle(self) -> bool:
         """Nothing received, queued, being answered or unsent: closing it loses nothing."""
@@ -194,8 +200,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing or now < self.deadline:
             return
         if self.write_paused:
-            self.closing = True
-            self.transport.abort()  # it stopped reading its replies: they are dropped
+            self.close(abort=True)  # it stopped reading its replies: they are dropped
         elif self.busy or self.queue:
             return
         elif self.partial():

@@ -18,6 +18,17 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("XEND_EXT_STATE", "./var/state"))
 
 
+# The HTTP layer's connection limits and deadlines: Config field (and flag), type, default, help.
+CONNECTION_FLAGS = [
+    ("first_byte_timeout", float, 10.0, "seconds a new connection may wait before its first request starts"),
+    ("idle_timeout", float, 300.0, "seconds a keep-alive connection may stay idle between requests"),
+    ("max_connections", int, 1000, "connections per TCP listener"),
+    ("max_per_peer", int, 100, "connections per TCP listener from one address, an IPv6 /64"),
+    ("unix_connections", int, 64, "connections on the Unix socket, counted apart from TCP"),
+    ("max_pipelined", int, 32, "requests a connection may have waiting for their answer"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xend-ext", description="A Xen-API server with CPU pools, VM groups, "
                                      "scheduling domains and a runtime policy manager.")
@@ -54,18 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--read-timeout", type=float, default=30.0,
                        help="seconds a client may take to send one request, or to take a reply it "
                        "stopped reading (default 30)")
-    serve.add_argument("--first-byte-timeout", type=float, default=10.0, metavar="S",
-                       help="seconds a new connection may wait before its first request starts (default 10)")
-    serve.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
-                       help="seconds a keep-alive connection may stay idle between requests (default 300)")
-    serve.add_argument("--max-connections", type=int, default=1000, metavar="N",
-                       help="connections per TCP listener (default 1000)")
-    serve.add_argument("--max-per-peer", type=int, default=100, metavar="N",
-                       help="connections per TCP listener from one address, an IPv6 /64 (default 100)")
-    serve.add_argument("--unix-connections", type=int, default=64, metavar="N",
-                       help="connections on the Unix socket, counted apart from TCP (default 64)")
-    serve.add_argument("--max-pipelined", type=int, default=32, metavar="N",
-                       help="requests a connection may have waiting for their answer (default 32)")
+    for name, kind, default, text in CONNECTION_FLAGS:
+        serve.add_argument("--" + name.replace("_", "-"), type=kind, default=default, metavar="S" if kind is float
+                           else "N", help=f"{text} (default {default:g})")
     serve.add_argument("--event-queue", type=int, default=10_000,
                        help="events queued per event.register session before EVENTS_LOST (default 10000)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -111,9 +113,10 @@ def _config(args: argparse.Namespace):
         unix = None
     else:
         unix = Path(args.unix).absolute() if args.unix else state_dir / "xen-api.sock"
-    for limit in ("max_connections", "max_per_peer", "unix_connections", "max_pipelined"):
-        if getattr(args, limit) < 1:
-            raise ValueError(f"--{limit.replace('_', '-')} must be at least 1")
+    connections = {name: getattr(args, name) for name, *_ in CONNECTION_FLAGS}
+    for name, value in connections.items():
+        if value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be more than 0")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
@@ -121,10 +124,7 @@ def _config(args: argparse.Namespace):
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
-                  first_byte_timeout=args.first_byte_timeout, idle_timeout=args.idle_timeout,
-                  max_connections=args.max_connections, max_per_peer=args.max_per_peer,
-                  unix_connections=args.unix_connections, max_pipelined=args.max_pipelined,
-                  insecure_no_auth=args.insecure_no_auth)
+                  insecure_no_auth=args.insecure_no_auth, **connections)
 
 
 async def _serve(config) -> int:
