@@ -164,7 +164,8 @@ def test_hostile_floods_leave_everyone_else_served(make_server):
 
 def test_soak_memory_and_throughput_hold(make_server):
     """Clients with a mix of reads, durable writes, logins and VM churn; the first window is the
-    warm-up. Long form: 64 clients x 5 min, 30 s windows; bounded: 16 clients x 20 s."""
+    warm-up. Long form: 64 clients x 5 min, 30 s windows; bounded: 16 clients x 20 s, 5 s windows.
+    RSS and the server's CPU per call of the last whole window against the first after warm-up."""
     clients, seconds, window = (64, 300, 30) if LONG else (16, 20, 5)
     server = make_server("--unix", "none", unix=False)
     parts = urllib.parse.urlparse(server.url)
@@ -174,7 +175,11 @@ def test_soak_memory_and_throughput_hold(make_server):
     first, last = windows[1], windows[-2]  # whole windows after the warm-up
     assert sum(w.failures for w in windows) == 0, result.problems
     assert last.rss_kib <= 1.10 * first.rss_kib, result.summary()
-    assert last.calls >= (0.90 if LONG else 0.5) * first.calls, result.summary()
+    # a decline of the server's own shows as CPU per call; throughput also moves with the load of
+    # whatever else runs on the machine, so the bounded form (run beside other tests) checks CPU only
+    assert last.cpu / last.calls <= 1.5 * first.cpu / first.calls, result.summary()
+    if LONG:
+        assert last.calls >= 0.90 * first.calls, result.summary()
     assert max(w.p99_ms for w in windows) < (2000 if LONG else 1000), result.summary()
 
 
