@@ -191,3 +191,164 @@ def test_fuzz_params_give_xenapi_failures(server, params, method):
     reply = xmlrpc.client.loads(text)[0][0]
     if reply["Status"] == "Failure":
         assert reply["ErrorDescription"][0] != "INTERNAL_ERROR", reply
+
+
+# -- resource exhaustion: issue 16, items 1, 2 and 5 ------------------------------------------------
+
+def frame(method: str, *params) -> bytes:
+    body = xmlrpc.client.dumps(params, method).encode()
+    return b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+def answers_within(server, seconds: float, **connect) -> None:
+    """A normal call on a fresh connection answers at once (a generous bound: a lock-out would hang)."""
+    parts = urllib.parse.urlparse(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=seconds, **connect) as sock:
+        sock.sendall(frame("session.login_with_password", "root", ""))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def send_until_held(sock: socket.socket, data: bytes, patience: float = 2.0) -> int:
+    """Send what the server takes; stop when it has taken nothing for ``patience`` seconds."""
+    sock.setblocking(False)
+    sent, last = 0, time.monotonic()
+    while sent < len(data) and time.monotonic() - last < patience:
+        try:
+            sent += sock.send(data[sent:sent + 65536])
+            last = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.02)
+    sock.setblocking(True)
+    return sent
+
+
+def read_replies(sock: socket.socket, count: int) -> int:
+    """Read until ``count`` whole XML-RPC replies have arrived (or the server closes)."""
+    marker, seen, tail = b"</methodResponse>", 0, b""
+    while seen < count:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        data = tail + chunk
+        seen += data.count(marker)
+        tail = data[-(len(marker) - 1):]  # too short to hold a whole marker: none is counted twice
+    return seen
+
+
+def test_pipelining_flood_that_never_reads_is_held_back(server):
+    """Pipelined requests on one connection that reads nothing (30,000 took 367 MB before): the
+    server stops reading it once its unsent replies pass the high-water mark; memory stays flat."""
+    from stress.load import rss_kib
+
+    request = frame("system.listMethods")
+    parts = urllib.parse.urlparse(server.url)
+    still_serving(server)
+    before = rss_kib(server.proc.pid)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sent = send_until_held(sock, request * 100_000)
+        assert sent < len(request) * 100_000, "the server should have stopped reading"
+        grown = rss_kib(server.proc.pid) - before
+        answers_within(server, 1.0)
+        assert grown < 30 << 10, f"server RSS grew by {grown} KiB"
+        # reading again resumes it: the replies come, through many pause/resume rounds
+        assert read_replies(sock, 2_000) >= 2_000
+    still_serving(server)
+
+
+def connect(server, source: str = "127.0.0.1") -> socket.socket:
+    parts = urllib.parse.urlparse(server.url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=5, source_address=(source, 0))
+
+
+def closed_by_server(sock: socket.socket, wait: float) -> bool:
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def unix_call(server) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(server.sock)
+        sock.sendall(frame("session.login_with_password", "root", ""))
+        return sock.recv(65536)
+
+
+def test_idle_connection_flood_locks_nobody_out(make_server):
+    """1,030 TCP connections that send nothing (a 5-minute lock-out before): one address holds at
+    most --max-per-peer, the idle ones make room for newcomers, and all are closed once the
+    first-byte deadline passes. Other addresses, the same address and the Unix socket get in."""
+    server = make_server("--first-byte-timeout", "2")
+    idle = [connect(server) for _ in range(1030)]
+    answers_within(server, 1.0)
+    answers_within(server, 1.0, source_address=("127.0.0.2", 0))
+    assert unix_call(server).startswith(b"HTTP/1.1 200 OK")
+    assert sum(closed_by_server(sock, 0.01) for sock in idle) >= 1030 - 100  # evicted for newer ones
+    time.sleep(3)
+    assert all(closed_by_server(sock, 1) for sock in idle)
+    for sock in idle:
+        sock.close()
+    still_serving(server)
+
+
+def test_busy_connections_get_503_past_the_limits_and_the_unix_socket_keeps_room(make_server):
+    """Connections in the middle of a request are not idle: past the per-address limit and the
+    listener's limit a newcomer gets 503, while the Unix socket, counted apart, still answers."""
+    server = make_server("--max-connections", "8", "--max-per-peer", "5")
+    started = b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n<methodCall>"
+    busy = []
+    for source in ("127.0.0.1",) * 5 + ("127.0.0.2",) * 3:
+        busy.append(connect(server, source))
+        busy[-1].sendall(started)
+    time.sleep(0.2)
+    for source in ("127.0.0.1", "127.0.0.3"):  # one address full; the listener full
+        with connect(server, source) as sock:
+            sock.sendall(frame("session.login_with_password", "root", ""))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 503")
+    assert unix_call(server).startswith(b"HTTP/1.1 200 OK")
+    for sock in busy:
+        sock.close()
+    time.sleep(0.2)
+    answers_within(server, 1.0)
+
+
+def test_first_byte_deadline_is_short_and_keep_alive_stays(make_server):
+    server = make_server("--first-byte-timeout", "0.5")
+    silent, kept = connect(server), connect(server)
+    kept.sendall(frame("session.login_with_password", "root", ""))
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    assert closed_by_server(silent, 3)  # closed without an answer: nothing was asked
+    time.sleep(1)
+    kept.sendall(frame("session.login_with_password", "root", ""))
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    silent.close()
+    kept.close()
+
+
+def listening(server) -> None:
+    """Wait for the first "listening" line (the fixture does not when it is given --listen)."""
+    deadline = time.monotonic() + 30
+    while not server.url and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.url, server.log
+
+
+def test_auth_none_refused_on_a_network_listener(make_server, tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "xend_ext", "serve", "--state-dir", str(tmp_path / "s"), "--unix", "none"]
+    done = subprocess.run(command + ["--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and "--insecure-no-auth" in done.stderr, done.stderr
+    server = make_server("--listen", "127.0.0.1:0", "--listen", "0.0.0.0:0", "--insecure-no-auth", unix=False)
+    listening(server)
+    assert any("anyone who can reach it is pool-admin" in line for line in server.log)
+    still_serving(server)
+    server = make_server("--listen", "localhost:0", unix=False, state_dir=tmp_path / "quiet")
+    listening(server)
+    assert not any("pool-admin" in line for line in server.log)

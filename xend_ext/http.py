@@ -1,18 +1,25 @@
 """HTTP/1.1 for the XML-RPC endpoint, on asyncio with httptools' parser.
 
-Hostile clients are expected: bodies are capped while they arrive, a request must arrive
-within a deadline, idle keep-alive connections are closed, pipelined requests are answered in
-order, and any parse error is answered with a 4xx before the connection is closed.
+Hostile clients are expected. Bodies are capped while they arrive; a new connection must start
+a request within a short deadline and each request must arrive within another; idle keep-alive
+connections are closed. Pipelined requests are answered in order, and their replies leave in
+one write per batch. Memory per connection is bounded: a connection is not read while it has
+``max_pipelined`` requests waiting or while the transport holds more unsent reply bytes than its
+high-water mark (``pause_writing``), and what was read but not parsed waits as raw bytes.
+Each listener admits connections through its own :class:`Gate` (a limit per listener and per
+peer address), so TCP clients can never take the Unix socket's room. Any parse error is
+answered with a 4xx before the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
@@ -24,15 +31,19 @@ REASONS = {
     503: "Service Unavailable",
 }
 
+FEED = 16 << 10  # bytes given to the parser at a time, so that a full queue stops it in time
+FLUSH_AT = 64 << 10  # replies gathered for one write are sent once they reach this size
+
 
 @dataclass
 class Limits:
     max_body: int = 16 << 20
     max_header_bytes: int = 64 << 10
-    read_timeout: float = 30.0
-    idle_timeout: float = 300.0
-    max_connections: int = 1024
-    max_pipelined: int = 32
+    first_byte_timeout: float = 10.0  # from accept to the first byte of the first request
+    read_timeout: float = 30.0  # from the first byte of a request to its last; also for a stalled reader
+    idle_timeout: float = 300.0  # between requests on a keep-alive connection
+    max_pipelined: int = 32  # requests received and not yet answered, per connection
+    write_high: int = 256 << 10  # unsent reply bytes per connection above which it is not read
 
 
 @dataclass
@@ -41,7 +52,6 @@ class Request:
     path: str
     body: bytes
     keep_alive: bool
-    headers: dict[str, str]
 
 
 # A handler turns a request into (status, content type, body), or an awaitable of that when it
@@ -50,34 +60,96 @@ Response = tuple[int, str, bytes]
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
-def http_response(status: int, ctype: str, body: bytes, keep_alive: bool, extra: str = "") -> bytes:
+def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-        f"{extra}Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     )
     return head.encode("latin-1") + body
 
 
+@dataclass
+class Gate:
+    """Admission to one listener: at most ``limit`` connections, at most ``per_peer`` from one
+    address (an IPv6 peer counts by its /64; 0: no per-peer limit). When full, the connection
+    idle for longest makes room (idle connections never lock anyone out); when none is idle,
+    the newcomer gets 503."""
+
+    name: str
+    limit: int
+    per_peer: int = 0
+    connections: set[HttpProtocol] = field(default_factory=set)
+    peers: dict[str, set[HttpProtocol]] = field(default_factory=dict)
+
+    def admit(self, conn: HttpProtocol) -> bool:
+        mine = self.peers.get(conn.peer, set()) if self.per_peer else set()
+        if self.per_peer and len(mine) >= self.per_peer and not _evict(mine):
+            return False
+        if len(self.connections) >= self.limit and not _evict(self.connections):
+            return False
+        self.connections.add(conn)
+        if self.per_peer:
+            self.peers.setdefault(conn.peer, set()).add(conn)
+        return True
+
+    def release(self, conn: HttpProtocol) -> None:
+        self.connections.discard(conn)
+        mine = self.peers.get(conn.peer)
+        if mine is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.peers[conn.peer]
+
+
+def _evict(conns: set[HttpProtocol]) -> bool:
+    """Close the connection of ``conns`` idle for longest, if one is idle."""
+    idle = [c for c in conns if c.idle()]
+    if not idle:
+        return False
+    oldest = min(idle, key=lambda c: c.idle_since)
+    oldest.close()
+    return True
+
+
+def peer_key(peername) -> str:
+    """Whom a connection counts against: its IP address, the /64 for IPv6, '' for Unix sockets."""
+    if not isinstance(peername, tuple) or not peername:
+        return ""
+    host = peername[0]
+    if ":" not in host:
+        return host
+    address = ipaddress.ip_address(host.split("%")[0])
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
+
+
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, limits: Limits, connections: set) -> None:
+    def __init__(self, handler: Handler, limits: Limits, gate: Gate) -> None:
         self.handler = handler
         self.limits = limits
-        self.connections = connections
+        self.gate = gate
+        self.peer = ""
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
-        self.pending: deque[Request] = deque()
-        self.busy = False
+        self.queue: deque[Request] = deque()  # received, not yet started
+        self.out: list[bytes] = []  # replies not yet handed to the transport
+        self.out_bytes = 0
+        self.backlog = b""  # read but not parsed: the queue was full or writing was paused
+        self.busy = False  # a request is being answered by a task
         self.closing = False
-        self.paused = False
+        self.read_paused = False
+        self.write_paused = False
         # One deadline per connection, checked by sweep(): cheaper than a timer per request.
         self.deadline = 0.0
+        self.idle_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
         self.url = b""
-        self.headers: dict[str, str] = {}
+        self.length = -1
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
@@ -86,29 +158,92 @@ class HttpProtocol(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if len(self.connections) >= self.limits.max_connections:
+        self.peer = peer_key(transport.get_extra_info("peername"))
+        if not self.gate.admit(self):
+            self.gate = None  # type: ignore[assignment]  # never counted, so nothing to release
             self._fail(503, "too many connections; try again later")
             return
-        self.connections.add(self)
-        self.deadline = self.loop.time() + self.limits.idle_timeout
+        self.transport.set_write_buffer_limits(high=self.limits.write_high)
+        self.idle_since = self.loop.time()
+        self.deadline = self.idle_since + self.limits.first_byte_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.connections.discard(self)
+        self.queue.clear()
+        self.out.clear()
+        self.backlog = b""
+        if self.gate is not None:
+            self.gate.release(self)
+
+    def close(self, abort: bool = False) -> None:
+        """Close (after what is written; at once when ``abort``), and give its room back now."""
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            if self.gate is not None:
+                self.gate.release(self)
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def idle(self) -> bool:
+        """Nothing received, queued, being answered or unsent: closing it loses nothing."""
+        return not (self.busy or self.queue or self.backlog or self.write_paused or self.closing
+                    or self.partial())
+
+    def partial(self) -> bool:
+        return bool(self.url or self.header_bytes or self.body_len)
 
     def check_deadline(self, now: float) -> None:
-        """Called by sweep(): a request that is too slow gets 408, an idle connection is closed."""
-        if self.busy or self.closing or now < self.deadline:
+        """Called by sweep(): a request that is too slow gets 408, a client that does not take its
+        replies or an idle connection is closed."""
+        if self.closing or now < self.deadline:
             return
-        if self.body_len or self.url or self.headers:
+        if self.write_paused:
+            self.close(abort=True)  # it stopped reading its replies: they are dropped
+        elif self.busy or self.queue:
+            return
+        elif self.partial():
             self._fail(408, "the request did not arrive in time")
-        elif self.transport is not None:
-            self.closing = True
-            self.transport.close()
+        else:
+            self.close()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.deadline = self.loop.time() + self.limits.read_timeout
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._pump()
+        if self.idle():
+            self.deadline = self.loop.time() + self.limits.idle_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.backlog:  # a transport may deliver once more after pause_reading
+            self.backlog += data
+            return
+        self._feed(data)
+
+    def _stalled(self) -> bool:
+        return self.write_paused or len(self.queue) >= self.limits.max_pipelined
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` a slice at a time; keep what is left when the connection stalls."""
+        for start in range(0, len(data), FEED):
+            if self.closing:
+                return
+            if self._stalled():
+                self.backlog = data[start:]
+                if not self.read_paused:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+                break
+            self._parse(data[start:start + FEED])
+        self._flush()
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -122,6 +257,17 @@ class HttpProtocol(asyncio.Protocol):
         except _Reject as exc:
             self._fail(exc.status, exc.reason)
 
+    def _pump(self) -> None:
+        """Answer what is queued, then parse what waited and read again, as far as room allows."""
+        self._advance()
+        self._flush()
+        if self.backlog and not self._stalled() and not self.closing:
+            data, self.backlog = self.backlog, b""
+            self._feed(data)
+        if self.read_paused and not self.backlog and not self._stalled() and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()
+
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
@@ -133,11 +279,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if len(name) == 14 and name.lower() == b"content-length" and value.strip().isdigit():
+            self.length = int(value)
 
     def on_headers_complete(self) -> None:
-        length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
+        if self.length > self.limits.max_body:
             raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
 
     def on_body(self, body: bytes) -> None:
@@ -148,26 +294,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else "/"
-        request = Request(
-            method=self.parser.get_method().decode("latin-1"),
-            path=path,
-            body=b"".join(self.body),
-            keep_alive=self.parser.should_keep_alive(),
-            headers=self.headers,
-        )
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.queue.append(Request(self.parser.get_method().decode("latin-1"), path, body,
+                                  self.parser.should_keep_alive()))
         self._reset()
-        if not self.busy:
-            result = self._call(request)
-            if not inspect.isawaitable(result):
-                self._write(request, result)
-                return
-            self.busy = True
-            self.loop.create_task(self._serve(request, result))
-            return
-        self.pending.append(request)
-        if len(self.pending) >= self.limits.max_pipelined and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
+        self._advance()
 
     def _count(self, n: int) -> None:
         self.header_bytes += n
@@ -175,6 +306,17 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(431, "request headers too large")
 
     # -- answering -----------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Answer queued requests in order until one has to wait or the client stops reading."""
+        while self.queue and not (self.busy or self.write_paused or self.closing):
+            request = self.queue.popleft()
+            result = self._call(request)
+            if inspect.isawaitable(result):
+                self.busy = True
+                self.loop.create_task(self._serve(request, result))
+                return
+            self._reply(request, result)
+
     def _call(self, request: Request) -> Response | Awaitable[Response]:
         try:
             return self.handler(request)
@@ -182,52 +324,53 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("request handler failed")
             return 500, "text/plain", b"internal error\n"
 
-    def _write(self, request: Request, response: Response) -> bool:
-        """Send one response; False when the connection is finished."""
-        if self.closing or self.transport is None:
-            return False
+    def _reply(self, request: Request, response: Response) -> None:
+        """Queue one reply for the next write; a reply that ends the connection is sent at once."""
+        if self.closing:
+            return
         status, ctype, body = response
-        self.transport.write(http_response(status, ctype, body, request.keep_alive))
+        data = http_response(status, ctype, body, request.keep_alive)
+        self.out.append(data)
+        self.out_bytes += len(data)
         if not request.keep_alive:
-            self.closing = True
-            self.transport.close()
-            return False
-        self.deadline = self.loop.time() + self.limits.idle_timeout
-        return True
+            self._flush()
+            self.close()
+            return
+        if self.out_bytes >= FLUSH_AT:
+            self._flush()  # the transport may pause writing now, which stops _advance
+        if not (self.queue or self.busy or self.partial()):
+            self.idle_since = self.loop.time()
+            self.deadline = self.idle_since + self.limits.idle_timeout
+
+    def _flush(self) -> None:
+        if not self.out or self.transport is None:
+            return
+        out, self.out, self.out_bytes = self.out, [], 0
+        if self.closing and self.transport.is_closing():
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
 
     async def _serve(self, request: Request, result: Awaitable[Response]) -> None:
-        """Finish a call that had to wait, then the requests pipelined behind it, in order."""
+        """Finish a call that had to wait, then go on with the requests queued behind it."""
         try:
-            while True:
-                try:
-                    response = await result
-                except Exception:
-                    log.exception("request handler failed")
-                    response = 500, "text/plain", b"internal error\n"
-                if not self._write(request, response) or not self.pending:
-                    return
-                request = self.pending.popleft()
-                if self.paused and self.transport is not None:
-                    self.transport.resume_reading()
-                    self.paused = False
-                result = self._call(request)
-                if not inspect.isawaitable(result):
-                    result = _ready(result)
-        finally:
-            self.busy = False
-            self.deadline = self.loop.time() + self.limits.idle_timeout
+            response = await result
+        except Exception:
+            log.exception("request handler failed")
+            response = 500, "text/plain", b"internal error\n"
+        self.busy = False
+        self._reply(request, response)
+        self._pump()
 
     def _fail(self, status: int, reason: str) -> None:
         if self.transport is None or self.closing:
             return
-        self.closing = True
+        self._flush()  # the replies before the bad request go first
         body = (reason + "\n").encode("utf-8", "replace")
         self.transport.write(http_response(status, "text/plain; charset=utf-8", body, False))
-        self.transport.close()
-
-
-async def _ready(response: Response) -> Response:
-    return response
+        self.close()
 
 
 class _Reject(Exception):
@@ -237,12 +380,13 @@ class _Reject(Exception):
         self.reason = reason
 
 
-async def sweep(connections: set[HttpProtocol], limits: Limits) -> None:
-    """Enforce every connection's deadline, a few times per read timeout."""
+async def sweep(gates: list[Gate], limits: Limits) -> None:
+    """Enforce every connection's deadline, a few times per the shortest of them."""
     loop = asyncio.get_running_loop()
-    interval = max(0.05, min(1.0, limits.read_timeout / 4))
+    interval = max(0.05, min(1.0, limits.read_timeout / 4, limits.first_byte_timeout / 4))
     while True:
         await asyncio.sleep(interval)
         now = loop.time()
-        for conn in list(connections):
-            conn.check_deadline(now)
+        for gate in gates:
+            for conn in list(gate.connections):
+                conn.check_deadline(now)

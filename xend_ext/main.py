@@ -18,6 +18,17 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("XEND_EXT_STATE", "./var/state"))
 
 
+# The HTTP layer's connection limits and deadlines: Config field (and flag), type, default, help.
+CONNECTION_FLAGS = [
+    ("first_byte_timeout", float, 10.0, "seconds a new connection may wait before its first request starts"),
+    ("idle_timeout", float, 300.0, "seconds a keep-alive connection may stay idle between requests"),
+    ("max_connections", int, 1000, "connections per TCP listener"),
+    ("max_per_peer", int, 100, "connections per TCP listener from one address, an IPv6 /64"),
+    ("unix_connections", int, 64, "connections on the Unix socket, counted apart from TCP"),
+    ("max_pipelined", int, 32, "requests a connection may have waiting for their answer"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xend-ext", description="A Xen-API server with CPU pools, VM groups, "
                                      "scheduling domains and a runtime policy manager.")
@@ -45,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model a reboot of the simulated host before starting")
     serve.add_argument("--auth", choices=["none", "file"], default="none",
                        help="none: anyone is pool-admin; file: users of the password file")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow --auth none on a listener that is not loopback (warned at every start)")
     serve.add_argument("--passwd-file", type=Path, help="password file (default <state dir>/passwd)")
     serve.add_argument("--tls-cert", type=Path, help="certificate (PEM): TCP listeners serve HTTPS")
     serve.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
     serve.add_argument("--max-body", type=int, default=16 << 20, help="largest request body in bytes")
     serve.add_argument("--read-timeout", type=float, default=30.0,
-                       help="seconds a client may take to send one request (default 30)")
+                       help="seconds a client may take to send one request, or to take a reply it "
+                       "stopped reading (default 30)")
+    for name, kind, default, text in CONNECTION_FLAGS:
+        serve.add_argument("--" + name.replace("_", "-"), type=kind, default=default, metavar="S" if kind is float
+                           else "N", help=f"{text} (default {default:g})")
     serve.add_argument("--event-queue", type=int, default=10_000,
                        help="events queued per event.register session before EVENTS_LOST (default 10000)")
     serve.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
@@ -99,6 +116,10 @@ def _config(args: argparse.Namespace):
         unix = None
     else:
         unix = Path(args.unix).absolute() if args.unix else state_dir / "xen-api.sock"
+    connections = {name: getattr(args, name) for name, *_ in CONNECTION_FLAGS}
+    for name, value in connections.items():
+        if value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be more than 0")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
@@ -106,7 +127,8 @@ def _config(args: argparse.Namespace):
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
-                  image_dir=(args.image_dir or state_dir / "images").absolute())
+                  image_dir=(args.image_dir or state_dir / "images").absolute(),
+                  insecure_no_auth=args.insecure_no_auth, **connections)
 
 
 async def _serve(config) -> int:

@@ -11,8 +11,10 @@ import asyncio
 import ctypes
 import importlib
 import inspect
+import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -27,13 +29,16 @@ from . import wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
-from .http import HttpProtocol, Limits, Request, sweep
+from .http import Gate, HttpProtocol, Limits, Request, sweep
 from .model import Database
 from .store import Store
 
 log = logging.getLogger("xend_ext")
 
 PARSE_IN_THREAD = 256 << 10  # bodies larger than this are parsed off the loop
+# Connections the kernel queues before we accept them: with asyncio's 100, a burst of connects
+# overflowed it and a newcomer's SYN waited a second for its retransmission.
+BACKLOG = 1024
 Response = tuple[int, str, bytes]
 
 
@@ -57,6 +62,13 @@ class Config:
     max_body: int = 16 << 20
     max_depth: int = 64
     read_timeout: float = 30.0
+    first_byte_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_connections: int = 1000  # per TCP listener
+    max_per_peer: int = 100  # per TCP listener and peer address
+    unix_connections: int = 64  # the Unix socket's own room, whatever TCP clients do
+    max_pipelined: int = 32
+    insecure_no_auth: bool = False
     event_queue: int = 10_000
     compact_min_bytes: int = 4 << 20
     image_dir: Path | None = None  # VM.save/restore files live here (None: <state dir>/images)
@@ -105,13 +117,16 @@ class Server:
         self.services: Services | None = None
         self.dispatcher: Dispatcher | None = None
         self.listeners: list[asyncio.base_events.Server] = []
-        self.connections: set[HttpProtocol] = set()
-        self.limits = Limits(max_body=config.max_body, read_timeout=config.read_timeout)
+        self.gates: list[Gate] = []
+        self.limits = Limits(max_body=config.max_body, read_timeout=config.read_timeout,
+                             first_byte_timeout=config.first_byte_timeout, idle_timeout=config.idle_timeout,
+                             max_pipelined=config.max_pipelined)
         self.stopping = asyncio.Event()
         self.addresses: list[str] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        check_exposure(self.config)
         if threading.current_thread() is threading.main_thread():  # an embedding thread has no signals
             for sig in (signal.SIGTERM, signal.SIGINT):  # before the first "listening" line is logged
                 loop.add_signal_handler(sig, self.stopping.set)
@@ -167,17 +182,25 @@ class Server:
             return FileAuth(self.config.passwd_file or self.config.state_dir / "passwd")
         raise ValueError(f"unknown auth {self.config.auth!r}: use none or file")
 
+    def _gate(self, name: str, limit: int, per_peer: int = 0):
+        """A listener's own connection limits, and the factory of its connections."""
+        gate = Gate(name, limit, per_peer)
+        self.gates.append(gate)
+        return lambda: HttpProtocol(self.handle, self.limits, gate)
+
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
-        factory = lambda: HttpProtocol(self.handle, self.limits, self.connections)  # noqa: E731
+        config = self.config
+        tcp_limit = _file_room(len(config.listen), config.max_connections, config.unix_connections)
         tls = None
         if self.config.tls_cert:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key))
-        self._sweeper = loop.create_task(sweep(self.connections, self.limits))
+        self._sweeper = loop.create_task(sweep(self.gates, self.limits))
         scheme = "https" if tls else "http"
         for host, port in self.config.listen:
-            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True)
+            factory = self._gate(f"{host}:{port}", tcp_limit, config.max_per_peer)
+            srv = await loop.create_server(factory, host, port, ssl=tls, reuse_address=True, backlog=BACKLOG)
             self.listeners.append(srv)
             bound = srv.sockets[0].getsockname()
             address = f"{scheme}://{_hostport(bound[0], bound[1])}/"
@@ -186,7 +209,8 @@ class Server:
         if self.config.unix is not None:
             path = self.config.unix
             _remove_stale_socket(path)
-            srv = await loop.create_unix_server(factory, str(path))
+            srv = await loop.create_unix_server(self._gate(str(path), config.unix_connections), str(path),
+                                               backlog=BACKLOG)
             os.chmod(path, 0o600)
             self.listeners.append(srv)
             self.addresses.append(f"unix:{path}")
@@ -235,9 +259,9 @@ class Server:
             self._sweeper.cancel()
         for srv in self.listeners:
             srv.close()
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+        for gate in self.gates:
+            for conn in list(gate.connections):
+                conn.close()
         await self.store.close()
         if self.backend is not None:
             self.backend.close()
@@ -253,6 +277,46 @@ def _return_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def check_exposure(config: Config) -> None:
+    """``--auth none`` makes every client pool-admin: refused on a listener other hosts can reach
+    unless the user said they mean it (and then said again at every start)."""
+    if config.auth != "none":
+        return
+    exposed = [_hostport(host, port) for host, port in config.listen if not _loopback(host)]
+    if not exposed:
+        return
+    if not config.insecure_no_auth:
+        raise ValueError(f"--auth none on {', '.join(exposed)} would make anyone who can reach it pool-admin; "
+                         "use --auth file, listen on a loopback address, or add --insecure-no-auth")
+    log.warning("WARNING: --auth none on %s: anyone who can reach it is pool-admin (--insecure-no-auth)",
+                ", ".join(exposed))
+
+
+def _loopback(host: str) -> bool:
+    """Whether every address the name stands for is a loopback one."""
+    try:
+        infos = socket.getaddrinfo(host or None, 0, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def _file_room(tcp_listeners: int, tcp_limit: int, unix_limit: int) -> int:
+    """Make sure every admitted connection can have its file descriptor: raise the soft limit
+    as far as the hard one allows, and lower the TCP listeners' limit to fit what is left."""
+    reserve = 256  # the store, the backend, the executor's threads, libvirt
+    needed = tcp_listeners * tcp_limit + unix_limit + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if tcp_listeners and soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(1, (soft - unix_limit - reserve) // tcp_listeners)
+        log.warning("open-file limit %d: at most %d connections per TCP listener (not %d)", soft, fitted, tcp_limit)
+        return fitted
+    return tcp_limit
 
 
 def _hostport(host: str, port: int) -> str:
