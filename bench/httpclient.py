@@ -48,26 +48,33 @@ def render_body(method: str, params: tuple[Any, ...]) -> bytes:
 
 
 class BodyTemplate:
-    """A request body with one string parameter substituted per call.
+    """A request body with string parameters substituted per call.
 
     Re-running ``xmlrpc.client.dumps`` for every durable write would cost the
-    generator tens of microseconds; splitting a rendered body around a marker
-    and splicing in the escaped key costs well under one.
+    generator tens of microseconds; splitting a rendered body around markers
+    and splicing in the escaped values costs well under one.  Each
+    occurrence of ``MARKER`` in ``params`` takes one value of :meth:`render`,
+    in order.
     """
 
     MARKER = "@@BENCH-MARKER@@"
 
     def __init__(self, method: str, params: tuple[Any, ...]) -> None:
         body = xmlrpc.client.dumps(params, method, allow_none=True)
-        prefix, sep, suffix = body.partition(self.MARKER)
-        if not sep:
-            raise ValueError("params must contain BodyTemplate.MARKER once")
-        self._prefix = prefix.encode("utf-8")
-        self._suffix = suffix.encode("utf-8")
+        parts = body.split(self.MARKER)
+        if len(parts) < 2:
+            raise ValueError("params must contain BodyTemplate.MARKER")
+        self._parts = [part.encode("utf-8") for part in parts]
 
-    def render(self, value: str) -> bytes:
-        """The body with the marker replaced by the XML-escaped value."""
-        return self._prefix + escape(value).encode("utf-8") + self._suffix
+    def render(self, *values: str) -> bytes:
+        """The body with the markers replaced by the XML-escaped values."""
+        parts = self._parts
+        if len(values) != len(parts) - 1:
+            raise ValueError(f"{len(parts) - 1} value(s) expected, got {len(values)}")
+        out = [parts[0]]
+        for value, part in zip(values, parts[1:], strict=True):
+            out += (escape(value).encode("utf-8"), part)
+        return b"".join(out)
 
 
 @dataclass(frozen=True)
