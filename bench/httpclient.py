@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
@@ -119,14 +120,17 @@ class _ResponseProtocol(asyncio.Protocol):
         self._length = -2  # -2: headers pending; -1: body runs to EOF
         self._close_after = False
         self._eof = False
+        #: perf_counter() when the first byte of the awaited response arrived
+        self.first_byte_at = 0.0
 
     # asyncio callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._buf and self._length == -2:
+            self.first_byte_at = time.perf_counter()
         self._buf += data
         if self._waiter is not None:
             self._advance()
@@ -225,6 +229,8 @@ class Connection:
         self.endpoint = endpoint
         self.connects = 0
         self._proto: _ResponseProtocol | None = None
+        #: perf_counter() when the first byte of the last response arrived
+        self.first_byte_at = 0.0
 
     async def _open(self) -> _ResponseProtocol:
         loop = asyncio.get_running_loop()
@@ -252,6 +258,7 @@ class Connection:
         except BaseException:
             self._drop()
             raise
+        self.first_byte_at = proto.first_byte_at
         if closes or not self.endpoint.keep_alive:
             self._drop()
         return status, body

@@ -125,12 +125,16 @@ def table(figures: Figures, sizes: tuple[int, ...], watcher_counts: tuple[int, .
             lines.append(f"| {row.label} | | {text} | — | — | |")
             continue
         mine = figures.median(row.measure, XEND_EXT)
+        shown = {name: _cell(figures.values.get(row.measure, {}).get(name), row) for name in (XEND_EXT, REFERENCE)}
+        for text in figures.notes.get(row.measure, []):  # "<server>: no login answered within N s"
+            name, _, why = text.partition(": ")
+            if shown.get(name) == "—":
+                shown[name] = f"> {why.rsplit('within ', 1)[-1]}" if "within" in why else "not tried"
         ref = figures.median(row.measure, REFERENCE)
         ratio = ref / mine if row.lower_is_better else mine / ref
         if math.isnan(ref) or math.isnan(mine) or mine == 0 or ref == 0:
             ratio = math.nan
-        lines.append(f"| {row.label} | {row.goal} | {_cell(figures.values.get(row.measure, {}).get(XEND_EXT), row)} "
-                     f"| {_cell(figures.values.get(row.measure, {}).get(REFERENCE), row)} | {_ratio_text(ratio)} "
+        lines.append(f"| {row.label} | {row.goal} | {shown[XEND_EXT]} | {shown[REFERENCE]} | {_ratio_text(ratio)} "
                      f"| {_verdict(row, mine, ratio)} |")
     small, large = min(sizes), max(sizes)
     if large > small:
