@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--start-timeout", type=float, default=180.0,
                        help="seconds a server may take to answer its first login (180)")
     scale.add_argument("--state-cache", metavar="DIR", help="where built states are kept (var/bench-states)")
+    scale.add_argument("--from-json", metavar="FILE", help="with --scale: print the report of a --json file again")
     parser.add_argument(
         "--in-process",
         action="store_true",

@@ -209,8 +209,21 @@ def run_watchers(figures: Figures, args: argparse.Namespace) -> None:
                       f"{outcome.percentile(0.99):.1f} ms over {outcome.rounds} mutations")
 
 
+def reprint(args: argparse.Namespace) -> int:
+    """The report of an earlier run again, from its ``--json`` file (``--from-json``)."""
+    with open(args.from_json, encoding="utf-8") as stream:
+        saved = json.load(stream)
+    figures = Figures(saved["values"], saved["notes"], saved["problems"])
+    args.rounds, args.seconds = saved["rounds"], saved["seconds"]
+    args.watchers = saved.get("watchers", args.watchers)
+    print(scalereport.render(figures, saved["machine"], args, tuple(saved["sizes"]), saved.get("elapsed", math.nan)))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run P1-P6 and print the report (Markdown table first)."""
+    if args.from_json:
+        return reprint(args)
     args.tag = uuid.uuid4().hex[:8]
     args.gave_up = {}
     args.servers = [args.only] if args.only else list(servers.SERVERS)
@@ -229,6 +242,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump({"machine": machine, "sizes": list(sizes), "rounds": args.rounds, "seconds": args.seconds,
+                       "watchers": args.watchers, "elapsed": elapsed,
                        "values": figures.values, "notes": figures.notes, "problems": figures.problems},
                       stream, indent=1)
             stream.write("\n")

@@ -72,7 +72,9 @@ def _rows(sizes: tuple[int, ...], watcher_counts: tuple[int, ...]) -> list[Row]:
 
 
 def _num(value: float, digits: int) -> str:
-    return f"{value:,.{digits}f}"
+    if 0 < abs(value) < 1 and digits < 2:  # the reference's 0.077 writes/s: two significant digits
+        return f"{value:.2g}"
+    return f"{value:,.{max(digits, 1 if abs(value) < 10 else 0)}f}"
 
 
 def _with_unit(text: str, unit: str) -> str:
@@ -154,7 +156,7 @@ def render(figures: Figures, machine: dict[str, Any], args: argparse.Namespace, 
         f"machine: {machine['nproc']} cores, {machine['cpu_model']}, Python {machine['python']}, "
         f"Linux {machine['kernel']}",
         f"run: {args.rounds} interleaved round(s) per cell, {args.seconds:g} s measured per cell, "
-        f"sizes {', '.join(_k(n) for n in sizes)}; {elapsed:.0f} s in all",
+        f"sizes {', '.join(_k(n) for n in sizes)}; {elapsed:.0f} s in all".replace("; nan s in all", ""),
         "figures: median of the rounds (min–max); server CPU from /proc; P2 and P1 at 16 clients, P3 at 1",
         "",
         *table(figures, tuple(sizes), tuple(args.watchers)),
