@@ -127,7 +127,8 @@ class ReferenceState:
         # Other stored objects, by class then ref (VM and VM_metrics from --vms-from).
         self.tables: dict[str, dict[str, dict[str, Any]]] = load_tables(vms_from) if vms_from else {}
         self.vms = self.tables.setdefault("VM", {})
-        self.save()
+        if not vms_from:  # a loaded state is on disk already; a start does not rewrite it
+            self.save()
 
     # -- persistence, as XendStateStore did it --------------------------
 
