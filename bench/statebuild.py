@@ -12,15 +12,19 @@ records change the ``name_description`` of VMs in turn, so replaying them touche
 without growing them.  The host, its CPUs and pools are left to the server, which makes them at
 start as on a new host.
 
-A store helper is writing ``bench.statedir`` (``python -m bench.statedir --vms N --journal M
-DIR``); when it lands, :func:`build_state_dir` is the one function to swap for it.
+When the store's own generator ``bench.statedir`` is there (``python -m bench.statedir --vms N
+--journal M DIR``), :func:`cached_state_dir` builds with it instead; it must name the VMs
+``vm-<i>`` as well (P3 looks for ``vm-42``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -113,6 +117,24 @@ def build_state_dir(path: str | Path, vms: int, journal_records: int) -> dict[st
     return {"seconds": time.perf_counter() - began, "snapshot_bytes": len(data), "journal_bytes": journal_bytes}
 
 
+#: The store helper's generator, when it is there: ``python -m bench.statedir --vms N --journal M DIR``.
+_STATEDIR = importlib.util.find_spec("bench.statedir")
+
+
+def _build(path: Path, vms: int, journal_records: int) -> dict[str, float]:
+    """bench.statedir if present (it must name the VMs vm-<i> too), else build_state_dir."""
+    if _STATEDIR is None:
+        return build_state_dir(path, vms, journal_records)
+    began = time.perf_counter()
+    command = [sys.executable, "-m", "bench.statedir", "--vms", str(vms), "--journal", str(journal_records), str(path)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return {
+        "seconds": time.perf_counter() - began,
+        "snapshot_bytes": (path / snapshot.SNAPSHOT_NAME).stat().st_size,
+        "journal_bytes": sum(p.stat().st_size for p in path.glob("journal-*")),
+    }
+
+
 def state_key(vms: int, journal_records: int) -> str:
     """A name for a built state: its size and a digest of what it holds (schema, one VM's
     stored row, this module), so that a cached state is rebuilt when any of them changes."""
@@ -125,6 +147,8 @@ def state_key(vms: int, journal_records: int) -> str:
     digest.update(relaxng(build_registry().description()).encode())
     digest.update(repr(sorted(rows.items())).encode())
     digest.update(Path(__file__).read_bytes())
+    if _STATEDIR is not None and _STATEDIR.origin:
+        digest.update(Path(_STATEDIR.origin).read_bytes())
     return f"vms{vms}-journal{journal_records}-{digest.hexdigest()[:12]}"
 
 
@@ -145,7 +169,7 @@ def cached_state_dir(cache: Path, vms: int, journal_records: int) -> tuple[Path,
         if old.name.startswith(prefix) or old.name.startswith(".building-"):
             shutil.rmtree(old, ignore_errors=True)
     aside = cache / f".building-{key}"
-    built = build_state_dir(aside, vms, journal_records)
+    built = _build(aside, vms, journal_records)
     (aside / "lock").unlink(missing_ok=True)
     aside.rename(path)
     return path, built

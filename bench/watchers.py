@@ -88,9 +88,9 @@ async def watch(endpoint: Endpoint, watchers: int, rounds: int) -> WatchOutcome:
         session = await writer.rpc("session.login_with_password", "root", "")
         first = await writer.rpc("event.from", session, ["VM"], "", 0.0)
         token = first["token"]
-        found = await writer.rpc("VM.get_all_records_where", session, 'field "name_label"="vm-1"')
+        found = await writer.rpc("VM.get_all_records_where", session, 'field "is_control_domain"="false"')
         if not found:
-            raise HttpError("no VM named vm-1 to change")
+            raise HttpError("no VM to change")
         target = next(iter(found))
         for start in range(0, watchers, 100):  # logins in batches: a thousand at once is a SYN flood
             await asyncio.gather(*(w.login() for w in crowd[start:start + 100]))
