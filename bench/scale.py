@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import report, scalereport, servers, statebuild, watchers
+from bench.cli import run_cell
 from bench.httpclient import Endpoint
 from bench.loadgen import GET_ALL_RECORDS, GET_ALL_RECORDS_WHERE, SMALL_CALL, VM_WRITE
 from bench.report import CellResult
@@ -99,8 +100,6 @@ def _interleave(
     cpu_scale: float = 1.0,
 ) -> None:
     """``rounds`` times: the cell against each running server in turn."""
-    from bench.cli import run_cell
-
     for round_no in range(args.rounds):
         for name, server in running.items():
             if server.popen.poll() is not None:
