@@ -40,7 +40,7 @@ test: system-deps $(VENV)/.installed-test
 	exit $$status
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --scale
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check xend_ext xenapi_classes tests bench

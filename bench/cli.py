@@ -36,12 +36,12 @@ def _client_counts(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Options; the defaults give the standard run (about 1-2 minutes)."""
+    """Options; the defaults give the client-count sweep (about 1-2 minutes)."""
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Measure xend-ext against a reference server built like xend.",
     )
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per cell (3)")
+    parser.add_argument("--seconds", type=float, default=None, help="measured time per cell (3; --quick 1)")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured time per cell (0.5)")
     parser.add_argument("--clients", type=_client_counts, default=[1, 4, 16], help="concurrent clients (1,4,16)")
     parser.add_argument("--only", choices=servers.SERVERS, help="run one server only")
@@ -53,12 +53,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"stored host_cpu objects in the durable-write phase ({DURABLE_WRITE_OBJECTS})",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    scale = parser.add_argument_group("scale run (P1-P6 of issue 15, bench/scale.py)")
+    scale.add_argument("--scale", action="store_true", help="run P1-P6 instead of the client-count sweep")
+    scale.add_argument("--quick", action="store_true", help="with --scale: 1k and 10k VMs, 2 rounds of 1 s")
+    scale.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell (3; --quick 2)")
+    scale.add_argument("--sizes", type=_client_counts, default=None, help="VM counts (1000,10000,100000)")
+    scale.add_argument("--watchers", type=_client_counts, default=[100, 1000], help="event.from watchers (100,1000)")
+    scale.add_argument("--watch-rounds", type=int, default=5, help="measured mutations per watcher count (5)")
+    scale.add_argument("--start-timeout", type=float, default=180.0,
+                       help="seconds a server may take to answer its first login (180)")
+    scale.add_argument("--state-cache", metavar="DIR", help="where built states are kept (var/bench-states)")
+    scale.add_argument("--from-json", metavar="FILE", help="with --scale: print the report of a --json file again")
     parser.add_argument(
         "--in-process",
         action="store_true",
         help="run the load generator in this process instead of a child process",
     )
     args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 1.0 if args.quick else 3.0
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(args.phases) - set(PHASES)
     if unknown:
@@ -116,6 +131,10 @@ def _row(cell: CellResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every requested cell, print the table, optionally write JSON."""
     args = parse_args(argv)
+    if args.scale:
+        from bench import scale
+
+        return scale.main(args)
     machine = report.machine_info()
     names = [args.only] if args.only else list(servers.SERVERS)
     run_tag = uuid.uuid4().hex[:8]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
@@ -48,26 +49,33 @@ def render_body(method: str, params: tuple[Any, ...]) -> bytes:
 
 
 class BodyTemplate:
-    """A request body with one string parameter substituted per call.
+    """A request body with string parameters substituted per call.
 
     Re-running ``xmlrpc.client.dumps`` for every durable write would cost the
-    generator tens of microseconds; splitting a rendered body around a marker
-    and splicing in the escaped key costs well under one.
+    generator tens of microseconds; splitting a rendered body around markers
+    and splicing in the escaped values costs well under one.  Each
+    occurrence of ``MARKER`` in ``params`` takes one value of :meth:`render`,
+    in order.
     """
 
     MARKER = "@@BENCH-MARKER@@"
 
     def __init__(self, method: str, params: tuple[Any, ...]) -> None:
         body = xmlrpc.client.dumps(params, method, allow_none=True)
-        prefix, sep, suffix = body.partition(self.MARKER)
-        if not sep:
-            raise ValueError("params must contain BodyTemplate.MARKER once")
-        self._prefix = prefix.encode("utf-8")
-        self._suffix = suffix.encode("utf-8")
+        parts = body.split(self.MARKER)
+        if len(parts) < 2:
+            raise ValueError("params must contain BodyTemplate.MARKER")
+        self._parts = [part.encode("utf-8") for part in parts]
 
-    def render(self, value: str) -> bytes:
-        """The body with the marker replaced by the XML-escaped value."""
-        return self._prefix + escape(value).encode("utf-8") + self._suffix
+    def render(self, *values: str) -> bytes:
+        """The body with the markers replaced by the XML-escaped values."""
+        parts = self._parts
+        if len(values) != len(parts) - 1:
+            raise ValueError(f"{len(parts) - 1} value(s) expected, got {len(values)}")
+        out = [parts[0]]
+        for value, part in zip(values, parts[1:], strict=True):
+            out += (escape(value).encode("utf-8"), part)
+        return b"".join(out)
 
 
 @dataclass(frozen=True)
@@ -112,14 +120,17 @@ class _ResponseProtocol(asyncio.Protocol):
         self._length = -2  # -2: headers pending; -1: body runs to EOF
         self._close_after = False
         self._eof = False
+        #: perf_counter() when the first byte of the awaited response arrived
+        self.first_byte_at = 0.0
 
     # asyncio callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._buf and self._length == -2:
+            self.first_byte_at = time.perf_counter()
         self._buf += data
         if self._waiter is not None:
             self._advance()
@@ -218,6 +229,8 @@ class Connection:
         self.endpoint = endpoint
         self.connects = 0
         self._proto: _ResponseProtocol | None = None
+        #: perf_counter() when the first byte of the last response arrived
+        self.first_byte_at = 0.0
 
     async def _open(self) -> _ResponseProtocol:
         loop = asyncio.get_running_loop()
@@ -245,6 +258,7 @@ class Connection:
         except BaseException:
             self._drop()
             raise
+        self.first_byte_at = proto.first_byte_at
         if closes or not self.endpoint.keep_alive:
             self._drop()
         return status, body

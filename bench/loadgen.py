@@ -33,7 +33,14 @@ from bench.httpclient import (
 
 SMALL_CALL = "small-call"
 DURABLE_WRITE = "durable-write"
+#: The phases of the client-count sweep (``python -m bench``).
 PHASES = (SMALL_CALL, DURABLE_WRITE)
+#: Phases on stored VMs, run by ``python -m bench --scale`` (bench/scale.py).
+VM_WRITE = "vm-write"
+GET_ALL_RECORDS = "get-all-records"
+GET_ALL_RECORDS_WHERE = "get-all-records-where"
+#: The filter of the ``get-all-records-where`` phase: one VM of the generated ones.
+WHERE_EXPR = 'field "name_label"="vm-42"'
 
 #: How long calls still in flight at the end of a window may take before the
 #: cell gives up on them (the reference needs seconds per write at 16 clients).
@@ -74,8 +81,9 @@ class CellOutcome:
 class _Client:
     """One simulated Xen-API client with its own session and connection."""
 
-    def __init__(self, spec: CellSpec, index: int) -> None:
+    def __init__(self, spec: CellSpec, index: int, shared: dict[str, asyncio.Future[list[str]]]) -> None:
         self.spec = spec
+        self.shared = shared
         self.index = index
         self.conn = Connection(spec.endpoint)
         self.latencies: list[float] = []
@@ -84,26 +92,52 @@ class _Client:
         self._seq = 0
         self._fixed: bytes = b""
         self._template: BodyTemplate | None = None
+        self._vms: list[str] = []
+        self._rename: BodyTemplate | None = None
 
     async def setup(self) -> None:
-        """Log in and find the host once, as a real client would."""
+        """Log in and find the host (or the VMs) once, as a real client would."""
         session = await self.conn.rpc("session.login_with_password", "root", "")
-        hosts = await self.conn.rpc("host.get_all", session)
-        if not hosts:
-            raise HttpError("host.get_all returned no hosts")
-        host = hosts[0]
-        if self.spec.phase == SMALL_CALL:
-            body = render_body("host.get_record", (session, host))
-            self._fixed = self.spec.endpoint.request(body)
+        phase, marker = self.spec.phase, BodyTemplate.MARKER
+        if phase in (SMALL_CALL, DURABLE_WRITE):
+            hosts = await self.conn.rpc("host.get_all", session)
+            if not hosts:
+                raise HttpError("host.get_all returned no hosts")
+            if phase == SMALL_CALL:
+                self._fixed = self.spec.endpoint.request(render_body("host.get_record", (session, hosts[0])))
+            else:
+                self._template = BodyTemplate("host.add_to_other_config", (session, hosts[0], marker, "1"))
+        elif phase == VM_WRITE:
+            self._vms = await self._shared_vms(session)
+            if not self._vms:
+                raise HttpError("VM.get_all returned no VMs")
+            self._rename = BodyTemplate("VM.set_name_label", (session, marker, marker))
+            self._template = BodyTemplate("VM.add_to_other_config", (session, marker, marker, "1"))
+        elif phase == GET_ALL_RECORDS:
+            self._fixed = self.spec.endpoint.request(render_body("VM.get_all_records", (session,)))
+        elif phase == GET_ALL_RECORDS_WHERE:
+            self._fixed = self.spec.endpoint.request(render_body("VM.get_all_records_where", (session, WHERE_EXPR)))
         else:
-            self._template = BodyTemplate("host.add_to_other_config", (session, host, BodyTemplate.MARKER, "1"))
+            raise ValueError(f"unknown phase {phase!r}")
+
+    async def _shared_vms(self, session: str) -> list[str]:
+        """VM.get_all, asked by the first client only: at 100k VMs the reply is megabytes."""
+        pending = self.shared.get("VM")
+        if pending is None:
+            pending = self.shared["VM"] = asyncio.ensure_future(self.conn.rpc("VM.get_all", session))
+        return await pending
 
     def _next_request(self) -> bytes:
         if self._template is None:
             return self._fixed
         self._seq += 1
         key = f"{self.spec.tag}-{self.index}-{self._seq}"
-        return self.spec.endpoint.request(self._template.render(key))
+        if not self._vms:
+            return self.spec.endpoint.request(self._template.render(key))
+        # VM writes: a name change and a new other_config key in turn, each client on VMs of its own
+        vm = self._vms[(self.index + self.spec.clients * self._seq) % len(self._vms)]
+        template = self._rename if self._seq % 2 and self._rename is not None else self._template
+        return self.spec.endpoint.request(template.render(vm, key))
 
     def record_failure(self, message: str) -> None:
         """Count a failed call, keeping a few distinct messages to print."""
@@ -168,7 +202,8 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 
 async def run_cell(spec: CellSpec, checkpoint: Checkpoint) -> CellOutcome:
     """Set up, warm up, then measure one cell between two checkpoints."""
-    clients = [_Client(spec, i) for i in range(spec.clients)]
+    shared: dict[str, asyncio.Future[list[str]]] = {}
+    clients = [_Client(spec, i, shared) for i in range(spec.clients)]
     try:
         try:
             await asyncio.wait_for(asyncio.gather(*(c.setup() for c in clients)), timeout=GRACE_SECONDS)

@@ -27,17 +27,29 @@ ratio measured against it is, if anything, an underestimate:
   The backlog is raised to 128 (``--backlog`` restores xend's 5).
 
 Only the calls the benchmark issues are implemented:
-``session.login_with_password``, ``host.get_all``, ``host.get_record`` and
-``host.add_to_other_config``.  Results are Xen-API structs
-(``{"Status": "Success", "Value": ...}``) and the host record has the same
-shape as xend-ext's.  Refs are bare UUIDs, as in xend.
+``session.login_with_password``, ``host.get_all``, ``host.get_record``,
+``host.add_to_other_config``, and on VMs ``VM.get_all``,
+``VM.get_all_records``, ``VM.get_all_records_where`` (the one form
+``field "NAME"="VALUE"``, answered by a plain loop over the VMs),
+``VM.set_name_label`` and ``VM.add_to_other_config``.  Results are Xen-API
+structs (``{"Status": "Success", "Value": ...}``) and the host record has the
+same shape as xend-ext's.  Host refs are bare UUIDs, as in xend.
 
-Run: ``python -m bench.reference_server --port P --state FILE --objects N``.
+VMs come from a state directory the bench built for xend-ext (``--vms-from
+state.xml``): at start the reference reads the VM and VM_metrics tables of
+that snapshot, as xend read its state files, so both servers hold the same
+objects.  Every field is kept as the text the snapshot holds (Xen-API sends
+ints as strings too); an empty set or map, which the snapshot cannot tell
+from an empty string, is served as ``""``.
+
+Run: ``python -m bench.reference_server --port P --state FILE --objects N
+[--vms-from DIR/state.xml]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socketserver
 import sys
@@ -68,7 +80,7 @@ class ReferenceState:
     half-applied write.
     """
 
-    def __init__(self, path: str, n_cpus: int) -> None:
+    def __init__(self, path: str, n_cpus: int, vms_from: str | None = None) -> None:
         self.path = path
         self.lock = threading.Lock()
         self.sessions: set[str] = set()
@@ -112,7 +124,11 @@ class ReferenceState:
             "memory_free": str(16 << 30),
             "other_config": {},
         }
-        self.save()
+        # Other stored objects, by class then ref (VM and VM_metrics from --vms-from).
+        self.tables: dict[str, dict[str, dict[str, Any]]] = load_tables(vms_from) if vms_from else {}
+        self.vms = self.tables.setdefault("VM", {})
+        if not vms_from:  # a loaded state is on disk already; a start does not rewrite it
+            self.save()
 
     # -- persistence, as XendStateStore did it --------------------------
 
@@ -126,6 +142,9 @@ class ReferenceState:
         _object_element(root, "host", self.host)
         for record in self.cpus.values():
             _object_element(root, "host_cpu", record)
+        for cls, table in self.tables.items():
+            for record in table.values():
+                _object_element(root, cls, record)
         with open(self.path, "w", encoding="utf-8") as stream:
             stream.write('<?xml version="1.0" encoding="utf-8"?>\n')
             ET.ElementTree(root).write(stream, encoding="unicode")
@@ -172,10 +191,93 @@ class ReferenceState:
             self.save()
         return _success(None)
 
+    def _vm_call(self, session: str, ref: str) -> XenApiResult | None:
+        """The failure for a bad session or VM ref; the caller holds the lock."""
+        if session not in self.sessions:
+            return _failure("SESSION_INVALID", session)
+        if ref not in self.vms:
+            return _failure("HANDLE_INVALID", "VM", ref)
+        return None
+
+    def vm_get_all(self, session: str) -> XenApiResult:
+        with self.lock:
+            if session not in self.sessions:
+                return _failure("SESSION_INVALID", session)
+            return _success(list(self.vms))
+
+    def vm_get_all_records(self, session: str) -> XenApiResult:
+        """Copies taken under the lock; marshalling runs outside it."""
+        with self.lock:
+            if session not in self.sessions:
+                return _failure("SESSION_INVALID", session)
+            return _success({ref: dict(record) for ref, record in self.vms.items()})
+
+    def vm_get_all_records_where(self, session: str, expr: str) -> XenApiResult:
+        """Only ``field "NAME"="VALUE"``, by a plain loop over every VM."""
+        match = _FIELD_EQUALS.fullmatch(expr)
+        if match is None:
+            return _failure("FILTER_NOT_SUPPORTED", expr)
+        name, value = match.groups()
+        with self.lock:
+            if session not in self.sessions:
+                return _failure("SESSION_INVALID", session)
+            return _success({ref: dict(r) for ref, r in self.vms.items() if r.get(name) == value})
+
+    def vm_set_name_label(self, session: str, ref: str, value: str) -> XenApiResult:
+        """Mutate, then persist the whole state before replying, like xend."""
+        with self.lock:
+            failure = self._vm_call(session, ref)
+            if failure is not None:
+                return failure
+            self.vms[ref]["name_label"] = value
+            self.save()
+        return _success(None)
+
+    def vm_add_to_other_config(self, session: str, ref: str, key: str, value: str) -> XenApiResult:
+        """Mutate, then persist the whole state before replying, like xend."""
+        with self.lock:
+            failure = self._vm_call(session, ref)
+            if failure is not None:
+                return failure
+            config = self.vms[ref].get("other_config")
+            if not isinstance(config, dict):
+                config = self.vms[ref]["other_config"] = {}
+            if key in config:
+                return _failure("MAP_DUPLICATE_KEY", "VM", "other_config", ref, key)
+            config[key] = value
+            self.save()
+        return _success(None)
+
+
+_FIELD_EQUALS = re.compile(r'\s*field\s*"([^"]*)"\s*=\s*"([^"]*)"\s*')
+#: The classes read from xend-ext's snapshot.
+LOADED_CLASSES = ("VM", "VM_metrics")
+
+
+def load_tables(path: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The VM and VM_metrics objects of a xend-ext snapshot, fields as text, sets as lists,
+    maps as dicts (xend-ext's format: bench/statebuild.py writes it)."""
+    tables: dict[str, dict[str, dict[str, Any]]] = {cls: {} for cls in LOADED_CLASSES}
+    for _, element in ET.iterparse(path):
+        if element.tag not in LOADED_CLASSES or element.get("ref") is None:
+            continue
+        record: dict[str, Any] = {}
+        for child in element:
+            items = list(child)
+            if not items:
+                record[child.tag] = child.text or ""
+            elif items[0].tag == "entry":
+                record[child.tag] = {item.get("key"): item.text or "" for item in items}
+            else:
+                record[child.tag] = [item.text or "" for item in items]
+        tables[element.tag][element.get("ref")] = record
+        element.clear()
+    return tables
+
 
 def _object_element(parent: ET.Element, cls: str, record: dict[str, Any]) -> None:
     """One object in XendStateStore's layout: typed child per field."""
-    obj = ET.SubElement(parent, cls, uuid=record["uuid"])
+    obj = ET.SubElement(parent, cls, uuid=str(record.get("uuid", "")))
     for name, value in record.items():
         if name == "uuid":
             continue
@@ -204,7 +306,7 @@ class ReferenceXMLRPCServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
 
 def build_server(host: str, port: int, state: ReferenceState, backlog: int = 128) -> ReferenceXMLRPCServer:
-    """Bind the server and register the four Xen-API calls it supports."""
+    """Bind the server and register the Xen-API calls it supports."""
 
     class Server(ReferenceXMLRPCServer):
         request_queue_size = backlog
@@ -214,6 +316,11 @@ def build_server(host: str, port: int, state: ReferenceState, backlog: int = 128
     server.register_function(state.host_get_all, "host.get_all")
     server.register_function(state.host_get_record, "host.get_record")
     server.register_function(state.host_add_to_other_config, "host.add_to_other_config")
+    server.register_function(state.vm_get_all, "VM.get_all")
+    server.register_function(state.vm_get_all_records, "VM.get_all_records")
+    server.register_function(state.vm_get_all_records_where, "VM.get_all_records_where")
+    server.register_function(state.vm_set_name_label, "VM.set_name_label")
+    server.register_function(state.vm_add_to_other_config, "VM.add_to_other_config")
     return server
 
 
@@ -225,9 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state", required=True, help="XML state file to rewrite")
     parser.add_argument("--objects", type=int, default=8, help="host_cpu objects")
     parser.add_argument("--backlog", type=int, default=128, help="listen backlog (xend: 5)")
+    parser.add_argument("--vms-from", metavar="STATE_XML", help="serve the VMs of this xend-ext snapshot")
     args = parser.parse_args(argv)
 
-    state = ReferenceState(args.state, args.objects)
+    state = ReferenceState(args.state, args.objects, args.vms_from)
     server = build_server(args.host, args.port, state, args.backlog)
 
     def stop(signum: int, frame: object) -> None:

@@ -8,12 +8,14 @@ live child processes is added in, in case a server hands work to workers.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -83,6 +85,9 @@ class ServerProcess:
     workdir: tempfile.TemporaryDirectory[str]
     log_path: Path
     command: list[str] = field(default_factory=list)
+    #: Seconds from the process start to readiness: the first answered login if the
+    #: server was started with ``login=True``, else the first accepted connection.
+    ready_s: float = float("nan")
 
     def cpu_seconds(self) -> float:
         """CPU time the server has used so far (user + system)."""
@@ -93,6 +98,20 @@ class ServerProcess:
             except (FileNotFoundError, ProcessLookupError):
                 pass
         return ticks / _TICKS
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its live children."""
+        total = 0
+        for pid in [self.popen.pid, *_descendants(self.popen.pid)]:
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as stream:
+                    for line in stream:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+                            break
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total
 
     def log_tail(self, lines: int = 15) -> str:
         """The end of the server's stdout/stderr, for error reports."""
@@ -132,8 +151,12 @@ class ServerProcess:
         self.stop()
 
 
-def _command(name: str, objects: int, port: int, workdir: str) -> list[str]:
-    """The command line for one server kind, holding ``objects`` host_cpus."""
+def _command(name: str, objects: int, port: int, workdir: str, state_from: Path | None) -> list[str]:
+    """The command line for one server kind, holding ``objects`` host_cpus.
+
+    With ``state_from`` (a state directory, already copied into ``workdir`` for
+    xend-ext), the reference serves the VMs of its snapshot.
+    """
     if name == XEND_EXT:
         return [
             sys.executable, "-m", "xend_ext", "serve",
@@ -151,21 +174,37 @@ def _command(name: str, objects: int, port: int, workdir: str) -> list[str]:
             "--port", str(port),
             "--state", os.path.join(workdir, "state.xml"),
             "--objects", str(objects),
+            *(["--vms-from", str(state_from / "state.xml")] if state_from else []),
         ]  # fmt: skip
     raise ValueError(f"unknown server {name!r}")
 
 
-def start(name: str, objects: int) -> ServerProcess:
-    """Launch a server and return once it accepts TCP connections."""
+def start(
+    name: str,
+    objects: int,
+    state_from: Path | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+    login: bool = False,
+) -> ServerProcess:
+    """Launch a server and return once it accepts TCP connections.
+
+    ``state_from``: a state directory to start from (xend-ext gets a copy, the
+    reference reads its snapshot).  ``login``: wait for an answered login rather
+    than an accepted connection, and time that (``ready_s``).
+    """
     workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
     port = free_port()
     log_path = Path(workdir.name) / "server.log"
     state_dir = os.path.join(workdir.name, "state")
-    os.mkdir(state_dir)
-    command = _command(name, objects, port, state_dir)
+    if state_from is not None and name == XEND_EXT:
+        shutil.copytree(state_from, state_dir)
+    else:
+        os.mkdir(state_dir)
+    command = _command(name, objects, port, state_dir, state_from)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "wb") as log:
+        began = time.monotonic()
         popen = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -176,20 +215,49 @@ def start(name: str, objects: int) -> ServerProcess:
         )
     server = ServerProcess(name, objects, port, popen, workdir, log_path, command)
     try:
-        _wait_ready(server)
+        _wait_ready(server, timeout)
+        if login:
+            _wait_login(server, began + timeout)
+        server.ready_s = time.monotonic() - began
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _wait_ready(server: ServerProcess) -> None:
+class _PatientTransport(xmlrpc.client.Transport):
+    """A socket timeout, so that a wedged server cannot hang the bench."""
+
+    def make_connection(self, host):  # type: ignore[no-untyped-def]
+        conn = super().make_connection(host)
+        conn.timeout = 60.0
+        return conn
+
+
+def _wait_login(server: ServerProcess, deadline: float) -> None:
+    """Log in until a session is returned: a server may accept before it answers."""
+    proxy = xmlrpc.client.ServerProxy(f"http://{HOST}:{server.port}/RPC2", _PatientTransport(), allow_none=True)
+    while True:
+        if server.popen.poll() is not None:
+            raise ServerStartError(f"{server.name} {server.exit_report()} during startup")
+        try:
+            reply = proxy.session.login_with_password("root", "")
+            if isinstance(reply, dict) and reply.get("Status") == "Success":
+                return
+        except (OSError, xmlrpc.client.Error):
+            pass
+        if time.monotonic() >= deadline:
+            raise ServerStartError(f"{server.name} answered no login within the time allowed")
+        time.sleep(0.01)
+
+
+def _wait_ready(server: ServerProcess, timeout: float = STARTUP_TIMEOUT) -> None:
     """Poll until the port accepts connections or the process gives up.
 
     The port, not the "listening" log line, is the readiness signal: the
     line's wording may change, a refused connection cannot.
     """
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = server.popen.poll()
         if code is not None:
@@ -200,5 +268,5 @@ def _wait_ready(server: ServerProcess) -> None:
         except OSError:
             time.sleep(0.05)
     raise ServerStartError(
-        f"{server.name} not accepting on {HOST}:{server.port} after {STARTUP_TIMEOUT:.0f} s:\n{server.log_tail()}"
+        f"{server.name} not accepting on {HOST}:{server.port} after {timeout:.0f} s:\n{server.log_tail()}"
     )
