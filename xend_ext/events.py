@@ -15,13 +15,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .wire import XenAPIError
+from .encode import RecordCache, encoded_record
+from .wire import Encoded, XenAPIError, dump_value
 
 if TYPE_CHECKING:
     from .model import Database, Obj
 
 LOG_LIMIT = 200_000
 QUEUE_LIMIT = 10_000
+REPLY_BUDGET = 16 << 20  # characters of event.from replies kept for the watchers of one generation
+_NOTHING = Encoded("")  # a shared answer: no event matches
 
 
 def format_token(gen: int) -> str:
@@ -59,6 +62,11 @@ class Subscription:
             else:
                 self.classes.add(cname)
 
+    @property
+    def key(self) -> tuple:
+        """Equal for subscriptions that match the same objects (their replies are shared)."""
+        return (self.all, frozenset(self.classes), frozenset(self.objects))
+
     def matches(self, cname: str, ref: str) -> bool:
         return self.all or cname in self.classes or ref in self.objects
 
@@ -68,7 +76,7 @@ class Registration:
 
     def __init__(self, sub: Subscription) -> None:
         self.sub = sub
-        self.queue: deque[dict] = deque()
+        self.queue: deque[Encoded] = deque()
         self.lost = False
         self.wakeup = asyncio.Event()
 
@@ -88,6 +96,11 @@ class EventHub:
         self.registrations: dict[str, Registration] = {}
         self.known_classes: dict[str, str] = {}
         self.on_publish: list[Callable[[], None]] = []
+        self.records = RecordCache()  # each object's record encoded once per version
+        # event.from replies of the newest generation, shared by watchers asking the same
+        self._replies: dict[tuple, Encoded] = {}
+        self._replies_size = 0
+        self.replies_built = 0  # for the tests that count work
 
     def bind(self, db: Database) -> None:
         self.db = db
@@ -96,6 +109,7 @@ class EventHub:
 
     # -- producing ------------------------------------------------------------------------
     def changed(self, obj: Obj, op: str, seq: int) -> None:
+        self.records.drop(obj.ref)
         self.generation += 1
         if op == "add":
             obj.ctime = self.generation
@@ -128,6 +142,8 @@ class EventHub:
             self._queue_for_registrations(gen, obj, op)
             published = True
         if published:
+            self._replies.clear()
+            self._replies_size = 0
             if len(self._log) > LOG_LIMIT:
                 cut = len(self._log) - LOG_LIMIT // 2
                 self._log_start = self._log_gens[cut]
@@ -146,7 +162,8 @@ class EventHub:
             if not reg.sub.matches(obj.cls.name, obj.ref) or reg.lost:
                 continue
             if record is None:
-                record = self._event_record(gen, obj.cls.name, obj.ref, op, obj)
+                # encoded once, shared by every registration's queue
+                record = Encoded(dump_value(self._event_record(gen, obj.cls.name, obj.ref, op, obj)))
             if len(reg.queue) >= self.queue_limit:
                 reg.lost = True
                 reg.queue.clear()
@@ -163,9 +180,8 @@ class EventHub:
             "ref": ref,
         }
         if op != "del" and obj is not None and self.db is not None and self.db.find(ref) is obj:
-            # a copy: queued events must not change when the object changes later
-            record["snapshot"] = {k: (v.copy() if isinstance(v, (dict, list)) else v)
-                                  for k, v in self.db.record(obj).items()}
+            # encoded text: queued events do not change when the object changes later
+            record["snapshot"] = encoded_record(self.db, obj)
         return record
 
     # -- event.from -----------------------------------------------------------------------
@@ -208,22 +224,49 @@ class EventHub:
         events.sort(key=lambda e: int(e["id"]))
         return events
 
-    async def wait_from(self, sub: Subscription, since: int, timeout: float) -> tuple[list[dict], int]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+    def reply(self, sub: Subscription, since: int) -> Encoded | None:
+        """event.from's value for changes after ``since``, or None if none matches.
+
+        Built once per (subscription, token, generation): the watchers a change wakes together
+        mostly asked the same, and get the same text."""
+        key = (sub.key, since, self.published)
+        text = self._replies.get(key)
+        if text is None:
             events, upto = self.collect(sub, since)
-            if events:
-                return events, upto
-            since = max(since, upto)
-            remaining = deadline - asyncio.get_running_loop().time()
+            text = self._value(events, upto) if events else _NOTHING
+            if self._replies_size + len(text) <= REPLY_BUDGET:
+                self._replies[key] = text
+                self._replies_size += len(text)
+        return text or None
+
+    def _value(self, events: list[dict], upto: int) -> Encoded:
+        self.replies_built += 1
+        return Encoded(dump_value({"events": events, "valid_ref_counts": self.valid_ref_counts(),
+                                   "token": format_token(upto)}))
+
+    async def wait_from(self, sub: Subscription, since: int, timeout: float) -> Encoded:
+        """event.from: the changes after ``since``, waiting up to ``timeout`` s for one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            text = self.reply(sub, since)
+            if text is not None:
+                return text
+            since = max(since, self.published)
+            remaining = deadline - loop.time()
             if remaining <= 0:
-                return [], upto
-            fut = asyncio.get_running_loop().create_future()
+                return self._value([], self.published)
+            fut = loop.create_future()
             self._waiters.add(fut)
             try:
                 await asyncio.wait_for(fut, remaining)
             except TimeoutError:
                 self._waiters.discard(fut)
+
+    @property
+    def waiting(self) -> int:
+        """event.from calls waiting for a change now."""
+        return len(self._waiters)
 
     def valid_ref_counts(self) -> dict[str, int]:
         assert self.db is not None
@@ -256,7 +299,7 @@ class EventHub:
         if not (reg.sub.all or reg.sub.classes or reg.sub.objects):
             del self.registrations[session]
 
-    async def next(self, session: str, alive: Callable[[], bool]) -> list[dict]:
+    async def next(self, session: str, alive: Callable[[], bool]) -> list[Encoded]:
         while True:
             reg = self.registrations.get(session)
             if reg is None:

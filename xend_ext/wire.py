@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from defusedxml import DefusedXmlException
@@ -61,37 +61,41 @@ def _escape(text: str) -> str:
     return text
 
 
+class Encoded(str):
+    """The XML-RPC text of one value, encoded already: the encoder writes it out as it is.
+
+    Records are encoded once per version (xend_ext.encode) and event replies once per generation
+    (xend_ext.events); a reply holding one is written without looking inside it again.
+    """
+
+    __slots__ = ()
+
+
 def _dump(value: Any, out: list[str]) -> None:
     """One pass from Python values to XML-RPC text, applying the Xen-API rules on the way.
 
     Strings go out as untyped ``<value>`` (XAPI's form; every client reads it as a string), ints
-    as decimal strings, map keys as strings. Replies are most of a small call's work, so strings
-    inside structs and arrays, the common case, are written inline without a recursive call.
+    as decimal strings, map keys as strings. Everything is appended to ``out`` (one join at the
+    end); strings inside structs and arrays, the common case, are written without a call.
     """
     kind = type(value)
     if kind is str:
         out.append("<value>" + _escape(value) + "</value>")
+    elif kind is Encoded:
+        out.append(value)
     elif kind is dict:
-        parts = ["<value><struct>"]
-        for key, item in value.items():
-            name = _escape(key if type(key) is str else str(key))
-            if type(item) is str:
-                parts.append("<member><name>" + name + "</name><value>" + _escape(item) + "</value></member>")
-            else:
-                parts.append("<member><name>" + name + "</name>")
-                _dump(item, parts)
-                parts.append("</member>")
-        parts.append("</struct></value>")
-        out.append("".join(parts))
+        out.append("<value><struct>")
+        _members(value.items(), out)
+        out.append("</struct></value>")
     elif kind is list or kind is tuple:
-        parts = ["<value><array><data>"]
+        append = out.append
+        append("<value><array><data>")
         for item in value:
             if type(item) is str:
-                parts.append("<value>" + _escape(item) + "</value>")
+                append("<value>" + _escape(item) + "</value>")
             else:
-                _dump(item, parts)
-        parts.append("</data></array></value>")
-        out.append("".join(parts))
+                _dump(item, out)
+        append("</data></array></value>")
     elif kind is bool:
         out.append("<value><boolean>1</boolean></value>" if value else "<value><boolean>0</boolean></value>")
     elif kind is int:
@@ -112,10 +116,29 @@ def _dump(value: Any, out: list[str]) -> None:
         raise TypeError(f"cannot marshal {type(value).__name__}")
 
 
+def _members(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
+    append = out.append
+    for key, item in items:
+        name = _escape(key if type(key) is str else str(key))
+        if type(item) is str:
+            append("<member><name>" + name + "</name><value>" + _escape(item) + "</value></member>")
+        else:
+            append("<member><name>" + name + "</name>")
+            _dump(item, out)
+            append("</member>")
+
+
 def dump_value(value: Any) -> str:
     """The XML-RPC text of one value (a task's ``result`` holds this, as in XAPI)."""
     out: list[str] = []
     _dump(value, out)
+    return "".join(out)
+
+
+def dump_members(items: Iterable[tuple[Any, Any]]) -> str:
+    """The ``<member>`` elements of a struct with these (name, value) pairs, without the struct."""
+    out: list[str] = []
+    _members(items, out)
     return "".join(out)
 
 
