@@ -215,7 +215,8 @@ class XenAPIClass:
                   lambda ctx, expr: _records_where(ctx, self, expr), READ_ONLY,
                   f"the {cls} objects for which expr (XAPI's filter language) holds")
         self._add("get_record", [("self", me)], T.Struct,
-                  lambda ctx, ref: encoded_record(ctx.db, self.readable(ctx, ref, "get_record")), READ_ONLY, "the whole record")
+                  lambda ctx, ref: encoded_record(ctx.db, self.readable(ctx, ref, "get_record")), READ_ONLY,
+                  "the whole record")
         self._add("get_by_uuid", [("uuid", T.String)], me,
                   lambda ctx, uuid: self.readable(ctx, ctx.db.by_uuid(cls, uuid).ref, "get_by_uuid").ref,
                   READ_ONLY, "the object with this uuid")
