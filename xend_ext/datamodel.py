@@ -15,7 +15,7 @@ from dataclasses import field as dc_field
 from typing import TYPE_CHECKING, Any
 
 from . import types as T
-from .encode import encoded_record
+from .encode import encoded_record, encoded_records
 from .wire import XenAPIError
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class XenAPIClass:
         self._add("get_all", [], T.Set(me), lambda ctx: [o.ref for o in self.visible_objects(ctx)], READ_ONLY,
                   f"every {cls}")
         self._add("get_all_records", [], T.Map(me, T.Struct),
-                  lambda ctx: {o.ref: encoded_record(ctx.db, o) for o in self.visible_objects(ctx)}, READ_ONLY,
+                  lambda ctx: encoded_records(ctx.db, self.visible_objects(ctx)), READ_ONLY,
                   f"every {cls} with its record")
         self._add("get_all_records_where", [("expr", T.String)], T.Map(me, T.Struct),
                   lambda ctx, expr: _records_where(ctx, self, expr), READ_ONLY,

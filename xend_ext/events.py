@@ -16,15 +16,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .encode import RecordCache, encoded_record
-from .wire import Encoded, XenAPIError, dump_value
+from .wire import Encoded, XenAPIError, encode_value
 
 if TYPE_CHECKING:
     from .model import Database, Obj
 
 LOG_LIMIT = 200_000
 QUEUE_LIMIT = 10_000
-REPLY_BUDGET = 16 << 20  # characters of event.from replies kept for the watchers of one generation
-_NOTHING = Encoded("")  # a shared answer: no event matches
+REPLY_BUDGET = 16 << 20  # bytes of event.from replies kept for the watchers of one generation
+_NOTHING = Encoded(b"")  # a shared answer: no event matches
 
 
 def format_token(gen: int) -> str:
@@ -163,7 +163,7 @@ class EventHub:
                 continue
             if record is None:
                 # encoded once, shared by every registration's queue
-                record = Encoded(dump_value(self._event_record(gen, obj.cls.name, obj.ref, op, obj)))
+                record = encode_value(self._event_record(gen, obj.cls.name, obj.ref, op, obj))
             if len(reg.queue) >= self.queue_limit:
                 reg.lost = True
                 reg.queue.clear()
@@ -241,8 +241,8 @@ class EventHub:
 
     def _value(self, events: list[dict], upto: int) -> Encoded:
         self.replies_built += 1
-        return Encoded(dump_value({"events": events, "valid_ref_counts": self.valid_ref_counts(),
-                                   "token": format_token(upto)}))
+        return encode_value({"events": events, "valid_ref_counts": self.valid_ref_counts(),
+                             "token": format_token(upto)})
 
     async def wait_from(self, sub: Subscription, since: int, timeout: float) -> Encoded:
         """event.from: the changes after ``since``, waiting up to ``timeout`` s for one."""

@@ -55,18 +55,27 @@ def format_datetime(value: _dt.datetime) -> str:
     return value.strftime("%Y%m%dT%H:%M:%SZ")
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """Text as XML character data."""
     if "&" in text or "<" in text or ">" in text:
         return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text
 
 
-class Encoded(str):
-    """The XML-RPC text of one value, encoded already: the encoder writes it out as it is.
+class Encoded(bytes):
+    """The XML-RPC text of one value, encoded already (UTF-8): the encoder writes it out as it is.
 
     Records are encoded once per version (xend_ext.encode) and event replies once per generation
-    (xend_ext.events); a reply holding one is written without looking inside it again.
+    (xend_ext.events); a reply holding one is written without looking inside it again, and
+    joined as bytes: a big reply is not built as text and then copied into bytes.
     """
+
+    __slots__ = ()
+
+
+class EncodedParts(list):
+    """The XML-RPC text of one value in pieces (bytes), written out one after another: a map of
+    thousands of encoded records is joined once, with the rest of the reply."""
 
     __slots__ = ()
 
@@ -80,9 +89,11 @@ def _dump(value: Any, out: list[str]) -> None:
     """
     kind = type(value)
     if kind is str:
-        out.append("<value>" + _escape(value) + "</value>")
+        out.append("<value>" + escape(value) + "</value>")
     elif kind is Encoded:
         out.append(value)
+    elif kind is EncodedParts:
+        out.extend(value)
     elif kind is dict:
         out.append("<value><struct>")
         _members(value.items(), out)
@@ -92,7 +103,7 @@ def _dump(value: Any, out: list[str]) -> None:
         append("<value><array><data>")
         for item in value:
             if type(item) is str:
-                append("<value>" + _escape(item) + "</value>")
+                append("<value>" + escape(item) + "</value>")
             else:
                 _dump(item, out)
         append("</data></array></value>")
@@ -119,9 +130,9 @@ def _dump(value: Any, out: list[str]) -> None:
 def _members(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
     append = out.append
     for key, item in items:
-        name = _escape(key if type(key) is str else str(key))
+        name = escape(key if type(key) is str else str(key))
         if type(item) is str:
-            append("<member><name>" + name + "</name><value>" + _escape(item) + "</value></member>")
+            append("<member><name>" + name + "</name><value>" + escape(item) + "</value></member>")
         else:
             append("<member><name>" + name + "</name>")
             _dump(item, out)
@@ -130,9 +141,9 @@ def _members(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
 
 def dump_value(value: Any) -> str:
     """The XML-RPC text of one value (a task's ``result`` holds this, as in XAPI)."""
-    out: list[str] = []
+    out: list = []
     _dump(value, out)
-    return "".join(out)
+    return _joined(out).decode("utf-8")
 
 
 def dump_members(items: Iterable[tuple[Any, Any]]) -> str:
@@ -140,6 +151,21 @@ def dump_members(items: Iterable[tuple[Any, Any]]) -> str:
     out: list[str] = []
     _members(items, out)
     return "".join(out)
+
+
+def _joined(out: list) -> bytes:
+    """The UTF-8 text of these parts: text (str) and parts encoded already (bytes)."""
+    try:
+        return "".join(out).encode("utf-8")
+    except TypeError:  # an Encoded part: join as bytes, never the whole reply as text first
+        return b"".join([p.encode("utf-8") if type(p) is str else p for p in out])
+
+
+def encode_value(value: Any) -> Encoded:
+    """``value`` as Encoded text, to be written out as it is wherever it is used again."""
+    out: list = []
+    _dump(value, out)
+    return Encoded(_joined(out))
 
 
 _HEAD = "<?xml version='1.0'?>\n<methodResponse><params><param>"
@@ -150,7 +176,7 @@ def dumps_response(reply: Any) -> bytes:
     out = [_HEAD]
     _dump(reply, out)
     out.append(_TAIL)
-    return "".join(out).encode("utf-8")
+    return _joined(out)
 
 
 
