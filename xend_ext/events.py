@@ -239,9 +239,10 @@ class EventHub:
         if text is None:
             events, upto = self.collect(sub, since)
             text = self._value(events, upto) if events else _NOTHING
-            if self._replies_size + len(text) <= REPLY_BUDGET:
+            cost = len(text) + 256  # an empty answer costs its key: distinct tokens cannot grow this unbounded
+            if self._replies_size + cost <= REPLY_BUDGET:
                 self._replies[key] = text
-                self._replies_size += len(text)
+                self._replies_size += cost
         return text or None
 
     def _value(self, events: list[dict], upto: int) -> Encoded:

@@ -80,6 +80,9 @@ class EncodedParts(list):
     __slots__ = ()
 
 
+_ENCODED = (Encoded, EncodedParts)
+
+
 def _dump(value: Any, out: list[str]) -> None:
     """One pass from Python values to XML-RPC text, applying the Xen-API rules on the way.
 
@@ -153,19 +156,22 @@ def dump_members(items: Iterable[tuple[Any, Any]]) -> str:
     return "".join(out)
 
 
-def _joined(out: list) -> bytes:
-    """The UTF-8 text of these parts: text (str) and parts encoded already (bytes)."""
-    try:
-        return "".join(out).encode("utf-8")
-    except TypeError:  # an Encoded part: join as bytes, never the whole reply as text first
-        return b"".join([p.encode("utf-8") if type(p) is str else p for p in out])
+def _joined(out: list, encoded: bool = False) -> bytes:
+    """The UTF-8 text of these parts: text (str) and parts encoded already (bytes); ``encoded``
+    says that some are bytes (raising and catching the TypeError costs more than a small reply)."""
+    if not encoded:
+        try:
+            return "".join(out).encode("utf-8")
+        except TypeError:  # an Encoded part inside: join as bytes
+            pass
+    return b"".join([p.encode("utf-8") if type(p) is str else p for p in out])
 
 
 def encode_value(value: Any) -> Encoded:
     """``value`` as Encoded text, to be written out as it is wherever it is used again."""
     out: list = []
     _dump(value, out)
-    return Encoded(_joined(out))
+    return Encoded(_joined(out, type(value) in _ENCODED))
 
 
 _HEAD = "<?xml version='1.0'?>\n<methodResponse><params><param>"
@@ -176,7 +182,8 @@ def dumps_response(reply: Any) -> bytes:
     out = [_HEAD]
     _dump(reply, out)
     out.append(_TAIL)
-    return _joined(out)
+    # the replies that are a record or an event.from answer are known to hold encoded parts
+    return _joined(out, type(reply) is dict and type(reply.get("Value")) in _ENCODED)
 
 
 
