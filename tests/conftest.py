@@ -63,7 +63,7 @@ class ServerProcess:
 
     def start(self, wait: bool = True) -> ServerProcess:
         self.log = []
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", XEND_EXT_CHECK_ENCODING="1", **self.env)
         self.proc = subprocess.Popen(self.command(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, cwd=ROOT, env=env)
         ready = threading.Event()

@@ -10,19 +10,18 @@ xend-ext" can be made to it.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 
 import libvirt  # a missing binding fails this module: CI must have it (make test installs it)
 import pytest
 import XenAPI
+from inprocess import InProcessServer
 from lxml import etree
 
 from xend_ext.backends.base import POOL0_UUID, BackendError, Capability, DomainConfig, PowerState
 from xend_ext.backends.libvirt import NS, LibvirtBackend
-from xend_ext.server import Config, Server
+from xend_ext.server import Config
 
 MIB = 1 << 20
 UUID_A = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -238,42 +237,6 @@ def test_events_report_only_outside_changes(lv):
 
 
 # -- the server on the libvirt lv, in this process ------------------------------------------------
-
-class InProcessServer:
-    """The real server on a real socket, run on a loop in a thread of the test process."""
-
-    def __init__(self, config: Config) -> None:
-        self.server = Server(config)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(30) or self.error:
-            raise RuntimeError(f"server did not start: {self.error!r}")
-        self.url = self.server.addresses[0]
-
-    def _run(self) -> None:
-        async def main():
-            try:
-                await self.server.start()
-            except BaseException as exc:
-                self.error = exc
-                raise
-            finally:
-                self.ready.set()
-            await self.server.serve_forever()
-
-        self.loop.run_until_complete(main())
-
-    @property
-    def conn(self):
-        return self.server.backend.conn
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.stopping.set)
-        self.thread.join(30)
-
 
 @pytest.fixture
 def live(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xend_ext import types as T
 from xend_ext.datamodel import READ_ONLY, XenAPIClass
-from xend_ext.events import Subscription, format_token, parse_token
+from xend_ext.events import Subscription, parse_token
 
 MAX_TIMEOUT = 3600.0
 
@@ -20,8 +20,7 @@ async def event_from(ctx, classes, token, timeout):
     hub = ctx.services.hub
     sub = Subscription(classes, hub.known_classes)
     since = parse_token(token)
-    events, upto = await hub.wait_from(sub, since, max(0.0, min(timeout, MAX_TIMEOUT)))
-    return {"events": events, "valid_ref_counts": hub.valid_ref_counts(), "token": format_token(upto)}
+    return await hub.wait_from(sub, since, max(0.0, min(timeout, MAX_TIMEOUT)))
 
 
 @event.message(("classes", T.Set(T.String)), result=None, async_ok=False,

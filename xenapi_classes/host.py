@@ -35,7 +35,7 @@ host = XenAPIClass(
         Field("free_cpus", T.Int, RO, compute=_free_cpus, doc="pCPUs in no CPU pool"),
         Field("memory_total", T.Int, RO, compute=lambda db, h: db.backend.host_info().memory_total,
               doc="bytes of RAM"),
-        Field("memory_free", T.Int, RO, compute=lambda db, h: db.backend.memory_free(),
+        Field("memory_free", T.Int, RO, compute=lambda db, h: db.backend.memory_free(), volatile=True,
               doc="bytes of RAM not used by domains"),
         Field("other_config", T.Map(T.String, T.String), RW, doc="additional configuration"),
     ],

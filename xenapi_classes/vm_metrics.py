@@ -7,11 +7,13 @@ but ``VM`` is computed from the backend, so it can never disagree with the hyper
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, RO, Field, XenAPIClass
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_BOOT = time.time()  # objects loaded at start have not changed since
 
 
 def _live(attr, empty):
@@ -43,7 +45,8 @@ vm_metrics = XenAPIClass(
               compute=_live(lambda d: dict(d.utilisation), dict),
               doc="share of one pCPU each vCPU gets when every vCPU is busy (the scheduler model)"),
         Field("start_time", T.DateTime, RO, compute=_live(lambda d: d.start_time, _EPOCH), doc="when it started"),
-        Field("last_updated", T.DateTime, RO, compute=lambda db, m: dt.datetime.now(dt.UTC)),
+        Field("last_updated", T.DateTime, RO, compute=lambda db, m: dt.datetime.fromtimestamp(m.mts or _BOOT, dt.UTC),
+              doc="when these metrics last changed (or the server started)"),
     ],
     default_role=POOL_ADMIN,
 )

@@ -15,6 +15,7 @@ from dataclasses import field as dc_field
 from typing import TYPE_CHECKING, Any
 
 from . import types as T
+from .encode import encoded_record, encoded_records
 from .wire import XenAPIError
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class Field:
     persist: bool = True
     reverse: tuple[str, str] | None = None  # computed: refs of <class> objects whose <field> names me
     compute: Callable[[Database, Obj], Any] | None = None  # computed from other state at read time
+    # a computed field that changes without the object being touched (db.touch): never cached
+    volatile: bool = False
     set_role: str | None = None
     index: bool = False  # the model keeps value -> objects, for Database.find_by (name_label always)
 
@@ -214,13 +217,14 @@ class XenAPIClass:
         self._add("get_all", [], T.Set(me), lambda ctx: [o.ref for o in self.visible_objects(ctx)], READ_ONLY,
                   f"every {cls}")
         self._add("get_all_records", [], T.Map(me, T.Struct),
-                  lambda ctx: {o.ref: ctx.db.record(o) for o in self.visible_objects(ctx)}, READ_ONLY,
+                  lambda ctx: encoded_records(ctx.db, self.visible_objects(ctx)), READ_ONLY,
                   f"every {cls} with its record")
         self._add("get_all_records_where", [("expr", T.String)], T.Map(me, T.Struct),
                   lambda ctx, expr: _records_where(ctx, self, expr), READ_ONLY,
                   f"the {cls} objects for which expr (XAPI's filter language) holds")
         self._add("get_record", [("self", me)], T.Struct,
-                  lambda ctx, ref: ctx.db.record(self.readable(ctx, ref, "get_record")), READ_ONLY, "the whole record")
+                  lambda ctx, ref: encoded_record(ctx.db, self.readable(ctx, ref, "get_record")), READ_ONLY,
+                  "the whole record")
         self._add("get_by_uuid", [("uuid", T.String)], me,
                   lambda ctx, uuid: self.readable(ctx, ctx.db.by_uuid(cls, uuid).ref, "get_by_uuid").ref,
                   READ_ONLY, "the object with this uuid")
@@ -382,7 +386,7 @@ def _records_where(ctx: Context, cls: XenAPIClass, expr: str) -> dict:
     out = {}
     for obj in objs:
         if test(obj) and (visible is None or visible(ctx, obj)):
-            out[obj.ref] = db.record(obj)
+            out[obj.ref] = encoded_record(db, obj)
     return out
 
 

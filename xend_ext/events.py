@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .wire import XenAPIError
+from .encode import RecordCache, encoded_record
+from .wire import Encoded, XenAPIError, encode_value
 
 if TYPE_CHECKING:
     from .model import Database, Obj
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 # 5-minute soak, and the collector's passes over it slowed every call (issue 16, item 10).
 LOG_LIMIT = 20_000
 QUEUE_LIMIT = 10_000
+REPLY_BUDGET = 16 << 20  # bytes of event.from replies kept for the watchers of one generation
+_NOTHING = Encoded(b"")  # a shared answer: no event matches
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def format_token(gen: int) -> str:
@@ -62,6 +70,11 @@ class Subscription:
             else:
                 self.classes.add(cname)
 
+    @property
+    def key(self) -> tuple:
+        """Equal for subscriptions that match the same objects (their replies are shared)."""
+        return (self.all, frozenset(self.classes), frozenset(self.objects))
+
     def matches(self, cname: str, ref: str) -> bool:
         return self.all or cname in self.classes or ref in self.objects
 
@@ -71,7 +84,7 @@ class Registration:
 
     def __init__(self, sub: Subscription) -> None:
         self.sub = sub
-        self.queue: deque[dict] = deque()
+        self.queue: deque[Encoded] = deque()
         self.lost = False
         self.wakeup = asyncio.Event()
 
@@ -91,6 +104,11 @@ class EventHub:
         self.registrations: dict[str, Registration] = {}
         self.known_classes: dict[str, str] = {}
         self.on_publish: list[Callable[[], None]] = []
+        self.records = RecordCache()  # each object's record encoded once per version
+        # event.from replies of the newest generation, shared by watchers asking the same
+        self._replies: dict[tuple, Encoded] = {}
+        self._replies_size = 0
+        self.replies_built = 0  # for the tests that count work
 
     def bind(self, db: Database) -> None:
         self.db = db
@@ -99,6 +117,7 @@ class EventHub:
 
     # -- producing ------------------------------------------------------------------------
     def changed(self, obj: Obj, op: str, seq: int) -> None:
+        self.records.drop(obj.ref)
         self.generation += 1
         if op == "add":
             obj.ctime = self.generation
@@ -131,6 +150,8 @@ class EventHub:
             self._queue_for_registrations(gen, obj, op)
             published = True
         if published:
+            self._replies.clear()
+            self._replies_size = 0
             if len(self._log) > LOG_LIMIT:
                 cut = len(self._log) - LOG_LIMIT // 2
                 self._log_start = self._log_gens[cut]
@@ -149,7 +170,8 @@ class EventHub:
             if not reg.sub.matches(obj.cls.name, obj.ref) or reg.lost:
                 continue
             if record is None:
-                record = self._event_record(gen, obj.cls.name, obj.ref, op, obj)
+                # encoded once, shared by every registration's queue
+                record = encode_value(self._event_record(gen, obj.cls.name, obj.ref, op, obj))
             if len(reg.queue) >= self.queue_limit:
                 reg.lost = True
                 reg.queue.clear()
@@ -166,9 +188,8 @@ class EventHub:
             "ref": ref,
         }
         if op != "del" and obj is not None and self.db is not None and self.db.find(ref) is obj:
-            # a copy: queued events must not change when the object changes later
-            record["snapshot"] = {k: (v.copy() if isinstance(v, (dict, list)) else v)
-                                  for k, v in self.db.record(obj).items()}
+            # encoded text: queued events do not change when the object changes later
+            record["snapshot"] = encoded_record(self.db, obj)
         return record
 
     # -- event.from -----------------------------------------------------------------------
@@ -211,22 +232,52 @@ class EventHub:
         events.sort(key=lambda e: int(e["id"]))
         return events
 
-    async def wait_from(self, sub: Subscription, since: int, timeout: float) -> tuple[list[dict], int]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+    def reply(self, sub: Subscription, since: int) -> Encoded | None:
+        """event.from's value for changes after ``since``, or None if none matches.
+
+        Built once per (subscription, token, generation): the watchers a change wakes together
+        mostly asked the same, and get the same text."""
+        key = (sub.key, since, self.published)
+        text = self._replies.get(key)
+        if text is None:
             events, upto = self.collect(sub, since)
-            if events:
-                return events, upto
-            since = max(since, upto)
-            remaining = deadline - asyncio.get_running_loop().time()
+            text = self._value(events, upto) if events else _NOTHING
+            cost = len(text) + 256  # an empty answer costs its key: distinct tokens cannot grow this unbounded
+            if self._replies_size + cost <= REPLY_BUDGET:
+                self._replies[key] = text
+                self._replies_size += cost
+        return text or None
+
+    def _value(self, events: list[dict], upto: int) -> Encoded:
+        self.replies_built += 1
+        return encode_value({"events": events, "valid_ref_counts": self.valid_ref_counts(),
+                             "token": format_token(upto)})
+
+    async def wait_from(self, sub: Subscription, since: int, timeout: float) -> Encoded:
+        """event.from: the changes after ``since``, waiting up to ``timeout`` s for one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            text = self.reply(sub, since)
+            if text is not None:
+                return text
+            since = max(since, self.published)
+            remaining = deadline - loop.time()
             if remaining <= 0:
-                return [], upto
-            fut = asyncio.get_running_loop().create_future()
+                return self._value([], self.published)
+            fut = loop.create_future()
             self._waiters.add(fut)
+            timer = loop.call_later(remaining, _wake, fut)  # cheaper than wait_for: one wake-up per change
             try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
+                await fut
+            finally:
+                timer.cancel()
                 self._waiters.discard(fut)
+
+    @property
+    def waiting(self) -> int:
+        """event.from calls waiting for a change now."""
+        return len(self._waiters)
 
     def valid_ref_counts(self) -> dict[str, int]:
         assert self.db is not None
@@ -259,7 +310,7 @@ class EventHub:
         if not (reg.sub.all or reg.sub.classes or reg.sub.objects):
             del self.registrations[session]
 
-    async def next(self, session: str, alive: Callable[[], bool]) -> list[dict]:
+    async def next(self, session: str, alive: Callable[[], bool]) -> list[Encoded]:
         while True:
             reg = self.registrations.get(session)
             if reg is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from defusedxml import DefusedXmlException
@@ -55,43 +55,61 @@ def format_datetime(value: _dt.datetime) -> str:
     return value.strftime("%Y%m%dT%H:%M:%SZ")
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """Text as XML character data."""
     if "&" in text or "<" in text or ">" in text:
         return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text
+
+
+class Encoded(bytes):
+    """The XML-RPC text of one value, encoded already (UTF-8): the encoder writes it out as it is.
+
+    Records are encoded once per version (xend_ext.encode) and event replies once per generation
+    (xend_ext.events); a reply holding one is written without looking inside it again, and
+    joined as bytes: a big reply is not built as text and then copied into bytes.
+    """
+
+    __slots__ = ()
+
+
+class EncodedParts(list):
+    """The XML-RPC text of one value in pieces (bytes), written out one after another: a map of
+    thousands of encoded records is joined once, with the rest of the reply."""
+
+    __slots__ = ()
+
+
+_ENCODED = (Encoded, EncodedParts)
 
 
 def _dump(value: Any, out: list[str]) -> None:
     """One pass from Python values to XML-RPC text, applying the Xen-API rules on the way.
 
     Strings go out as untyped ``<value>`` (XAPI's form; every client reads it as a string), ints
-    as decimal strings, map keys as strings. Replies are most of a small call's work, so strings
-    inside structs and arrays, the common case, are written inline without a recursive call.
+    as decimal strings, map keys as strings. Everything is appended to ``out`` (one join at the
+    end); strings inside structs and arrays, the common case, are written without a call.
     """
     kind = type(value)
     if kind is str:
-        out.append("<value>" + _escape(value) + "</value>")
+        out.append("<value>" + escape(value) + "</value>")
+    elif kind is Encoded:
+        out.append(value)
+    elif kind is EncodedParts:
+        out.extend(value)
     elif kind is dict:
-        parts = ["<value><struct>"]
-        for key, item in value.items():
-            name = _escape(key if type(key) is str else str(key))
-            if type(item) is str:
-                parts.append("<member><name>" + name + "</name><value>" + _escape(item) + "</value></member>")
-            else:
-                parts.append("<member><name>" + name + "</name>")
-                _dump(item, parts)
-                parts.append("</member>")
-        parts.append("</struct></value>")
-        out.append("".join(parts))
+        out.append("<value><struct>")
+        _members(value.items(), out)
+        out.append("</struct></value>")
     elif kind is list or kind is tuple:
-        parts = ["<value><array><data>"]
+        append = out.append
+        append("<value><array><data>")
         for item in value:
             if type(item) is str:
-                parts.append("<value>" + _escape(item) + "</value>")
+                append("<value>" + escape(item) + "</value>")
             else:
-                _dump(item, parts)
-        parts.append("</data></array></value>")
-        out.append("".join(parts))
+                _dump(item, out)
+        append("</data></array></value>")
     elif kind is bool:
         out.append("<value><boolean>1</boolean></value>" if value else "<value><boolean>0</boolean></value>")
     elif kind is int:
@@ -112,11 +130,48 @@ def _dump(value: Any, out: list[str]) -> None:
         raise TypeError(f"cannot marshal {type(value).__name__}")
 
 
+def _members(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
+    append = out.append
+    for key, item in items:
+        name = escape(key if type(key) is str else str(key))
+        if type(item) is str:
+            append("<member><name>" + name + "</name><value>" + escape(item) + "</value></member>")
+        else:
+            append("<member><name>" + name + "</name>")
+            _dump(item, out)
+            append("</member>")
+
+
 def dump_value(value: Any) -> str:
     """The XML-RPC text of one value (a task's ``result`` holds this, as in XAPI)."""
-    out: list[str] = []
+    out: list = []
     _dump(value, out)
+    return _joined(out).decode("utf-8")
+
+
+def dump_members(items: Iterable[tuple[Any, Any]]) -> str:
+    """The ``<member>`` elements of a struct with these (name, value) pairs, without the struct."""
+    out: list[str] = []
+    _members(items, out)
     return "".join(out)
+
+
+def _joined(out: list, encoded: bool = False) -> bytes:
+    """The UTF-8 text of these parts: text (str) and parts encoded already (bytes); ``encoded``
+    says that some are bytes (raising and catching the TypeError costs more than a small reply)."""
+    if not encoded:
+        try:
+            return "".join(out).encode("utf-8")
+        except TypeError:  # an Encoded part inside: join as bytes
+            pass
+    return b"".join([p.encode("utf-8") if type(p) is str else p for p in out])
+
+
+def encode_value(value: Any) -> Encoded:
+    """``value`` as Encoded text, to be written out as it is wherever it is used again."""
+    out: list = []
+    _dump(value, out)
+    return Encoded(_joined(out, type(value) in _ENCODED))
 
 
 _HEAD = "<?xml version='1.0'?>\n<methodResponse><params><param>"
@@ -127,7 +182,8 @@ def dumps_response(reply: Any) -> bytes:
     out = [_HEAD]
     _dump(reply, out)
     out.append(_TAIL)
-    return "".join(out).encode("utf-8")
+    # the replies that are a record or an event.from answer are known to hold encoded parts
+    return _joined(out, type(reply) is dict and type(reply.get("Value")) in _ENCODED)
 
 
 
