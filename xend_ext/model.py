@@ -65,8 +65,9 @@ class Database:
                     self.reverse[f.reverse] = {}
         self._reverse_of = {cls.name: [(cls.name, name) for name in cls.fields if (cls.name, name) in self.reverse]
                             for cls in registry.classes.values()}
-        # value indexes of the fields classes declare indexed: (class, field) -> value -> ordered refs
-        self.indexes: dict[tuple[str, str], dict[Any, dict[str, None]]] = {
+        # value indexes of the fields classes declare indexed: (class, field) -> value -> the ref of
+        # the one object holding it, or an ordered dict of the refs of several (see _index_value)
+        self.indexes: dict[tuple[str, str], dict[Any, str | dict[str, None]]] = {
             (cls.name, name): {} for cls in registry.classes.values() for name in cls.indexed}
         self._highest: dict[tuple[str, str], Any] = {}
         self.backend: Any = None  # computed fields read live facts through it
