@@ -7,11 +7,13 @@ event loop one at a time between awaits, so a mutation never sees another half d
 
 from __future__ import annotations
 
+import functools
+import gc
 import uuid as _uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .types import EnumType, IntType, MapType, RefType, SetType, StringType
+from .types import BoolType, EnumType, IntType, MapType, RefType, SetType, StringType
 from .wire import NULL_REF, REF_PREFIX, XenAPIError, strip_ref
 
 if TYPE_CHECKING:
@@ -61,8 +63,11 @@ class Database:
                 # a back-reference to a class not (yet) declared is simply empty
                 if f.reverse and f.reverse[0] in registry.classes:
                     self.reverse[f.reverse] = {}
-        # value indexes of the fields classes declare indexed: (class, field) -> value -> ordered refs
-        self.indexes: dict[tuple[str, str], dict[Any, dict[str, None]]] = {
+        self._reverse_of = {cls.name: [(cls.name, name) for name in cls.fields if (cls.name, name) in self.reverse]
+                            for cls in registry.classes.values()}
+        # value indexes of the fields classes declare indexed: (class, field) -> value -> the ref of
+        # the one object holding it, or an ordered dict of the refs of several (see _index_value)
+        self.indexes: dict[tuple[str, str], dict[Any, str | dict[str, None]]] = {
             (cls.name, name): {} for cls in registry.classes.values() for name in cls.indexed}
         self._highest: dict[tuple[str, str], Any] = {}
         self.backend: Any = None  # computed fields read live facts through it
@@ -73,23 +78,31 @@ class Database:
         """Rebuild objects from the store's encoded tables; fields added since get their default.
 
         Equal strings and numbers met while loading become one object (a ref and every field
-        naming it, an enum value in every object that has it), so a large model holds each once.
+        naming it, an enum value in every object that has it), and empty maps and sets are one
+        shared object, so a large model holds each once.
         """
-        shared: dict[Any, Any] = {}
+        share = _Sharing()
+        collecting = gc.isenabled()
+        gc.disable()  # loading makes no garbage, only objects: the collector's passes would be wasted
+        try:
+            self._load(tables, share)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _load(self, tables: dict[str, dict[str, dict]], share: _Sharing) -> None:
         for cname, rows in tables.items():
             cls = self.registry.classes.get(cname)
             if cls is None:
                 continue
-            plan = [(f.name, _decoder(f.type, shared), f) for f in cls.fields.values() if not f.derived]
+            plan = [(f.name, share.decoder(f.type)) for f in cls.fields.values() if not f.derived]
             for ref, encoded in rows.items():
-                values = {}
-                for name, decode, f in plan:
-                    text = encoded.get(name, _MISSING)
-                    if text is _MISSING:
-                        values[name] = f.make_default() if f.default is not None else f.type.fresh_default()
-                    else:
-                        values[name] = decode(text)
-                obj = Obj(cls, shared.setdefault(ref, ref), values)
+                try:
+                    values = {name: decode(encoded[name]) for name, decode in plan}
+                except KeyError:  # a field added since the state was written: its default
+                    values = {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
+                              for name, decode in plan}
+                obj = Obj(cls, share.text(ref), values)
                 # changed "at boot" as far as events know: a token from before the restart, or
                 # "", gets every object (we keep no per-object history across restarts)
                 obj.ctime = obj.mtime = self.hub.generation
@@ -222,7 +235,10 @@ class Database:
 
     def map_add(self, obj: Obj, name: str, key: Any, value: Any) -> None:
         f = obj.cls.fields[name]
-        obj.values[name][key] = value
+        held = obj.values[name]
+        if not held:  # an empty map may be the one that loaded objects share (see load)
+            held = obj.values[name] = {}
+        held[key] = value
         if obj.cls.persist and f.persist:
             self._journal(("map_add", obj.cls.name, obj.ref, name, f.type.key.encode(key), f.type.value.encode(value)))
         self._changed(obj, "mod")
@@ -272,7 +288,7 @@ class Database:
             self._unindex_value((obj.cls.name, name), obj.ref, obj.values[name])
 
     def _reverse_keys(self, cls: XenAPIClass) -> list[tuple[str, str]]:
-        return [(cls.name, name) for name in cls.fields if (cls.name, name) in self.reverse]
+        return self._reverse_of[cls.name]
 
     def _index(self, key: tuple[str, str], source: str, target: Any) -> None:
         index = self.reverse[key]
@@ -320,22 +336,45 @@ class Database:
                 self._changed(obj, "mod")
 
 
-_MISSING = object()
+# what loaded objects with an empty map or set hold, all of them the same one: sets are never changed
+# in place (set_add makes a new list), and map_add writes into a fresh dict when the map is empty
+_EMPTY_MAP: dict = {}
+_EMPTY_SET: list = []
 
 
-def _decoder(t: Any, shared: dict[Any, Any]) -> Callable[[Any], Any]:
-    """How to decode one stored field while loading, sharing equal strings and ints (see load)."""
-    if isinstance(t, SetType):
-        item = _decoder(t.item, shared)
-        return lambda texts: [item(x) for x in texts]
-    if isinstance(t, MapType):
-        key, value = _decoder(t.key, shared), _decoder(t.value, shared)
-        return lambda texts: {key(k): value(v) for k, v in texts.items()}
-    if isinstance(t, (StringType, EnumType, RefType)):
-        return lambda text: shared.setdefault(text, text)
-    if isinstance(t, IntType):
-        return lambda text: shared.setdefault(("int", text), int(text))
-    return t.decode
+def _copy(text: str) -> str:
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+
+
+def _default(f: Any) -> Any:
+    return f.make_default() if f.default is not None else f.type.fresh_default()
+
+
+class _Sharing:
+    """Decoders for loading that give equal strings and ints as one object (C-level caches).
+
+    The strings kept are copies: the store's own sit among its many short-lived ones (the field
+    names of each row...), and a kept one would hold their whole block of memory once they are freed.
+    """
+
+    def __init__(self) -> None:
+        self.text = functools.lru_cache(maxsize=None)(_copy)
+        self.int = functools.lru_cache(maxsize=None)(int)
+
+    def decoder(self, t: Any) -> Callable[[Any], Any]:
+        if isinstance(t, SetType):
+            item = self.decoder(t.item)
+            return lambda texts: list(map(item, texts)) if texts else _EMPTY_SET
+        if isinstance(t, MapType):
+            key, value = self.decoder(t.key), self.decoder(t.value)
+            return lambda texts: {key(k): value(v) for k, v in texts.items()} if texts else _EMPTY_MAP
+        if isinstance(t, (StringType, EnumType, RefType)):
+            return self.text
+        if isinstance(t, IntType):
+            return self.int
+        if isinstance(t, BoolType):
+            return "true".__eq__
+        return t.decode
 
 
 def _refs(value: Any) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import importlib
 import inspect
 import ipaddress
@@ -272,7 +273,9 @@ class Server:
 
 def _return_free_memory() -> None:
     """Loading freed the parsed state file and the store's encoded copy of it: give those pages back
-    to the system (glibc keeps a freed heap otherwise), so the server's size is its model's."""
+    to the system (glibc keeps a freed heap otherwise), so the server's size is its model's. The
+    loaded model lives as long as the server: the collector's full passes need not walk it."""
+    gc.freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
