@@ -153,7 +153,6 @@ class HttpProtocol(asyncio.Protocol):
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
-        self._field = b""
 
     # -- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
