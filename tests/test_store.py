@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from xend_ext import sxp
-from xend_ext.store import StateDirLocked, Store, StoreError, fileio, journal, snapshot
+from xend_ext.store import StateDirLocked, Store, StoreError, WriteRefused, fileio, journal, snapshot
 from xend_ext.store.schema import normalize, relaxng
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -422,9 +422,14 @@ def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
     assert reopen(tmp_path)[0]["VM"][ref(0)]["name_label"].count(".") == 1
 
 
-def test_fault_injection_failed_write_is_undone_and_retried(tmp_path: Path) -> None:
-    async def main() -> None:
+def test_fault_injection_refused_write_is_truncated_and_rolled_back(tmp_path: Path) -> None:
+    """A write the disk refuses (ENOSPC half way) leaves nothing on disk; the store drops that
+    batch and every op appended after it, tells the model from which seq to undo, and goes on."""
+
+    async def main() -> list[int]:
         store, model = open_store(tmp_path, capture=False)
+        rollbacks: list[int] = []
+        store.set_rollback(rollbacks.append)
         await store.durable(model.do(("create", "VM", ref(1), vm(1))))
         [path] = journal_files(tmp_path)
         size = path.stat().st_size
@@ -434,19 +439,26 @@ def test_fault_injection_failed_write_is_undone_and_retried(tmp_path: Path) -> N
             raise OSError(errno.ENOSPC, "No space left on device")
 
         store._write_all = half_then_enospc
-        seq = model.do(("set", "VM", ref(1), "name_label", "lost?"))
-        with pytest.raises(StoreError, match="No space left"):
+        seq = model.do(("set", "VM", ref(1), "name_label", "lost"))
+        later = model.do(("set", "VM", ref(1), "VCPUs_max", "7"))  # appended while the first waits
+        with pytest.raises(WriteRefused, match="No space left") as info:
             await store.durable(seq)
+        assert info.value.cause == "No space left on device"
+        with pytest.raises(WriteRefused):
+            await store.durable(later)  # dropped with it
         assert path.stat().st_size == size  # the half record is gone
+        assert rollbacks == [1] and store.stats()["last_seq"] == 1
         store._write_all = fileio.write_all
-        await store.durable(model.do(("set", "VM", ref(1), "VCPUs_max", "4")))
-        assert [s for s, _ in disk_records(tmp_path)] == [1, 2, 3]
+        assert store.append(("set", "VM", ref(1), "VCPUs_max", "4")) == 2  # numbering goes on from 1
+        await store.durable(2)
+        assert [s for s, _ in disk_records(tmp_path)] == [1, 2]
         await store.close()
+        return rollbacks
 
     asyncio.run(main())
     tables, seq = reopen(tmp_path)
-    assert seq == 3
-    assert tables["VM"][ref(1)]["name_label"] == "lost?"
+    assert seq == 2
+    assert tables["VM"][ref(1)]["name_label"] == "vm 1"
     assert tables["VM"][ref(1)]["VCPUs_max"] == "4"
 
 

@@ -26,8 +26,8 @@ from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
 from .http import HttpProtocol, Limits, Request, sweep
-from .model import Database
-from .store import Store
+from .model import Change, Database, current_change
+from .store import Store, WriteRefused
 
 log = logging.getLogger("xend_ext")
 
@@ -115,11 +115,16 @@ class Server:
             self.services.auth = self._auth()
             self.dispatcher = Dispatcher(self.services)
             ctx = Context(self.services, "start")
+            current_change.set(Change(live=True))  # reconciling records what the hypervisor has
             for hook in self.registry.on_start:
                 result = hook(ctx)
                 if asyncio.iscoroutine(result):
                     await result
-            await self.services.commit(self.db.last_seq)
+            try:
+                await self.services.commit(self.db.last_seq)
+            except WriteRefused as exc:  # kept in memory, written when the disk takes writes again
+                log.error("%s; serving reads, changes are refused until it can be written", exc)
+            current_change.set(None)
             self._pending_changes: set[tuple[str, str]] = set()
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
@@ -135,6 +140,7 @@ class Server:
 
     async def _reconcile(self, kind: str, ident: str) -> None:
         self._pending_changes.discard((kind, ident))  # a change arriving from now on needs another look
+        current_change.set(Change(live=True))  # this task's records mirror the hypervisor
         ctx = Context(self.services, "backend")
         try:
             for hook in self.registry.on_backend_change:

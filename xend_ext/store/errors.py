@@ -20,3 +20,16 @@ class StateDirLocked(StoreError):
             f"state directory {self.state_dir} is in use by another xend-ext server ({who}); "
             "stop that server or choose another --state-dir"
         )
+
+
+class WriteRefused(StoreError):
+    """A journal write failed and was taken back: nothing of it is on disk (a full disk, say).
+
+    Every record after the last durable one is dropped; the store goes on, and the next write
+    tries the disk again.
+    """
+
+    def __init__(self, path: str | Path, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"cannot write journal {self.path}: {cause}")

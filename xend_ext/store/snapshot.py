@@ -164,6 +164,9 @@ def write_temp(state_dir: Path, data: bytes) -> Path:
     try:
         write_all(fd, data)
         sync(fd)
+    except OSError:
+        os.unlink(tmp)  # a half snapshot must not hold the space a full disk needs
+        raise
     finally:
         os.close(fd)
     return tmp
