@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .datamodel import ROLES, Message, XenAPIClass, role_rank
+from .datamodel import ROLES, WRITE_ERROR, Message, XenAPIClass, role_rank
 from .model import Change, current_change
 from .store import StoreError, WriteRefused
 from .wire import XenAPIError, failure, success
@@ -28,8 +28,7 @@ log = logging.getLogger("xend_ext.dispatch")
 
 ASYNC_PREFIX = "Async."
 
-#: The documented error of a change the journal could not take (see README, "Durable before the reply").
-STORE_WRITE_FAILED = "STORE_WRITE_FAILED"
+STORE_WRITE_FAILED = WRITE_ERROR  # declared with every message that may change state (schemas/xenapi.json)
 #: Backend calls that only read: the changes recorded after them do not mirror a hypervisor step.
 BACKEND_READS = frozenset({"domain", "domains", "definitions", "host_info", "pools", "read_image", "memory_free"})
 #: Seconds between two tries to write what a refused write kept (live state of the hypervisor).
