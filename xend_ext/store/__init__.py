@@ -40,7 +40,7 @@ from . import journal, snapshot
 from .errors import StateDirLocked, StoreError, WriteRefused
 from .fileio import fsync_dir, sync, write_all
 from .journal import JournalFile
-from .schema import Description, normalize, relaxng
+from .schema import Description, normalize
 from .snapshot import Tables
 
 __all__ = ["Capture", "StateDirLocked", "Store", "StoreError", "Tables", "WriteRefused"]
@@ -64,11 +64,13 @@ class Store:
         description: Description,
         *,
         compact_min_bytes: int = 1 << 20,
+        verify: bool = False,
     ):
         self.state_dir = Path(state_dir)
         self._description = description
         self._classes = normalize(description)
         self._compact_min = compact_min_bytes
+        self._verify = verify  # validate the snapshot against the grammar even if it was when written
         self._capture: Capture | None = None
         self._rollback: Rollback | None = None
         self.refused: WriteRefused | None = None  # the last write refused (see _refuse)
@@ -126,11 +128,11 @@ class Store:
             ) from exc
         self._lock()
         try:
-            self._validator = snapshot.Validator(relaxng(self._description))
+            self._validator = snapshot.Validator(self._description)
             snapshot.remove_temp(self.state_dir)
             snap_path = self.state_dir / snapshot.SNAPSHOT_NAME
             if snap_path.exists():
-                tables, snap_seq = snapshot.load(snap_path, self._classes, self._validator)
+                tables, snap_seq = snapshot.load(snap_path, self._classes, self._validator, verify=self._verify)
                 self._snapshot_bytes = snap_path.stat().st_size
             else:
                 tables, snap_seq = {cls: {} for cls in self._classes}, 0
