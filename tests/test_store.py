@@ -528,13 +528,18 @@ def test_torn_last_record_is_ignored_at_every_offset(tmp_path: Path) -> None:
         shutil.rmtree(work)
 
 
-def test_bad_checksum_on_the_last_line_is_ignored(tmp_path: Path) -> None:
-    states = build_journal(tmp_path, 3)
+def test_bad_checksum_on_a_complete_last_line_is_damage(tmp_path: Path) -> None:
+    """Newline-terminated, so written whole: a bad checksum there is damage, not a torn write."""
+    build_journal(tmp_path, 3)
     [path] = journal_files(tmp_path)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0x01
     path.write_bytes(bytes(data))
-    assert reopen(tmp_path) == (states[2], 2)
+    with pytest.raises(journal.JournalDamaged, match=r"line 3 \(record 3\): checksum mismatch; refusing") as info:
+        Store(tmp_path, DESC).open()
+    assert (info.value.lineno, info.value.seq, info.value.path) == (3, 3, path)
+    assert "xend-ext fsck" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == bytes(data)  # nothing truncated
 
 
 @pytest.mark.parametrize("line", [1, 2, 3])
@@ -546,7 +551,7 @@ def test_damage_before_the_last_record_refuses_to_start(tmp_path: Path, line: in
     damaged[len(damaged) // 2] ^= 0x20
     lines[line - 1] = bytes(damaged)
     path.write_bytes(b"\n".join(lines))
-    with pytest.raises(StoreError, match=rf"{re.escape(path.name)} line {line}: checksum"):
+    with pytest.raises(StoreError, match=rf"{re.escape(path.name)} line {line} \(record {line}\): checksum"):
         Store(tmp_path, DESC).open()
     # the refusal did not change anything and released the lock
     with pytest.raises(StoreError, match="checksum"):
@@ -570,7 +575,7 @@ def test_replay_of_an_op_on_a_missing_object(tmp_path: Path) -> None:
         ("create", "VM", ref(2), vm(2)),
         ("set", "VM", ref(1), "name_label", "ghost"),
     ])
-    with pytest.raises(StoreError, match=r"line 3: set on VM .* which does not exist"):
+    with pytest.raises(StoreError, match=r"line 3 \(record 3\): set on VM .* which does not exist"):
         Store(tmp_path, DESC).open()
 
 
@@ -583,7 +588,7 @@ def test_replay_of_a_second_create(tmp_path: Path) -> None:
 def test_missing_journal_file_is_detected(tmp_path: Path) -> None:
     write_records(tmp_path, 1, [("create", "VM", ref(1), vm(1)), ("create", "VM", ref(2), vm(2))])
     write_records(tmp_path, 5, [("create", "VM", ref(5), vm(5))])
-    with pytest.raises(StoreError, match="expected record 3, found 5"):
+    with pytest.raises(StoreError, match=r"\(record 3\): found record 5: records are missing"):
         Store(tmp_path, DESC).open()
 
 

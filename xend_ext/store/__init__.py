@@ -37,13 +37,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import journal, snapshot
-from .errors import StateDirLocked, StoreError, WriteRefused
+from .errors import JournalDamaged, SnapshotDamaged, StateDirLocked, StoreError, WriteRefused
 from .fileio import fsync_dir, sync, write_all
 from .journal import JournalFile
 from .schema import Description, normalize
 from .snapshot import Tables
 
-__all__ = ["Capture", "StateDirLocked", "Store", "StoreError", "Tables", "WriteRefused"]
+__all__ = ["Capture", "JournalDamaged", "SnapshotDamaged", "StateDirLocked", "Store", "StoreError", "Tables",
+           "WriteRefused"]
 
 log = logging.getLogger(__name__)
 

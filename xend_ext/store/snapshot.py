@@ -42,7 +42,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from .errors import StoreError
+from .errors import SnapshotDamaged, StoreError
 from .fileio import fsync_dir, sync, write_all
 from .schema import B64, FORMAT, FORMAT_V1, ROOT, Classes, relaxng, relaxng_v1, xml_unsafe
 
@@ -66,15 +66,6 @@ Tables = dict[str, dict[str, dict[str, object]]]
 
 _TRAILER = re.compile(rb"<!-- crc32 ([0-9a-f]{8}) -->\n\Z")
 _TRAILER_START = b"<!-- crc32 "
-
-
-class SnapshotDamaged(StoreError):
-    """The snapshot does not match its checksum, or cannot be read as a state file."""
-
-    def __init__(self, path: Path, why: str):
-        self.path = path
-        self.why = why
-        super().__init__(f"snapshot {path}: {why}")
 
 
 class Validator:
@@ -226,7 +217,7 @@ def remove_temp(state_dir: Path) -> None:
 
 
 def load(path: Path, classes: Classes, validator: Validator, *, verify: bool = False) -> tuple[Tables, int]:
-    """Read a snapshot; raise SnapshotDamaged/StoreError naming the file if bad.
+    """Read a snapshot; raise SnapshotDamaged (a StoreError naming the file) if bad.
 
     The checksum is always checked; the grammar only if the snapshot was validated against
     another one when written (or is format 1), or if ``verify``.
@@ -235,6 +226,16 @@ def load(path: Path, classes: Classes, validator: Validator, *, verify: bool = F
         data = path.read_bytes()
     except OSError as exc:
         raise StoreError(f"cannot read snapshot {path}: {exc.strerror or exc}") from exc
+    try:
+        return _load(path, data, classes, validator, verify)
+    except SnapshotDamaged:
+        raise
+    except StoreError as exc:
+        why = str(exc).replace(f"snapshot {path}: ", "").replace(f"snapshot {path} ", "")
+        raise SnapshotDamaged(path, why) from exc
+
+
+def _load(path: Path, data: bytes, classes: Classes, validator: Validator, verify: bool) -> tuple[Tables, int]:
     body = check_sum(path, data)
     if b"<!DOCTYPE" in body[:4096]:
         raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
