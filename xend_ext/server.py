@@ -57,6 +57,7 @@ class Config:
     read_timeout: float = 30.0
     event_queue: int = 10_000
     compact_min_bytes: int = 4 << 20
+    verify_state: bool = False  # validate the snapshot against the schema on load too
 
 
 def make_backend(config: Config):
@@ -85,7 +86,7 @@ class Server:
         self.config = config
         self.registry = build_registry()
         self.store = Store(config.state_dir, self.registry.description(),
-                           compact_min_bytes=config.compact_min_bytes)
+                           compact_min_bytes=config.compact_min_bytes, verify=config.verify_state)
         self.hub = EventHub(queue_limit=config.event_queue)
         self.db = Database(self.registry, self.store, self.hub)
         self.backend = None

@@ -7,8 +7,8 @@ derived from that, in the same way the wire layer derives accessors.  Values are
 ``list[str]``, a map is a ``dict[str, str]``.
 
 :func:`relaxng` turns the description into the RelaxNG grammar of the snapshot
-(``state.xml``, format 2; :func:`relaxng_v1` is the grammar of format 1, still read).  Its output is deterministic (classes sorted by name, fields in
-declaration order) so a checked-in ``schemas/state.rng`` can be compared with it.  Each
+(``state.xml``, format 2; :func:`relaxng_v1` is the grammar of format 1, still read).  Its
+output is deterministic (classes sorted by name, fields in declaration order) so a checked-in ``schemas/state.rng`` can be compared with it.  Each
 field is optional and fields may come in any order: a snapshot written before a field
 was added still loads, and the model fills in the default.
 """
@@ -200,10 +200,12 @@ def relaxng(description: Description) -> str:
     defines: list[etree._Element] = []
     for cls in sorted(classes):
         specs = classes[cls]
-        attrs = [E.attribute(E.data(type="string"), name="ref")]
+        optional = []
         for fname, spec in specs.items():
             content = exact("") if spec.kind in ("set", "map") else _scalar_content(E, exact, spec)
-            attrs.append(E.optional(E.attribute(content, name=fname)))
+            optional.append(E.optional(E.attribute(content, name=fname)))
+        # interleave: libxml2 checks a plain group of optional attributes in exponential time
+        attrs = [E.attribute(E.data(type="string"), name="ref"), *([E.interleave(*optional)] if optional else [])]
         names = {kind: [f for f, sp in specs.items() if sp.kind == kind] for kind in ("set", "map")}
         texts = [f for f, sp in specs.items() if sp.kind in _TEXT_KINDS]
         children = []

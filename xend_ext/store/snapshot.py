@@ -52,6 +52,8 @@ __all__ = [
     "Tables",
     "SnapshotDamaged",
     "Validator",
+    "key_of",
+    "text_of",
     "commit",
     "load",
     "remove_temp",
@@ -312,13 +314,11 @@ def _load_fast(path: Path, body: bytes, classes: Classes) -> tuple[Tables, int]:
                     fields[fname] = [] if is_set else {}
             for child in el:
                 fname = child.get("f")
-                text = _text(child)
+                text = text_of(child)
                 if child.tag == "s":
                     fields.setdefault(fname, []).append(text)  # type: ignore[union-attr]
                 elif child.tag == "m":
-                    key = child.get("k")
-                    if child.get("k-enc") == B64:
-                        key = _unb64(key)
+                    key = key_of(child)
                     entries = fields.setdefault(fname, {})
                     if key in entries:  # type: ignore[operator]
                         raise StoreError(f"snapshot {path}: {el.tag} {ref} {fname} has key {key!r} twice")
@@ -355,7 +355,14 @@ def _decode_v1(path: Path, root: etree._Element, classes: Classes) -> tuple[Tabl
     return tables, int(root.get("seq"))
 
 
-def _text(el: etree._Element) -> str:
+def key_of(el: etree._Element) -> str:
+    """The key of a map entry element (format 2; base64 undone)."""
+    key = el.get("k")
+    return _unb64(key) if el.get("k-enc") == B64 else key
+
+
+def text_of(el: etree._Element) -> str:
+    """The text of a value element (base64 undone)."""
     text = el.text or ""
     if el.get("enc") == B64:
         return _unb64(text)
@@ -365,7 +372,7 @@ def _text(el: etree._Element) -> str:
 def _decode_field(path: Path, cls: str, ref: str, el: etree._Element, kind: str) -> object:
     try:
         if kind == "set":
-            return [_text(item) for item in el.iterchildren(etree.Element)]
+            return [text_of(item) for item in el.iterchildren(etree.Element)]
         if kind == "map":
             result: dict[str, str] = {}
             for entry in el.iterchildren(etree.Element):
@@ -374,8 +381,8 @@ def _decode_field(path: Path, cls: str, ref: str, el: etree._Element, kind: str)
                     key = _unb64(key)
                 if key in result:
                     raise StoreError(f"snapshot {path}: {cls} {ref} {el.tag} has key {key!r} twice")
-                result[key] = _text(entry)
+                result[key] = text_of(entry)
             return result
-        return _text(el)
+        return text_of(el)
     except (ValueError, UnicodeDecodeError) as exc:  # bad base64 / UTF-8 inside enc="b64"
         raise StoreError(f"snapshot {path}: {cls} {ref} {el.tag}: bad base64 value ({exc})") from exc
