@@ -836,7 +836,8 @@ def test_snapshot_shape(snapshot_dir: Path) -> None:
     data = (snapshot_dir / "state.xml").read_bytes()
     text = data.decode()
     digest = snapshot.Validator(DESC).digest
-    assert text.startswith(f'<?xml version="1.0" encoding="UTF-8"?>\n<xend-ext-state format="2" seq="1" grammar="{digest}">')
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n'
+                           f'<xend-ext-state format="2" seq="1" grammar="{digest}">')
     assert f'<VM ref="{ref(1)}" uuid="uuid-1" name_label="vm 1" VCPUs_max="2" ' in text
     assert '<s f="groups">g</s><m f="other_config" k="k">v</m></VM>' in text
     assert '<table class="session">\n</table>' in text

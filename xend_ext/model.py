@@ -234,7 +234,8 @@ class Database:
         self._check_live(obj)
         old = obj.values[name].pop(key)
         if obj.cls.persist and f.persist:
-            self._journal(("map_remove", obj.cls.name, obj.ref, name, f.type.key.encode(key)), ("map", obj, name, key, old))
+            self._journal(("map_remove", obj.cls.name, obj.ref, name, f.type.key.encode(key)),
+                          ("map", obj, name, key, old))
         self._changed(obj, "mod")
 
     def set_add(self, obj: Obj, name: str, item: Any) -> None:

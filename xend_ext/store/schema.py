@@ -8,9 +8,10 @@ derived from that, in the same way the wire layer derives accessors.  Values are
 
 :func:`relaxng` turns the description into the RelaxNG grammar of the snapshot
 (``state.xml``, format 2; :func:`relaxng_v1` is the grammar of format 1, still read).  Its
-output is deterministic (classes sorted by name, fields in declaration order) so a checked-in ``schemas/state.rng`` can be compared with it.  Each
-field is optional and fields may come in any order: a snapshot written before a field
-was added still loads, and the model fills in the default.
+output is deterministic (classes sorted by name, fields in declaration order) so a
+checked-in ``schemas/state.rng`` can be compared with it.  Each field is optional and
+fields may come in any order: a snapshot written before a field was added still loads,
+and the model fills in the default.
 """
 
 from __future__ import annotations
