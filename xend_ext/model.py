@@ -7,10 +7,11 @@ event loop one at a time between awaits, so a mutation never sees another half d
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import uuid as _uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .wire import NULL_REF, REF_PREFIX, XenAPIError, strip_ref
@@ -41,6 +42,9 @@ class Obj:
 
     def __repr__(self) -> str:
         return f"<{self.cls.name} {self.ref}>"
+
+
+CAPTURE_SLICE = 500  # objects encoded between two awaits of a capture
 
 
 def new_uuid() -> str:
@@ -89,6 +93,7 @@ class Database:
         # the disk refused; ops kept then (they mirror the hypervisor) wait in ``relog``
         self.undo: deque[tuple[int, tuple, tuple, Change | None]] = deque()
         self.relog: list[tuple] = []
+        self._capturing: dict[str, dict] | None = None  # ref -> encoded values before a change, while capturing
 
     # -- loading -------------------------------------------------------------------------
     def load(self, tables: dict[str, dict[str, dict]]) -> None:
@@ -112,17 +117,35 @@ class Database:
                 obj.ctime = obj.mtime = self.hub.generation
                 self._insert(obj)
 
-    def capture(self) -> dict[str, dict[str, dict]]:
-        """Encoded copy of every persistent object, for a snapshot."""
+    def capture(self) -> tuple[Awaitable[dict[str, dict[str, dict]]], int]:
+        """Encoded copy of every persistent object as of now (``last_seq``), for a snapshot.
+
+        Returns at once; the copy is encoded in slices between awaits, so a large model never
+        stops the loop for long. An object changed meanwhile is encoded as it was, just before
+        its first change (see ``_before_change``): the copy is the state at the returned seq.
+        """
+        pending = [(cls, cls.stored_fields(), list(self.tables[cls.name].values()))
+                   for cls in self.registry.classes.values() if cls.persist]
+        before: dict[str, dict] = {}
+        self._capturing = before
+        return self._encode_all(pending, before), self.last_seq
+
+    async def _encode_all(self, pending: list, before: dict[str, dict]) -> dict[str, dict[str, dict]]:
         out: dict[str, dict[str, dict]] = {}
-        for cls in self.registry.classes.values():
-            if not cls.persist:
-                continue
-            fields = cls.stored_fields()
-            out[cls.name] = {
-                obj.ref: {f.name: f.type.encode(obj.values[f.name]) for f in fields}
-                for obj in self.tables[cls.name].values()
-            }
+        try:
+            done = 0
+            for cls, fields, objects in pending:
+                table = out[cls.name] = {}
+                for obj in objects:
+                    old = before.get(obj.ref)
+                    values = obj.values
+                    table[obj.ref] = old if old is not None else {f.name: f.type.encode(values[f.name]) for f in fields}
+                    done += 1
+                    if done % CAPTURE_SLICE == 0:
+                        await asyncio.sleep(0)
+        finally:
+            if self._capturing is before:
+                self._capturing = None
         return out
 
     # -- reading -------------------------------------------------------------------------
@@ -319,9 +342,13 @@ class Database:
             self.undo.append((seq, op, inverse, current_change.get()))
 
     def _check_live(self, obj: Obj) -> None:
-        """A change of an object taken back meanwhile (or destroyed) must not reach the journal."""
-        if obj.cls.persist and self.by_ref.get(obj.ref) is not obj:
-            raise XenAPIError("HANDLE_INVALID", obj.cls.name, obj.ref)
+        """Before a change: an object taken back meanwhile (or destroyed) must not reach the
+        journal; a capture in progress keeps the values it had."""
+        if obj.cls.persist:
+            if self.by_ref.get(obj.ref) is not obj:
+                raise XenAPIError("HANDLE_INVALID", obj.cls.name, obj.ref)
+            if self._capturing is not None and obj.ref not in self._capturing:
+                self._capturing[obj.ref] = {f.name: f.type.encode(obj.values[f.name]) for f in obj.cls.stored_fields()}
 
     def _put(self, obj: Obj, name: str, old: Any, value: Any) -> tuple[str, str]:
         reverse_key = (obj.cls.name, name)

@@ -109,7 +109,7 @@ class Server:
             self.db.last_seq = seq
             self.hub.durable_seq = seq
             self.hub.bind(self.db)
-            self.store.set_capture(lambda: (self.db.capture(), self.db.last_seq))
+            self.store.set_capture(self.db.capture)
             self.backend = make_backend(self.config)
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)

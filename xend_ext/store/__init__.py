@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,8 +49,9 @@ __all__ = ["Capture", "JournalDamaged", "SnapshotDamaged", "StateDirLocked", "St
 
 log = logging.getLogger(__name__)
 
-#: Returns freshly built encoded tables holding every op up to the returned seq.
-Capture = Callable[[], tuple[Tables, int]]
+#: Returns freshly built encoded tables holding every op up to the returned seq, or an
+#: awaitable of them (a capture made in slices between awaits, as of the moment it was asked).
+Capture = Callable[[], tuple[Tables | Awaitable[Tables], int]]
 #: Told the last durable seq when a write was refused: every later op is gone, undo them.
 Rollback = Callable[[int], None]
 
@@ -479,11 +481,25 @@ class Store:
         return task
 
     async def _finish_compaction(
-        self, rotated: asyncio.Future[None], tables: Tables, seq: int
+        self, rotated: asyncio.Future[None], tables: Tables | Awaitable[Tables], seq: int
     ) -> StoreError | None:
         loop = asyncio.get_running_loop()
         try:
-            await rotated
+            try:
+                if inspect.isawaitable(tables):
+                    tables = await tables
+            except Exception as exc:  # noqa: BLE001 - a bug in the capture: keep the journal
+                raise StoreError(f"capture of the model state failed: {exc!r}") from exc
+            finally:
+                await rotated
+            if seq > self._durable_seq and self._broken is None:
+                try:  # a refused write takes back ops the copy holds: then no snapshot
+                    await self.durable(seq)
+                except WriteRefused:
+                    raise
+                except StoreError:
+                    if self._broken is None:
+                        raise  # else nothing is taken back any more: the model is the truth
             await loop.run_in_executor(self._snap_io, self._write_snapshot, tables, seq)
         except (OSError, StoreError) as exc:
             return self._compaction_failed(
