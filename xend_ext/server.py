@@ -8,6 +8,7 @@ listen. Shutdown stops listening, finishes the journal and writes a final snapsh
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -126,6 +127,8 @@ class Server:
             except WriteRefused as exc:  # kept in memory, written when the disk takes writes again
                 log.error("%s; serving reads, changes are refused until it can be written", exc)
             current_change.set(None)
+            gc.collect()
+            gc.freeze()  # the model loaded at start is never rescanned by the cyclic GC (long pauses at 100k)
             self._pending_changes: set[tuple[str, str]] = set()
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
