@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from xend_ext import sxp
-from xend_ext.store import StateDirLocked, Store, StoreError, fileio, journal, snapshot
+from xend_ext.store import StateDirLocked, Store, StoreError, WriteRefused, fileio, journal, snapshot
 from xend_ext.store.schema import normalize, relaxng
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def test_unicode_and_control_characters_round_trip(tmp_path: Path, via: str) -> 
     assert tables["VM"] == records
     if via == "snapshot":
         text = (tmp_path / "state.xml").read_bytes()
-        assert b'enc="b64"' in text and b'key-enc="b64"' in text
+        assert b'enc="b64"' in text and b'k-enc="b64"' in text
 
 
 def test_ops_appended_before_the_loop_runs_are_flushed(tmp_path: Path) -> None:
@@ -422,9 +422,14 @@ def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
     assert reopen(tmp_path)[0]["VM"][ref(0)]["name_label"].count(".") == 1
 
 
-def test_fault_injection_failed_write_is_undone_and_retried(tmp_path: Path) -> None:
-    async def main() -> None:
+def test_fault_injection_refused_write_is_truncated_and_rolled_back(tmp_path: Path) -> None:
+    """A write the disk refuses (ENOSPC half way) leaves nothing on disk; the store drops that
+    batch and every op appended after it, tells the model from which seq to undo, and goes on."""
+
+    async def main() -> list[int]:
         store, model = open_store(tmp_path, capture=False)
+        rollbacks: list[int] = []
+        store.set_rollback(rollbacks.append)
         await store.durable(model.do(("create", "VM", ref(1), vm(1))))
         [path] = journal_files(tmp_path)
         size = path.stat().st_size
@@ -434,19 +439,26 @@ def test_fault_injection_failed_write_is_undone_and_retried(tmp_path: Path) -> N
             raise OSError(errno.ENOSPC, "No space left on device")
 
         store._write_all = half_then_enospc
-        seq = model.do(("set", "VM", ref(1), "name_label", "lost?"))
-        with pytest.raises(StoreError, match="No space left"):
+        seq = model.do(("set", "VM", ref(1), "name_label", "lost"))
+        later = model.do(("set", "VM", ref(1), "VCPUs_max", "7"))  # appended while the first waits
+        with pytest.raises(WriteRefused, match="No space left") as info:
             await store.durable(seq)
+        assert info.value.cause == "No space left on device"
+        with pytest.raises(WriteRefused):
+            await store.durable(later)  # dropped with it
         assert path.stat().st_size == size  # the half record is gone
+        assert rollbacks == [1] and store.stats()["last_seq"] == 1
         store._write_all = fileio.write_all
-        await store.durable(model.do(("set", "VM", ref(1), "VCPUs_max", "4")))
-        assert [s for s, _ in disk_records(tmp_path)] == [1, 2, 3]
+        assert store.append(("set", "VM", ref(1), "VCPUs_max", "4")) == 2  # numbering goes on from 1
+        await store.durable(2)
+        assert [s for s, _ in disk_records(tmp_path)] == [1, 2]
         await store.close()
+        return rollbacks
 
     asyncio.run(main())
     tables, seq = reopen(tmp_path)
-    assert seq == 3
-    assert tables["VM"][ref(1)]["name_label"] == "lost?"
+    assert seq == 2
+    assert tables["VM"][ref(1)]["name_label"] == "vm 1"
     assert tables["VM"][ref(1)]["VCPUs_max"] == "4"
 
 
@@ -516,13 +528,18 @@ def test_torn_last_record_is_ignored_at_every_offset(tmp_path: Path) -> None:
         shutil.rmtree(work)
 
 
-def test_bad_checksum_on_the_last_line_is_ignored(tmp_path: Path) -> None:
-    states = build_journal(tmp_path, 3)
+def test_bad_checksum_on_a_complete_last_line_is_damage(tmp_path: Path) -> None:
+    """Newline-terminated, so written whole: a bad checksum there is damage, not a torn write."""
+    build_journal(tmp_path, 3)
     [path] = journal_files(tmp_path)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0x01
     path.write_bytes(bytes(data))
-    assert reopen(tmp_path) == (states[2], 2)
+    with pytest.raises(journal.JournalDamaged, match=r"line 3 \(record 3\): checksum mismatch; refusing") as info:
+        Store(tmp_path, DESC).open()
+    assert (info.value.lineno, info.value.seq, info.value.path) == (3, 3, path)
+    assert "xend-ext fsck" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == bytes(data)  # nothing truncated
 
 
 @pytest.mark.parametrize("line", [1, 2, 3])
@@ -534,7 +551,7 @@ def test_damage_before_the_last_record_refuses_to_start(tmp_path: Path, line: in
     damaged[len(damaged) // 2] ^= 0x20
     lines[line - 1] = bytes(damaged)
     path.write_bytes(b"\n".join(lines))
-    with pytest.raises(StoreError, match=rf"{re.escape(path.name)} line {line}: checksum"):
+    with pytest.raises(StoreError, match=rf"{re.escape(path.name)} line {line} \(record {line}\): checksum"):
         Store(tmp_path, DESC).open()
     # the refusal did not change anything and released the lock
     with pytest.raises(StoreError, match="checksum"):
@@ -558,7 +575,7 @@ def test_replay_of_an_op_on_a_missing_object(tmp_path: Path) -> None:
         ("create", "VM", ref(2), vm(2)),
         ("set", "VM", ref(1), "name_label", "ghost"),
     ])
-    with pytest.raises(StoreError, match=r"line 3: set on VM .* which does not exist"):
+    with pytest.raises(StoreError, match=r"line 3 \(record 3\): set on VM .* which does not exist"):
         Store(tmp_path, DESC).open()
 
 
@@ -571,7 +588,7 @@ def test_replay_of_a_second_create(tmp_path: Path) -> None:
 def test_missing_journal_file_is_detected(tmp_path: Path) -> None:
     write_records(tmp_path, 1, [("create", "VM", ref(1), vm(1)), ("create", "VM", ref(2), vm(2))])
     write_records(tmp_path, 5, [("create", "VM", ref(5), vm(5))])
-    with pytest.raises(StoreError, match="expected record 3, found 5"):
+    with pytest.raises(StoreError, match=r"\(record 3\): found record 5: records are missing"):
         Store(tmp_path, DESC).open()
 
 
@@ -809,19 +826,28 @@ def snapshot_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def restamp(path: Path, text: str) -> None:
+    """Write ``text`` as the snapshot with a checksum that matches it (a forged, valid file)."""
+    body = text[: text.rindex("<!-- crc32 ")].encode()
+    path.write_bytes(body + b"<!-- crc32 %08x -->\n" % zlib.crc32(body))
+
+
 def test_snapshot_shape(snapshot_dir: Path) -> None:
-    text = (snapshot_dir / "state.xml").read_text()
-    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<xend-ext-state format="1" seq="1">')
-    assert f'<VM ref="{ref(1)}">' in text
-    assert "<VCPUs_max>2</VCPUs_max>" in text
-    assert "<groups>\n        <item>g</item>\n      </groups>" in text
-    assert '<entry key="k">v</entry>' in text
-    assert '<table class="session"/>' in text
+    data = (snapshot_dir / "state.xml").read_bytes()
+    text = data.decode()
+    digest = snapshot.Validator(DESC).digest
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n'
+                           f'<xend-ext-state format="2" seq="1" grammar="{digest}">')
+    assert f'<VM ref="{ref(1)}" uuid="uuid-1" name_label="vm 1" VCPUs_max="2" ' in text
+    assert '<s f="groups">g</s><m f="other_config" k="k">v</m></VM>' in text
+    assert '<table class="session">\n</table>' in text
+    body, trailer = data[: data.rindex(b"<!--")], data[data.rindex(b"<!--"):]
+    assert trailer == b"<!-- crc32 %08x -->\n" % zlib.crc32(body)
 
 
 def test_snapshot_output_is_deterministic() -> None:
     classes = normalize(DESC)
-    validator = snapshot.Validator(relaxng(DESC))
+    validator = snapshot.Validator(DESC)
     tables = {"VM": {ref(i): vm(i) for i in (3, 1, 2)}, "VM_group": {}, "session": {}}
     shuffled = {"session": {}, "VM": dict(reversed(tables["VM"].items()))}
     assert snapshot.serialize(tables, 7, classes, validator) == snapshot.serialize(
@@ -845,35 +871,78 @@ def test_bad_descriptions_are_refused(bad: dict) -> None:
         normalize(bad)
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "fragment"),
-    [
-        ("<VCPUs_max>2</VCPUs_max>", "<VCPUs_max>two</VCPUs_max>", "schema"),
-        ("<VCPUs_max>2</VCPUs_max>", "<VCPUs_max enc=\"b64\">Mg==</VCPUs_max>", "schema"),
-        ("<is_a_template>false</is_a_template>", "<is_a_template>no</is_a_template>", "schema"),
-        ("<is_a_template>false</is_a_template>", "<is_a_template> false</is_a_template>", "schema"),
-        ("<power_state>Halted</power_state>", "<power_state>Exploded</power_state>", "schema"),
-        ("<uuid>uuid-1</uuid>", "<uuid>uuid-1</uuid><bogus/>", "schema"),
-        ("<uuid>uuid-1</uuid>", "<uuid>uuid-1</uuid><uuid>again</uuid>", "schema"),
-        ("<uuid>uuid-1</uuid>", '<uuid enc="b64">not base64!</uuid>', "schema"),
-        ('<table class="session"/>', '<table class="session"/><table class="nope"/>', "schema"),
-        ('format="1"', 'format="2"', "schema"),
-        ('seq="1"', 'seq="-1"', "schema"),
-        ("</xend-ext-state>", "", "not well-formed"),
-        ('<entry key="k">', '<entry key="k"><item/>', "schema"),
-        ("<item>g</item>", '<item enc="b64">/w==</item>', "base64"),  # not UTF-8
-        ("</VM>", f'</VM><VM ref="{ref(1)}"/>', "twice"),
-        ('<entry key="k">v</entry>', '<entry key="k">v</entry><entry key="k">w</entry>', "twice"),
-    ],
-)
-def test_tampered_snapshot_is_refused(snapshot_dir: Path, old: str, new: str, fragment: str) -> None:
+TAMPERING = [
+    ('VCPUs_max="2"', 'VCPUs_max="two"', "schema"),
+    ('is_a_template="false"', 'is_a_template="no"', "schema"),
+    ('is_a_template="false"', 'is_a_template=" false"', "schema"),
+    ('power_state="Halted"', 'power_state="Exploded"', "schema"),
+    ('uuid="uuid-1"', 'uuid="uuid-1" bogus="x"', "schema"),
+    ('<s f="groups">', '<bogus/><s f="groups">', "schema"),
+    ('<s f="groups">', '<v f="uuid" enc="b64">not base64!</v><s f="groups">', "schema"),
+    ('<s f="groups">', '<s f="VCPUs_max">', "schema"),
+    ('<table class="session">', '<table class="nope"></table><table class="session">', "schema"),
+    ('format="2"', 'format="3"', "schema"),
+    ('seq="1"', 'seq="-1"', "schema"),
+    ("</xend-ext-state>", "", "not well-formed"),
+    ('<m f="other_config" k="k">v</m>', '<m f="other_config" k="k"><s/></m>', "schema"),
+    ('<s f="groups">g</s>', '<s f="groups" enc="b64">/w==</s>', "unreadable"),  # not UTF-8
+    ("</VM>", f'</VM><VM ref="{ref(1)}"/>', "twice"),
+    ('<m f="other_config" k="k">v</m>', '<m f="other_config" k="k">v</m><m f="other_config" k="k">w</m>', "twice"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "fragment"), TAMPERING)
+def test_damaged_snapshot_fails_its_checksum(snapshot_dir: Path, old: str, new: str, fragment: str) -> None:
     path = snapshot_dir / "state.xml"
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new, 1))
-    with pytest.raises(StoreError, match=fragment) as info:
+    with pytest.raises(StoreError, match="checksum") as info:
         Store(snapshot_dir, DESC).open()
     assert str(path) in str(info.value)
+
+
+def test_one_changed_digit_is_damage(snapshot_dir: Path) -> None:
+    path = snapshot_dir / "state.xml"
+    path.write_text(path.read_text().replace('VCPUs_max="2"', 'VCPUs_max="3"', 1))
+    with pytest.raises(snapshot.SnapshotDamaged, match="does not match its checksum"):
+        Store(snapshot_dir, DESC).open()
+
+
+@pytest.mark.parametrize(("old", "new", "fragment"), TAMPERING)
+def test_forged_snapshot_is_refused_when_verified(snapshot_dir: Path, old: str, new: str, fragment: str) -> None:
+    """A file with a matching checksum but content the grammar refuses: loading with
+    ``verify`` (the server's --verify-state, and fsck) validates it; the decoder still
+    catches what the grammar cannot (twice the same ref or key, bad UTF-8)."""
+    path = snapshot_dir / "state.xml"
+    restamp(path, path.read_text().replace(old, new, 1))
+    with pytest.raises(StoreError, match=fragment) as info:
+        Store(snapshot_dir, DESC, verify=True).open()
+    assert str(path) in str(info.value)
+
+
+def test_format_1_snapshots_of_older_versions_load(tmp_path: Path) -> None:
+    (tmp_path / "state.xml").write_text(textwrap.dedent(f"""\
+        <?xml version="1.0" encoding="UTF-8"?>
+        <xend-ext-state format="1" seq="4">
+          <table class="VM">
+            <VM ref="{ref(1)}">
+              <uuid>uuid-1</uuid>
+              <name_label enc="b64">AA==</name_label>
+              <groups><item>g</item></groups>
+              <other_config><entry key="k">v</entry></other_config>
+            </VM>
+          </table>
+        </xend-ext-state>
+        """))
+    tables, seq = reopen(tmp_path)
+    assert seq == 4
+    assert tables["VM"] == {ref(1): {"uuid": "uuid-1", "name_label": "\x00", "groups": ["g"],
+                                     "other_config": {"k": "v"}}}
+    text = (tmp_path / "state.xml").read_text()
+    (tmp_path / "state.xml").write_text(text.replace("<uuid>uuid-1</uuid>", "<uuid>uuid-1</uuid><bogus/>"))
+    with pytest.raises(StoreError, match="schema"):
+        reopen(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -891,8 +960,8 @@ def test_snapshot_with_dtd_or_entities_is_refused(snapshot_dir: Path, doctype: s
     text = path.read_text()
     head, body = text.split("\n", 1)
     if "ENTITY x" in doctype:
-        body = body.replace("<name_label>vm 1</name_label>", "<name_label>&x;</name_label>")
-    path.write_text(f"{head}\n{doctype}\n{body}")
+        body = body.replace('name_label="vm 1"', 'name_label="&x;"')
+    restamp(path, f"{head}\n{doctype}\n{body}")
     with pytest.raises(StoreError, match="state.xml") as info:
         Store(snapshot_dir, DESC).open()
     assert "boom" not in str(info.value)
@@ -900,7 +969,7 @@ def test_snapshot_with_dtd_or_entities_is_refused(snapshot_dir: Path, doctype: s
 
 def test_missing_fields_and_new_classes_load(snapshot_dir: Path) -> None:
     path = snapshot_dir / "state.xml"
-    path.write_text(path.read_text().replace("<weight>1.5</weight>", ""))
+    restamp(path, path.read_text().replace(' weight="1.5"', ""))
     grown = {**DESC, "VM": [*DESC["VM"], ("added_later", "int", ())], "new_class": [("uuid", "string", ())]}
     tables, _ = reopen(snapshot_dir, grown)
     assert "weight" not in tables["VM"][ref(1)]

@@ -432,6 +432,10 @@ class Registry:
         return out
 
 
+#: What a change answers when the journal cannot take it (a full disk): params [cause, advice].
+WRITE_ERROR = "STORE_WRITE_FAILED"
+
+
 def describe(registry: Registry) -> dict:
     """The API as data (schemas/xenapi.json): for clients in other languages and for docs."""
     classes = {}
@@ -452,7 +456,7 @@ def describe(registry: Registry) -> dict:
                     "role": m.role,
                     "async": m.async_ok and m.session,
                     "session": m.session,
-                    "errors": list(m.errors),
+                    "errors": list(m.errors) + ([WRITE_ERROR] if m.role != READ_ONLY else []),
                     "capability": m.capability,
                     "doc": m.doc,
                 }

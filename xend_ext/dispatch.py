@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .datamodel import ROLES, Message, XenAPIClass, role_rank
+from .datamodel import ROLES, WRITE_ERROR, Message, XenAPIClass, role_rank
+from .model import Change, current_change
+from .store import StoreError, WriteRefused
 from .wire import XenAPIError, failure, success
 
 if TYPE_CHECKING:
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("xend_ext.dispatch")
 
 ASYNC_PREFIX = "Async."
+
+STORE_WRITE_FAILED = WRITE_ERROR  # declared with every message that may change state (schemas/xenapi.json)
+#: Backend calls that only read: the changes recorded after them do not mirror a hypervisor step.
+BACKEND_READS = frozenset({"domain", "domains", "definitions", "host_info", "pools", "read_image", "memory_free"})
+#: Seconds between two tries to write what a refused write kept (live state of the hypervisor).
+RETRY_INTERVAL = 2.0
 
 
 class Context:
@@ -55,9 +63,13 @@ class Context:
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.services.backend_pool, functools.partial(action, *args))
+            result = await loop.run_in_executor(self.services.backend_pool, functools.partial(action, *args))
         except BackendError as exc:
             raise XenAPIError(exc.code, *exc.params) from None
+        change = current_change.get()
+        if change is not None and getattr(action, "__name__", "") not in BACKEND_READS:
+            change.live = True  # what this request records from now on is what the hypervisor did
+        return result
 
     def lock(self, ref: str) -> asyncio.Lock:
         """The lock that keeps operations on one object in order while they wait on the backend."""
@@ -90,6 +102,10 @@ class Services:
         # backend calls block (libvirt, subprocesses, fsync): a bounded pool keeps them off the loop
         self.backend_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="backend")
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.refused: WriteRefused | None = None  # the last write the journal refused
+        self._retry: asyncio.Task[None] | None = None
+        if store is not None:
+            store.set_rollback(self.rollback)
 
     def lock(self, ref: str) -> asyncio.Lock:
         lock = self._locks.get(ref)
@@ -100,7 +116,33 @@ class Services:
     async def commit(self, seq: int) -> None:
         """Wait until the journal holds everything up to ``seq``, then let its events out."""
         await self.store.durable(seq)
+        self.db.durable(seq)
         self.hub.durable(seq)
+
+    def rollback(self, durable_seq: int) -> None:
+        """The journal refused a write (the store's rollback hook): take back every change after
+        ``durable_seq`` and their events; what mirrors the hypervisor is kept and written later."""
+        self.refused = self.store.refused
+        undone = self.db.rollback(durable_seq)
+        self.hub.rollback(durable_seq, undone)
+        if self.db.relog and self._retry is None:
+            self._retry = asyncio.get_running_loop().create_task(self._write_kept())
+
+    async def _write_kept(self) -> None:
+        """Try the disk again every few seconds until the kept changes are written."""
+        try:
+            while self.db.relog:
+                await asyncio.sleep(RETRY_INTERVAL)
+                if self.db.relog:
+                    self.db.write_relog()
+                    try:
+                        await self.commit(self.db.last_seq)
+                    except StoreError:
+                        pass  # refused again (kept again) or closing: the loop decides
+                    if self.store.broken:
+                        return
+        finally:
+            self._retry = None
 
 
 class Dispatcher:
@@ -126,25 +168,30 @@ class Dispatcher:
         db = self.services.db
         before = db.last_seq
         raw = False
+        change = Change()
+        token = current_change.set(change)
         try:
             cls, msg, run_async = self.resolve(method)
             raw = msg.raw_reply
             ctx = Context(self.services, method)
             args = self._check(ctx, method, msg, params)
             if run_async or msg.is_async_impl:
-                return self._call_async(ctx, method, msg, args, run_async, before)
+                return self._call_async(ctx, method, msg, args, run_async, before, change)
             value = msg.impl(ctx, *args)
             reply: Any = value if raw else success(value)
         except XenAPIError as exc:
             reply = failure(exc.description)
         except Exception as exc:  # a bug: say so on the wire, keep serving
             reply = _internal(method, exc)
+        finally:
+            current_change.reset(token)
         if db.last_seq != before:
-            return self._durable(reply, raw)
+            return self._durable(reply, raw, change)
         return reply, raw
 
     async def _call_async(self, ctx: Context, method: str, msg: Message, args: list, run_async: bool,
-                          before: int) -> tuple[Any, bool]:
+                          before: int, change: Change) -> tuple[Any, bool]:
+        token = current_change.set(change)
         try:
             if run_async:
                 value = await self.registry.start_task(ctx, method[len(ASYNC_PREFIX):], msg, args)
@@ -155,17 +202,29 @@ class Dispatcher:
             reply = failure(exc.description)
         except Exception as exc:
             reply = _internal(method, exc)
-        if self.services.db.last_seq != before:
-            return await self._durable(reply, msg.raw_reply)
+        finally:
+            current_change.reset(token)
+        if self.services.db.last_seq != before or change.undone:
+            return await self._durable(reply, msg.raw_reply, change)
         return reply, msg.raw_reply
 
-    async def _durable(self, reply: Any, raw: bool) -> tuple[Any, bool]:
-        """Acknowledge only once the journal holds the change."""
+    async def _durable(self, reply: Any, raw: bool, change: Change) -> tuple[Any, bool]:
+        """Acknowledge only once the journal holds the change; a change it refused was undone."""
         try:
             await self.services.commit(self.services.db.last_seq)
-        except Exception as exc:
-            log.error("journal write failed: %s", exc)
-            reply = failure(["INTERNAL_ERROR", f"the change could not be made durable: {exc}"])
+        except WriteRefused:
+            pass  # undone if it was this request's (change.undone); others' records are not ours
+        except StoreError as exc:  # a failed fsync: the store takes no more writes
+            return failure([STORE_WRITE_FAILED, str(exc), "the change may or may not be recorded; "
+                            "restart the server, which takes no more changes until then"]), raw
+        if change.undone or change.kept:
+            cause = self.services.refused.cause if self.services.refused else "write refused"
+            if change.undone:
+                advice = "the change was not made; free space in the server's state directory and retry"
+            else:  # its backend step happened: the model keeps what the hypervisor did
+                advice = ("the hypervisor did it and the server shows it, but has not recorded it yet; "
+                          "free space in the server's state directory and it will be recorded")
+            return failure([STORE_WRITE_FAILED, cause, advice]), raw
         return reply, raw
 
     def _check(self, ctx: Context, method: str, msg: Message, params: tuple) -> list:

@@ -140,6 +140,20 @@ class EventHub:
             self.durable_seq = seq
         self._publish_ready()
 
+    def rollback(self, durable_seq: int, undone: set[Obj]) -> None:
+        """Changes after ``durable_seq`` were taken back (a refused journal write): their events are
+        dropped; the other changes waiting with them (kept or in memory only) are let out."""
+        kept: deque[tuple[int, int, Obj, str]] = deque()
+        for seq, gen, obj, op in self._pending:
+            if seq > durable_seq:
+                self.records.drop(obj.ref)  # read meanwhile, its encoding may hold what was undone
+                if obj in undone:
+                    continue
+                seq = durable_seq
+            kept.append((seq, gen, obj, op))
+        self._pending = kept
+        self._publish_ready()
+
     def _publish_ready(self) -> None:
         published = False
         while self._pending and self._pending[0][0] <= self.durable_seq:

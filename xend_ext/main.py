@@ -1,4 +1,7 @@
-"""``xend-ext``: the server command (``serve``) and its password tool (``passwd``)."""
+"""``xend-ext``: the server command (``serve``), its password tool (``passwd``) and ``fsck``.
+
+Every refusal to start is one line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +32,17 @@ CONNECTION_FLAGS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line (no usage block): the same shape as every other refusal."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xend-ext", description="A Xen-API server with CPU pools, VM groups, "
-                                     "scheduling domains and a runtime policy manager.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="xend-ext", description="A Xen-API server with CPU pools, VM groups, "
+                     "scheduling domains and a runtime policy manager.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--state-dir", type=Path, default=None,
@@ -74,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where VM.save, VM.restore and group save/restore read and write image files; "
                             "paths outside it are refused (default <state dir>/images)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--verify-state", action="store_true",
+                       help="validate the snapshot against the state schema as it loads (it always is when "
+                            "written, and when loaded after an upgrade)")
 
     pw = sub.add_parser("passwd", help="add a user or change a password or role (auth 'file')")
     pw.add_argument("user")
@@ -81,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--state-dir", type=Path, default=None)
     pw.add_argument("--passwd-file", type=Path, help="default <state dir>/passwd")
     pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    fsck = sub.add_parser("fsck", help="check a stopped server's state directory (checksums, schema, "
+                          "every record); --repair keeps everything before any damage")
+    fsck.add_argument("--state-dir", type=Path, default=None)
+    fsck.add_argument("--repair", action="store_true",
+                      help="cut the state at the first damage (the damaged file is copied aside first)")
     sub.add_parser("schema", help="print the RelaxNG schema of the state file (schemas/state.rng)")
     sub.add_parser("describe", help="print the API as JSON: classes, fields, messages (schemas/xenapi.json)")
     return parser
@@ -128,19 +146,23 @@ def _config(args: argparse.Namespace):
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
                   image_dir=(args.image_dir or state_dir / "images").absolute(),
-                  insecure_no_auth=args.insecure_no_auth, **connections)
+                  insecure_no_auth=args.insecure_no_auth, verify_state=args.verify_state, **connections)
+
+
+class CannotStart(Exception):
+    """A refusal to start, said in one line by :func:`serve`."""
 
 
 async def _serve(config) -> int:
+    from .backends.base import BackendError
     from .server import Server
-    from .store import StateDirLocked
+    from .store import StoreError
 
     server = Server(config)
     try:
         await server.start()
-    except StateDirLocked as exc:
-        logging.getLogger("xend_ext").error("%s", exc)
-        return 1
+    except (StoreError, BackendError) as exc:  # the lock held, damaged state, no hypervisor...
+        raise CannotStart(str(exc)) from None
     await server.serve_forever()
     return 0
 
@@ -160,9 +182,27 @@ def serve(args: argparse.Namespace) -> int:
         config = _config(args)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         return run_loop(_serve(config))
-    except (ValueError, OSError) as exc:
-        print(f"xend-ext: cannot start: {exc}", file=sys.stderr)
+    except (CannotStart, ValueError, OSError) as exc:
+        print(f"xend-ext: cannot start: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def fsck(args: argparse.Namespace) -> int:
+    from xenapi_classes import build_registry
+
+    from .store import StoreError
+    from .store.fsck import fsck as check
+
+    state_dir = (args.state_dir or default_state_dir()).absolute()
+    try:
+        return check(state_dir, build_registry().description(), repair=args.repair)
+    except (StoreError, OSError) as exc:
+        print(f"xend-ext fsck: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 def passwd(args: argparse.Namespace) -> int:
@@ -185,7 +225,7 @@ def passwd(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"serve": serve, "passwd": passwd, "schema": schema, "describe": describe}
+    commands = {"serve": serve, "passwd": passwd, "fsck": fsck, "schema": schema, "describe": describe}
     return commands[args.command](args)
 
 

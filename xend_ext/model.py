@@ -7,10 +7,13 @@ event loop one at a time between awaits, so a mutation never sees another half d
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import gc
 import uuid as _uuid
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .types import BoolType, EnumType, IntType, MapType, RefType, SetType, StringType
@@ -44,8 +47,32 @@ class Obj:
         return f"<{self.cls.name} {self.ref}>"
 
 
+CAPTURE_SLICE = 500  # objects encoded between two awaits of a capture
+
+
 def new_uuid() -> str:
     return str(_uuid.uuid4())
+
+
+class Change:
+    """What one request (or one backend report) did to the persistent model.
+
+    ``live`` once its backend step succeeded: what it records from then on mirrors the
+    hypervisor and is kept if the journal cannot take it (``kept``; written later). ``undone``
+    when some of its changes were taken back because the journal write failed.
+    """
+
+    __slots__ = ("live", "undone", "kept")
+
+    def __init__(self, live: bool = False) -> None:
+        self.live = live
+        self.undone = False
+        self.kept = False
+
+
+#: The Change of the request running now (set by the dispatcher, one per request).
+current_change: contextvars.ContextVar[Change | None] = contextvars.ContextVar("xend_ext_change", default=None)
+_MISSING = object()
 
 
 class Database:
@@ -72,6 +99,11 @@ class Database:
         self._highest: dict[tuple[str, str], Any] = {}
         self.backend: Any = None  # computed fields read live facts through it
         self.last_seq = 0  # the newest journal record this model has written
+        # (seq, op, inverse, change) of every record not yet known durable, to take back a write
+        # the disk refused; ops kept then (they mirror the hypervisor) wait in ``relog``
+        self.undo: deque[tuple[int, tuple, tuple, Change | None]] = deque()
+        self.relog: list[tuple] = []
+        self._capturing: dict[str, dict] | None = None  # ref -> encoded values before a change, while capturing
 
     # -- loading -------------------------------------------------------------------------
     def load(self, tables: dict[str, dict[str, dict]]) -> None:
@@ -108,17 +140,35 @@ class Database:
                 obj.ctime = obj.mtime = self.hub.generation
                 self._insert(obj)
 
-    def capture(self) -> dict[str, dict[str, dict]]:
-        """Encoded copy of every persistent object, for a snapshot."""
+    def capture(self) -> tuple[Awaitable[dict[str, dict[str, dict]]], int]:
+        """Encoded copy of every persistent object as of now (``last_seq``), for a snapshot.
+
+        Returns at once; the copy is encoded in slices between awaits, so a large model never
+        stops the loop for long. An object changed meanwhile is encoded as it was, just before
+        its first change (see ``_before_change``): the copy is the state at the returned seq.
+        """
+        pending = [(cls, cls.stored_fields(), list(self.tables[cls.name].values()))
+                   for cls in self.registry.classes.values() if cls.persist]
+        before: dict[str, dict] = {}
+        self._capturing = before
+        return self._encode_all(pending, before), self.last_seq
+
+    async def _encode_all(self, pending: list, before: dict[str, dict]) -> dict[str, dict[str, dict]]:
         out: dict[str, dict[str, dict]] = {}
-        for cls in self.registry.classes.values():
-            if not cls.persist:
-                continue
-            fields = cls.stored_fields()
-            out[cls.name] = {
-                obj.ref: {f.name: f.type.encode(obj.values[f.name]) for f in fields}
-                for obj in self.tables[cls.name].values()
-            }
+        try:
+            done = 0
+            for cls, fields, objects in pending:
+                table = out[cls.name] = {}
+                for obj in objects:
+                    old = before.get(obj.ref)
+                    values = obj.values
+                    table[obj.ref] = old if old is not None else {f.name: f.type.encode(values[f.name]) for f in fields}
+                    done += 1
+                    if done % CAPTURE_SLICE == 0:
+                        await asyncio.sleep(0)
+        finally:
+            if self._capturing is before:
+                self._capturing = None
         return out
 
     # -- reading -------------------------------------------------------------------------
@@ -198,7 +248,7 @@ class Database:
         self._insert(obj)
         if cls.persist:
             encoded = {f.name: f.type.encode(values[f.name]) for f in cls.stored_fields()}
-            self._journal(("create", cname, obj.ref, encoded))
+            self._journal(("create", cname, obj.ref, encoded), ("uncreate", obj))
         self._changed(obj, "add")
         for key in self._reverse_keys(cls):
             self._touch_targets(values[key[1]])
@@ -206,9 +256,10 @@ class Database:
 
     def destroy(self, obj: Obj) -> None:
         cls = obj.cls
+        self._check_live(obj)
         self._remove(obj)
         if cls.persist:
-            self._journal(("destroy", cls.name, obj.ref))
+            self._journal(("destroy", cls.name, obj.ref), ("undestroy", obj))
         self._changed(obj, "del")
         for key in self._reverse_keys(cls):
             self._touch_targets(obj.values[key[1]])
@@ -218,16 +269,10 @@ class Database:
         if old == value:
             return
         f = obj.cls.fields[name]
-        reverse_key = (obj.cls.name, name)
-        if reverse_key in self.reverse:
-            self._unindex(reverse_key, obj.ref, old)
-            self._index(reverse_key, obj.ref, value)
-        if reverse_key in self.indexes:
-            self._unindex_value(reverse_key, obj.ref, old)
-            self._index_value(reverse_key, obj.ref, value)
-        obj.values[name] = value
+        self._check_live(obj)
+        reverse_key = self._put(obj, name, old, value)
         if obj.cls.persist and f.persist:
-            self._journal(("set", obj.cls.name, obj.ref, name, f.type.encode(value)))
+            self._journal(("set", obj.cls.name, obj.ref, name, f.type.encode(value)), ("set", obj, name, old))
         self._changed(obj, "mod")
         if reverse_key in self.reverse:
             self._touch_targets(old)
@@ -235,19 +280,24 @@ class Database:
 
     def map_add(self, obj: Obj, name: str, key: Any, value: Any) -> None:
         f = obj.cls.fields[name]
+        self._check_live(obj)
         held = obj.values[name]
         if not held:  # an empty map may be the one that loaded objects share (see load)
             held = obj.values[name] = {}
+        old = held.get(key, _MISSING)
         held[key] = value
         if obj.cls.persist and f.persist:
-            self._journal(("map_add", obj.cls.name, obj.ref, name, f.type.key.encode(key), f.type.value.encode(value)))
+            self._journal(("map_add", obj.cls.name, obj.ref, name, f.type.key.encode(key), f.type.value.encode(value)),
+                          ("map", obj, name, key, old))
         self._changed(obj, "mod")
 
     def map_remove(self, obj: Obj, name: str, key: Any) -> None:
         f = obj.cls.fields[name]
-        del obj.values[name][key]
+        self._check_live(obj)
+        old = obj.values[name].pop(key)
         if obj.cls.persist and f.persist:
-            self._journal(("map_remove", obj.cls.name, obj.ref, name, f.type.key.encode(key)))
+            self._journal(("map_remove", obj.cls.name, obj.ref, name, f.type.key.encode(key)),
+                          ("map", obj, name, key, old))
         self._changed(obj, "mod")
 
     def set_add(self, obj: Obj, name: str, item: Any) -> None:
@@ -260,10 +310,104 @@ class Database:
         """Announce a change of computed fields (live state the backend reported)."""
         self._changed(obj, "mod")
 
+    # -- taking back what the journal refused ---------------------------------------------
+    def durable(self, seq: int) -> None:
+        """Records up to ``seq`` are on disk: they can no longer be taken back."""
+        undo = self.undo
+        while undo and undo[0][0] <= seq:
+            undo.popleft()
+
+    def rollback(self, durable_seq: int) -> set[Obj]:
+        """The journal refused every record after ``durable_seq``: undo them, newest first.
+
+        Records of a change whose backend step succeeded (``Change.live``) mirror the hypervisor
+        and are kept; their ops wait in ``relog`` to be written first when the disk takes writes
+        again. Returns the objects whose every unwritten change was undone (no event for them).
+        """
+        undone: set[Obj] = set()
+        kept: set[Obj] = set()
+        kept_fields: set[tuple[str, str]] = set()
+        relog: list[tuple] = []
+        while self.undo and self.undo[-1][0] > durable_seq:
+            _seq, op, inverse, change = self.undo.pop()
+            obj = inverse[1]
+            if change is not None and change.live:
+                change.kept = True
+                relog.append(op)
+                kept.add(obj)
+                if op[0] in ("set", "map_add", "map_remove"):
+                    kept_fields.add((op[2], op[3]))
+                continue
+            if change is not None:
+                change.undone = True
+            undone.add(obj)
+            kind = inverse[0]
+            if kind == "uncreate":
+                self._remove(obj)
+                relog = [o for o in relog if o[2] != obj.ref]
+                undone.update(self._targets(obj))
+            elif kind == "undestroy":
+                self._insert(obj)
+                undone.update(self._targets(obj))
+            elif (obj.ref, inverse[2]) in kept_fields:
+                continue  # a later change that mirrors the hypervisor wins
+            elif kind == "set":
+                undone.update(self._targets(obj, inverse[2]))
+                self._put(obj, inverse[2], obj.values[inverse[2]], inverse[3])
+                undone.update(self._targets(obj, inverse[2]))
+            elif inverse[4] is _MISSING:
+                obj.values[inverse[2]].pop(inverse[3], None)
+            else:
+                obj.values[inverse[2]][inverse[3]] = inverse[4]
+        relog.reverse()
+        self.relog = relog + self.relog
+        self.last_seq = durable_seq
+        return undone - kept
+
+    def write_relog(self) -> None:
+        """Journal again the kept records of a refused write (before anything newer)."""
+        relog, self.relog = self.relog, []
+        for op in relog:
+            seq = self.store.append(op)
+            self.last_seq = seq
+            self.undo.append((seq, op, ("relog", self.by_ref.get(op[2])), _KEEP))
+
     # -- internals -----------------------------------------------------------------------
-    def _journal(self, op: tuple) -> None:
+    def _journal(self, op: tuple, inverse: tuple) -> None:
         if self.store is not None:
-            self.last_seq = self.store.append(op)
+            if self.relog:
+                self.write_relog()
+            self.last_seq = seq = self.store.append(op)
+            self.undo.append((seq, op, inverse, current_change.get()))
+
+    def _check_live(self, obj: Obj) -> None:
+        """Before a change: an object taken back meanwhile (or destroyed) must not reach the
+        journal; a capture in progress keeps the values it had."""
+        if obj.cls.persist:
+            if self.by_ref.get(obj.ref) is not obj:
+                raise XenAPIError("HANDLE_INVALID", obj.cls.name, obj.ref)
+            if self._capturing is not None and obj.ref not in self._capturing:
+                self._capturing[obj.ref] = {f.name: f.type.encode(obj.values[f.name]) for f in obj.cls.stored_fields()}
+
+    def _put(self, obj: Obj, name: str, old: Any, value: Any) -> tuple[str, str]:
+        reverse_key = (obj.cls.name, name)
+        if reverse_key in self.reverse:
+            self._unindex(reverse_key, obj.ref, old)
+            self._index(reverse_key, obj.ref, value)
+        if reverse_key in self.indexes:
+            self._unindex_value(reverse_key, obj.ref, old)
+            self._index_value(reverse_key, obj.ref, value)
+        obj.values[name] = value
+        return reverse_key
+
+    def _targets(self, obj: Obj, name: str | None = None) -> list[Obj]:
+        """The objects whose back-references ``obj`` (or its field ``name``) points at."""
+        keys = self._reverse_keys(obj.cls) if name is None else [(obj.cls.name, name)]
+        found = []
+        for key in keys:
+            if key in self.reverse:
+                found += [t for t in map(self.by_ref.get, _refs(obj.values[key[1]])) if t is not None]
+        return found
 
     def _changed(self, obj: Obj, op: str) -> None:
         if obj.cls.events:
@@ -375,6 +519,9 @@ class _Sharing:
         if isinstance(t, BoolType):
             return "true".__eq__
         return t.decode
+
+
+_KEEP = Change(live=True)
 
 
 def _refs(value: Any) -> list[str]:

@@ -31,8 +31,8 @@ from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
 from .http import Gate, HttpProtocol, Limits, Request, sweep
-from .model import Database
-from .store import Store
+from .model import Change, Database, current_change
+from .store import Store, WriteRefused
 
 log = logging.getLogger("xend_ext")
 
@@ -73,6 +73,7 @@ class Config:
     event_queue: int = 10_000
     compact_min_bytes: int = 4 << 20
     image_dir: Path | None = None  # VM.save/restore files live here (None: <state dir>/images)
+    verify_state: bool = False  # validate the snapshot against the schema on load too
 
 
 def make_backend(config: Config):
@@ -111,7 +112,7 @@ class Server:
         self.config = config
         self.registry = build_registry()
         self.store = Store(config.state_dir, self.registry.description(),
-                           compact_min_bytes=config.compact_min_bytes)
+                           compact_min_bytes=config.compact_min_bytes, verify=config.verify_state)
         self.hub = EventHub(queue_limit=config.event_queue)
         self.db = Database(self.registry, self.store, self.hub)
         self.backend = None
@@ -138,18 +139,23 @@ class Server:
             self.db.last_seq = seq
             self.hub.durable_seq = seq
             self.hub.bind(self.db)
-            self.store.set_capture(lambda: (self.db.capture(), self.db.last_seq))
+            self.store.set_capture(self.db.capture)
             self.backend = wrap_for_tests(make_backend(self.config))
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()
             self.dispatcher = Dispatcher(self.services)
             ctx = Context(self.services, "start")
+            current_change.set(Change(live=True))  # reconciling records what the hypervisor has
             for hook in self.registry.on_start:
                 result = hook(ctx)
                 if asyncio.iscoroutine(result):
                     await result
-            await self.services.commit(self.db.last_seq)
+            try:
+                await self.services.commit(self.db.last_seq)
+            except WriteRefused as exc:  # kept in memory, written when the disk takes writes again
+                log.error("%s; serving reads, changes are refused until it can be written", exc)
+            current_change.set(None)
             _return_free_memory()
             self._pending_changes: set[tuple[str, str]] = set()
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
@@ -166,6 +172,7 @@ class Server:
 
     async def _reconcile(self, kind: str, ident: str) -> None:
         self._pending_changes.discard((kind, ident))  # a change arriving from now on needs another look
+        current_change.set(Change(live=True))  # this task's records mirror the hypervisor
         ctx = Context(self.services, "backend")
         try:
             for hook in self.registry.on_backend_change:

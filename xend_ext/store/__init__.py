@@ -29,26 +29,31 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import journal, snapshot
-from .errors import StateDirLocked, StoreError
+from .errors import JournalDamaged, SnapshotDamaged, StateDirLocked, StoreError, WriteRefused
 from .fileio import fsync_dir, sync, write_all
 from .journal import JournalFile
-from .schema import Description, normalize, relaxng
+from .schema import Description, normalize
 from .snapshot import Tables
 
-__all__ = ["Capture", "StateDirLocked", "Store", "StoreError", "Tables"]
+__all__ = ["Capture", "JournalDamaged", "SnapshotDamaged", "StateDirLocked", "Store", "StoreError", "Tables",
+           "WriteRefused"]
 
 log = logging.getLogger(__name__)
 
-#: Returns freshly built encoded tables holding every op up to the returned seq.
-Capture = Callable[[], tuple[Tables, int]]
+#: Returns freshly built encoded tables holding every op up to the returned seq, or an
+#: awaitable of them (a capture made in slices between awaits, as of the moment it was asked).
+Capture = Callable[[], tuple[Tables | Awaitable[Tables], int]]
+#: Told the last durable seq when a write was refused: every later op is gone, undo them.
+Rollback = Callable[[int], None]
 
 LOCK_NAME = "lock"
 
@@ -62,12 +67,16 @@ class Store:
         description: Description,
         *,
         compact_min_bytes: int = 1 << 20,
+        verify: bool = False,
     ):
         self.state_dir = Path(state_dir)
         self._description = description
         self._classes = normalize(description)
         self._compact_min = compact_min_bytes
+        self._verify = verify  # validate the snapshot against the grammar even if it was when written
         self._capture: Capture | None = None
+        self._rollback: Rollback | None = None
+        self.refused: WriteRefused | None = None  # the last write refused (see _refuse)
         self._validator: snapshot.Validator | None = None
         self._state = "new"  # new -> open -> closing -> closed
         self._lock_fd: int | None = None
@@ -101,6 +110,7 @@ class Store:
         self._snapshot_seq = 0
         self._snapshot_bytes = 0
         self._compactions = 0
+        self._refusals = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,11 +131,11 @@ class Store:
             ) from exc
         self._lock()
         try:
-            self._validator = snapshot.Validator(relaxng(self._description))
+            self._validator = snapshot.Validator(self._description)
             snapshot.remove_temp(self.state_dir)
             snap_path = self.state_dir / snapshot.SNAPSHOT_NAME
             if snap_path.exists():
-                tables, snap_seq = snapshot.load(snap_path, self._classes, self._validator)
+                tables, snap_seq = snapshot.load(snap_path, self._classes, self._validator, verify=self._verify)
                 self._snapshot_bytes = snap_path.stat().st_size
             else:
                 tables, snap_seq = {cls: {} for cls in self._classes}, 0
@@ -209,6 +219,11 @@ class Store:
         self._buf = []
         self._shutdown()
 
+    @property
+    def broken(self) -> bool:
+        """True after a failure that may have left the journal in an unknown state (fsync)."""
+        return self._broken is not None
+
     # ------------------------------------------------------------------ locking
 
     def _lock(self) -> None:
@@ -270,6 +285,8 @@ class Store:
         if self._state not in ("open", "closing"):
             raise StoreError("store is closed")
         if seq > self._last_seq:
+            if self.refused is not None:
+                raise self.refused  # appended, then dropped with a refused write
             raise ValueError(f"seq {seq} was never appended (last is {self._last_seq})")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -297,17 +314,11 @@ class Store:
                     self._fail(waiters, self._broken)
                     raise
                 except (OSError, RuntimeError, StoreError) as exc:
-                    error = exc if isinstance(exc, StoreError) else StoreError(
-                        f"journal write failed: {exc}"
-                    )
-                    # Nothing of the batch is on disk (the writer undid it): keep it at the
-                    # head of the buffer so the journal stays in step with the model.
-                    self._buf[:0] = batch
-                    self._inflight_upto, self._inflight_waiters = self._durable_seq, []
-                    self._fail(waiters, error)
-                    if not self._pending_waiters:
+                    if self._broken is not None:
+                        self._fail(waiters, self._broken)
                         break
-                    continue
+                    self._refuse(waiters, exc)
+                    break
                 self._durable_seq = upto
                 self._inflight_waiters = []
                 for fut in waiters:
@@ -319,6 +330,20 @@ class Store:
             if self._broken is not None:
                 self._fail(self._pending_waiters, self._broken)
                 self._pending_waiters = []
+
+    def _refuse(self, waiters: list[asyncio.Future[None]], exc: BaseException) -> None:
+        """Nothing of the batch is on disk (the writer truncated it away): drop it and every op
+        appended after it (they may build on it), tell the model to undo them, fail the waiters."""
+        error = exc if isinstance(exc, WriteRefused) else WriteRefused(self.state_dir, str(exc))
+        log.error("%s; the changes not yet written are undone", error)
+        waiters = waiters + self._pending_waiters
+        self._buf, self._pending_waiters, self._inflight_waiters = [], [], []
+        self._last_seq = self._inflight_upto = self._durable_seq
+        self._refusals += 1
+        self.refused = error
+        if self._rollback is not None:
+            self._rollback(self._durable_seq)
+        self._fail(waiters, error)
 
     @staticmethod
     def _fail(waiters: list[asyncio.Future[None]], error: StoreError) -> None:
@@ -345,7 +370,7 @@ class Store:
                     f"({exc2}); restart the server"
                 )
                 raise self._broken from exc
-            raise StoreError(f"cannot write journal {cur.path}: {exc.strerror or exc}") from exc
+            raise WriteRefused(cur.path, exc.strerror or str(exc)) from exc
         try:
             self._sync(fd)
         except OSError as exc:
@@ -364,12 +389,15 @@ class Store:
 
     def _io_open_file(self, first: int) -> None:
         path = self.state_dir / journal.file_name(first)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise WriteRefused(path, exc.strerror or str(exc)) from exc
         try:
             fsync_dir(self.state_dir)  # the new name must survive before its records count
         except OSError as exc:
             os.close(fd)
-            raise StoreError(f"cannot create journal {path}: {exc.strerror or exc}") from exc
+            raise WriteRefused(path, exc.strerror or str(exc)) from exc
         jf = JournalFile(first, path)
         with self._files_lock:
             self._files.append(jf)
@@ -385,6 +413,10 @@ class Store:
         os.close(fd)
 
     # ------------------------------------------------------------------ compaction
+
+    def set_rollback(self, rollback: Rollback | None) -> None:
+        """Register what undoes the model's ops after a refused write (see :meth:`_refuse`)."""
+        self._rollback = rollback
 
     def set_capture(self, capture: Capture | None) -> None:
         """Register how to get the model's current state (called on the loop thread)."""
@@ -449,11 +481,25 @@ class Store:
         return task
 
     async def _finish_compaction(
-        self, rotated: asyncio.Future[None], tables: Tables, seq: int
+        self, rotated: asyncio.Future[None], tables: Tables | Awaitable[Tables], seq: int
     ) -> StoreError | None:
         loop = asyncio.get_running_loop()
         try:
-            await rotated
+            try:
+                if inspect.isawaitable(tables):
+                    tables = await tables
+            except Exception as exc:  # noqa: BLE001 - a bug in the capture: keep the journal
+                raise StoreError(f"capture of the model state failed: {exc!r}") from exc
+            finally:
+                await rotated
+            if seq > self._durable_seq and self._broken is None:
+                try:  # a refused write takes back ops the copy holds: then no snapshot
+                    await self.durable(seq)
+                except WriteRefused:
+                    raise
+                except StoreError:
+                    if self._broken is None:
+                        raise  # else nothing is taken back any more: the model is the truth
             await loop.run_in_executor(self._snap_io, self._write_snapshot, tables, seq)
         except (OSError, StoreError) as exc:
             return self._compaction_failed(
@@ -518,6 +564,7 @@ class Store:
             "snapshot_seq": self._snapshot_seq,
             "snapshot_bytes": self._snapshot_bytes,
             "compactions": self._compactions,
+            "refused_writes": self._refusals,
         }
 
 

@@ -1,27 +1,29 @@
 """The snapshot: the whole state as one XML file (``state.xml``), replaced atomically.
 
-Shape (one table per described class, one element per object named like its class,
-one child per field; sets hold ``<item>``, maps hold ``<entry key="...">``)::
+Shape, format 2 (one element per object, named like its class; scalar fields are its
+attributes, so one C-level call reads them all back)::
 
-    <xend-ext-state format="1" seq="1234">
-      <table class="host">
-        <host ref="OpaqueRef:...">
-          <name_label>x</name_label>
-          <host_CPUs><item>OpaqueRef:a</item></host_CPUs>
-          <other_config><entry key="k">v</entry></other_config>
-        </host>
-      </table>
+    <xend-ext-state format="2" seq="1234" grammar="5f0c13aa">
+    <table class="host">
+    <host ref="OpaqueRef:..." name_label="x" host_CPUs="">
+    <s f="resident_VMs">OpaqueRef:a</s><m f="other_config" k="k">v</m></host>
+    </table>
     </xend-ext-state>
+    <!-- crc32 8d1f03c2 -->
 
-``seq`` is the last journal sequence number the snapshot includes.  Text XML 1.0
-cannot carry (control characters, lone surrogates) is stored as base64 of its UTF-8
-(``surrogatepass``) with ``enc="b64"`` on the element (``key-enc="b64"`` for a map key),
-so every Python string round-trips.
+A set item is ``<s f="field">``, a map entry ``<m f="field" k="key">``, an empty set or map
+the attribute ``field=""``.  ``seq`` is the last journal sequence number the snapshot
+includes.  Text XML 1.0 cannot carry (control characters, lone surrogates) is stored as
+base64 of its UTF-8 (``surrogatepass``): a scalar as ``<v f="field" enc="b64">``, an item or
+value with ``enc="b64"``, a key with ``k-enc="b64"``, so every Python string round-trips.
 
-The file is validated against the RelaxNG grammar from :mod:`.schema` when loaded, and
-also before it is written: a snapshot we could not load later must never replace a
-good one (the journal it would make redundant is kept instead).  The parser is
-hardened: no DTD, no entities, no network, no huge-tree mode.
+The last line is the CRC-32 of everything before it: a snapshot that does not match it is
+damaged and refuses the start (``xend-ext fsck``).  ``grammar`` is the CRC-32 of the RelaxNG
+grammar (:mod:`.schema`) the snapshot was validated against when it was written: a snapshot
+is validated before it may replace a good one, and again when loaded only if the grammar
+has changed since (another version wrote it) or when asked (``verify``).  Format 1 (one
+element per field, no checksum), written by older versions, is still read, always validated.
+The parser is hardened: no DTD, no entities, no network, no huge-tree mode.
 
 Replacing is done in steps the store runs in order, and which the fault-injection
 tests call one by one: :func:`serialize`, :func:`write_temp` (temp file in the same
@@ -31,21 +33,27 @@ directory, fsync), :func:`commit` (rename over ``state.xml``, fsync the director
 from __future__ import annotations
 
 import base64
+import io
 import os
+import re
 import threading
+import zlib
 from pathlib import Path
 
 from lxml import etree
 
-from .errors import StoreError
+from .errors import SnapshotDamaged, StoreError
 from .fileio import fsync_dir, sync, write_all
-from .schema import B64, FORMAT, ROOT, Classes, xml_unsafe
+from .schema import B64, FORMAT, FORMAT_V1, ROOT, Classes, relaxng, relaxng_v1, xml_unsafe
 
 __all__ = [
     "SNAPSHOT_NAME",
     "TEMP_NAME",
     "Tables",
+    "SnapshotDamaged",
     "Validator",
+    "key_of",
+    "text_of",
     "commit",
     "load",
     "remove_temp",
@@ -58,19 +66,29 @@ TEMP_NAME = ".state.xml.tmp"
 
 Tables = dict[str, dict[str, dict[str, object]]]
 
+_TRAILER = re.compile(rb"<!-- crc32 ([0-9a-f]{8}) -->\n\Z")
+_TRAILER_START = b"<!-- crc32 "
+
 
 class Validator:
-    """The compiled grammar, one per thread (lxml validators are not shared across threads)."""
+    """The compiled grammars, one per thread (lxml validators are not shared across threads).
 
-    def __init__(self, rng_text: str):
-        self._rng = rng_text.encode("utf-8")
+    ``get()`` is the grammar of the format written now, ``get(FORMAT_V1)`` the old one;
+    ``digest`` names the current grammar in the snapshots validated against it.
+    """
+
+    def __init__(self, description: object):
+        self._text = {FORMAT: relaxng(description).encode("utf-8"),  # type: ignore[arg-type]
+                      FORMAT_V1: relaxng_v1(description).encode("utf-8")}  # type: ignore[arg-type]
+        self.digest = f"{zlib.crc32(self._text[FORMAT]):08x}"
         self._local = threading.local()
         self.get()  # fail early if the grammar itself is broken
 
-    def get(self) -> etree.RelaxNG:
-        rng = getattr(self._local, "rng", None)
+    def get(self, fmt: str = FORMAT) -> etree.RelaxNG:
+        cache = self._local.__dict__.setdefault("rng", {})
+        rng = cache.get(fmt)
         if rng is None:
-            rng = self._local.rng = etree.RelaxNG(etree.fromstring(self._rng))
+            rng = cache[fmt] = etree.RelaxNG(etree.fromstring(self._text[fmt]))
         return rng
 
 
@@ -107,54 +125,65 @@ def _put_text(el: etree._Element, text: str) -> None:
 
 
 def serialize(tables: Tables, seq: int, classes: Classes, validator: Validator) -> bytes:
-    """The snapshot document for ``tables`` at ``seq``, validated; raises StoreError."""
+    """The snapshot document for ``tables`` at ``seq``, validated, checksummed; StoreError if bad."""
     unknown = set(tables) - set(classes)
     if unknown:
         raise StoreError(f"snapshot: unknown class(es) {', '.join(sorted(unknown))}")
-    root = etree.Element(ROOT, format=FORMAT, seq=str(int(seq)))
+    root = etree.Element(ROOT, format=FORMAT, seq=str(int(seq)), grammar=validator.digest)
+    root.text = "\n"
     sub = etree.SubElement
     for cls in sorted(classes):
         specs = classes[cls]
         table = sub(root, "table", {"class": cls})
+        table.text = table.tail = "\n"
         objects = tables.get(cls) or {}
         for ref in sorted(objects):
             if type(ref) is not str or xml_unsafe(ref):
                 raise StoreError(f"snapshot: {cls} reference {ref!r} cannot be stored")
             fields = objects[ref]
-            obj = sub(table, cls, ref=ref)
-            seen = 0
-            for fname, spec in specs.items():
-                if fname not in fields:
-                    continue
-                seen += 1
-                value = fields[fname]
+            extra = set(fields) - set(specs)
+            if extra:
+                raise StoreError(f"snapshot: {cls} {ref} has unknown field(s) {', '.join(sorted(extra))}")
+            attrs = {"ref": ref}
+            children: list[tuple[str, str, str | None, str]] = []  # (tag, field, key, text)
+            for fname, value in fields.items():
+                spec = specs[fname]
                 if not spec.check(value):
                     raise StoreError(
                         f"snapshot: {cls} {ref} field {fname} ({spec.kind}) has bad value {value!r}"
                     )
-                el = sub(obj, fname)
                 if spec.kind == "set":
-                    for item in value:  # type: ignore[union-attr]
-                        _put_text(sub(el, "item"), item)
+                    if not value:
+                        attrs[fname] = ""
+                    children += [("s", fname, None, item) for item in value]  # type: ignore[union-attr]
                 elif spec.kind == "map":
-                    for key, val in value.items():  # type: ignore[union-attr]
-                        entry = sub(el, "entry")
-                        if xml_unsafe(key):
-                            entry.set("key", _b64(key))
-                            entry.set("key-enc", B64)
-                        else:
-                            entry.set("key", key)
-                        _put_text(entry, val)
+                    if not value:
+                        attrs[fname] = ""
+                    children += [("m", fname, k, v) for k, v in value.items()]  # type: ignore[union-attr]
+                elif xml_unsafe(value):  # type: ignore[arg-type]
+                    children.append(("v", fname, None, value))  # type: ignore[arg-type]
                 else:
-                    _put_text(el, value)  # type: ignore[arg-type]
-            if seen != len(fields):
-                extra = sorted(set(fields) - set(specs))
-                raise StoreError(f"snapshot: {cls} {ref} has unknown field(s) {', '.join(extra)}")
+                    attrs[fname] = value  # type: ignore[assignment]
+            obj = sub(table, cls, attrs)
+            obj.tail = "\n"
+            for tag, fname, key, text in children:
+                el = sub(obj, tag, f=fname)
+                if key is not None:
+                    if xml_unsafe(key):
+                        el.set("k", _b64(key))
+                        el.set("k-enc", B64)
+                    else:
+                        el.set("k", key)
+                if tag == "v":
+                    el.set("enc", B64)
+                    el.text = _b64(text)
+                else:
+                    _put_text(el, text)
     rng = validator.get()
     if not rng.validate(root):
         raise StoreError(f"snapshot would not match the state schema: {rng.error_log.last_error}")
-    body = etree.tostring(root, encoding="UTF-8", pretty_print=True, xml_declaration=False)
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
+    body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + etree.tostring(root, encoding="UTF-8") + b"\n"
+    return body + b"%s%08x -->\n" % (_TRAILER_START, zlib.crc32(body))
 
 
 def write_temp(state_dir: Path, data: bytes) -> Path:
@@ -164,6 +193,9 @@ def write_temp(state_dir: Path, data: bytes) -> Path:
     try:
         write_all(fd, data)
         sync(fd)
+    except OSError:
+        os.unlink(tmp)  # a half snapshot must not hold the space a full disk needs
+        raise
     finally:
         os.close(fd)
     return tmp
@@ -186,24 +218,127 @@ def remove_temp(state_dir: Path) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def load(path: Path, classes: Classes, validator: Validator) -> tuple[Tables, int]:
-    """Parse, validate and decode a snapshot; raise StoreError naming the file if bad."""
+def load(path: Path, classes: Classes, validator: Validator, *, verify: bool = False) -> tuple[Tables, int]:
+    """Read a snapshot; raise SnapshotDamaged (a StoreError naming the file) if bad.
+
+    The checksum is always checked; the grammar only if the snapshot was validated against
+    another one when written (or is format 1), or if ``verify``.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise StoreError(f"cannot read snapshot {path}: {exc.strerror or exc}") from exc
     try:
-        tree = etree.fromstring(data, _parser()).getroottree()
-    except etree.XMLSyntaxError as exc:
-        raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        return _load(path, data, classes, validator, verify)
+    except SnapshotDamaged:
+        raise
+    except StoreError as exc:
+        why = str(exc).replace(f"snapshot {path}: ", "").replace(f"snapshot {path} ", "")
+        raise SnapshotDamaged(path, why) from exc
+
+
+def _load(path: Path, data: bytes, classes: Classes, validator: Validator, verify: bool) -> tuple[Tables, int]:
+    body = check_sum(path, data)
+    if b"<!DOCTYPE" in body[:4096]:
         raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
-    rng = validator.get()
+    head = re.search(rb"<%s\b[^>]*>" % ROOT.encode(), body[:4096])
+    attrs = dict(re.findall(rb'\b(format|grammar)="([^"]*)"', head.group(0))) if head else {}
+    trusted = (not verify and body is not data and attrs.get(b"format") == FORMAT.encode()
+               and attrs.get(b"grammar") == validator.digest.encode())
+    if trusted:
+        return _load_fast(path, body, classes)
+    tree = _parse(path, body)
+    fmt = tree.getroot().get("format")
+    rng = validator.get(FORMAT_V1 if fmt == FORMAT_V1 else FORMAT)
     if not rng.validate(tree):
         raise StoreError(
             f"snapshot {path} does not match the state schema: {rng.error_log.last_error}"
         )
-    root = tree.getroot()
+    if fmt == FORMAT_V1:
+        return _decode_v1(path, tree.getroot(), classes)
+    return _load_fast(path, body, classes)
+
+
+def check_sum(path: Path, data: bytes) -> bytes:
+    """The document without its checksum line; SnapshotDamaged if it does not match.
+
+    A snapshot without the line (format 1, from older versions) is returned whole.
+    """
+    start = data.rfind(_TRAILER_START)
+    m = _TRAILER.match(data, start) if start >= 0 else None
+    if m is None:
+        if data.lstrip().startswith(b"<?xml") and b'format="1"' in data[:4096]:
+            return data
+        raise SnapshotDamaged(path, "the checksum line at its end is missing or damaged")
+    body = data[:start]
+    if zlib.crc32(body) != int(m.group(1), 16):
+        raise SnapshotDamaged(path, "does not match its checksum (the file was damaged after it was written)")
+    return body
+
+
+def _parse(path: Path, body: bytes) -> etree._ElementTree:
+    try:
+        tree = etree.fromstring(body, _parser()).getroottree()
+    except etree.XMLSyntaxError as exc:
+        raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
+    return tree
+
+
+def _load_fast(path: Path, body: bytes, classes: Classes) -> tuple[Tables, int]:
+    """Decode format 2, object by object as the parser reads them (memory stays small)."""
+    tables: Tables = {cls: {} for cls in classes}
+    empties = {cls: [(f, s.kind == "set") for f, s in specs.items() if s.kind in ("set", "map")]
+               for cls, specs in classes.items()}
+    seq = -1
+    events = etree.iterparse(io.BytesIO(body), events=("start", "end"), resolve_entities=False,
+                             no_network=True, load_dtd=False, huge_tree=False, remove_comments=True,
+                             remove_pis=True)
+    try:
+        _event, root = next(events)
+        if root.tag != ROOT:
+            raise StoreError(f"snapshot {path}: root element {root.tag!r}, not {ROOT}")
+        seq = int(root.get("seq", "-1"))
+        for event, el in events:
+            if event != "end" or el.tag not in tables or el.getparent() is None \
+                    or el.getparent().tag != "table":
+                continue
+            objects = tables[el.tag]
+            fields = dict(el.attrib)
+            ref = fields.pop("ref")
+            if ref in objects:
+                raise StoreError(f"snapshot {path}: {el.tag} {ref} appears twice")
+            for fname, is_set in empties[el.tag]:
+                if fname in fields:
+                    fields[fname] = [] if is_set else {}
+            for child in el:
+                fname = child.get("f")
+                text = text_of(child)
+                if child.tag == "s":
+                    fields.setdefault(fname, []).append(text)  # type: ignore[union-attr]
+                elif child.tag == "m":
+                    key = key_of(child)
+                    entries = fields.setdefault(fname, {})
+                    if key in entries:  # type: ignore[operator]
+                        raise StoreError(f"snapshot {path}: {el.tag} {ref} {fname} has key {key!r} twice")
+                    entries[key] = text  # type: ignore[index]
+                else:
+                    fields[fname] = text
+            objects[ref] = fields
+            el.clear()
+            while el.getprevious() is not None:  # free what is decoded
+                del el.getparent()[0]
+    except etree.XMLSyntaxError as exc:
+        raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"snapshot {path}: unreadable object ({exc!r})") from exc
+    if seq < 0:
+        raise StoreError(f"snapshot {path}: no seq")
+    return tables, seq
+
+
+def _decode_v1(path: Path, root: etree._Element, classes: Classes) -> tuple[Tables, int]:
     tables: Tables = {cls: {} for cls in classes}
     for table in root.iterchildren(etree.Element):
         cls = table.get("class")
@@ -220,7 +355,14 @@ def load(path: Path, classes: Classes, validator: Validator) -> tuple[Tables, in
     return tables, int(root.get("seq"))
 
 
-def _text(el: etree._Element) -> str:
+def key_of(el: etree._Element) -> str:
+    """The key of a map entry element (format 2; base64 undone)."""
+    key = el.get("k")
+    return _unb64(key) if el.get("k-enc") == B64 else key
+
+
+def text_of(el: etree._Element) -> str:
+    """The text of a value element (base64 undone)."""
     text = el.text or ""
     if el.get("enc") == B64:
         return _unb64(text)
@@ -230,7 +372,7 @@ def _text(el: etree._Element) -> str:
 def _decode_field(path: Path, cls: str, ref: str, el: etree._Element, kind: str) -> object:
     try:
         if kind == "set":
-            return [_text(item) for item in el.iterchildren(etree.Element)]
+            return [text_of(item) for item in el.iterchildren(etree.Element)]
         if kind == "map":
             result: dict[str, str] = {}
             for entry in el.iterchildren(etree.Element):
@@ -239,8 +381,8 @@ def _decode_field(path: Path, cls: str, ref: str, el: etree._Element, kind: str)
                     key = _unb64(key)
                 if key in result:
                     raise StoreError(f"snapshot {path}: {cls} {ref} {el.tag} has key {key!r} twice")
-                result[key] = _text(entry)
+                result[key] = text_of(entry)
             return result
-        return _text(el)
+        return text_of(el)
     except (ValueError, UnicodeDecodeError) as exc:  # bad base64 / UTF-8 inside enc="b64"
         raise StoreError(f"snapshot {path}: {cls} {ref} {el.tag}: bad base64 value ({exc})") from exc
