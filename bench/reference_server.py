@@ -255,21 +255,22 @@ LOADED_CLASSES = ("VM", "VM_metrics")
 
 
 def load_tables(path: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """The VM and VM_metrics objects of a xend-ext snapshot, fields as text, sets as lists,
-    maps as dicts (xend-ext's format: bench/statebuild.py writes it)."""
+    """The VM and VM_metrics objects of a xend-ext snapshot (format 2: scalar fields as
+    attributes, set items as ``<s f=...>`` and map entries as ``<m f=... k=...>`` children),
+    fields as text, sets as lists, maps as dicts."""
     tables: dict[str, dict[str, dict[str, Any]]] = {cls: {} for cls in LOADED_CLASSES}
     for _, element in ET.iterparse(path):
         if element.tag not in LOADED_CLASSES or element.get("ref") is None:
             continue
-        record: dict[str, Any] = {}
+        record: dict[str, Any] = {name: value for name, value in element.attrib.items() if name != "ref"}
         for child in element:
-            items = list(child)
-            if not items:
-                record[child.tag] = child.text or ""
-            elif items[0].tag == "entry":
-                record[child.tag] = {item.get("key"): item.text or "" for item in items}
+            name = child.get("f")
+            if child.tag == "m":
+                held = record[name] = record.get(name) or {}
+                held[child.get("k")] = child.text or ""
             else:
-                record[child.tag] = [item.text or "" for item in items]
+                held = record[name] = record.get(name) or []
+                held.append(child.text or "")
         tables[element.tag][element.get("ref")] = record
         element.clear()
     return tables

@@ -33,6 +33,7 @@ REASONS = {
 
 FEED = 16 << 10  # bytes given to the parser at a time, so that a full queue stops it in time
 FLUSH_AT = 64 << 10  # replies gathered for one write are sent once they reach this size
+SEPARATE_BODY = 64 << 10  # a reply body this large is written beside its head, not copied after it
 
 
 @dataclass
@@ -60,13 +61,16 @@ Response = tuple[int, str, bytes]
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
-def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
-    head = (
+def http_head(status: int, ctype: str, length: int, keep_alive: bool) -> bytes:
+    return (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {length}\r\n"
         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+    ).encode("latin-1")
+
+
+def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
+    return http_head(status, ctype, len(body), keep_alive) + body
 
 
 @dataclass
@@ -328,9 +332,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:
             return
         status, ctype, body = response
-        data = http_response(status, ctype, body, request.keep_alive)
-        self.out.append(data)
-        self.out_bytes += len(data)
+        if len(body) < SEPARATE_BODY:
+            self.out.append(http_response(status, ctype, body, request.keep_alive))
+        else:  # a large body is not copied behind its head: the two leave in one vectored write
+            self.out += (http_head(status, ctype, len(body), request.keep_alive), body)
+        self.out_bytes += len(body)
         if not request.keep_alive:
             self._flush()
             self.close()
