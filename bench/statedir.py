@@ -5,8 +5,8 @@ project's server starts on DIR (sim backend, no listener), ``N`` halted VMs (eac
 VM_metrics, as ``VM.create`` makes them) are added to the model and written as one snapshot,
 then ``M`` journal records (record ``k`` sets the ``name_description`` of VM ``k mod N`` to
 ``revision k``, so names stay ``vm-<i>``) are written and fsync'd in groups, and the server
-stops without a final snapshot, so the next start has N VMs to load and M records to replay.  100,000 VMs + 100,000 records take
-about a minute on the 2-core machine.
+stops without a final snapshot, so the next start has N VMs to load and M records to replay.
+100,000 VMs + 100,000 records take about a minute on the 2-core machine.
 
 The VMs are defined the way ``VM.create`` defines them (typed values, the class's create
 hooks); the per-field checks of the message (unique names) are skipped because the names are
