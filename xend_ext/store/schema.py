@@ -238,15 +238,11 @@ def relaxng_v1(description: Description) -> str:
     def field_content(spec: FieldSpec) -> etree._Element:
         if spec.kind in _TEXT_KINDS:
             return E.ref(name="text")
-        if spec.kind == "int":
-            return E.data(type="integer")
-        if spec.kind == "bool":
-            return E.choice(exact("true"), exact("false"))
-        if spec.kind == "enum":
-            return E.choice(*[exact(v) for v in sorted(spec.values)])
         if spec.kind == "set":
             return E.ref(name="set")
-        return E.ref(name="map")
+        if spec.kind == "map":
+            return E.ref(name="map")
+        return _scalar_content(E, exact, spec)
 
     root_content: list[etree._Element] = [
         E.attribute(exact(FORMAT_V1), name="format"),
