@@ -166,6 +166,8 @@ def _command(name: str, objects: int, port: int, workdir: str, state_from: Path 
             "--backend", "sim",
             "--cpus", str(objects),
             "--auth", "none",
+            # every bench client comes from one loopback address, and P5 holds 1,000 watchers
+            "--max-connections", "2000", "--max-per-peer", "2000",
         ]  # fmt: skip
     if name == REFERENCE:
         return [
