@@ -4,7 +4,6 @@ xend: after a restart clients get ``SESSION_INVALID`` and the official client lo
 from __future__ import annotations
 
 import datetime as dt
-import weakref
 
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, Field, XenAPIClass
@@ -25,7 +24,7 @@ session = XenAPIClass(
     "A connection of a client to the server",
     [
         Field("this_host", T.Ref("host"), RO, doc="the host the session is on"),
-        Field("this_user", T.String, RO, doc="the user who logged in"),
+        Field("this_user", T.String, RO, index=True, doc="the user who logged in"),
         Field("role", T.String, RO, doc="the user's role: read-only, vm-operator or pool-admin"),
         Field("originator", T.String, RO, doc="what the client said it is"),
         Field("last_active", T.DateTime, RO, default=_now, doc="time of the last call"),
@@ -52,20 +51,8 @@ def _visible(ctx, obj):
     return ctx.role == POOL_ADMIN or (ctx.session is not None and obj.ref == ctx.session.ref)
 
 
-# Database -> user -> that user's session refs: eviction looks at one user's sessions only
-_by_user: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _sessions_of(db, user):
-    return _by_user.setdefault(db, {}).setdefault(user, {})
-
-
 def _end(ctx, obj):
     ctx.services.hub.forget_session(obj.ref)
-    mine = _sessions_of(ctx.db, obj.values["this_user"])
-    mine.pop(obj.ref, None)
-    if not mine:
-        _by_user[ctx.db].pop(obj.values["this_user"], None)
     ctx.db.destroy(obj)
 
 
@@ -76,7 +63,7 @@ def _make_room(ctx, user):
     server holds MAX_SESSIONS in all, sessions idle for INACTIVE_LIMIT end (anyone's: they have
     expired), then the user's own least recently active one; a user with none is refused
     (OPERATION_NOT_ALLOWED) until others log out or expire."""
-    mine = _sessions_of(ctx.db, user)
+    mine = ctx.db.find_by("session", "this_user", user)
     if len(mine) >= MAX_SESSIONS_PER_USER:
         _end(ctx, _least_active(ctx, mine))
     if ctx.db.count("session") < MAX_SESSIONS:
@@ -86,15 +73,15 @@ def _make_room(ctx, user):
         _end(ctx, obj)
     if ctx.db.count("session") < MAX_SESSIONS:
         return
-    mine = _sessions_of(ctx.db, user)
+    mine = ctx.db.find_by("session", "this_user", user)
     if not mine:
         raise XenAPIError("OPERATION_NOT_ALLOWED",
                           f"the server holds {MAX_SESSIONS} sessions; try again once some log out or expire")
     _end(ctx, _least_active(ctx, mine))
 
 
-def _least_active(ctx, refs):
-    return min((ctx.db.get(r) for r in refs), key=lambda o: o.values["last_active"])
+def _least_active(ctx, sessions):
+    return min(sessions, key=lambda o: o.values["last_active"])
 
 
 @session.message(("uname", T.String), ("pwd", T.String), ("version", T.String, "1.1"),
@@ -117,7 +104,6 @@ async def login_with_password(ctx, uname, pwd, version, originator):
         "originator": originator,
         "is_local_superuser": role == POOL_ADMIN,
     }, ref=REF_PREFIX + new_uuid())
-    _sessions_of(ctx.db, uname)[obj.ref] = None
     return obj.ref
 
 
