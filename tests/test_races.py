@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import XenAPI
 from test_backend_faults import assert_agree, cpu
 from vmkit import new_vm, session
@@ -75,31 +76,21 @@ def test_set_occupants_naming_a_vm_destroyed_while_it_waits(faulty):
     assert_agree(server, x)
 
 
-def test_a_vm_destroyed_while_a_start_waits_for_its_lock(faulty):
+@pytest.mark.parametrize("waiting", [
+    pytest.param(lambda y, vm: y.VM.start(vm, False, False), id="start"),
+    pytest.param(lambda y, vm: y.VM.set_memory(vm, str(200 << 20), "static"), id="static-change"),
+])
+def test_a_call_waiting_for_a_vm_being_destroyed(faulty, waiting):
     server, faults, x = faulty
     vm = new_vm(x, "short-lived")
     faults.slow("undefine", SLOW)
     first = Background(server, lambda y: y.VM.destroy(vm))
     time.sleep(0.4)
-    second = Background(server, lambda y: y.VM.start(vm, False, False))
+    second = Background(server, lambda y: waiting(y, vm))
     first.join(30)
     second.join(30)
     faults.fast()
     assert first.error is None
-    assert second.error == ["HANDLE_INVALID", "VM", vm]
-    assert_agree(server, x)
-
-
-def test_a_static_change_of_a_vm_destroyed_while_it_waits(faulty):
-    server, faults, x = faulty
-    vm = new_vm(x, "short-lived")
-    faults.slow("undefine", SLOW)
-    first = Background(server, lambda y: y.VM.destroy(vm))
-    time.sleep(0.4)
-    second = Background(server, lambda y: y.VM.set_memory(vm, str(200 << 20), "static"))
-    first.join(30)
-    second.join(30)
-    faults.fast()
     assert second.error == ["HANDLE_INVALID", "VM", vm]
     assert_agree(server, x)
 
