@@ -246,20 +246,23 @@ def test_async_migrate_failure_is_in_the_task(src):
 
 
 @contextlib.contextmanager
-def black_hole():
-    """A destination that takes connections and never answers; hangs up on all of them at the end."""
+def fake_destination(answer):
+    """A TCP server on loopback handing each connection to ``answer``; what it leaves open is
+    closed at the end."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.05)
-    held, done = [], threading.Event()
+    conns, done = [], threading.Event()
 
     def serve():
         while not done.is_set():
             try:
-                held.append(listener.accept()[0])
+                conn = listener.accept()[0]
             except TimeoutError:
                 continue
             except OSError:
                 return
+            conns.append(conn)
+            answer(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -269,8 +272,13 @@ def black_hole():
         done.set()
         thread.join(10)
         listener.close()
-        for conn in held:
+        for conn in conns:
             conn.close()
+
+
+def black_hole():
+    """A destination that takes connections and never answers; hangs up on all of them at the end."""
+    return fake_destination(lambda conn: None)
 
 
 def _finish(x, task, timeout):
@@ -310,37 +318,19 @@ def test_a_migration_to_a_destination_that_never_answers_can_be_cancelled(src):
 
 # -- destinations that are not xend-ext -----------------------------------------------------------
 
-@contextlib.contextmanager
 def impostor(reply: bytes):
     """A TCP server on loopback answering every connection with ``reply`` (whatever came in)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stop = threading.Event()
 
-    def serve():
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    def answer(conn):
+        with conn:
+            conn.settimeout(2)
             try:
-                conn, _ = listener.accept()
+                conn.recv(1 << 20)
+                conn.sendall(reply)
             except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    conn.recv(1 << 20)
-                    conn.sendall(reply)
-                except OSError:
-                    pass
+                pass
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    return fake_destination(answer)
 
 
 HTML = b"<html><body>It works!</body></html>"
