@@ -19,7 +19,7 @@ host_cpu = XenAPIClass(
         Field("numa_node", T.Int, RO, doc="the NUMA node the CPU belongs to"),
         Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=lambda db, cpu: pools.host_cpu_pool(db, cpu),
               doc="the active CPU pool holding this CPU (0 or 1)"),
-        Field("occupants", T.Set(T.Ref("VM")), RO, doc="VMs this CPU is reserved to (cpuoccupy)"),
+        Field("occupants", T.Set(T.Ref("VM")), RO, index=True, doc="VMs this CPU is reserved to (cpuoccupy)"),
         Field("other_config", T.Map(T.String, T.String), RW),
     ],
     default_role=POOL_ADMIN,
@@ -152,14 +152,14 @@ def check_vm_start(ctx, vm):
 
 
 def reserved_to(ctx, vm):
-    """Whether some pCPU is reserved to the VM (it is among its occupants)."""
-    return any(vm.ref in c.values["occupants"] for c in ctx.db.all("host_cpu"))
+    """The pCPUs (host_cpu objects) reserved to the VM: it is among their occupants."""
+    return ctx.db.find_by("host_cpu", "occupants", vm.ref)
 
 
 def forget_vm(ctx, vm):
     """A VM going away leaves every reservation. Returns what puts them back (None when it held
     none)."""
-    before = {cpu: list(cpu.values["occupants"]) for cpu in ctx.db.all("host_cpu") if vm.ref in cpu.values["occupants"]}
+    before = {cpu: list(cpu.values["occupants"]) for cpu in reserved_to(ctx, vm)}
     for cpu, occupants in before.items():
         ctx.db.set(cpu, "occupants", [v for v in occupants if v != vm.ref])
     if not before:

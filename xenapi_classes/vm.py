@@ -1029,7 +1029,7 @@ def get_cpu_policy(ctx, ref):
                    "pool": pool.values["name_label"] if pool else "",
                    "pins": {str(v): cpuset.format(c) for v, c in sorted(domain.pins.items())},
                    "utilisation": {str(v): u for v, u in sorted(domain.utilisation.items())}}
-    mine = sorted(c.values["number"] for c in ctx.db.all("host_cpu") if ref in c.values["occupants"])
+    mine = sorted(c.values["number"] for c in host_cpus.reserved_to(ctx, obj))
     sd = sdoms.domain_of(ctx.db, ref)
     return {"stored": stored, "running": running, "occupied_cpus": [str(n) for n in mine],
             "excluded_cpus": [str(n) for n in sorted(host_cpus.reserved_for_others(ctx, obj))],
