@@ -8,14 +8,16 @@ event loop one at a time between awaits, so a mutation never sees another half d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import gc
 import uuid as _uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .store.journal import ReplayError
 from .types import BoolType, EnumType, IntType, MapType, RefType, SetType, StringType
 from .wire import NULL_REF, REF_PREFIX, XenAPIError, strip_ref
 
@@ -106,39 +108,20 @@ class Database:
         self._capturing: dict[str, dict] | None = None  # ref -> encoded values before a change, while capturing
 
     # -- loading -------------------------------------------------------------------------
+    def load_from(self, store: Store) -> int:
+        """Open the store into this (empty) model: every object of the snapshot becomes an object
+        here as it is read, then the journal's records are applied to them (see :class:`Loader`).
+        Returns the last seq; the store's errors pass through."""
+        with _no_collection():
+            return store.open_into(Loader(self))
+
     def load(self, tables: dict[str, dict[str, dict]]) -> None:
-        """Rebuild objects from the store's encoded tables; fields added since get their default.
-
-        Equal strings and numbers met while loading become one object (a ref and every field
-        naming it, an enum value in every object that has it), and empty maps and sets are one
-        shared object, so a large model holds each once.
-        """
-        share = _Sharing()
-        collecting = gc.isenabled()
-        gc.disable()  # loading makes no garbage, only objects: the collector's passes would be wasted
-        try:
-            self._load(tables, share)
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _load(self, tables: dict[str, dict[str, dict]], share: _Sharing) -> None:
-        for cname, rows in tables.items():
-            cls = self.registry.classes.get(cname)
-            if cls is None:
-                continue
-            plan = [(f.name, share.decoder(f.type)) for f in cls.fields.values() if not f.derived]
-            for ref, encoded in rows.items():
-                try:
-                    values = {name: decode(encoded[name]) for name, decode in plan}
-                except KeyError:  # a field added since the state was written: its default
-                    values = {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
-                              for name, decode in plan}
-                obj = Obj(cls, share.text(ref), values)
-                # changed "at boot" as far as events know: a token from before the restart, or
-                # "", gets every object (we keep no per-object history across restarts)
-                obj.ctime = obj.mtime = self.hub.generation
-                self._insert(obj)
+        """Rebuild objects from encoded tables (the store's :class:`~xend_ext.store.TableSink`)."""
+        loader = Loader(self)
+        with _no_collection():
+            for cname, rows in tables.items():
+                for ref, encoded in rows.items():
+                    loader.row(cname, ref, encoded)
 
     def capture(self) -> tuple[Awaitable[dict[str, dict[str, dict]]], int]:
         """Encoded copy of every persistent object as of now (``last_seq``), for a snapshot.
@@ -494,6 +477,99 @@ def _default(f: Any) -> Any:
     return f.make_default() if f.default is not None else f.type.fresh_default()
 
 
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """Loading makes no garbage, only objects: the collector's passes would be wasted."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+class Loader:
+    """The sink a start fills the model through (``Store.open_into``, see xend_ext.store.sink).
+
+    Each object of the snapshot becomes an :class:`Obj` as it is read, and each journal op after
+    it is applied to the objects (not to an encoded copy), so a start never holds the store's
+    form of the whole state beside the model.  Fields added since the state was written get their
+    default. Equal strings and numbers met become one object (a ref and every field naming it, an
+    enum value in every object that has it), and empty maps and sets are one shared object, so a
+    large model holds each once.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.share = share = _Sharing()
+        # class -> (class, [(field, decoder)], {field: decoder}, {field: decoder of a map's key and
+        # value, or of a set's item})
+        self.plans: dict[str, tuple[XenAPIClass, list, dict[str, Any], dict[str, Any]]] = {}
+        for cls in db.registry.classes.values():
+            plan = [(f.name, share.decoder(f.type)) for f in cls.fields.values() if not f.derived]
+            parts = {f.name: share.parts(f.type) for f in cls.fields.values() if not f.derived}
+            self.plans[cls.name] = (cls, plan, dict(plan), parts)
+        self.rows = 0  # objects made from rows and create ops (the complexity tests count them)
+
+    def row(self, cname: str, ref: str, encoded: dict) -> bool:
+        table = self.db.tables.get(cname)
+        if table is None:
+            return True  # a class this version no longer declares
+        if ref in table:
+            return False
+        self._add(cname, ref, encoded)
+        return True
+
+    def _add(self, cname: str, ref: str, encoded: dict) -> None:
+        cls, plan, _, _ = self.plans[cname]
+        try:
+            values = {name: decode(encoded[name]) for name, decode in plan}
+        except KeyError:  # a field added since the state was written: its default
+            values = {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
+                      for name, decode in plan}
+        obj = Obj(cls, self.share.text(ref), values)
+        # changed "at boot" as far as events know: a token from before the restart, or "", gets
+        # every object (we keep no per-object history across restarts)
+        obj.ctime = obj.mtime = self.db.hub.generation
+        self.db._insert(obj)
+        self.rows += 1
+
+    def apply(self, op: tuple) -> None:
+        """One journal op, as :meth:`Database` made it (but without journal, undo or events)."""
+        name, cname, ref = op[0], op[1], op[2]
+        db = self.db
+        obj = db.tables[cname].get(ref)
+        if name == "create":
+            if obj is not None:
+                raise ReplayError(f"create of {cname} {ref}, which already exists")
+            self._add(cname, ref, op[3])
+            return
+        if name == "destroy":
+            if obj is not None:
+                db._remove(obj)
+            return
+        if obj is None:
+            raise ReplayError(f"{name} on {cname} {ref}, which does not exist")
+        fname = op[3]
+        _, _, whole, parts = self.plans[cname]
+        decode = parts[fname]
+        old = obj.values[fname]
+        if name == "set":
+            new = whole[fname](op[4])
+        elif name == "map_add":
+            new = {**old, decode[0](op[4]): decode[1](op[5])}
+        elif name == "map_remove":
+            new = dict(old)
+            new.pop(decode[0](op[4]), None)
+        else:
+            item = decode(op[4])
+            if (item in old) == (name == "set_add"):
+                return
+            new = [*old, item] if name == "set_add" else [v for v in old if v != item]
+        db._put(obj, fname, old, new)
+
+
 class _Sharing:
     """Decoders for loading that give equal strings and ints as one object (C-level caches).
 
@@ -519,6 +595,13 @@ class _Sharing:
         if isinstance(t, BoolType):
             return "true".__eq__
         return t.decode
+
+    def parts(self, t: Any) -> Any:
+        """What the ops on one entry of a field of type ``t`` decode: a map's key and value, a
+        set's item (None for a scalar)."""
+        if isinstance(t, MapType):
+            return self.decoder(t.key), self.decoder(t.value)
+        return self.decoder(t.item) if isinstance(t, SetType) else None
 
 
 _KEEP = Change(live=True)

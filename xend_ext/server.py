@@ -132,10 +132,8 @@ class Server:
         if threading.current_thread() is threading.main_thread():  # an embedding thread has no signals
             for sig in (signal.SIGTERM, signal.SIGINT):  # before the first "listening" line is logged
                 loop.add_signal_handler(sig, self.stopping.set)
-        tables, seq = self.store.open()
+        seq = self.db.load_from(self.store)
         try:
-            self.db.load(tables)
-            del tables  # the store's encoded copy: the model has its own now
             self.db.last_seq = seq
             self.hub.durable_seq = seq
             self.hub.bind(self.db)

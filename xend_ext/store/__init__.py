@@ -42,10 +42,11 @@ from .errors import JournalDamaged, SnapshotDamaged, StateDirLocked, StoreError,
 from .fileio import fsync_dir, sync, write_all
 from .journal import JournalFile
 from .schema import Description, normalize
+from .sink import Sink, TableSink
 from .snapshot import Tables
 
-__all__ = ["Capture", "JournalDamaged", "SnapshotDamaged", "StateDirLocked", "Store", "StoreError", "Tables",
-           "WriteRefused"]
+__all__ = ["Capture", "JournalDamaged", "SnapshotDamaged", "Sink", "StateDirLocked", "Store", "StoreError",
+           "TableSink", "Tables", "WriteRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,17 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> tuple[Tables, int]:
-        """Lock the directory and recover: snapshot + journal replay.
+        """:meth:`open_into` encoded tables: ``(tables, last_seq)``, a table for every described class."""
+        sink = TableSink(self._classes)
+        return sink.tables, self.open_into(sink)
 
-        Returns ``(tables, last_seq)`` with a (possibly empty) table for every described
-        class.  Raises StateDirLocked if another server holds the directory, StoreError if
-        the state on disk is damaged (never guessing past damage).
+    def open_into(self, sink: Sink) -> int:
+        """Lock the directory and recover: the snapshot's objects, then the journal's ops after
+        it, go to ``sink`` one at a time as they are read (see :mod:`.sink`).
+
+        Returns the last seq.  Raises StateDirLocked if another server holds the directory,
+        StoreError if the state on disk is damaged (never guessing past damage); the sink
+        has been given part of the state then.
         """
         if self._state != "new":
             raise StoreError("store already opened")
@@ -135,11 +142,11 @@ class Store:
             snapshot.remove_temp(self.state_dir)
             snap_path = self.state_dir / snapshot.SNAPSHOT_NAME
             if snap_path.exists():
-                tables, snap_seq = snapshot.load(snap_path, self._classes, self._validator, verify=self._verify)
+                snap_seq = snapshot.load(snap_path, self._classes, self._validator, sink, verify=self._verify)
                 self._snapshot_bytes = snap_path.stat().st_size
             else:
-                tables, snap_seq = {cls: {} for cls in self._classes}, 0
-            last_seq, files = journal.replay(self.state_dir, self._classes, tables, snap_seq)
+                snap_seq = 0
+            last_seq, files = journal.replay(self.state_dir, self._classes, sink.apply, snap_seq)
             if files and files[-1].last == last_seq:
                 # Carry on appending to the newest file instead of starting one per restart.
                 self._cur = files[-1]
@@ -160,7 +167,7 @@ class Store:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="xend-ext-journal")
         self._snap_io = ThreadPoolExecutor(1, thread_name_prefix="xend-ext-snapshot")
         self._state = "open"
-        return tables, last_seq
+        return last_seq
 
     async def close(self) -> None:
         """Flush everything, write a final snapshot (if a capture is set), unlock.

@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,9 +344,10 @@ def _copy(value: object) -> object:
 
 
 def replay(
-    state_dir: Path, classes: Classes, tables: Tables, snapshot_seq: int
+    state_dir: Path, classes: Classes, apply: Callable[[tuple], None], snapshot_seq: int
 ) -> tuple[int, list[JournalFile]]:
-    """Apply every journal record after ``snapshot_seq`` to ``tables``.
+    """Give every journal record after ``snapshot_seq`` to ``apply``, decoded (a sink's, see
+    :mod:`.sink`: it raises ReplayError for an op that cannot be applied).
 
     Returns the last seq (at least ``snapshot_seq``) and the surviving files with their
     last seq and size.  Truncates a torn tail; removes files left empty.
@@ -379,7 +381,7 @@ def replay(
                             "records are missing (a journal file deleted?)"
                         )
                     try:
-                        apply_op(tables, decode_op(parsed, classes))
+                        apply(decode_op(parsed, classes))
                     except ReplayError as exc:
                         raise JournalDamaged(jf.path, lineno, offset, seq, str(exc)) from None
                     expected = seq + 1

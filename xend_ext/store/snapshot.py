@@ -39,12 +39,16 @@ import re
 import threading
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
 from .errors import SnapshotDamaged, StoreError
 from .fileio import fsync_dir, sync, write_all
 from .schema import B64, FORMAT, FORMAT_V1, ROOT, Classes, relaxng, relaxng_v1, xml_unsafe
+
+if TYPE_CHECKING:
+    from .sink import Sink
 
 __all__ = [
     "SNAPSHOT_NAME",
@@ -218,8 +222,9 @@ def remove_temp(state_dir: Path) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def load(path: Path, classes: Classes, validator: Validator, *, verify: bool = False) -> tuple[Tables, int]:
-    """Read a snapshot; raise SnapshotDamaged (a StoreError naming the file) if bad.
+def load(path: Path, classes: Classes, validator: Validator, sink: Sink, *, verify: bool = False) -> int:
+    """Read a snapshot into ``sink`` object by object and return its seq; raise SnapshotDamaged
+    (a StoreError naming the file) if bad.
 
     The checksum is always checked; the grammar only if the snapshot was validated against
     another one when written (or is format 1), or if ``verify``.
@@ -229,7 +234,7 @@ def load(path: Path, classes: Classes, validator: Validator, *, verify: bool = F
     except OSError as exc:
         raise StoreError(f"cannot read snapshot {path}: {exc.strerror or exc}") from exc
     try:
-        return _load(path, data, classes, validator, verify)
+        return _load(path, data, classes, validator, sink, verify)
     except SnapshotDamaged:
         raise
     except StoreError as exc:
@@ -237,7 +242,7 @@ def load(path: Path, classes: Classes, validator: Validator, *, verify: bool = F
         raise SnapshotDamaged(path, why) from exc
 
 
-def _load(path: Path, data: bytes, classes: Classes, validator: Validator, verify: bool) -> tuple[Tables, int]:
+def _load(path: Path, data: bytes, classes: Classes, validator: Validator, sink: Sink, verify: bool) -> int:
     body = check_sum(path, data)
     if b"<!DOCTYPE" in body[:4096]:
         raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
@@ -245,18 +250,18 @@ def _load(path: Path, data: bytes, classes: Classes, validator: Validator, verif
     attrs = dict(re.findall(rb'\b(format|grammar)="([^"]*)"', head.group(0))) if head else {}
     trusted = (not verify and body is not data and attrs.get(b"format") == FORMAT.encode()
                and attrs.get(b"grammar") == validator.digest.encode())
-    if trusted:
-        return _load_fast(path, body, classes)
-    tree = _parse(path, body)
-    fmt = tree.getroot().get("format")
-    rng = validator.get(FORMAT_V1 if fmt == FORMAT_V1 else FORMAT)
-    if not rng.validate(tree):
-        raise StoreError(
-            f"snapshot {path} does not match the state schema: {rng.error_log.last_error}"
-        )
-    if fmt == FORMAT_V1:
-        return _decode_v1(path, tree.getroot(), classes)
-    return _load_fast(path, body, classes)
+    if not trusted:
+        tree = _parse(path, body)
+        fmt = tree.getroot().get("format")
+        rng = validator.get(FORMAT_V1 if fmt == FORMAT_V1 else FORMAT)
+        if not rng.validate(tree):
+            raise StoreError(
+                f"snapshot {path} does not match the state schema: {rng.error_log.last_error}"
+            )
+        if fmt == FORMAT_V1:
+            return _decode_v1(path, tree.getroot(), classes, sink)
+        del tree
+    return _load_fast(path, body, classes, sink)
 
 
 def check_sum(path: Path, data: bytes) -> bytes:
@@ -286,30 +291,24 @@ def _parse(path: Path, body: bytes) -> etree._ElementTree:
     return tree
 
 
-def _load_fast(path: Path, body: bytes, classes: Classes) -> tuple[Tables, int]:
-    """Decode format 2, object by object as the parser reads them (memory stays small)."""
-    tables: Tables = {cls: {} for cls in classes}
+def _load_fast(path: Path, body: bytes, classes: Classes, sink: Sink) -> int:
+    """Decode format 2 into ``sink``, object by object as the parser reads them: what is held at
+    once is the sink's state and one object (each is freed once decoded)."""
     empties = {cls: [(f, s.kind == "set") for f, s in specs.items() if s.kind in ("set", "map")]
                for cls, specs in classes.items()}
-    seq = -1
-    events = etree.iterparse(io.BytesIO(body), events=("start", "end"), resolve_entities=False,
+    events = etree.iterparse(io.BytesIO(body), events=("end",), tag=tuple(classes), resolve_entities=False,
                              no_network=True, load_dtd=False, huge_tree=False, remove_comments=True,
                              remove_pis=True)
+    row = sink.row
     try:
-        _event, root = next(events)
-        if root.tag != ROOT:
-            raise StoreError(f"snapshot {path}: root element {root.tag!r}, not {ROOT}")
-        seq = int(root.get("seq", "-1"))
-        for event, el in events:
-            if event != "end" or el.tag not in tables or el.getparent() is None \
-                    or el.getparent().tag != "table":
+        for _event, el in events:
+            table = el.getparent()
+            if table is None or table.tag != "table" or table.getparent() is None:
                 continue
-            objects = tables[el.tag]
+            cls = el.tag
             fields = dict(el.attrib)
             ref = fields.pop("ref")
-            if ref in objects:
-                raise StoreError(f"snapshot {path}: {el.tag} {ref} appears twice")
-            for fname, is_set in empties[el.tag]:
+            for fname, is_set in empties[cls]:
                 if fname in fields:
                     fields[fname] = [] if is_set else {}
             for child in el:
@@ -321,38 +320,40 @@ def _load_fast(path: Path, body: bytes, classes: Classes) -> tuple[Tables, int]:
                     key = key_of(child)
                     entries = fields.setdefault(fname, {})
                     if key in entries:  # type: ignore[operator]
-                        raise StoreError(f"snapshot {path}: {el.tag} {ref} {fname} has key {key!r} twice")
+                        raise StoreError(f"snapshot {path}: {cls} {ref} {fname} has key {key!r} twice")
                     entries[key] = text  # type: ignore[index]
                 else:
                     fields[fname] = text
-            objects[ref] = fields
+            if not row(cls, ref, fields):
+                raise StoreError(f"snapshot {path}: {cls} {ref} appears twice")
             el.clear()
             while el.getprevious() is not None:  # free what is decoded
-                del el.getparent()[0]
+                del table[0]
+        root = events.root
     except etree.XMLSyntaxError as exc:
         raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"snapshot {path}: unreadable object ({exc!r})") from exc
-    if seq < 0:
+    if root is None or root.tag != ROOT:
+        raise StoreError(f"snapshot {path}: root element {getattr(root, 'tag', None)!r}, not {ROOT}")
+    seq = root.get("seq", "")
+    if not seq.isdigit():
         raise StoreError(f"snapshot {path}: no seq")
-    return tables, seq
+    return int(seq)
 
 
-def _decode_v1(path: Path, root: etree._Element, classes: Classes) -> tuple[Tables, int]:
-    tables: Tables = {cls: {} for cls in classes}
+def _decode_v1(path: Path, root: etree._Element, classes: Classes, sink: Sink) -> int:
     for table in root.iterchildren(etree.Element):
         cls = table.get("class")
         specs = classes[cls]
-        objects = tables[cls]
         for obj in table.iterchildren(etree.Element):
             ref = obj.get("ref")
-            if ref in objects:
-                raise StoreError(f"snapshot {path}: {cls} {ref} appears twice")
             fields: dict[str, object] = {}
             for el in obj.iterchildren(etree.Element):
                 fields[el.tag] = _decode_field(path, cls, ref, el, specs[el.tag].kind)
-            objects[ref] = fields
-    return tables, int(root.get("seq"))
+            if not sink.row(cls, ref, fields):
+                raise StoreError(f"snapshot {path}: {cls} {ref} appears twice")
+    return int(root.get("seq"))
 
 
 def key_of(el: etree._Element) -> str:
