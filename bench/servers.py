@@ -187,12 +187,14 @@ def start(
     state_from: Path | None = None,
     timeout: float = STARTUP_TIMEOUT,
     login: bool = False,
+    code: Path | None = None,
 ) -> ServerProcess:
     """Launch a server and return once it accepts TCP connections.
 
     ``state_from``: a state directory to start from (xend-ext gets a copy, the
     reference reads its snapshot).  ``login``: wait for an answered login rather
-    than an accepted connection, and time that (``ready_s``).
+    than an accepted connection, and time that (``ready_s``).  ``code``: run the
+    server from another checkout of the project (another version, to compare).
     """
     workdir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
     port = free_port()
@@ -204,7 +206,7 @@ def start(
         os.mkdir(state_dir)
     command = _command(name, objects, port, state_dir, state_from)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code or REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "wb") as log:
         began = time.monotonic()
         popen = subprocess.Popen(
@@ -213,7 +215,7 @@ def start(
             stdout=log,
             stderr=log,
             env=env,
-            cwd=os.getcwd(),
+            cwd=str(code) if code else os.getcwd(),  # python -m puts the working directory first
         )
     server = ServerProcess(name, objects, port, popen, workdir, log_path, command)
     try:
