@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import functools
 import gc
+import operator
 import uuid as _uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -503,13 +504,15 @@ class Loader:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.share = share = _Sharing()
-        # class -> (class, [(field, decoder)], {field: decoder}, {field: decoder of a map's key and
-        # value, or of a set's item})
-        self.plans: dict[str, tuple[XenAPIClass, list, dict[str, Any], dict[str, Any]]] = {}
+        # class -> (class, stored field names, their decoders, {field: decoder}, {field: decoder of a map's
+        # key and value, or of a set's item})
+        self.plans: dict[str, tuple[XenAPIClass, tuple[str, ...], tuple, dict[str, Any], dict[str, Any]]] = {}
         for cls in db.registry.classes.values():
-            plan = [(f.name, share.decoder(f.type)) for f in cls.fields.values() if not f.derived]
-            parts = {f.name: share.parts(f.type) for f in cls.fields.values() if not f.derived}
-            self.plans[cls.name] = (cls, plan, dict(plan), parts)
+            fields = [f for f in cls.fields.values() if not f.derived]
+            decoders = tuple(share.decoder(f.type) for f in fields)
+            names = tuple(f.name for f in fields)
+            self.plans[cls.name] = (cls, names, decoders, dict(zip(names, decoders)),
+                                    {f.name: share.parts(f.type) for f in fields})
         self.rows = 0  # objects made from rows and create ops (the complexity tests count them)
 
     def row(self, cname: str, ref: str, encoded: dict) -> bool:
@@ -522,12 +525,12 @@ class Loader:
         return True
 
     def _add(self, cname: str, ref: str, encoded: dict) -> None:
-        cls, plan, _, _ = self.plans[cname]
-        try:
-            values = {name: decode(encoded[name]) for name, decode in plan}
+        cls, names, decoders, _, _ = self.plans[cname]
+        try:  # {name: decode(encoded[name])}, the loop in C
+            values = dict(zip(names, map(operator.call, decoders, map(encoded.__getitem__, names))))
         except KeyError:  # a field added since the state was written: its default
             values = {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
-                      for name, decode in plan}
+                      for name, decode in zip(names, decoders)}
         obj = Obj(cls, self.share.text(ref), values)
         # changed "at boot" as far as events know: a token from before the restart, or "", gets
         # every object (we keep no per-object history across restarts)
@@ -552,7 +555,7 @@ class Loader:
         if obj is None:
             raise ReplayError(f"{name} on {cname} {ref}, which does not exist")
         fname = op[3]
-        _, _, whole, parts = self.plans[cname]
+        _, _, _, whole, parts = self.plans[cname]
         decode = parts[fname]
         old = obj.values[fname]
         if name == "set":

@@ -208,12 +208,18 @@ def parse_record(line: bytes) -> tuple[int, sxp.Sxp]:
 
 
 _FAST_TOKEN = re.compile(r'[()]|"(?:[^"\\]|\\.)*"|[^\s()"\'#]+')
+# the most common record, a field set to a plain atom or to a quoted string without escapes
+_SET_OP = re.compile(r'\(set ([^\s()"\'#]+) ([^\s()"\'#]+) ([^\s()"\'#]+) (?:"([^"\\\'#]*)"|([^\s()"\'#]+))\)')
 
 
 def read_op(text: str) -> sxp.Sxp:
     """``sxp.loads(text)`` for the single-line records :func:`format_record` writes, several
     times faster: the tokens come from one regex call; anything unusual (comments, single
     quotes, stray characters, unbalanced lists) is left to the general reader and its errors."""
+    simple = _SET_OP.fullmatch(text)
+    if simple is not None:
+        cls, ref, field, quoted, plain = simple.groups()
+        return ["set", cls, ref, field, plain if quoted is None else quoted]
     if "'" in text or "#" in text or _FAST_TOKEN.sub("", text).strip(" "):
         return sxp.loads(text)
     stack: list[list[sxp.Sxp]] = []

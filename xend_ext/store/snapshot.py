@@ -23,7 +23,9 @@ grammar (:mod:`.schema`) the snapshot was validated against when it was written:
 is validated before it may replace a good one, and again when loaded only if the grammar
 has changed since (another version wrote it) or when asked (``verify``).  Format 1 (one
 element per field, no checksum), written by older versions, is still read, always validated.
-The parser is hardened: no DTD, no entities, no network, no huge-tree mode.
+Reading streams the objects into a sink (:mod:`.sink`) as expat reads them (C, no tree built);
+a snapshot that must be validated is parsed by lxml first.  The parsers are hardened: a DTD is
+refused, no entities, no network, no huge-tree mode.
 
 Replacing is done in steps the store runs in order, and which the fault-injection
 tests call one by one: :func:`serialize`, :func:`write_temp` (temp file in the same
@@ -33,12 +35,12 @@ directory, fsync), :func:`commit` (rename over ``state.xml``, fsync the director
 from __future__ import annotations
 
 import base64
-import io
 import os
 import re
 import threading
 import zlib
 from pathlib import Path
+from xml.parsers import expat
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -293,50 +295,82 @@ def _parse(path: Path, body: bytes) -> etree._ElementTree:
 
 def _load_fast(path: Path, body: bytes, classes: Classes, sink: Sink) -> int:
     """Decode format 2 into ``sink``, object by object as the parser reads them: what is held at
-    once is the sink's state and one object (each is freed once decoded)."""
+    once is the sink's state and one object.  The parser is expat's (C, SAX-like, no tree built):
+    the document was checksummed, and validated when it was written."""
     empties = {cls: [(f, s.kind == "set") for f, s in specs.items() if s.kind in ("set", "map")]
                for cls, specs in classes.items()}
-    events = etree.iterparse(io.BytesIO(body), events=("end",), tag=tuple(classes), resolve_entities=False,
-                             no_network=True, load_dtd=False, huge_tree=False, remove_comments=True,
-                             remove_pis=True)
     row = sink.row
+    depth = 0
+    seq = ""
+    cls = ref = ""
+    fields: dict = {}
+    child: tuple[str, dict[str, str]] = ("", {})
+    texts: list[str] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal depth, seq, cls, ref, fields, child
+        depth += 1
+        if depth == 3:  # an object: its scalar fields are its attributes
+            if tag not in empties:
+                raise StoreError(f"snapshot {path}: unknown class {tag!r}")
+            ref = attrs.pop("ref")
+            for fname, is_set in empties[tag]:
+                if fname in attrs:
+                    attrs[fname] = [] if is_set else {}  # type: ignore[assignment]
+            cls, fields = tag, attrs
+        elif depth == 4:  # a set item, a map entry, a base64 value
+            child = (tag, attrs)
+            texts.clear()
+        elif depth == 1:
+            if tag != ROOT:
+                raise StoreError(f"snapshot {path}: root element {tag!r}, not {ROOT}")
+            seq = attrs.get("seq", "")
+        elif depth != 2 or tag != "table":
+            raise StoreError(f"snapshot {path}: unexpected element {tag!r}")
+
+    def end(_tag: str) -> None:
+        nonlocal depth
+        if depth == 4:
+            tag, attrs = child
+            text = "".join(texts)
+            if attrs.get("enc") == B64:
+                text = _unb64(text)
+            fname = attrs["f"]
+            if tag == "s":
+                fields.setdefault(fname, []).append(text)
+            elif tag == "m":
+                key = _unb64(attrs["k"]) if attrs.get("k-enc") == B64 else attrs["k"]
+                entries = fields.setdefault(fname, {})
+                if key in entries:
+                    raise StoreError(f"snapshot {path}: {cls} {ref} {fname} has key {key!r} twice")
+                entries[key] = text
+            else:
+                fields[fname] = text
+        elif depth == 3 and not row(cls, ref, fields):
+            raise StoreError(f"snapshot {path}: {cls} {ref} appears twice")
+        depth -= 1
+
+    def chars(data: str) -> None:
+        if depth == 4:
+            texts.append(data)
+
+    def refuse(*_args: object) -> None:
+        raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
+
+    parser = expat.ParserCreate("UTF-8")
+    parser.buffer_text = True
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
     try:
-        for _event, el in events:
-            table = el.getparent()
-            if table is None or table.tag != "table" or table.getparent() is None:
-                continue
-            cls = el.tag
-            fields = dict(el.attrib)
-            ref = fields.pop("ref")
-            for fname, is_set in empties[cls]:
-                if fname in fields:
-                    fields[fname] = [] if is_set else {}
-            for child in el:
-                fname = child.get("f")
-                text = text_of(child)
-                if child.tag == "s":
-                    fields.setdefault(fname, []).append(text)  # type: ignore[union-attr]
-                elif child.tag == "m":
-                    key = key_of(child)
-                    entries = fields.setdefault(fname, {})
-                    if key in entries:  # type: ignore[operator]
-                        raise StoreError(f"snapshot {path}: {cls} {ref} {fname} has key {key!r} twice")
-                    entries[key] = text  # type: ignore[index]
-                else:
-                    fields[fname] = text
-            if not row(cls, ref, fields):
-                raise StoreError(f"snapshot {path}: {cls} {ref} appears twice")
-            el.clear()
-            while el.getprevious() is not None:  # free what is decoded
-                del table[0]
-        root = events.root
-    except etree.XMLSyntaxError as exc:
+        parser.Parse(body, True)
+    except expat.ExpatError as exc:
         raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"snapshot {path}: unreadable object ({exc!r})") from exc
-    if root is None or root.tag != ROOT:
-        raise StoreError(f"snapshot {path}: root element {getattr(root, 'tag', None)!r}, not {ROOT}")
-    seq = root.get("seq", "")
     if not seq.isdigit():
         raise StoreError(f"snapshot {path}: no seq")
     return int(seq)
