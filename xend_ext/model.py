@@ -511,7 +511,7 @@ class Loader:
             fields = [f for f in cls.fields.values() if not f.derived]
             decoders = tuple(share.decoder(f.type) for f in fields)
             names = tuple(f.name for f in fields)
-            self.plans[cls.name] = (cls, names, decoders, dict(zip(names, decoders)),
+            self.plans[cls.name] = (cls, names, decoders, dict(zip(names, decoders, strict=True)),
                                     {f.name: share.parts(f.type) for f in fields})
         self.rows = 0  # objects made from rows and create ops (the complexity tests count them)
 
@@ -527,10 +527,10 @@ class Loader:
     def _add(self, cname: str, ref: str, encoded: dict) -> None:
         cls, names, decoders, _, _ = self.plans[cname]
         try:  # {name: decode(encoded[name])}, the loop in C
-            values = dict(zip(names, map(operator.call, decoders, map(encoded.__getitem__, names))))
+            values = dict(zip(names, map(operator.call, decoders, map(encoded.__getitem__, names)), strict=True))
         except KeyError:  # a field added since the state was written: its default
             values = {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
-                      for name, decode in zip(names, decoders)}
+                      for name, decode in zip(names, decoders, strict=True)}
         obj = Obj(cls, self.share.text(ref), values)
         # changed "at boot" as far as events know: a token from before the restart, or "", gets
         # every object (we keep no per-object history across restarts)

@@ -39,9 +39,10 @@ import os
 import re
 import threading
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 from xml.parsers import expat
-from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -74,6 +75,7 @@ Tables = dict[str, dict[str, dict[str, object]]]
 
 _TRAILER = re.compile(rb"<!-- crc32 ([0-9a-f]{8}) -->\n\Z")
 _TRAILER_START = b"<!-- crc32 "
+_TRAILER_SIZE = len(b"<!-- crc32 01234567 -->\n")
 
 
 class Validator:
@@ -229,58 +231,77 @@ def load(path: Path, classes: Classes, validator: Validator, sink: Sink, *, veri
     (a StoreError naming the file) if bad.
 
     The checksum is always checked; the grammar only if the snapshot was validated against
-    another one when written (or is format 1), or if ``verify``.
+    another one when written (or is format 1), or if ``verify``.  Only a snapshot to validate is
+    read whole; else it is read in blocks, twice (checksum, then objects), never held whole.
     """
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read snapshot {path}: {exc.strerror or exc}") from exc
-    try:
-        return _load(path, data, classes, validator, sink, verify)
+        with open(path, "rb") as stream:
+            return _load(path, stream, classes, validator, sink, verify)
     except SnapshotDamaged:
         raise
+    except OSError as exc:
+        raise StoreError(f"cannot read snapshot {path}: {exc.strerror or exc}") from exc
     except StoreError as exc:
         why = str(exc).replace(f"snapshot {path}: ", "").replace(f"snapshot {path} ", "")
         raise SnapshotDamaged(path, why) from exc
 
 
-def _load(path: Path, data: bytes, classes: Classes, validator: Validator, sink: Sink, verify: bool) -> int:
-    body = check_sum(path, data)
-    if b"<!DOCTYPE" in body[:4096]:
+def _load(path: Path, stream: BinaryIO, classes: Classes, validator: Validator, sink: Sink, verify: bool) -> int:
+    head = stream.read(4096)
+    end = check_sum(path, stream, head)
+    if b"<!DOCTYPE" in head:
         raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
-    head = re.search(rb"<%s\b[^>]*>" % ROOT.encode(), body[:4096])
-    attrs = dict(re.findall(rb'\b(format|grammar)="([^"]*)"', head.group(0))) if head else {}
-    trusted = (not verify and body is not data and attrs.get(b"format") == FORMAT.encode()
-               and attrs.get(b"grammar") == validator.digest.encode())
-    if not trusted:
-        tree = _parse(path, body)
-        fmt = tree.getroot().get("format")
-        rng = validator.get(FORMAT_V1 if fmt == FORMAT_V1 else FORMAT)
-        if not rng.validate(tree):
-            raise StoreError(
-                f"snapshot {path} does not match the state schema: {rng.error_log.last_error}"
-            )
-        if fmt == FORMAT_V1:
-            return _decode_v1(path, tree.getroot(), classes, sink)
-        del tree
-    return _load_fast(path, body, classes, sink)
+    root = re.search(rb"<%s\b[^>]*>" % ROOT.encode(), head)
+    attrs = dict(re.findall(rb'\b(format|grammar)="([^"]*)"', root.group(0))) if root else {}
+    if (not verify and end is not None and attrs.get(b"format") == FORMAT.encode()
+            and attrs.get(b"grammar") == validator.digest.encode()):
+        return _load_fast(path, _blocks(stream, end), classes, sink)
+    stream.seek(0)
+    body = stream.read(end if end is not None else -1)
+    tree = _parse(path, body)
+    fmt = tree.getroot().get("format")
+    rng = validator.get(FORMAT_V1 if fmt == FORMAT_V1 else FORMAT)
+    if not rng.validate(tree):
+        raise StoreError(f"snapshot {path} does not match the state schema: {rng.error_log.last_error}")
+    if fmt == FORMAT_V1:
+        return _decode_v1(path, tree.getroot(), classes, sink)
+    del tree
+    return _load_fast(path, [body], classes, sink)
 
 
-def check_sum(path: Path, data: bytes) -> bytes:
-    """The document without its checksum line; SnapshotDamaged if it does not match.
+_BLOCK = 1 << 20
 
-    A snapshot without the line (format 1, from older versions) is returned whole.
-    """
-    start = data.rfind(_TRAILER_START)
-    m = _TRAILER.match(data, start) if start >= 0 else None
-    if m is None:
-        if data.lstrip().startswith(b"<?xml") and b'format="1"' in data[:4096]:
-            return data
+
+def _blocks(stream: BinaryIO, end: int) -> Iterator[bytes]:
+    """The file's bytes up to ``end``, a block at a time."""
+    stream.seek(0)
+    left = end
+    while left > 0:
+        block = stream.read(min(_BLOCK, left))
+        if not block:
+            raise StoreError("snapshot shrank while it was read")
+        left -= len(block)
+        yield block
+
+
+def check_sum(path: Path, stream: BinaryIO, head: bytes) -> int | None:
+    """The length of the document before its checksum line; SnapshotDamaged if it does not
+    match.  None for a snapshot without the line (format 1, from older versions)."""
+    size = os.fstat(stream.fileno()).st_size
+    start = size - _TRAILER_SIZE
+    stream.seek(max(start, 0))
+    if start < 0 or _TRAILER.match(stream.read()) is None:
+        if head.lstrip().startswith(b"<?xml") and b'format="1"' in head:
+            return None
         raise SnapshotDamaged(path, "the checksum line at its end is missing or damaged")
-    body = data[:start]
-    if zlib.crc32(body) != int(m.group(1), 16):
+    stream.seek(start)
+    want = int(stream.read(_TRAILER_SIZE)[len(_TRAILER_START):][:8], 16)
+    crc = 0
+    for block in _blocks(stream, start):
+        crc = zlib.crc32(block, crc)
+    if crc != want:
         raise SnapshotDamaged(path, "does not match its checksum (the file was damaged after it was written)")
-    return body
+    return start
 
 
 def _parse(path: Path, body: bytes) -> etree._ElementTree:
@@ -293,7 +314,7 @@ def _parse(path: Path, body: bytes) -> etree._ElementTree:
     return tree
 
 
-def _load_fast(path: Path, body: bytes, classes: Classes, sink: Sink) -> int:
+def _load_fast(path: Path, blocks: Iterable[bytes], classes: Classes, sink: Sink) -> int:
     """Decode format 2 into ``sink``, object by object as the parser reads them: what is held at
     once is the sink's state and one object.  The parser is expat's (C, SAX-like, no tree built):
     the document was checksummed, and validated when it was written."""
@@ -366,7 +387,9 @@ def _load_fast(path: Path, body: bytes, classes: Classes, sink: Sink) -> int:
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
     try:
-        parser.Parse(body, True)
+        for block in blocks:
+            parser.Parse(block, False)
+        parser.Parse(b"", True)
     except expat.ExpatError as exc:
         raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
