@@ -470,10 +470,6 @@ _EMPTY_MAP: dict = {}
 _EMPTY_SET: list = []
 
 
-def _copy(text: str) -> str:
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
-
-
 def _default(f: Any) -> Any:
     return f.make_default() if f.default is not None else f.type.fresh_default()
 
@@ -574,14 +570,11 @@ class Loader:
 
 
 class _Sharing:
-    """Decoders for loading that give equal strings and ints as one object (C-level caches).
-
-    The strings kept are copies: the store's own sit among its many short-lived ones (the field
-    names of each row...), and a kept one would hold their whole block of memory once they are freed.
-    """
+    """Decoders for loading that give equal strings and ints as one object (C-level caches): the
+    first of equal strings read is the one kept, and only it is in the cache (as key and value)."""
 
     def __init__(self) -> None:
-        self.text = functools.lru_cache(maxsize=None)(_copy)
+        self.text = functools.lru_cache(maxsize=None)(str)
         self.int = functools.lru_cache(maxsize=None)(int)
 
     def decoder(self, t: Any) -> Callable[[Any], Any]:
