@@ -47,12 +47,17 @@ class Limits:
     write_high: int = 256 << 10  # unsent reply bytes per connection above which it is not read
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     path: str
     body: bytes
     keep_alive: bool
+
+
+# The request lines every client sends, decoded once (others are parsed per request).
+_PATHS = {b"/": "/", b"/RPC2": "/RPC2"}
+_METHODS = {b"POST": "POST", b"GET": "GET"}
 
 
 # A handler turns a request into (status, content type, body), or an awaitable of that when it
@@ -62,11 +67,17 @@ Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
 def http_head(status: int, ctype: str, length: int, keep_alive: bool) -> bytes:
+    if status == 200 and ctype == "text/xml" and keep_alive:  # nearly every reply: only its length varies
+        return b"%s%d%s" % (_OK_XML, length, _KEEP_ALIVE)
     return (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: {ctype}\r\nContent-Length: {length}\r\n"
         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     ).encode("latin-1")
+
+
+_OK_XML = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: "
+_KEEP_ALIVE = b"\r\nConnection: keep-alive\r\n\r\n"
 
 
 def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
@@ -281,8 +292,9 @@ class HttpProtocol(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        if len(name) == 14 and name.lower() == b"content-length" and value.strip().isdigit():
+        n = len(name)
+        self._count(n + len(value))
+        if n == 14 and name.lower() == b"content-length" and value.strip().isdigit():
             self.length = int(value)
 
     def on_headers_complete(self) -> None:
@@ -296,9 +308,11 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else "/"
+        url = self.url
+        path = _PATHS.get(url) or (httptools.parse_url(url).path.decode("latin-1") if url else "/")
+        method = self.parser.get_method()
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        self.queue.append(Request(self.parser.get_method().decode("latin-1"), path, body,
+        self.queue.append(Request(_METHODS.get(method) or method.decode("latin-1"), path, body,
                                   self.parser.should_keep_alive()))
         self._reset()
         self._advance()
@@ -314,7 +328,7 @@ class HttpProtocol(asyncio.Protocol):
         while self.queue and not (self.busy or self.write_paused or self.closing):
             request = self.queue.popleft()
             result = self._call(request)
-            if inspect.isawaitable(result):
+            if type(result) is not tuple and inspect.isawaitable(result):
                 self.busy = True
                 self.loop.create_task(self._serve(request, result))
                 return
