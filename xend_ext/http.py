@@ -81,7 +81,21 @@ _KEEP_ALIVE = b"\r\nConnection: keep-alive\r\n\r\n"
 
 
 def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
-    return http_head(status, ctype, len(body), keep_alive) + body
+    if body is _Last.body and ctype is _Last.ctype and status == 200 and keep_alive:
+        return _Last.response  # the same reply to many (event.from)
+    response = http_head(status, ctype, len(body), keep_alive) + body
+    if status == 200 and keep_alive and len(body) < SEPARATE_BODY:
+        _Last.body, _Last.ctype, _Last.response = body, ctype, response
+    return response
+
+
+class _Last:
+    """The last 200 reply framed, kept for a caller with the very same body: the watchers one
+    change wakes share one body (xend_ext.events, wire.dumps_response)."""
+
+    body: bytes | None = None
+    ctype = ""
+    response = b""
 
 
 @dataclass

@@ -184,10 +184,26 @@ _OK_HEAD = (_HEAD + "<value><struct><member><name>Status</name><value>Success</v
 _OK_TAIL = ("</member></struct></value>" + _TAIL).encode()
 
 
+class _LastReply:
+    """The reply made for the last Encoded value: the watchers one change wakes share one value
+    (xend_ext.events) and so get one reply, not a copy each."""
+
+    value: Encoded | None = None
+    text = b""
+
+
+SHARED_REPLY = 64 << 10  # larger replies are not kept for the next caller
+
+
 def dumps_response(reply: Any) -> bytes:
     if type(reply) is dict and len(reply) == 2 and type(value := reply.get("Value")) is Encoded \
             and reply.get("Status") == "Success":
-        return b"".join((_OK_HEAD, value, _OK_TAIL))  # a record or an event.from answer, as it is
+        if value is _LastReply.value:
+            return _LastReply.text
+        text = b"".join((_OK_HEAD, value, _OK_TAIL))  # a record or an event.from answer, as it is
+        if len(value) <= SHARED_REPLY:
+            _LastReply.value, _LastReply.text = value, text
+        return text
     out = [_HEAD]
     _dump(reply, out)
     out.append(_TAIL)
