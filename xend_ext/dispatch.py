@@ -33,6 +33,7 @@ STORE_WRITE_FAILED = WRITE_ERROR  # declared with every message that may change 
 BACKEND_READS = frozenset({"domain", "domains", "definitions", "host_info", "pools", "read_image", "memory_free"})
 #: Seconds between two tries to write what a refused write kept (live state of the hypervisor).
 RETRY_INTERVAL = 2.0
+_RANK = {role: role_rank(role) for role in ROLES}  # the role check of every call, without a search
 
 
 class Context:
@@ -240,7 +241,7 @@ class Dispatcher:
                 raise XenAPIError("SESSION_INVALID", str(session_ref))
             ctx.session = self.registry.check_session(ctx, session_ref)
             ctx.role = ctx.session.values["role"]
-            if role_rank(ctx.role) < role_rank(msg.role):
+            if _RANK[ctx.role] < _RANK[msg.role]:
                 permission = method.removeprefix(ASYNC_PREFIX).lower()
                 holders = ", ".join(ROLES[role_rank(msg.role):])
                 raise XenAPIError(

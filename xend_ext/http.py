@@ -178,7 +178,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
-        self.length = -1
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
@@ -296,24 +295,24 @@ class HttpProtocol(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    # -- httptools callbacks ---------------------------------------------------------------
+    # -- httptools callbacks (the parser calls only those defined, so there are no others) ------
     def on_message_begin(self) -> None:
-        self._reset()
-        self.deadline = self.loop.time() + self.limits.read_timeout
+        self.deadline = self.loop.time() + self.limits.read_timeout  # _reset ran when the last one ended
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._count(len(url))
+        self.header_bytes += len(url)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, "request headers too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         n = len(name)
-        self._count(n + len(value))
+        self.header_bytes += n + len(value)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, "request headers too large")
         if n == 14 and name.lower() == b"content-length" and value.strip().isdigit():
-            self.length = int(value)
-
-    def on_headers_complete(self) -> None:
-        if self.length > self.limits.max_body:
-            raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
+            if int(value) > self.limits.max_body:  # refused before its body arrives
+                raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
@@ -330,11 +329,6 @@ class HttpProtocol(asyncio.Protocol):
                                   self.parser.should_keep_alive()))
         self._reset()
         self._advance()
-
-    def _count(self, n: int) -> None:
-        self.header_bytes += n
-        if self.header_bytes > self.limits.max_header_bytes:
-            raise _Reject(431, "request headers too large")
 
     # -- answering -----------------------------------------------------------------------
     def _advance(self) -> None:

@@ -361,6 +361,10 @@ _ARRAY_END = re.compile(_WS + "</data></array></value>")
 _PARAM = re.compile(_WS + "<param>")
 _PARAM_END = re.compile(_WS + "</param>")
 _FAST_DEPTH = 8  # methodCall, params, param, value, array, data, value, string
+# the commonest of all: every param a string (refs, names), read in one pass
+_STRING_PARAM = "<param>" + _WS + "<value><string>(" + _TEXT + ")</string></value>" + _WS + "</param>" + _WS
+_STRINGS = re.compile(_WS + "(?:" + _STRING_PARAM + ")*")
+_STRING = re.compile(_STRING_PARAM)
 
 
 def _fast_value(text: str, pos: int, nested: bool) -> tuple[Any, int] | None:
@@ -403,8 +407,10 @@ def fast_request(body: bytes) -> tuple[str, tuple] | None:
     call = _CALL.match(text)
     if call is None:
         return None
-    params = []
     inner = call.group(4)
+    if inner and _STRINGS.fullmatch(inner):
+        return call.group(3), tuple(_STRING.findall(inner))
+    params = []
     if inner:
         pos, end = 0, len(inner)
         while pos < end:
