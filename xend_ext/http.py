@@ -81,21 +81,21 @@ _KEEP_ALIVE = b"\r\nConnection: keep-alive\r\n\r\n"
 
 
 def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
-    if body is _Last.body and ctype is _Last.ctype and status == 200 and keep_alive:
-        return _Last.response  # the same reply to many (event.from)
+    last = _Last.framed
+    if body is last[0] and ctype is last[1] and status == 200 and keep_alive:
+        return last[2]  # the same reply to many (event.from)
     response = http_head(status, ctype, len(body), keep_alive) + body
     if status == 200 and keep_alive and len(body) < SEPARATE_BODY:
-        _Last.body, _Last.ctype, _Last.response = body, ctype, response
+        _Last.framed = (body, ctype, response)
     return response
 
 
 class _Last:
     """The last 200 reply framed, kept for a caller with the very same body: the watchers one
-    change wakes share one body (xend_ext.events, wire.dumps_response)."""
+    change wakes share one body (xend_ext.events, wire.dumps_response). (body, content type,
+    response), replaced whole."""
 
-    body: bytes | None = None
-    ctype = ""
-    response = b""
+    framed: tuple[bytes | None, str, bytes] = (None, "", b"")
 
 
 @dataclass
@@ -258,6 +258,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` a slice at a time; keep what is left when the connection stalls."""
+        if len(data) <= FEED and not self._stalled():  # one small request, the usual case
+            self._parse(data)
+            self._flush()
+            return
         for start in range(0, len(data), FEED):
             if self.closing:
                 return
@@ -335,19 +339,16 @@ class HttpProtocol(asyncio.Protocol):
         """Answer queued requests in order until one has to wait or the client stops reading."""
         while self.queue and not (self.busy or self.write_paused or self.closing):
             request = self.queue.popleft()
-            result = self._call(request)
+            try:
+                result = self.handler(request)
+            except Exception:  # the handler maps errors itself; this is a last guard
+                log.exception("request handler failed")
+                result = 500, "text/plain", b"internal error\n"
             if type(result) is not tuple and inspect.isawaitable(result):
                 self.busy = True
                 self.loop.create_task(self._serve(request, result))
                 return
             self._reply(request, result)
-
-    def _call(self, request: Request) -> Response | Awaitable[Response]:
-        try:
-            return self.handler(request)
-        except Exception:  # the handler maps errors itself; this is a last guard
-            log.exception("request handler failed")
-            return 500, "text/plain", b"internal error\n"
 
     def _reply(self, request: Request, response: Response) -> None:
         """Queue one reply for the next write; a reply that ends the connection is sent at once."""
@@ -365,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.out_bytes >= FLUSH_AT:
             self._flush()  # the transport may pause writing now, which stops _advance
-        if not (self.queue or self.busy or self.partial()):
+        if not (self.queue or self.busy or self.url or self.header_bytes or self.body_len):  # not partial()
             self.idle_since = self.loop.time()
             self.deadline = self.idle_since + self.limits.idle_timeout
 

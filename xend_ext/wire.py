@@ -186,10 +186,10 @@ _OK_TAIL = ("</member></struct></value>" + _TAIL).encode()
 
 class _LastReply:
     """The reply made for the last Encoded value: the watchers one change wakes share one value
-    (xend_ext.events) and so get one reply, not a copy each."""
+    (xend_ext.events) and so get one reply, not a copy each. One tuple, replaced whole: a reader
+    in another thread never sees a value with another value's reply."""
 
-    value: Encoded | None = None
-    text = b""
+    pair: tuple[Encoded | None, bytes] = (None, b"")
 
 
 SHARED_REPLY = 64 << 10  # larger replies are not kept for the next caller
@@ -198,11 +198,12 @@ SHARED_REPLY = 64 << 10  # larger replies are not kept for the next caller
 def dumps_response(reply: Any) -> bytes:
     if type(reply) is dict and len(reply) == 2 and type(value := reply.get("Value")) is Encoded \
             and reply.get("Status") == "Success":
-        if value is _LastReply.value:
-            return _LastReply.text
+        last = _LastReply.pair
+        if value is last[0]:
+            return last[1]
         text = b"".join((_OK_HEAD, value, _OK_TAIL))  # a record or an event.from answer, as it is
         if len(value) <= SHARED_REPLY:
-            _LastReply.value, _LastReply.text = value, text
+            _LastReply.pair = (value, text)
         return text
     out = [_HEAD]
     _dump(reply, out)
