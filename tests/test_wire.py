@@ -12,7 +12,7 @@ from conftest import fails, ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xend_ext.wire import BadRequest, fast_request, loads_request
+from xend_ext.wire import BadRequest, dumps_response, encode_value, fast_request, loads_request, success
 
 
 def test_official_client_tcp_login_and_records(server):
@@ -273,3 +273,14 @@ def test_fast_request_parser_takes_the_common_request():
     body = xmlrpc.client.dumps(("OpaqueRef:s", ["VM", "host"], "", 30.0, 7, True), "event.from").encode()
     assert fast_request(body) == ("event.from", ("OpaqueRef:s", ["VM", "host"], "", 30.0, 7, True))
     assert fast_request(body.replace(b"<string>VM</string>", b"<string>V&amp;M</string>")) is None
+
+
+def test_shared_reply_is_the_reply_of_its_own_value():
+    """A reply made once for many watchers (the last Encoded value's) is never given for another
+    value."""
+    first, second = encode_value({"token": "1"}), encode_value({"token": "2"})
+    general = [{"Status": "Success", "Value": {"token": t}} for t in ("1", "2")]
+    for value, expected in [(first, general[0]), (second, general[1]), (first, general[0]), (first, general[0])]:
+        reply = dumps_response(success(value))
+        assert xmlrpc.client.loads(reply)[0][0] == expected
+    assert dumps_response(success(first)) is dumps_response(success(first))  # made once, not per watcher

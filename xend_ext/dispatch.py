@@ -210,9 +210,14 @@ class Dispatcher:
         return reply, msg.raw_reply
 
     async def _durable(self, reply: Any, raw: bool, change: Change) -> tuple[Any, bool]:
-        """Acknowledge only once the journal holds the change; a change it refused was undone."""
+        """Acknowledge only once the journal holds the change; a change it refused was undone.
+
+        Nothing to wait for when every record is durable and published already: an async body
+        (event.from) sees the records others made meanwhile, and the watchers one change wakes
+        would each commit it again."""
         try:
-            await self.services.commit(self.services.db.last_seq)
+            if self.services.db.last_seq > self.services.hub.durable_seq:
+                await self.services.commit(self.services.db.last_seq)
         except WriteRefused:
             pass  # undone if it was this request's (change.undone); others' records are not ours
         except StoreError as exc:  # a failed fsync: the store takes no more writes
