@@ -100,7 +100,7 @@ def _progress(message: str) -> None:
 
 def run_cell(server: servers.ServerProcess, phase: str, clients: int, args: argparse.Namespace, tag: str) -> CellResult:
     """Measure one cell and turn the raw outcome into per-call figures."""
-    endpoint = Endpoint(servers.HOST, server.port, keep_alive=server.name == servers.XEND_EXT)
+    endpoint = Endpoint(servers.HOST, server.port, keep_alive=server.name != servers.REFERENCE)
     spec = CellSpec(phase, clients, args.seconds, args.warmup, endpoint, f"{tag}-{clients}")
     cpu: dict[str, float] = {}
 

@@ -143,7 +143,9 @@ def run_small_call(figures: Figures, args: argparse.Namespace) -> None:
     _progress("P1: host.get_record at 16 clients")
     running: dict[str, servers.ServerProcess] = {}
     try:
-        for name in args.servers:
+        # the floor (the I/O alone) beside xend-ext, in the same rounds
+        floor = [servers.FLOOR] if servers.XEND_EXT in args.servers else []
+        for name in [*args.servers, *floor]:
             server = _start(figures, name, None, args, None)
             if server is not None:
                 running[name] = server

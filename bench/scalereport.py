@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bench.servers import REFERENCE, XEND_EXT
+from bench.servers import FLOOR, REFERENCE, XEND_EXT
 
 if TYPE_CHECKING:
     from bench.scale import Figures
@@ -30,6 +30,7 @@ class Row:
     goal: str = ""
     limit: float = math.nan  # the goal on xend-ext's median: <= limit (lower) or >= limit (higher)
     min_ratio: float = math.nan  # the goal on the "better" ratio
+    server: str = XEND_EXT  # whose figure the row shows (another than xend-ext: no reference, no ratio)
 
 
 def _k(n: int) -> str:
@@ -41,6 +42,8 @@ def _rows(sizes: tuple[int, ...], watcher_counts: tuple[int, ...]) -> list[Row]:
         Row("P1 `host.get_record`, 16 keep-alive clients: server CPU per call", "P1 cpu", "µs", 0,
             goal="≤ 60 µs", limit=60),
         Row("P1 `host.get_record`, 16 clients: calls/s", "P1 rate", "/s", 0, lower_is_better=False),
+        Row("P1 floor: a bare protocol on the same loop answering a reply of the same size, 16 clients: "
+            "server CPU per call", "P1 cpu", "µs", 0, server=FLOOR),
     ]
     for n in sizes:
         big = n >= 10_000
@@ -122,6 +125,10 @@ def table(figures: Figures, sizes: tuple[int, ...], watcher_counts: tuple[int, .
     ]
     for row in _rows(sizes, watcher_counts):
         if measures is not None and row.measure.split()[0] not in measures:
+            continue
+        if row.server != XEND_EXT:
+            lines.append(f"| {row.label} | | {_cell(figures.values.get(row.measure, {}).get(row.server), row)} "
+                         "| — | — | |")
             continue
         if row.measure.startswith("P5 ") and row.measure.endswith((" p50", " cpu")):
             second, named = (" write", "write ") if row.measure.endswith(" p50") else (" client", "")

@@ -24,6 +24,8 @@ from typing import Self
 XEND_EXT = "xend-ext"
 REFERENCE = "reference"
 SERVERS = (XEND_EXT, REFERENCE)
+#: P1's floor: a bare protocol answering a fixed reply (bench/floor_server.py), beside xend-ext.
+FLOOR = "floor"
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
@@ -187,6 +189,8 @@ def _command(name: str, objects: int, port: int, workdir: str, state_from: Path 
             # every bench client comes from one loopback address, and P5 holds 1,000 watchers
             "--max-connections", "2000", "--max-per-peer", "2000",
         ]  # fmt: skip
+    if name == FLOOR:
+        return [sys.executable, "-m", "bench.floor_server", "--host", HOST, "--port", str(port)]
     if name == REFERENCE:
         return [
             sys.executable, "-m", "bench.reference_server",

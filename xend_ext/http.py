@@ -47,7 +47,7 @@ class Limits:
     write_high: int = 256 << 10  # unsent reply bytes per connection above which it is not read
 
 
-@dataclass(slots=True)
+@dataclass
 class Request:
     method: str
     path: str
