@@ -25,6 +25,17 @@ SMALL_CALL_CPUS = 8
 DURABLE_WRITE_OBJECTS = 10_000
 
 
+MEASURES = ("P1", "P2", "P3", "P4", "P5", "P6")
+
+
+def _measures(text: str) -> list[str]:
+    chosen = [part.strip().upper() for part in text.split(",") if part.strip()]
+    unknown = set(chosen) - set(MEASURES)
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"measures are some of {','.join(MEASURES)}, not {text}")
+    return chosen
+
+
 def _client_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -56,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale = parser.add_argument_group("scale run (P1-P6 of issue 15, bench/scale.py)")
     scale.add_argument("--scale", action="store_true", help="run P1-P6 instead of the client-count sweep")
     scale.add_argument("--quick", action="store_true", help="with --scale: 1k and 10k VMs, 2 rounds of 1 s")
+    scale.add_argument("--measures", type=_measures, default=list(MEASURES),
+                       help="with --scale: which of P1-P6 to run, e.g. P1,P5 (all)")
     scale.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell (3; --quick 2)")
     scale.add_argument("--sizes", type=_client_counts, default=None, help="VM counts (1000,10000,100000)")
     scale.add_argument("--watchers", type=_client_counts, default=[100, 1000], help="event.from watchers (100,1000)")
@@ -87,7 +100,7 @@ def _progress(message: str) -> None:
 
 def run_cell(server: servers.ServerProcess, phase: str, clients: int, args: argparse.Namespace, tag: str) -> CellResult:
     """Measure one cell and turn the raw outcome into per-call figures."""
-    endpoint = Endpoint(servers.HOST, server.port, keep_alive=server.name == servers.XEND_EXT)
+    endpoint = Endpoint(servers.HOST, server.port, keep_alive=server.name != servers.REFERENCE)
     spec = CellSpec(phase, clients, args.seconds, args.warmup, endpoint, f"{tag}-{clients}")
     cpu: dict[str, float] = {}
 

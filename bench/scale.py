@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -142,7 +143,9 @@ def run_small_call(figures: Figures, args: argparse.Namespace) -> None:
     _progress("P1: host.get_record at 16 clients")
     running: dict[str, servers.ServerProcess] = {}
     try:
-        for name in args.servers:
+        # the floor (the I/O alone) beside xend-ext, in the same rounds
+        floor = [servers.FLOOR] if servers.XEND_EXT in args.servers else []
+        for name in [*args.servers, *floor]:
             server = _start(figures, name, None, args, None)
             if server is not None:
                 running[name] = server
@@ -170,15 +173,16 @@ def run_size(figures: Figures, args: argparse.Namespace, vms: int) -> None:
                 args.gave_up[name] = vms  # a larger state will not start faster
             else:
                 running[name] = server
-        if vms in P3_SIZES:
+        if vms in P3_SIZES and "P3" in args.measures:
             # a millisecond figure: server CPU per call / 1000
             _interleave(figures, running, args, f"P3 all@{vms}", GET_ALL_RECORDS, lambda name: 1, 1000.0)
             _interleave(figures, running, args, f"P3 where@{vms}", GET_ALL_RECORDS_WHERE, lambda name: 1, 1000.0)
         if vms > REFERENCE_WRITERS_UP_TO and servers.REFERENCE in running:
             figures.note(f"P2 {vms}", "reference: 1 client (its writes are serialised by one lock), "
                                       f"each cell bounded by {args.seconds:g} s + the call in flight")
-        _interleave(figures, running, args, f"P2 {vms}", VM_WRITE,
-                    lambda name: 1 if name == servers.REFERENCE and vms > REFERENCE_WRITERS_UP_TO else 16)
+        if "P2" in args.measures:
+            _interleave(figures, running, args, f"P2 {vms}", VM_WRITE,
+                        lambda name: 1 if name == servers.REFERENCE and vms > REFERENCE_WRITERS_UP_TO else 16)
     finally:
         _stop_all(running)
 
@@ -193,7 +197,8 @@ def run_watchers(figures: Figures, args: argparse.Namespace) -> None:
         return
     with server:
         for count in args.watchers:
-            outcome = watchers.run(Endpoint(servers.HOST, server.port, keep_alive=True), count, args.watch_rounds)
+            outcome = watchers.run(Endpoint(servers.HOST, server.port, keep_alive=True), count, args.watch_rounds,
+                                   server.cpu_seconds_fine)
             measure = f"P5 {count}"
             if outcome.error:
                 figures.problems.append(f"{measure}: {outcome.error}")
@@ -204,6 +209,9 @@ def run_watchers(figures: Figures, args: argparse.Namespace) -> None:
             figures.add(f"{measure} p50", servers.XEND_EXT, outcome.percentile(0.50))
             for ms in outcome.write_ms:
                 figures.add(f"{measure} write", servers.XEND_EXT, ms)
+            for server_us, client_us in zip(outcome.server_us, outcome.client_us, strict=True):
+                figures.add(f"{measure} cpu", servers.XEND_EXT, server_us)
+                figures.add(f"{measure} client", servers.XEND_EXT, client_us)
             _progress(f"  {count} watchers: p50 {outcome.percentile(0.5):.1f} ms, p99 "
                       f"{outcome.percentile(0.99):.1f} ms over {outcome.rounds} mutations")
 
@@ -215,6 +223,7 @@ def reprint(args: argparse.Namespace) -> int:
     figures = Figures(saved["values"], saved["notes"], saved["problems"])
     args.rounds, args.seconds = saved["rounds"], saved["seconds"]
     args.watchers = saved.get("watchers", args.watchers)
+    args.measures = saved.get("measures", args.measures)
     print(scalereport.render(figures, saved["machine"], args, tuple(saved["sizes"]), saved.get("elapsed", math.nan)))
     return 0
 
@@ -231,16 +240,24 @@ def main(args: argparse.Namespace) -> int:
     machine = report.machine_info()
     figures = Figures()
     began = time.monotonic()
-    run_small_call(figures, args)
-    for vms in sizes:
-        run_size(figures, args, vms)
-    run_watchers(figures, args)
+    machine["load"] = [round(os.getloadavg()[0], 2)]
+    if "P1" in args.measures:
+        run_small_call(figures, args)
+    if {"P2", "P3", "P4", "P6"} & set(args.measures):
+        for vms in sizes:
+            run_size(figures, args, vms)
+    else:
+        sizes = ()
+    if "P5" in args.measures:
+        run_watchers(figures, args)
+    machine["load"].append(round(os.getloadavg()[0], 2))
     elapsed = time.monotonic() - began
     _progress(f"done in {elapsed:.0f} s\n")
     print(scalereport.render(figures, machine, args, sizes, elapsed))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump({"machine": machine, "sizes": list(sizes), "rounds": args.rounds, "seconds": args.seconds,
+            json.dump({"machine": machine, "sizes": list(sizes), "measures": args.measures,
+                       "rounds": args.rounds, "seconds": args.seconds,
                        "watchers": args.watchers, "elapsed": elapsed,
                        "values": figures.values, "notes": figures.notes, "problems": figures.problems},
                       stream, indent=1)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bench.servers import REFERENCE, XEND_EXT
+from bench.servers import FLOOR, REFERENCE, XEND_EXT
 
 if TYPE_CHECKING:
     from bench.scale import Figures
@@ -30,6 +30,7 @@ class Row:
     goal: str = ""
     limit: float = math.nan  # the goal on xend-ext's median: <= limit (lower) or >= limit (higher)
     min_ratio: float = math.nan  # the goal on the "better" ratio
+    server: str = XEND_EXT  # whose figure the row shows (another than xend-ext: no reference, no ratio)
 
 
 def _k(n: int) -> str:
@@ -41,6 +42,8 @@ def _rows(sizes: tuple[int, ...], watcher_counts: tuple[int, ...]) -> list[Row]:
         Row("P1 `host.get_record`, 16 keep-alive clients: server CPU per call", "P1 cpu", "µs", 0,
             goal="≤ 60 µs", limit=60),
         Row("P1 `host.get_record`, 16 clients: calls/s", "P1 rate", "/s", 0, lower_is_better=False),
+        Row("P1 floor: a bare protocol on the same loop answering a reply of the same size, 16 clients: "
+            "server CPU per call", "P1 cpu", "µs", 0, server=FLOOR),
     ]
     for n in sizes:
         big = n >= 10_000
@@ -64,6 +67,7 @@ def _rows(sizes: tuple[int, ...], watcher_counts: tuple[int, ...]) -> list[Row]:
         rows.append(Row(f"P5 {w:,} `event.from` watchers, one mutation: delivery p99", f"P5 {w} p99", "ms", 1,
                         goal="≤ 50 ms", limit=50))
         rows.append(Row(f"P5 {w:,} watchers: delivery p50; the mutation's own reply (write)", f"P5 {w} p50", "ms", 1))
+        rows.append(Row(f"P5 {w:,} watchers: CPU per delivery, server; the watchers' process", f"P5 {w} cpu", "µs", 0))
     for n in sizes:
         top = n >= 100_000
         rows.append(Row(f"P6 RSS holding {_k(n)} VMs", f"P6 rss@{n}", "MB", 0,
@@ -111,19 +115,28 @@ def _verdict(row: Row, mine: float, ratio: float) -> str:
     return "met" if all(checks) else "**not met**"
 
 
-def table(figures: Figures, sizes: tuple[int, ...], watcher_counts: tuple[int, ...]) -> list[str]:
-    """The Markdown table: one line per row of :func:`_rows` plus the growth of a VM mutation."""
+def table(figures: Figures, sizes: tuple[int, ...], watcher_counts: tuple[int, ...],
+          measures: list[str] | None = None) -> list[str]:
+    """The Markdown table: one line per row of :func:`_rows` (of ``measures``, default all) plus
+    the growth of a VM mutation."""
     lines = [
         "| measure | goal | xend-ext | reference | xend-ext better by | goal |",
         "|---|---|---|---|---|---|",
     ]
     for row in _rows(sizes, watcher_counts):
-        if row.measure.startswith("P5 ") and row.measure.endswith(" p50"):
+        if measures is not None and row.measure.split()[0] not in measures:
+            continue
+        if row.server != XEND_EXT:
+            lines.append(f"| {row.label} | | {_cell(figures.values.get(row.measure, {}).get(row.server), row)} "
+                         "| — | — | |")
+            continue
+        if row.measure.startswith("P5 ") and row.measure.endswith((" p50", " cpu")):
+            second, named = (" write", "write ") if row.measure.endswith(" p50") else (" client", "")
             mine_values = figures.values.get(row.measure, {}).get(XEND_EXT)
-            write = figures.values.get(row.measure.replace(" p50", " write"), {}).get(XEND_EXT)
+            other = figures.values.get(row.measure[:-4] + second, {}).get(XEND_EXT)
             text = _cell(mine_values, row)
-            if write:
-                text += f"; write {_cell(write, row)}"
+            if other:
+                text += f"; {named}{_cell(other, row)}"
             lines.append(f"| {row.label} | | {text} | — | — | |")
             continue
         mine = figures.median(row.measure, XEND_EXT)
@@ -138,8 +151,8 @@ def table(figures: Figures, sizes: tuple[int, ...], watcher_counts: tuple[int, .
             ratio = math.nan
         lines.append(f"| {row.label} | {row.goal} | {shown[XEND_EXT]} | {shown[REFERENCE]} | {_ratio_text(ratio)} "
                      f"| {_verdict(row, mine, ratio)} |")
-    small, large = min(sizes), max(sizes)
-    if large > small:
+    small, large = min(sizes, default=0), max(sizes, default=0)
+    if large > small and (measures is None or "P2" in measures):
         growth = figures.median(f"P2 {large} cpu", XEND_EXT) / figures.median(f"P2 {small} cpu", XEND_EXT)
         shown = "—" if math.isnan(growth) else f"{growth:.2f}×"
         verdict = "" if math.isnan(growth) else "met" if growth <= 1.5 else "**not met**"
@@ -156,10 +169,12 @@ def render(figures: Figures, machine: dict[str, Any], args: argparse.Namespace, 
         f"machine: {machine['nproc']} cores, {machine['cpu_model']}, Python {machine['python']}, "
         f"Linux {machine['kernel']}",
         f"run: {args.rounds} interleaved round(s) per cell, {args.seconds:g} s measured per cell, "
-        f"sizes {', '.join(_k(n) for n in sizes)}; {elapsed:.0f} s in all".replace("; nan s in all", ""),
+        f"sizes {', '.join(_k(n) for n in sizes) or 'none'}; {elapsed:.0f} s in all".replace("; nan s in all", ""),
         "figures: median of the rounds (min–max); server CPU from /proc; P2 and P1 at 16 clients, P3 at 1",
+        *([f"load average (1 min) at the start {machine['load'][0]}, at the end {machine['load'][-1]}"]
+          if machine.get("load") else []),
         "",
-        *table(figures, tuple(sizes), tuple(args.watchers)),
+        *table(figures, tuple(sizes), tuple(args.watchers), getattr(args, "measures", None)),
     ]
     notes = [f"{key}: {text}" for key, texts in figures.notes.items() for text in texts]
     if notes:

@@ -7,6 +7,7 @@ live child processes is added in, in case a server hands work to workers.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from typing import Self
 XEND_EXT = "xend-ext"
 REFERENCE = "reference"
 SERVERS = (XEND_EXT, REFERENCE)
+#: P1's floor: a bare protocol answering a fixed reply (bench/floor_server.py), beside xend-ext.
+FLOOR = "floor"
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
@@ -99,6 +102,23 @@ class ServerProcess:
                 pass
         return ticks / _TICKS
 
+    def cpu_seconds_fine(self) -> float:
+        """CPU time of the server's threads so far, to the nanosecond (``/proc/<pid>/task/*/schedstat``;
+        ``cpu_seconds`` counts clock ticks, too coarse for one event fan-out). Live children are
+        not included; threads that ended are not either."""
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.popen.pid}/task")
+        except FileNotFoundError:
+            return math.nan
+        for tid in tasks:
+            try:
+                with open(f"/proc/{self.popen.pid}/task/{tid}/schedstat", "rb") as stream:
+                    total += int(stream.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                pass
+        return total / 1e9
+
     def rss_bytes(self) -> int:
         """Resident memory of the server and its live children."""
         total = 0
@@ -169,6 +189,8 @@ def _command(name: str, objects: int, port: int, workdir: str, state_from: Path 
             # every bench client comes from one loopback address, and P5 holds 1,000 watchers
             "--max-connections", "2000", "--max-per-peer", "2000",
         ]  # fmt: skip
+    if name == FLOOR:
+        return [sys.executable, "-m", "bench.floor_server", "--host", HOST, "--port", str(port)]
     if name == REFERENCE:
         return [
             sys.executable, "-m", "bench.reference_server",

@@ -21,6 +21,7 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.httpclient import Connection, Endpoint, HttpError, is_success, render_body
@@ -42,6 +43,10 @@ class WatchOutcome:
     rounds: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     write_ms: list[float] = field(default_factory=list)
+    #: server and watcher-process CPU (µs) per delivery, from just before each mutation until
+    #: its last reply arrived: which side the fan-out's time went to
+    server_us: list[float] = field(default_factory=list)
+    client_us: list[float] = field(default_factory=list)
     lost: int = 0
     error: str | None = None
 
@@ -79,8 +84,11 @@ async def _gather_some(tasks: list[asyncio.Task], limit: float) -> None:
         await asyncio.wait(tasks, timeout=limit)
 
 
-async def watch(endpoint: Endpoint, watchers: int, rounds: int) -> WatchOutcome:
-    """Park ``watchers`` long polls, then run ``rounds`` measured mutations (after one unmeasured)."""
+async def watch(endpoint: Endpoint, watchers: int, rounds: int,
+                server_cpu: Callable[[], float] | None = None) -> WatchOutcome:
+    """Park ``watchers`` long polls, then run ``rounds`` measured mutations (after one unmeasured).
+
+    ``server_cpu``: the server's CPU seconds so far, sampled around each fan-out."""
     outcome = WatchOutcome(watchers)
     writer = Connection(endpoint)
     crowd = [_Watcher(endpoint) for _ in range(watchers)]
@@ -98,15 +106,19 @@ async def watch(endpoint: Endpoint, watchers: int, rounds: int) -> WatchOutcome:
             w.arm(token)
         for round_no in range(rounds + 1):
             await asyncio.sleep(SETTLE_SECONDS)
+            cpu0 = (server_cpu() if server_cpu else math.nan, time.process_time())
             t0 = time.perf_counter()
             await writer.rpc("VM.set_name_description", session, target, f"watched {time.time_ns()} {round_no}")
             acked = time.perf_counter()
             tasks = [w.pending for w in crowd if w.pending is not None]
             await _gather_some(tasks, ROUND_LIMIT)
+            cpu1 = (server_cpu() if server_cpu else math.nan, time.process_time())
             measured = round_no > 0
             if measured:
                 outcome.rounds += 1
                 outcome.write_ms.append((acked - t0) * 1000)
+                outcome.server_us.append((cpu1[0] - cpu0[0]) / watchers * 1e6)
+                outcome.client_us.append((cpu1[1] - cpu0[1]) / watchers * 1e6)
             for w in crowd:
                 task, w.pending = w.pending, None
                 if task is None or not task.done() or task.exception() is not None:
@@ -135,10 +147,11 @@ async def watch(endpoint: Endpoint, watchers: int, rounds: int) -> WatchOutcome:
     return outcome
 
 
-def run(endpoint: Endpoint, watchers: int, rounds: int) -> WatchOutcome:
+def run(endpoint: Endpoint, watchers: int, rounds: int,
+        server_cpu: Callable[[], float] | None = None) -> WatchOutcome:
     """Run :func:`watch` on a fresh event loop (uvloop's where installed: cheaper per reply)."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(watch(endpoint, watchers, rounds))
-    return uvloop.run(watch(endpoint, watchers, rounds))
+        return asyncio.run(watch(endpoint, watchers, rounds, server_cpu))
+    return uvloop.run(watch(endpoint, watchers, rounds, server_cpu))

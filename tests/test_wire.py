@@ -9,6 +9,10 @@ import xmlrpc.client
 import pytest
 import XenAPI
 from conftest import fails, ok
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xend_ext.wire import BadRequest, dumps_response, encode_value, fast_request, loads_request, success
 
 
 def test_official_client_tcp_login_and_records(server):
@@ -223,3 +227,60 @@ def test_official_client_api_version(server):
     assert session.API_version == "2.0"  # pool.get_all -> pool.get_master -> host.get_API_version_*
     pool = session.xenapi.pool.get_all()[0]
     assert session.xenapi.pool.get_master(pool) == session.xenapi.host.get_all()[0]
+
+
+# -- the request parser's fast path reads what expat reads --------------------------------------
+
+_SCALARS = st.one_of(st.text(), st.integers(-2**31, 2**31 - 1), st.booleans(), st.none(),
+                     st.floats(allow_nan=False, allow_infinity=False))
+_PARAMS = st.lists(st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3),
+                             st.lists(st.lists(_SCALARS, max_size=2), max_size=2),
+                             st.dictionaries(st.text(), _SCALARS, max_size=2)), max_size=4)
+_SPLICES = [b"", b"<", b">", b"&", b"&amp;", b"\r", b"\x00", b"\x1f", b"\x7f", b"\x85", b"]]>", b" ", b"\xff",
+            b"\xef\xbf\xbe", b"<value>", b"</value>", b"<nil/>", b"<!-- c -->", b"<string>", b"<int>1</i4>",
+            b"<?xml version='1.0' encoding='latin-1'?>", b"<value><i8>-9223372036854775808</i8></value>",
+            b"<!DOCTYPE x [<!ENTITY a 'b'>]>"]
+
+
+def _parsed(body: bytes, fast: bool):
+    try:
+        return repr(loads_request(body, fast=fast))
+    except BadRequest as exc:
+        return f"BadRequest: {exc}" if not fast else "BadRequest"
+
+
+@settings(max_examples=400, deadline=None)
+@given(_PARAMS, st.data())
+def test_fast_request_parser_agrees_with_expat(params, data):
+    """Requests as xmlrpc.client writes them, and the same with bytes spliced in anywhere: the
+    fast path gives exactly expat's values, or hands the body to expat (same error)."""
+    body = xmlrpc.client.dumps(tuple(params), "VM.get_record", allow_none=True).encode("utf-8", "surrogatepass")
+    for candidate in (body, _spliced(body, data)):
+        expected = _parsed(candidate, fast=False)
+        got = _parsed(candidate, fast=True)
+        assert got == (expected if not expected.startswith("BadRequest") else "BadRequest"), candidate
+
+
+def _spliced(body: bytes, data) -> bytes:
+    start = data.draw(st.integers(0, len(body)))
+    end = data.draw(st.integers(start, min(len(body), start + 3)))
+    return body[:start] + data.draw(st.sampled_from(_SPLICES)) + body[end:]
+
+
+def test_fast_request_parser_takes_the_common_request():
+    """The official client's requests are the fast path's (not handed to expat): a string, a
+    double, an array of strings."""
+    body = xmlrpc.client.dumps(("OpaqueRef:s", ["VM", "host"], "", 30.0, 7, True), "event.from").encode()
+    assert fast_request(body) == ("event.from", ("OpaqueRef:s", ["VM", "host"], "", 30.0, 7, True))
+    assert fast_request(body.replace(b"<string>VM</string>", b"<string>V&amp;M</string>")) is None
+
+
+def test_shared_reply_is_the_reply_of_its_own_value():
+    """A reply made once for many watchers (the last Encoded value's) is never given for another
+    value."""
+    first, second = encode_value({"token": "1"}), encode_value({"token": "2"})
+    general = [{"Status": "Success", "Value": {"token": t}} for t in ("1", "2")]
+    for value, expected in [(first, general[0]), (second, general[1]), (first, general[0]), (first, general[0])]:
+        reply = dumps_response(success(value))
+        assert xmlrpc.client.loads(reply)[0][0] == expected
+    assert dumps_response(success(first)) is dumps_response(success(first))  # made once, not per watcher

@@ -33,6 +33,7 @@ STORE_WRITE_FAILED = WRITE_ERROR  # declared with every message that may change 
 BACKEND_READS = frozenset({"domain", "domains", "definitions", "host_info", "pools", "read_image", "memory_free"})
 #: Seconds between two tries to write what a refused write kept (live state of the hypervisor).
 RETRY_INTERVAL = 2.0
+_RANK = {role: role_rank(role) for role in ROLES}  # the role check of every call, without a search
 
 
 class Context:
@@ -209,9 +210,14 @@ class Dispatcher:
         return reply, msg.raw_reply
 
     async def _durable(self, reply: Any, raw: bool, change: Change) -> tuple[Any, bool]:
-        """Acknowledge only once the journal holds the change; a change it refused was undone."""
+        """Acknowledge only once the journal holds the change; a change it refused was undone.
+
+        Nothing to wait for when every record is durable and published already: an async body
+        (event.from) sees the records others made meanwhile, and the watchers one change wakes
+        would each commit it again."""
         try:
-            await self.services.commit(self.services.db.last_seq)
+            if self.services.db.last_seq > self.services.hub.durable_seq:
+                await self.services.commit(self.services.db.last_seq)
         except WriteRefused:
             pass  # undone if it was this request's (change.undone); others' records are not ours
         except StoreError as exc:  # a failed fsync: the store takes no more writes
@@ -240,7 +246,7 @@ class Dispatcher:
                 raise XenAPIError("SESSION_INVALID", str(session_ref))
             ctx.session = self.registry.check_session(ctx, session_ref)
             ctx.role = ctx.session.values["role"]
-            if role_rank(ctx.role) < role_rank(msg.role):
+            if _RANK[ctx.role] < _RANK[msg.role]:
                 permission = method.removeprefix(ASYNC_PREFIX).lower()
                 holders = ", ".join(ROLES[role_rank(msg.role):])
                 raise XenAPIError(

@@ -69,11 +69,19 @@ class Subscription:
                 self.objects.add(ref)
             else:
                 self.classes.add(cname)
+        self._key: tuple | None = None
 
     @property
     def key(self) -> tuple:
-        """Equal for subscriptions that match the same objects (their replies are shared)."""
-        return (self.all, frozenset(self.classes), frozenset(self.objects))
+        """Equal for subscriptions that match the same objects (their replies are shared); made
+        once, when first asked (event.from asks again at every wake-up)."""
+        if self._key is None:
+            self._key = (self.all, frozenset(self.classes), frozenset(self.objects))
+        return self._key
+
+    def forget_key(self) -> None:
+        """The entries are about to change (event.register / unregister)."""
+        self._key = None
 
     def matches(self, cname: str, ref: str) -> bool:
         return self.all or cname in self.classes or ref in self.objects
@@ -304,6 +312,7 @@ class EventHub:
             self.registrations[session] = Registration(Subscription(entries or ["*"], self.known_classes))
             return
         extra = Subscription(entries or ["*"], self.known_classes)
+        reg.sub.forget_key()
         reg.sub.all |= extra.all
         reg.sub.classes |= extra.classes
         reg.sub.objects |= extra.objects
@@ -319,6 +328,7 @@ class EventHub:
         if drop.all:
             del self.registrations[session]
             return
+        reg.sub.forget_key()
         reg.sub.classes -= drop.classes
         reg.sub.objects -= drop.objects
         if not (reg.sub.all or reg.sub.classes or reg.sub.objects):

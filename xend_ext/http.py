@@ -55,6 +55,11 @@ class Request:
     keep_alive: bool
 
 
+# The request lines every client sends, decoded once (others are parsed per request).
+_PATHS = {b"/": "/", b"/RPC2": "/RPC2"}
+_METHODS = {b"POST": "POST", b"GET": "GET"}
+
+
 # A handler turns a request into (status, content type, body), or an awaitable of that when it
 # has to wait; answering at once where it can saves a task per request.
 Response = tuple[int, str, bytes]
@@ -62,6 +67,8 @@ Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
 def http_head(status: int, ctype: str, length: int, keep_alive: bool) -> bytes:
+    if status == 200 and ctype == "text/xml" and keep_alive:  # nearly every reply: only its length varies
+        return b"%s%d%s" % (_OK_XML, length, _KEEP_ALIVE)
     return (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: {ctype}\r\nContent-Length: {length}\r\n"
@@ -69,8 +76,26 @@ def http_head(status: int, ctype: str, length: int, keep_alive: bool) -> bytes:
     ).encode("latin-1")
 
 
+_OK_XML = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: "
+_KEEP_ALIVE = b"\r\nConnection: keep-alive\r\n\r\n"
+
+
 def http_response(status: int, ctype: str, body: bytes, keep_alive: bool) -> bytes:
-    return http_head(status, ctype, len(body), keep_alive) + body
+    last = _Last.framed
+    if body is last[0] and ctype is last[1] and status == 200 and keep_alive:
+        return last[2]  # the same reply to many (event.from)
+    response = http_head(status, ctype, len(body), keep_alive) + body
+    if status == 200 and keep_alive and len(body) < SEPARATE_BODY:
+        _Last.framed = (body, ctype, response)
+    return response
+
+
+class _Last:
+    """The last 200 reply framed, kept for a caller with the very same body: the watchers one
+    change wakes share one body (xend_ext.events, wire.dumps_response). (body, content type,
+    response), replaced whole."""
+
+    framed: tuple[bytes | None, str, bytes] = (None, "", b"")
 
 
 @dataclass
@@ -153,7 +178,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
-        self.length = -1
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
@@ -234,6 +258,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` a slice at a time; keep what is left when the connection stalls."""
+        if len(data) <= FEED and not self._stalled():  # one small request, the usual case
+            self._parse(data)
+            self._flush()
+            return
         for start in range(0, len(data), FEED):
             if self.closing:
                 return
@@ -271,23 +299,24 @@ class HttpProtocol(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    # -- httptools callbacks ---------------------------------------------------------------
+    # -- httptools callbacks (the parser calls only those defined, so there are no others) ------
     def on_message_begin(self) -> None:
-        self._reset()
-        self.deadline = self.loop.time() + self.limits.read_timeout
+        self.deadline = self.loop.time() + self.limits.read_timeout  # _reset ran when the last one ended
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._count(len(url))
+        self.header_bytes += len(url)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, "request headers too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        if len(name) == 14 and name.lower() == b"content-length" and value.strip().isdigit():
-            self.length = int(value)
-
-    def on_headers_complete(self) -> None:
-        if self.length > self.limits.max_body:
-            raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
+        n = len(name)
+        self.header_bytes += n + len(value)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, "request headers too large")
+        if n == 14 and name.lower() == b"content-length" and value.strip().isdigit():
+            if int(value) > self.limits.max_body:  # refused before its body arrives
+                raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
@@ -296,36 +325,30 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else "/"
+        url = self.url
+        path = _PATHS.get(url) or (httptools.parse_url(url).path.decode("latin-1") if url else "/")
+        method = self.parser.get_method()
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        self.queue.append(Request(self.parser.get_method().decode("latin-1"), path, body,
+        self.queue.append(Request(_METHODS.get(method) or method.decode("latin-1"), path, body,
                                   self.parser.should_keep_alive()))
         self._reset()
         self._advance()
-
-    def _count(self, n: int) -> None:
-        self.header_bytes += n
-        if self.header_bytes > self.limits.max_header_bytes:
-            raise _Reject(431, "request headers too large")
 
     # -- answering -----------------------------------------------------------------------
     def _advance(self) -> None:
         """Answer queued requests in order until one has to wait or the client stops reading."""
         while self.queue and not (self.busy or self.write_paused or self.closing):
             request = self.queue.popleft()
-            result = self._call(request)
-            if inspect.isawaitable(result):
+            try:
+                result = self.handler(request)
+            except Exception:  # the handler maps errors itself; this is a last guard
+                log.exception("request handler failed")
+                result = 500, "text/plain", b"internal error\n"
+            if type(result) is not tuple and inspect.isawaitable(result):
                 self.busy = True
                 self.loop.create_task(self._serve(request, result))
                 return
             self._reply(request, result)
-
-    def _call(self, request: Request) -> Response | Awaitable[Response]:
-        try:
-            return self.handler(request)
-        except Exception:  # the handler maps errors itself; this is a last guard
-            log.exception("request handler failed")
-            return 500, "text/plain", b"internal error\n"
 
     def _reply(self, request: Request, response: Response) -> None:
         """Queue one reply for the next write; a reply that ends the connection is sent at once."""
@@ -343,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.out_bytes >= FLUSH_AT:
             self._flush()  # the transport may pause writing now, which stops _advance
-        if not (self.queue or self.busy or self.partial()):
+        if not (self.queue or self.busy or self.url or self.header_bytes or self.body_len):  # not partial()
             self.idle_since = self.loop.time()
             self.deadline = self.idle_since + self.limits.idle_timeout
 
