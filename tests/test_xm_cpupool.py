@@ -229,6 +229,13 @@ def test_create_destroy_start_delete(fresh):
     assert error(xm(srv, "cpupool-delete", "web")) == \
         "Error: pool \"web\" is active; run 'xm cpupool-destroy web' first"
     assert error(xm(srv, "cpupool-start", "web")) == 'Error: pool "web" is already active'
+    # seed 000: destroy deletes a pool that cpupool-create made (issue 17 item 3)
+    ok(xm(srv, "cpupool-destroy", "web"))
+    assert pool_record(srv, "web") is None
+    assert error(xm(srv, "cpupool-destroy", "web")) == "Error: Pool 'web' does not exist."
+    # one that cpupool-new defined stays defined
+    ok(xm(srv, "cpupool-new", "web.pool", cwd=EXAMPLE))
+    assert ok(xm(srv, "cpupool-start", "web")) == "Pool 'web' started with CPUs 2,3 (credit).\n"
     ok(xm(srv, "cpupool-destroy", "web"))
     assert table(ok(xm(srv, "cpupool-list", "web"))) == [LIST_HEADER,
                                                          "web                  2    credit       n          0"]
@@ -391,22 +398,21 @@ def test_rename_keeps_the_domains(fresh, tmp_path):
         "Error: Pool-0 cannot be renamed: it is the host's boot pool, where Domain-0 runs"
 
 
-def test_active_pool_without_cpus(fresh, tmp_path):
+def test_an_active_pool_keeps_its_last_cpu(fresh, tmp_path):
+    """Issue 17 item 4, seed 000: the last CPU of an active pool cannot be removed explicitly, with
+    or without domains; a list taking them all changes nothing."""
     srv = fresh
     free(srv, 2, 3)
     ok(xm(srv, "cpupool-create", str(EXAMPLE / "web.pool")))
-    ok(xm(srv, "cpupool-cpu-remove", "web", "2-3"))  # no domain runs there: it may lose every CPU
-    assert table(ok(xm(srv, "cpupool-list", "web"))) == [LIST_HEADER,
-                                                         "web                  0    credit       y          0"]
-    make_vm(srv, tmp_path, "n1", "Pool-0")
-    expected = ("pool \"web\" has no CPUs; give it one with 'xm cpupool-cpu-add web N' (free one first with "
-                "'xm cpupool-cpu-remove Pool-0 N' if 'xm info' shows no free_cpus)")
-    assert error(xm(srv, "cpupool-migrate", "n1", "web")) == f"Error: {expected}"
-    ok(xm(srv, "destroy", "n1"))
-    ok(xm(srv, "cpupool-migrate", "n1", "web"))
-    assert error(xm(srv, "start", "n1")) == f"Error: {expected}"
-    ok(xm(srv, "cpupool-cpu-add", "web", "3"))
-    ok(xm(srv, "start", "n1"))
+    assert error(xm(srv, "cpupool-cpu-remove", "web", "2-3")) == (
+        "Error: that is every CPU of pool \"web\"; an active pool keeps at least one (seed 000). "
+        "'xm cpupool-destroy web' frees them all")
+    assert table(ok(xm(srv, "cpupool-list", "-c", "web"))) == [CPUS_HEADER, "web              2,3"]
+    ok(xm(srv, "cpupool-cpu-remove", "web", "2"))
+    assert error(xm(srv, "cpupool-cpu-remove", "web", "3")) == (
+        "Error: CPU 3 is the last CPU of pool \"web\"; an active pool keeps at least one CPU (seed 000). "
+        "'xm cpupool-destroy web' frees them all once no domain runs there")
+    make_vm(srv, tmp_path, "n1", "web")
     assert [row.split()[0] for row in table(ok(xm(srv, "list", "--pool=web")))[1:]] == ["n1"]
 
 

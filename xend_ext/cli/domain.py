@@ -84,11 +84,12 @@ def long_sxp(d: Domain) -> list:
         ["uuid", rec["uuid"]],
         ["name", d.name],
         ["memory", str(d.memory_mib)],
-        ["maxmem", str(int(rec["memory_static_max"]) // MIB)],
+        ["maxmem", str(d.memory_max_mib)],
         ["vcpus", str(d.vcpus)],
         ["cpu_weight", str(weight)],
         ["cpu_cap", str(cap)],
         ["pool_name", rec.get("pool_name", "")],
+        ["cpu_pool", rec.get("pool_name") or "Pool-0"],  # seed 000's name for it
         ["state", d.state],
         ["power_state", d.power_state],
         ["cpu_time", f"{d.uptime():.1f}"],
@@ -116,6 +117,7 @@ def long_sxp(d: Domain) -> list:
         vcpus = int(d.metrics["VCPUs_number"])
         node.append(["running",
                      ["memory", str(int(d.metrics["memory_actual"]) // MIB)],
+                     ["maxmem", str(d.memory_max_mib)],
                      ["vcpus", str(vcpus)],
                      ["cpu_weight", str(live_weight)],
                      ["cpu_cap", str(live_cap)],
