@@ -304,7 +304,8 @@ def test_cpu_add_and_remove(fresh):
     srv = fresh
     ok(xm(srv, "cpupool-cpu-remove", "Pool-0", "6"))
     assert ok(xm(srv, "info")).count("free_cpus              : 1") == 1
-    ok(xm(srv, "cpupool-create", str(EXAMPLE / "web.pool"), "cpus=1"))
+    ok(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "cpus=1"))
+    ok(xm(srv, "cpupool-start", "web"))
     assert table(ok(xm(srv, "cpupool-list", "-c", "web"))) == [CPUS_HEADER, "web              6"]
     ok(xm(srv, "cpupool-cpu-remove", "Pool-0", "7"))
     ok(xm(srv, "cpupool-cpu-add", "web", "7"))
@@ -370,8 +371,8 @@ def test_domains_in_pools(fresh, tmp_path):
     assert error(xm(srv, "cpupool-migrate", "w1", "nope")) == "Error: Pool 'nope' does not exist."
     ok(xm(srv, "cpupool-cpu-remove", "web", "2"))
     assert error(xm(srv, "cpupool-cpu-remove", "web", "3")) == (
-        "Error: CPU 3 is the last CPU of pool \"web\" and domains run in it; a pool keeps at least one CPU while they "
-        "do. Move them out with 'xm cpupool-migrate DOMAIN Pool-0' or shut them down first")
+        "Error: CPU 3 is the last CPU of pool \"web\"; an active pool keeps at least one CPU (seed 000). "
+        "'xm cpupool-destroy web' frees them all once no domain runs there")
     # a domain whose pool is inactive: starting it says which pool and what to do
     ok(xm(srv, "destroy", "w2"))
     ok(xm(srv, "cpupool-destroy", "batch"))
