@@ -65,7 +65,8 @@ def reserved_for_others(db, vm_ref):
     vm = db.find(vm_ref) if vm_ref else None
     if vm is not None and vm.values["is_control_domain"]:
         return set()
-    return {c.values["number"] for c in db.all("host_cpu") if c.values["occupants"] and vm_ref not in c.values["occupants"]}
+    return {c.values["number"] for c in db.all("host_cpu")
+            if c.values["occupants"] and vm_ref not in c.values["occupants"]}
 
 
 def nowhere(home, pins, vcpus, reserved):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from .args import MIB, UsageError, arg, mode_arguments
 from .client import Client
 from .connection import CliError, XenAPIFailure
-from .sched import _mode_for
+from .sched import mode_for
 from .sxpout import dumps_json
 from .vms import find, find_ref
 
@@ -25,7 +25,7 @@ NULL = "OpaqueRef:NULL"
 
 def _change(client: Client, args, message: str, value: str) -> int:
     d = find(client, args.domain, with_metrics=False)
-    mode = _mode_for(d, args.mode)
+    mode = mode_for(d, args.mode)
     client.about.update(domain=d.name, mode=mode)
     client.call(message, d.ref, value, mode)
     return 0

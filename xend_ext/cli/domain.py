@@ -134,7 +134,7 @@ def _record_from_args(args) -> dict:
     return domain_config.wire_record(record)
 
 
-def _define(client: Client, record: dict) -> str:
+def define(client: Client, record: dict) -> str:
     ref = client.call("VM.create", record)
     client.names[ref] = str(record["name_label"])
     wanted = record.get("uuid")
@@ -152,7 +152,7 @@ def new(client: Client, args) -> int:
     if args.dryrun:
         print(dumps_json(record))
         return 0
-    _define(client, record)
+    define(client, record)
     print(f"Domain '{record['name_label']}' defined; start it with 'xm start {record['name_label']}'.")
     return 0
 
@@ -167,7 +167,7 @@ def create(client: Client, args) -> int:
     if args.dryrun:
         print(dumps_json(record))
         return 0
-    ref = _define(client, record)
+    ref = define(client, record)
     try:
         tasks.run(client, "VM.start", ref, bool(args.paused), False, label="starting")
     except XenAPIFailure:  # refused (an interrupted start goes on, so its definition stays)
