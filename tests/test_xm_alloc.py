@@ -502,7 +502,7 @@ def test_cpu_policy_of_a_running_domain(k):
     assert rows["vcpu 1"][:2] == ["any", "any"] and rows["vcpu 1"][-1] == "25%"
     assert rows["vcpu 2"] == ["4", "any", "offline"]  # VCPUs_max 3, two online
     assert rows["Occupied pCPUs"] == ["3  (reserved to this domain)"]
-    assert rows["Excluded pCPUs"] == ["5  (reserved to other domains)"]
+    assert rows["Excluded pCPUs"] == ["5  (reserved to other domains, in its pool)"]
     assert rows["Scheduling domain"] == ["none"]
 
 
