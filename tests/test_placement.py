@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from poolkit import CPUS, PoolKit, failure
+from poolkit import CPUS, PoolKit, failure, unique
 from vmkit import BOTH, MIB, NO_MEMORY_MAX_LIVE, NO_SDOM, lacks, sim_only
 from xmkit import error, ok, xm
 
@@ -119,12 +119,13 @@ def test_restore_into_an_inactive_pool_is_refused_and_leaves_nothing(kit):
     x = kit.x
     p1 = kit.active_pool([6, 7], "p1")
     vm = running(kit, "saved", pool_name="p1")
-    x.VM.save(vm, "saved.img")
+    image = unique("saved") + ".img"
+    x.VM.save(vm, image)
     x.cpu_pool.deactivate(p1)
-    assert failure(x.VM.restore, "saved.img", False) == ["POOL_BAD_STATE", "deactivated"]
+    assert failure(x.VM.restore, image, False) == ["POOL_BAD_STATE", "deactivated"]
     assert x.VM.get_power_state(vm) == "Halted"
     x.cpu_pool.activate(p1)
-    x.VM.restore("saved.img", False)
+    x.VM.restore(image, False)
     assert x.VM.get_power_state(vm) == "Running" and x.VM.get_cpu_pool(vm) == [p1]
 
 
@@ -247,3 +248,13 @@ def test_cancelling_an_async_group_start_rolls_back_the_started_members(kit):
         time.sleep(0.05)
     assert x.task.get_status(task) == "cancelled"
     assert x.VM.get_power_state(first) == "Halted" and x.VM.get_power_state(second) == "Halted"
+
+
+# -- item 5 in xm: sedf is refused by name ----------------------------------------------------------------
+
+def test_xm_refuses_a_sedf_pool_saying_which_schedulers_there_are(kit, tmp_path):
+    config = tmp_path / "slow.pool"
+    config.write_text('name = "slow"\nsched = "sedf"\ncpus = 1\n')
+    message = error(xm(kit.server, "cpupool-new", str(config)))
+    assert "sedf" in message and "credit, credit2" in message, message
+    assert kit.x.cpu_pool.get_by_name_label("slow") == []

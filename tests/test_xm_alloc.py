@@ -421,7 +421,7 @@ def test_cpu_occupy_reserves_lists_shows_and_clears(k):
 
 def test_cpu_occupy_refused_while_a_domain_is_pinned_to_the_pcpu_alone(k):
     a, a_ref = k.domain("running")
-    b, b_ref = k.domain(VCPUs_params={"cpumap0": "5"})  # halted: its stored pin counts
+    b, b_ref = k.domain("running", VCPUs_params={"cpumap0": "5"})  # a halted one would not count (seed 003)
     assert error(xm(k.server, "cpu-occupy", "5", a)) == (
         f"Error: pCPU 5 cannot be reserved: domain '{b}' could then run only on reserved pCPUs and would have "
         f"nowhere to run. Pin it elsewhere first with 'xm vcpu-pin {b} VCPU CPUS --perm' ('xm cpu-policy {b}' "

@@ -285,7 +285,7 @@ def test_pool_errors(fresh, tmp_path):
         "Error: a pool called \"web\" already exists; choose another name (name=... on the command line), "
         "or remove the old one with 'xm cpupool-delete web'")
     assert error(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "name=db", "sched=fifo")) == (
-        'Error: unknown scheduler for pool "db": use credit, credit2 or sedf (sched = "credit" in the pool config)')
+        'Error: unknown scheduler for pool "db": use credit or credit2 (sched = "credit" in the pool config)')
     assert error(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "name=a b")).startswith(
         'Error: Invalid Pool Name "a b"')
     assert error(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "name=db", "cpus=7-8")) == (

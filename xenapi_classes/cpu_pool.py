@@ -439,6 +439,7 @@ async def auto_activate(ctx):
         except XenAPIError as exc:
             log.warning("auto_power_on: pool %s did not activate: %s", pool.values["name_label"], exc)
     _sync_pool0(ctx)
+    announce(ctx)  # Pool-0 may have given CPUs away above
 
 
 def _sync_pool0(ctx):

@@ -124,8 +124,11 @@ def check_reservation(db, number, occupants):
         reserved = reserved_for_others(db, vm.ref) | {number}
         vcpu = nowhere(_home(db, domain, pools), domain.pins, domain.vcpus_max, reserved)
         if vcpu is not None:
-            raise _stranded(vm, domain, vcpu, f"pCPU {number} would be reserved to others, "
-                                              "like every other pCPU it could run on in its pool")
+            where = domain.pins.get(vcpu)
+            raise XenAPIError("OPERATION_NOT_ALLOWED", f"VM {vm.values['name_label']} could run only on pCPUs reserved "
+                                                       f"to others (pCPU {number} among them): its vCPU {vcpu} is "
+                              + (f"pinned to pCPUs {cpuset.format(where)}" if where else "unpinned in its pool")
+                              + "; unpin it or move it first")
 
 
 def check_pin(db, vm, vcpu, chosen, running):

@@ -138,7 +138,7 @@ def _define(client: Client, args, transient: bool = False) -> tuple[str, str] | 
 def new(client: Client, args) -> int:
     """Define a CPU pool from a config file; it stays inactive until 'xm cpupool-start'.
 
-    The config sets name, sched (credit, credit2 or sedf; default credit), cpus (a number of CPUs:
+    The config sets name, sched (credit or credit2; default credit), cpus (a number of CPUs:
     4 or "#4"; or the CPUs to prefer: "2-3", "0-3,^1", ["2", "3"]), other_config (["key=value"]),
     auto_power_on and description. With -F it is a raw SXP (pool (name_label N) (ncpu K) ...),
     as -n prints.

@@ -268,7 +268,7 @@ def _parameter_error(params: list[str], ctx: Context) -> str:
 
 
 def _unknown_sched(params: list[str], ctx: Context) -> str:
-    return f'unknown scheduler for {_pool(ctx)}: use credit, credit2 or sedf (sched = "credit" in the pool config)'
+    return f'unknown scheduler for {_pool(ctx)}: use credit or credit2 (sched = "credit" in the pool config)'
 
 
 _PINNED_ALONE = re.compile(r"^VM (.+) could run only on pCPUs reserved to others \(pCPU (\d+) among them\)")
