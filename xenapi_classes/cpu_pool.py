@@ -164,7 +164,7 @@ async def _activate(ctx, pool, free):
     sched = pool.values["sched_policy"] or ctx.backend.host_info().sched_policy
     check_scheduler(ctx, sched)
     chosen = frozenset(choose_cpus(pool, free))
-    ctx.progress(0.5)  # a new pool holds no VM yet: where no vCPU runs changes (placement has nothing to check)
+    ctx.progress(0.5)  # a new pool holds no VM yet: no vCPU loses a CPU (placement has nothing to check)
     await ctx.call_backend(ctx.backend.pool_activate, pool.uuid, pool.values["name_label"], sched, chosen)
     announce(ctx, [pool], chosen)
 
@@ -200,13 +200,13 @@ async def deactivate(ctx, ref):
     """Remove the pool from the hypervisor (no VM may run in it); its CPUs become free."""
     async with ctx.lock(POOL_LOCK):
         pool = ctx.current("cpu_pool", ref)
-        if _active(ctx.db, pool) is None:
+        live = _active(ctx.db, pool)
+        if live is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
         if pool.values["name_label"] == POOL0:
             raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be deactivated")
-        if _started_vms(ctx.db, pool):  # placement: no VM runs there, so none loses its CPUs
-            raise XenAPIError("POOL_BAD_STATE", "in use")
-        cpus = frozenset(_active(ctx.db, pool).cpus)
+        placement.check_deactivation(ctx.db, live)
+        cpus = frozenset(live.cpus)
         await ctx.call_backend(ctx.backend.pool_deactivate, pool.uuid)
         announce(ctx, [pool], cpus)
 

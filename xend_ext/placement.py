@@ -113,15 +113,23 @@ def check_cpu_removal(db, pool, live, cpu):
                                               f"(the others are outside its pins or reserved to other VMs)")
 
 
+def check_deactivation(db, live):
+    """cpu_pool.deactivate takes every CPU of the pool: no VM may run there (an activation adds a
+    pool no VM is in yet, so it has nothing to check)."""
+    if next(_running_vms(db, live.uuid), None) is not None:
+        raise XenAPIError("POOL_BAD_STATE", "in use")
+
+
 def check_reservation(db, number, occupants):
     """host_cpu.set_occupants: pCPU ``number`` reserved to ``occupants`` (refs) only. Only a
     running VM can be stranded (seed 003: a running domain pinned to that pCPU alone); a halted
     one is told when it starts."""
     pools = active_pools(db)
+    held = {c.values["number"]: c.values["occupants"] for c in db.all("host_cpu") if c.values["occupants"]}
     for vm, domain in _running_vms(db):
         if vm.ref in occupants or vm.values["is_control_domain"]:
             continue
-        reserved = reserved_for_others(db, vm.ref) | {number}
+        reserved = {n for n, refs in held.items() if vm.ref not in refs} | {number}
         vcpu = nowhere(_home(db, domain, pools), domain.pins, domain.vcpus_max, reserved)
         if vcpu is not None:
             where = domain.pins.get(vcpu)
