@@ -27,7 +27,7 @@ def _take(extra: list[str], flag: str, default):
 class Host:
     name = "?"
     sched = "credit"  # the scheduler of Pool-0, the host's default
-    schedulers = ("credit", "credit2", "sedf")  # those a pool can be activated with
+    schedulers = ("credit", "credit2")  # those a pool can be activated with (no backend has sedf)
 
     def args(self, state_dir: Path, extra: list[str]) -> list[str]:
         """The server's command-line arguments for this hypervisor (``extra`` may be consumed)."""

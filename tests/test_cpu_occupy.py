@@ -218,8 +218,7 @@ def test_a_vm_starting_later_is_kept_off_the_reserved_pcpu(k):
 
 # -- refusals -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["stored-pin-running", "dynamic-pin-running", "stored-pin-halted",
-                                 "stored-pin-paused"])
+@pytest.mark.parametrize("how", ["stored-pin-running", "dynamic-pin-running", "stored-pin-paused"])
 def test_refused_while_another_vm_is_pinned_to_that_pcpu_alone(k, how):
     x = k.x
     a = k.running()
@@ -230,8 +229,7 @@ def test_refused_while_another_vm_is_pinned_to_that_pcpu_alone(k, how):
         assert x.VM.get_VCPUs_params(b) == {}
     else:
         b = k.one("3", name_label=name)
-        if how != "stored-pin-halted":
-            x.VM.start(b, how == "stored-pin-paused", False)
+        x.VM.start(b, how == "stored-pin-paused", False)
     before = (x.VM.get_cpu_policy(a), x.VM.get_cpu_policy(b), metrics(x, a), backend_occupied(k.server, x))
     err = failure(x.host_cpu.set_occupants, k.cpu[3], [a])
     assert err[0] == "OPERATION_NOT_ALLOWED" and name in err[1] and "pCPU 3" in err[1], err
@@ -241,6 +239,19 @@ def test_refused_while_another_vm_is_pinned_to_that_pcpu_alone(k, how):
     # the pinned VM may be one of the occupants; then nothing is in its way
     k.occupy(3, a, b)
     assert k.occupants(3) == sorted([a, b])
+
+
+def test_a_halted_vms_stored_pin_does_not_block_a_reservation(k):
+    """Issue 17 item 10, seed 003's "(*)": only a *running* domain pinned to that pCPU alone blocks
+    cpuoccupy. A halted one does not; its start then says exactly why it cannot run."""
+    x = k.x
+    a = k.running()
+    b = k.one("3", name_label="halted-on-3")
+    k.occupy(3, a)
+    assert k.occupants(3) == [a]
+    err = failure(x.VM.start, b, False, False)
+    assert err[0] == "OPERATION_NOT_ALLOWED" and "cpumap0=3" in err[1] and "reserved" in err[1], err
+    assert x.VM.get_power_state(b) == "Halted"
 
 
 def test_the_occupant_itself_may_be_pinned_to_the_pcpu_alone(k):

@@ -34,7 +34,7 @@ def _definitions(kit: PoolKit) -> dict:
 def test_definitions_survive_a_restart_and_a_kill9(make_server):
     kit = _start(make_server)
     x = kit.x
-    full = kit.pool("full", name_description="d", ncpu=3, sched_policy="sedf", proposed_CPUs=["1", "4"],
+    full = kit.pool("full", name_description="d", ncpu=3, sched_policy="credit2", proposed_CPUs=["1", "4"],
                     other_config={"a": "b"})
     bare = kit.pool("bare")
     x.cpu_pool.destroy(kit.pool("gone"))

@@ -421,7 +421,7 @@ def test_cpu_occupy_reserves_lists_shows_and_clears(k):
 
 def test_cpu_occupy_refused_while_a_domain_is_pinned_to_the_pcpu_alone(k):
     a, a_ref = k.domain("running")
-    b, b_ref = k.domain(VCPUs_params={"cpumap0": "5"})  # halted: its stored pin counts
+    b, b_ref = k.domain("running", VCPUs_params={"cpumap0": "5"})  # a halted one would not count (seed 003)
     assert error(xm(k.server, "cpu-occupy", "5", a)) == (
         f"Error: pCPU 5 cannot be reserved: domain '{b}' could then run only on reserved pCPUs and would have "
         f"nowhere to run. Pin it elsewhere first with 'xm vcpu-pin {b} VCPU CPUS --perm' ('xm cpu-policy {b}' "
@@ -502,7 +502,7 @@ def test_cpu_policy_of_a_running_domain(k):
     assert rows["vcpu 1"][:2] == ["any", "any"] and rows["vcpu 1"][-1] == "25%"
     assert rows["vcpu 2"] == ["4", "any", "offline"]  # VCPUs_max 3, two online
     assert rows["Occupied pCPUs"] == ["3  (reserved to this domain)"]
-    assert rows["Excluded pCPUs"] == ["5  (reserved to other domains)"]
+    assert rows["Excluded pCPUs"] == ["5  (reserved to other domains, in its pool)"]
     assert rows["Scheduling domain"] == ["none"]
 
 

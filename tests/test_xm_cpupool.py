@@ -229,6 +229,13 @@ def test_create_destroy_start_delete(fresh):
     assert error(xm(srv, "cpupool-delete", "web")) == \
         "Error: pool \"web\" is active; run 'xm cpupool-destroy web' first"
     assert error(xm(srv, "cpupool-start", "web")) == 'Error: pool "web" is already active'
+    # seed 000: destroy deletes a pool that cpupool-create made (issue 17 item 3)
+    ok(xm(srv, "cpupool-destroy", "web"))
+    assert pool_record(srv, "web") is None
+    assert error(xm(srv, "cpupool-destroy", "web")) == "Error: Pool 'web' does not exist."
+    # one that cpupool-new defined stays defined
+    ok(xm(srv, "cpupool-new", "web.pool", cwd=EXAMPLE))
+    assert ok(xm(srv, "cpupool-start", "web")) == "Pool 'web' started with CPUs 2,3 (credit).\n"
     ok(xm(srv, "cpupool-destroy", "web"))
     assert table(ok(xm(srv, "cpupool-list", "web"))) == [LIST_HEADER,
                                                          "web                  2    credit       n          0"]
@@ -278,7 +285,7 @@ def test_pool_errors(fresh, tmp_path):
         "Error: a pool called \"web\" already exists; choose another name (name=... on the command line), "
         "or remove the old one with 'xm cpupool-delete web'")
     assert error(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "name=db", "sched=fifo")) == (
-        'Error: unknown scheduler for pool "db": use credit, credit2 or sedf (sched = "credit" in the pool config)')
+        'Error: unknown scheduler for pool "db": use credit or credit2 (sched = "credit" in the pool config)')
     assert error(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "name=a b")).startswith(
         'Error: Invalid Pool Name "a b"')
     assert error(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "name=db", "cpus=7-8")) == (
@@ -297,7 +304,8 @@ def test_cpu_add_and_remove(fresh):
     srv = fresh
     ok(xm(srv, "cpupool-cpu-remove", "Pool-0", "6"))
     assert ok(xm(srv, "info")).count("free_cpus              : 1") == 1
-    ok(xm(srv, "cpupool-create", str(EXAMPLE / "web.pool"), "cpus=1"))
+    ok(xm(srv, "cpupool-new", str(EXAMPLE / "web.pool"), "cpus=1"))
+    ok(xm(srv, "cpupool-start", "web"))
     assert table(ok(xm(srv, "cpupool-list", "-c", "web"))) == [CPUS_HEADER, "web              6"]
     ok(xm(srv, "cpupool-cpu-remove", "Pool-0", "7"))
     ok(xm(srv, "cpupool-cpu-add", "web", "7"))
@@ -363,8 +371,8 @@ def test_domains_in_pools(fresh, tmp_path):
     assert error(xm(srv, "cpupool-migrate", "w1", "nope")) == "Error: Pool 'nope' does not exist."
     ok(xm(srv, "cpupool-cpu-remove", "web", "2"))
     assert error(xm(srv, "cpupool-cpu-remove", "web", "3")) == (
-        "Error: CPU 3 is the last CPU of pool \"web\" and domains run in it; a pool keeps at least one CPU while they "
-        "do. Move them out with 'xm cpupool-migrate DOMAIN Pool-0' or shut them down first")
+        "Error: CPU 3 is the last CPU of pool \"web\"; an active pool keeps at least one CPU (seed 000). "
+        "'xm cpupool-destroy web' frees them all once no domain runs there")
     # a domain whose pool is inactive: starting it says which pool and what to do
     ok(xm(srv, "destroy", "w2"))
     ok(xm(srv, "cpupool-destroy", "batch"))
@@ -391,22 +399,21 @@ def test_rename_keeps_the_domains(fresh, tmp_path):
         "Error: Pool-0 cannot be renamed: it is the host's boot pool, where Domain-0 runs"
 
 
-def test_active_pool_without_cpus(fresh, tmp_path):
+def test_an_active_pool_keeps_its_last_cpu(fresh, tmp_path):
+    """Issue 17 item 4, seed 000: the last CPU of an active pool cannot be removed explicitly, with
+    or without domains; a list taking them all changes nothing."""
     srv = fresh
     free(srv, 2, 3)
     ok(xm(srv, "cpupool-create", str(EXAMPLE / "web.pool")))
-    ok(xm(srv, "cpupool-cpu-remove", "web", "2-3"))  # no domain runs there: it may lose every CPU
-    assert table(ok(xm(srv, "cpupool-list", "web"))) == [LIST_HEADER,
-                                                         "web                  0    credit       y          0"]
-    make_vm(srv, tmp_path, "n1", "Pool-0")
-    expected = ("pool \"web\" has no CPUs; give it one with 'xm cpupool-cpu-add web N' (free one first with "
-                "'xm cpupool-cpu-remove Pool-0 N' if 'xm info' shows no free_cpus)")
-    assert error(xm(srv, "cpupool-migrate", "n1", "web")) == f"Error: {expected}"
-    ok(xm(srv, "destroy", "n1"))
-    ok(xm(srv, "cpupool-migrate", "n1", "web"))
-    assert error(xm(srv, "start", "n1")) == f"Error: {expected}"
-    ok(xm(srv, "cpupool-cpu-add", "web", "3"))
-    ok(xm(srv, "start", "n1"))
+    assert error(xm(srv, "cpupool-cpu-remove", "web", "2-3")) == (
+        "Error: that is every CPU of pool \"web\"; an active pool keeps at least one (seed 000). "
+        "'xm cpupool-destroy web' frees them all")
+    assert table(ok(xm(srv, "cpupool-list", "-c", "web"))) == [CPUS_HEADER, "web              2,3"]
+    ok(xm(srv, "cpupool-cpu-remove", "web", "2"))
+    assert error(xm(srv, "cpupool-cpu-remove", "web", "3")) == (
+        "Error: CPU 3 is the last CPU of pool \"web\"; an active pool keeps at least one CPU (seed 000). "
+        "'xm cpupool-destroy web' frees them all once no domain runs there")
+    make_vm(srv, tmp_path, "n1", "web")
     assert [row.split()[0] for row in table(ok(xm(srv, "list", "--pool=web")))[1:]] == ["n1"]
 
 

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import re
 
+from xenapi_classes import sched_domain as sdoms
+from xend_ext import placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, Field, XenAPIClass
@@ -21,17 +23,13 @@ from xend_ext.wire import NULL_REF, XenAPIError
 log = logging.getLogger("xend_ext.cpu_pool")
 
 NAME_RE = re.compile(r"[A-Za-z0-9_\-.:/+]+")
-SCHEDULERS = ("credit", "credit2", "sedf")
-POOL0 = "Pool-0"
-
-
-def active_pools(db):
-    """{uuid: CpuPool} of the pools the hypervisor has now."""
-    return {p.uuid: p for p in db.backend.pools()}
+SCHEDULERS = ("credit", "credit2", "sedf")  # the Xen-API document's; a backend offers some of them
+POOL0 = placement.POOL0
+CREATED_BY = ("created_by", "xm cpupool-create")  # other_config: cpupool-destroy deletes such a pool
 
 
 def _active(db, pool):
-    return active_pools(db).get(pool.uuid)
+    return placement.live_pool(db, pool)
 
 
 def _host_cpus(db, pool):
@@ -79,8 +77,19 @@ def _check_proposed(ctx, obj, value):
 
 def _check_sched(ctx, obj, value):
     _inactive_only(ctx, obj, value)
-    if value not in ("", *SCHEDULERS):
+    if value != "":
+        check_scheduler(ctx, value)
+
+
+def check_scheduler(ctx, value):
+    """A pool's scheduler is one the hypervisor really has (Xen 4.17 has no sedf): a name outside
+    the Xen-API document's list is UNKOWN_SCHED_POLICY (sic), one the backend lacks is refused by name."""
+    if value not in SCHEDULERS:
         raise XenAPIError("UNKOWN_SCHED_POLICY")
+    offered = ctx.backend.schedulers
+    if value not in offered:
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "sched_policy", value,
+                          f"the {ctx.backend.name} backend schedules pools with {', '.join(offered)} only")
 
 
 cpu_pool = XenAPIClass(
@@ -96,7 +105,8 @@ cpu_pool = XenAPIClass(
               doc="VMs running in it (VM starts and stops do not touch the pool)"),
         Field("ncpu", T.Int, RW, default=1, validate=_check_ncpu, doc="CPUs to take at activation"),
         Field("sched_policy", T.String, RW, validate=_check_sched,
-              doc="credit, credit2 or sedf; '' means the host's default, resolved at activation"),
+              doc="one of the backend's schedulers (host.capabilities lists them as sched:<name>); "
+                  "'' means the host's default, resolved at activation"),
         Field("proposed_CPUs", T.Set(T.String), RW, validate=_check_proposed,
               doc="CPU numbers preferred at activation"),
         Field("host_CPUs", T.Set(T.Ref("host_cpu")), RO, compute=_host_cpus, doc="the CPUs it has (active only)"),
@@ -112,16 +122,19 @@ cpu_pool = XenAPIClass(
 POOL_LOCK = "cpu_pool/*"  # pool changes compete for the free CPUs: one at a time, as xend's class lock
 
 
-def announce(ctx):
-    """Pool changes move CPUs: the computed fields of pools, CPUs and the host changed, and the live
-    state of the domains the backend says moved. (A VM's cpu_pool changes only when it moves: the
-    move announces it.)"""
-    from xenapi_classes.vm import refresh_live
-
-    for cname in ("cpu_pool", "host_cpu", "host"):
-        for obj in ctx.db.all(cname):
+def announce(ctx, pools=None, cpus=None):
+    """Pool changes move CPUs: the computed fields of the ``pools`` changed (default: every pool),
+    of the ``cpus`` (numbers; default: every pCPU) and the host's free count, and the live state
+    of the domains the backend says moved. (A VM's cpu_pool changes only when it moves: the move
+    announces it.)"""
+    for obj in ctx.db.all("cpu_pool") if pools is None else pools:
+        ctx.db.touch(obj)
+    for obj in ctx.db.all("host_cpu"):
+        if cpus is None or obj.values["number"] in cpus:
             ctx.db.touch(obj)
-    refresh_live(ctx)
+    for obj in ctx.db.all("host"):
+        ctx.db.touch(obj)
+    placement.refresh_live(ctx)
 
 
 def _on_create(ctx, values):
@@ -149,12 +162,11 @@ async def _activate(ctx, pool, free):
     if len(free) < ncpu:
         raise XenAPIError("INSUFFICIENT_CPUS", ncpu, len(free))
     sched = pool.values["sched_policy"] or ctx.backend.host_info().sched_policy
-    if sched not in SCHEDULERS:
-        raise XenAPIError("UNKOWN_SCHED_POLICY")
+    check_scheduler(ctx, sched)
     chosen = frozenset(choose_cpus(pool, free))
-    ctx.progress(0.5)
+    ctx.progress(0.5)  # a new pool holds no VM yet: no vCPU loses a CPU (placement has nothing to check)
     await ctx.call_backend(ctx.backend.pool_activate, pool.uuid, pool.values["name_label"], sched, chosen)
-    announce(ctx)
+    announce(ctx, [pool], chosen)
 
 
 POOL_MSG = dict(capability=Capability.POOLS)
@@ -188,25 +200,29 @@ async def deactivate(ctx, ref):
     """Remove the pool from the hypervisor (no VM may run in it); its CPUs become free."""
     async with ctx.lock(POOL_LOCK):
         pool = ctx.current("cpu_pool", ref)
-        if _active(ctx.db, pool) is None:
+        live = _active(ctx.db, pool)
+        if live is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
         if pool.values["name_label"] == POOL0:
             raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be deactivated")
-        if _started_vms(ctx.db, pool):
-            raise XenAPIError("POOL_BAD_STATE", "in use")
+        placement.check_deactivation(ctx.db, live)
+        cpus = frozenset(live.cpus)
         await ctx.call_backend(ctx.backend.pool_deactivate, pool.uuid)
-        announce(ctx)
+        announce(ctx, [pool], cpus)
 
 
 @cpu_pool.message(("self", T.Ref("cpu_pool")), role=POOL_ADMIN, errors=("POOL_BAD_STATE",))
 async def destroy(ctx, ref):
-    """Forget an inactive pool's definition."""
+    """Forget an inactive pool's definition. The VMs whose pool_name names it start in Pool-0
+    from now on (as a destroyed group's members go to Null-Group): no VM names a pool that is gone."""
     async with ctx.lock(POOL_LOCK):
         pool = ctx.current("cpu_pool", ref)
         if pool.values["name_label"] == POOL0:
             raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be destroyed")
         if _active(ctx.db, pool) is not None:
             raise XenAPIError("POOL_BAD_STATE", "activated")
+        for vm in ctx.db.find_by("VM", "pool_name", pool.values["name_label"]):
+            ctx.db.set(vm, "pool_name", POOL0)
         ctx.db.destroy(pool)
 
 
@@ -222,29 +238,36 @@ async def add_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
         pool = ctx.current("cpu_pool", ref)
         if _active(ctx.db, pool) is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
-        number = _number(ctx, host_cpu)
+        number = _number(ctx, host_cpu)  # placement: a CPU more never leaves a vCPU nowhere
         live = await ctx.call_backend(ctx.backend.pool_add_cpu, pool.uuid, number)
-        _follow(ctx, pool, live)
+        _follow(ctx, pool, live, number)
 
 
 @cpu_pool.message(("self", T.Ref("cpu_pool")), ("host_cpu", T.Ref("host_cpu")), role=POOL_ADMIN, **POOL_MSG,
-                  errors=("POOL_BAD_STATE", "INVALID_CPU", "LAST_CPU_NOT_REMOVEABLE"))
+                  errors=("POOL_BAD_STATE", "INVALID_CPU", "LAST_CPU_NOT_REMOVEABLE", "OPERATION_NOT_ALLOWED"))
 async def remove_host_CPU_live(ctx, ref, host_cpu):  # noqa: N802 - the wire name
-    """Take a CPU out of an active pool; it becomes free. The last one stays while VMs run there."""
+    """Take a CPU out of an active pool; it becomes free. The last one stays (seed 000: an
+    activated pool owns at least one CPU; xend let an unused pool lose it), and a CPU is not
+    taken while a VM running there would be left nowhere to run (placement's rule)."""
     async with ctx.lock(POOL_LOCK):
         pool = ctx.current("cpu_pool", ref)
-        if _active(ctx.db, pool) is None:
+        live = _active(ctx.db, pool)
+        if live is None:
             raise XenAPIError("POOL_BAD_STATE", "deactivated")
         number = _number(ctx, host_cpu)
+        if live.cpus == {number}:
+            raise XenAPIError("LAST_CPU_NOT_REMOVEABLE", "could not remove last cpu")
+        if number in live.cpus:
+            placement.check_cpu_removal(ctx.db, pool, live, number)
         live = await ctx.call_backend(ctx.backend.pool_remove_cpu, pool.uuid, number)
-        _follow(ctx, pool, live)
+        _follow(ctx, pool, live, number)
 
 
-def _follow(ctx, pool, live):
+def _follow(ctx, pool, live, number):
     """As xend: after a live change the definition follows the pool (proposed CPUs and ncpu)."""
     ctx.db.set(pool, "proposed_CPUs", [str(n) for n in sorted(live.cpus)])
     ctx.db.set(pool, "ncpu", max(1, len(live.cpus)))
-    announce(ctx)
+    announce(ctx, [pool], {number})
 
 
 def _cpu_number(ctx, value):
@@ -279,40 +302,12 @@ async def remove_from_proposed_CPUs(ctx, ref, cpu):  # noqa: N802 - the wire nam
 # -- VMs and pools -------------------------------------------------------------------------
 
 def pool_named(ctx, name):
-    name = name or POOL0  # xend treated '' as Pool-0
-    return next(iter(ctx.db.find_by("cpu_pool", "name_label", name)), None)
+    return placement.pool_named(ctx.db, name)
 
 
 def check_vm_start(ctx, vm):
-    """A VM starts only in an active pool, with pins inside that pool's CPUs."""
-    pool = pool_named(ctx, vm.values["pool_name"])
-    if pool is None:
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "pool_name", vm.values["pool_name"],
-                          "no CPU pool has this name; create it or change the VM's pool_name")
-    live = _active(ctx.db, pool)
-    if live is None:
-        raise XenAPIError("POOL_BAD_STATE", "deactivated")
-    if not live.cpus:
-        raise XenAPIError("INSUFFICIENT_CPUS", 1, 0)
-    check_pins(ctx, vm.values["VCPUs_params"], live, pool)
-
-
-def check_pins(ctx, params, live, pool, running=None):
-    from xend_ext import cpuset
-
-    ncpus = len(ctx.backend.host_info().cpus)
-    for key, text in params.items():
-        if key.startswith("cpumap"):
-            outside = sorted(cpuset.parse(text, ncpus) - live.cpus)
-            if outside:
-                raise XenAPIError("VALUE_NOT_SUPPORTED", key, text,
-                                  f"CPU {outside[0]} is not in the VM's pool {pool.values['name_label']}")
-    for vcpu, pinned in sorted((running.pins if running is not None else {}).items()):
-        outside = sorted(pinned - live.cpus)
-        if outside:
-            raise XenAPIError("VALUE_NOT_SUPPORTED", f"cpumap{vcpu}", cpuset.format(pinned),
-                              f"the running vCPU is pinned to CPU {outside[0]}, "
-                              f"not in pool {pool.values['name_label']}")
+    """A VM starts only where placement's rule lets every vCPU run (pool, pins, reservations)."""
+    placement.check_start(ctx.db, vm.values, vm.ref)
 
 
 def pool_uuid_of(ctx, vm):
@@ -329,21 +324,11 @@ def vm_cpu_pool(db, vm):
     return [pool.ref] if pool is not None else []
 
 
-def host_cpu_pool(db, cpu):
-    """host_cpu.cpu_pool: the active pool holding this CPU (0 or 1)."""
-    for live in db.backend.pools():
-        if cpu.values["number"] in live.cpus:
-            pool = db.by_uuid_index.get(("cpu_pool", live.uuid))
-            return [pool.ref] if pool is not None else []
-    return []
-
-
-async def move_vm(ctx, ref, pool_ref):
+async def move_vm(ctx, ref, pool_ref, apply_domain):
     """Move a VM to another pool: a running one moves live, a halted one starts there next time.
     A scheduling domain's master takes its members along, all or none (one moved back if a later
-    one fails); a member cannot go alone. Holds the VMs' locks and the pools' lock throughout."""
-    from xenapi_classes import sched_domain as sdoms
-
+    one fails); a member cannot go alone. Holds the VMs' locks and the pools' lock throughout.
+    ``apply_domain(ctx, vm, domain)`` records a moved domain (the VM module's)."""
     async with contextlib.AsyncExitStack() as held:
         await held.enter_async_context(ctx.lock(ref))
         vm = ctx.current("VM", ref)
@@ -368,18 +353,17 @@ async def move_vm(ctx, ref, pool_ref):
                     raise XenAPIError("POOL_BAD_STATE", "deactivated")
                 if not live.cpus:
                     raise XenAPIError("INSUFFICIENT_CPUS", 1, 0)
-                check_pins(ctx, each.values["VCPUs_params"], live, pool, ctx.backend.domain(each.uuid))
                 ctx.require(Capability.POOLS)
-        await _move_all(ctx, [m for m in moving if m.values["power_state"] in ("Running", "Paused")], pool)
+            placement.check_pool_move(ctx.db, each, pool, live)
+        running = [m for m in moving if m.values["power_state"] in ("Running", "Paused")]
+        await _move_all(ctx, running, pool, apply_domain)
         for each in moving:
             ctx.db.set(each, "pool_name", pool.values["name_label"])
         announce(ctx)
 
 
-async def _move_all(ctx, running, pool):
+async def _move_all(ctx, running, pool, apply_domain):
     """Move the running VMs' domains to ``pool``; if one fails, those moved go back first."""
-    from xenapi_classes.vm import apply_domain
-
     moved = []
     try:
         for each in running:
@@ -455,6 +439,7 @@ async def auto_activate(ctx):
         except XenAPIError as exc:
             log.warning("auto_power_on: pool %s did not activate: %s", pool.values["name_label"], exc)
     _sync_pool0(ctx)
+    announce(ctx)  # Pool-0 may have given CPUs away above
 
 
 def _sync_pool0(ctx):

@@ -17,6 +17,12 @@ def _free_cpus(db, host):
     return ncpus - sum(len(pool.cpus) for pool in db.backend.pools())
 
 
+def _capabilities(db, host):
+    """What the backend can do (NOT_IMPLEMENTED [capability] names a missing one) and, as
+    sched:<name>, the schedulers a CPU pool can have here: a client can look before it calls."""
+    return sorted(db.backend.capabilities) + [f"sched:{name}" for name in db.backend.schedulers]
+
+
 host = XenAPIClass(
     "host",
     "A physical host",
@@ -33,6 +39,8 @@ host = XenAPIClass(
               doc="CPU pools on this host"),
         Field("host_CPUs", T.Set(T.Ref("host_cpu")), RO, reverse=("host_cpu", "host"), doc="physical CPUs"),
         Field("free_cpus", T.Int, RO, compute=_free_cpus, doc="pCPUs in no CPU pool"),
+        Field("capabilities", T.Set(T.String), RO, compute=_capabilities,
+              doc="the backend's capabilities, and sched:<name> for each scheduler a CPU pool can have"),
         Field("memory_total", T.Int, RO, compute=lambda db, h: db.backend.host_info().memory_total,
               doc="bytes of RAM"),
         Field("memory_free", T.Int, RO, compute=lambda db, h: db.backend.memory_free(), volatile=True,

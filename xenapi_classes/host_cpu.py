@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xenapi_classes import cpu_pool as pools
+from xend_ext import placement
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
 from xend_ext.wire import XenAPIError
@@ -17,13 +17,22 @@ host_cpu = XenAPIClass(
         Field("modelname", T.String, RO),
         Field("speed", T.Int, RO, doc="MHz"),
         Field("numa_node", T.Int, RO, doc="the NUMA node the CPU belongs to"),
-        Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=lambda db, cpu: pools.host_cpu_pool(db, cpu),
+        Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=lambda db, cpu: host_cpu_pool(db, cpu),
               doc="the active CPU pool holding this CPU (0 or 1)"),
         Field("occupants", T.Set(T.Ref("VM")), RO, index=True, doc="VMs this CPU is reserved to (cpuoccupy)"),
         Field("other_config", T.Map(T.String, T.String), RW),
     ],
     default_role=POOL_ADMIN,
 )
+
+
+def host_cpu_pool(db, cpu):
+    """host_cpu.cpu_pool: the active pool holding this CPU (0 or 1)."""
+    for live in placement.active_pools(db).values():
+        if cpu.values["number"] in live.cpus:
+            pool = db.by_uuid_index.get(("cpu_pool", live.uuid))
+            return [pool.ref] if pool is not None else []
+    return []
 
 
 @host_cpu.message(result=T.Set(T.Ref("host_cpu")), role=READ_ONLY)
@@ -51,21 +60,17 @@ def reconcile(ctx):
         ctx.db.destroy(obj)
 
 
-
-
 # -- cpuoccupy: the policy manager's reserved pCPUs ---------------------------------------------
 
 async def push_occupancy(ctx):
     """The backend gets the whole reservation map; then every running VM's share may change."""
-    from xenapi_classes.vm import refresh_live
-
     async with ctx.lock(PUSH_LOCK):  # in the order of the changes: the last map sent is the store's
         occupied = {}
         for cpu in ctx.db.all("host_cpu"):
             if cpu.values["occupants"]:
                 occupied[cpu.values["number"]] = frozenset(ctx.db.get(v).uuid for v in cpu.values["occupants"])
         await ctx.call_backend(ctx.backend.set_occupancy, occupied)
-    refresh_live(ctx)
+    placement.refresh_live(ctx)
 
 
 PUSH_LOCK = "cpu_occupy/push"
@@ -83,35 +88,17 @@ async def _occupy(ctx, cpu, vms):
         raise
 
 
-def stranded(ctx, vm, reserved):
-    """True when, with ``reserved`` pCPUs kept from it, some vCPU of the VM would have nowhere to
-    run: its pins (stored or running) within its pool's CPUs all reserved."""
-    from xenapi_classes import cpu_pool as pools
-    from xend_ext import cpuset
-
-    ncpus = len(ctx.backend.host_info().cpus)
-    pool = pools.pool_named(ctx, vm.values["pool_name"])
-    live = pools.active_pools(ctx.db).get(pool.uuid) if pool is not None else None
-    home = set(live.cpus) if live is not None else set(range(ncpus))
-    allowed = [cpuset.parse(text, ncpus) for key, text in vm.values["VCPUs_params"].items()
-               if key.startswith("cpumap")] or [frozenset(range(ncpus))]
-    domain = ctx.backend.domain(vm.uuid) if vm.values["power_state"] in ("Running", "Paused") else None
-    if domain is not None:
-        allowed += list(domain.pins.values()) or [frozenset(range(ncpus))]
-    return any((set(cpus) & home) <= reserved for cpus in allowed)
-
-
 def reserved_for_others(ctx, vm):
     """pCPU numbers reserved to VMs other than this one."""
-    return {c.values["number"] for c in ctx.db.all("host_cpu")
-            if c.values["occupants"] and vm.ref not in c.values["occupants"]}
+    return placement.reserved_for_others(ctx.db, vm.ref)
 
 
 @host_cpu.message(("self", T.Ref("host_cpu")), ("vms", T.Set(T.Ref("VM"))), role=POOL_ADMIN,
                   capability="cpu_occupy", errors=("OPERATION_NOT_ALLOWED",))
 async def set_occupants(ctx, ref, vms):
     """cpuoccupy: only these VMs may run on this pCPU; every other VM is kept off it. Refused while
-    another VM is pinned to this pCPU alone (it would have nowhere to run)."""
+    another running VM would have nowhere to run (seed 003's "(*)": pinned to this pCPU alone); a
+    halted VM never blocks it, its start says why it cannot run."""
     async with ctx.lock(LOCK):
         cpu = ctx.current("host_cpu", ref)
         number = cpu.values["number"]
@@ -119,14 +106,7 @@ async def set_occupants(ctx, ref, vms):
             raise XenAPIError("VALUE_NOT_SUPPORTED", "vms", "", "name at least one VM (clear_occupants frees it)")
         for vm_ref in vms:  # a VM may have been destroyed while we waited for the lock
             ctx.current("VM", vm_ref)
-        for vm in ctx.db.all("VM"):
-            if vm.ref in vms or vm.values["is_control_domain"]:
-                continue
-            kept_off = reserved_for_others(ctx, vm) | {number}
-            if stranded(ctx, vm, kept_off):
-                raise XenAPIError("OPERATION_NOT_ALLOWED",
-                                  f"VM {vm.values['name_label']} could run only on pCPUs reserved to others "
-                                  f"(pCPU {number} among them); unpin it or move it first")
+        placement.check_reservation(ctx.db, number, set(vms))
         await _occupy(ctx, cpu, vms)
 
 
@@ -137,23 +117,9 @@ async def clear_occupants(ctx, ref):
         await _occupy(ctx, ctx.current("host_cpu", ref), [])
 
 
-def check_vm_start(ctx, vm):
-    """A VM whose pins lie only on pCPUs reserved to others cannot run."""
-    from xend_ext import cpuset
-
-    reserved = reserved_for_others(ctx, vm)
-    if not reserved:
-        return
-    ncpus = len(ctx.backend.host_info().cpus)
-    for key, text in vm.values["VCPUs_params"].items():
-        if key.startswith("cpumap") and cpuset.parse(text, ncpus) <= reserved:
-            raise XenAPIError("OPERATION_NOT_ALLOWED",
-                              f"{key}={text} lies on pCPUs reserved to other VMs (cpuoccupy); pin it elsewhere")
-
-
 def reserved_to(ctx, vm):
     """The pCPUs (host_cpu objects) reserved to the VM: it is among their occupants."""
-    return ctx.db.find_by("host_cpu", "occupants", vm.ref)
+    return placement.reserved_to(ctx.db, vm.ref)
 
 
 def forget_vm(ctx, vm):
@@ -176,4 +142,3 @@ def install(registry):
     registry.add(host_cpu)
     registry.on_start.append(reconcile)
     registry.on_start.append(push_at_start)
-    registry.before_start.append(check_vm_start)

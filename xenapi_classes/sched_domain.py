@@ -8,6 +8,7 @@ master's CPU pool. The backend is told the whole set of scheduling domains whene
 
 from __future__ import annotations
 
+from xend_ext import placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, SchedDomain
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, VM_OPERATOR, Field, XenAPIClass
@@ -57,8 +58,6 @@ async def push(ctx, joined=()):
     """Tell the backend the whole set of scheduling domains, then announce the changed shares and
     the VMs that ``joined`` a domain (their sched_domain changed). One push at a time, each
     computing the set once the previous one is done: the last set the backend gets is the store's."""
-    from xenapi_classes.vm import refresh_live
-
     async with ctx.lock(PUSH_LOCK):
         domains = []
         for sd in ctx.db.all("sched_domain"):
@@ -69,7 +68,7 @@ async def push(ctx, joined=()):
                 weight=int(params.get("weight") or 256), cap=int(params.get("cap") or 0)))
         await ctx.call_backend(ctx.backend.set_sched_domains, domains)
     _touch(ctx, joined)
-    refresh_live(ctx)
+    placement.refresh_live(ctx)
 
 
 async def push_or_undo(ctx, undo, joined=()):
@@ -101,8 +100,7 @@ async def create(ctx, record):
             if vm is master:
                 raise XenAPIError("VALUE_NOT_SUPPORTED", "members", vm.ref, "the master is not one of its members")
             _free(ctx, vm)
-            if _pool_of(vm) != _pool_of(master):
-                raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
+            placement.check_same_pool(ctx.db, vm, master)
         values = {"name_label": str(record.get("name_label") or master.values["name_label"]),
                   "name_description": str(record.get("name_description", "")),
                   "other_config": {str(k): str(v) for k, v in (record.get("other_config") or {}).items()},
@@ -131,8 +129,7 @@ async def add_member(ctx, ref, vm_ref):
         vm = ctx.current("VM", vm_ref)  # either may have gone while we waited for the lock
         _free(ctx, vm)
         master = ctx.current("VM", sd.values["master"])
-        if _pool_of(vm) != _pool_of(master):
-            raise XenAPIError("SCHED_DOMAIN_POOL_MISMATCH", vm.ref, _pool_of(master))
+        placement.check_same_pool(ctx.db, vm, master)
         before = list(sd.values["members"])
         ctx.db.set(sd, "members", [*before, vm.ref])
         await push_or_undo(ctx, lambda: _members(ctx, sd, before), [vm.ref])

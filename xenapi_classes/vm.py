@@ -23,7 +23,7 @@ from pathlib import Path
 from xenapi_classes import cpu_pool as pools
 from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
-from xend_ext import cpuset
+from xend_ext import cpuset, grouping, placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, Domain, DomainConfig, PowerState
 from xend_ext.datamodel import (
@@ -222,11 +222,9 @@ def _on_create(ctx, values):
 
 
 def _after_create(ctx, obj):
-    from xenapi_classes.vm_group import place_new_vm
-
     metrics = ctx.db.create("VM_metrics", {"VM": obj.ref})
     ctx.db.set(obj, "metrics", metrics.ref)
-    place_new_vm(ctx, obj)
+    grouping.place_new_vm(ctx.db, obj)
 
 
 def _on_destroy(ctx, obj):
@@ -276,19 +274,10 @@ def apply_domain(ctx, obj, domain):
 
 def touch_metrics(ctx, obj):
     """Announce a change of the VM's live state (its VM_metrics are computed from the backend)."""
-    metrics = ctx.db.find(obj.values["metrics"])
-    if metrics is not None:
-        ctx.db.touch(metrics)
+    placement.touch_metrics(ctx.db, obj)
 
 
-def refresh_live(ctx, done=""):
-    """Announce the live state of the domains the backend says its last actions changed besides
-    the one acted on (the others' CPU shares, pins narrowed by a reservation); ``done`` is
-    announced already."""
-    for uuid in ctx.backend.changed_domains():
-        other = ctx.db.by_uuid_index.get(("VM", uuid))
-        if other is not None and uuid != done:
-            touch_metrics(ctx, other)
+refresh_live = placement.refresh_live
 
 
 # -- lifecycle -------------------------------------------------------------------------
@@ -532,8 +521,7 @@ async def receive(ctx, meta, image, paused):
         if obj is not None:
             require_state(obj, "Halted")
             config = domain_config(ctx, obj)
-        else:
-            values_from_image(ctx, meta)
+        placement.check_start(ctx.db, obj.values if obj else values_from_image(ctx, meta), obj.ref if obj else "")
         domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
         if obj is None:  # a VM.create may have given that uuid meanwhile (it takes no lock)
             obj = ctx.db.by_uuid_index.get(("VM", uuid))
@@ -790,16 +778,14 @@ async def migrate_receive(ctx, record, image, start_paused):
                     "INSUFFICIENT_CPUS"))
 async def cpu_pool_migrate(ctx, ref, pool):
     """Move a VM to another CPU pool: a running one moves live, a halted one starts there next."""
-    await pools.move_vm(ctx, ref, pool)
+    await pools.move_vm(ctx, ref, pool, apply_domain)
 
 
 @vm.message(("self", T.Ref("VM")), ("value", T.Set(T.Ref("VM_group"))), role=VM_OPERATOR,
             errors=("TOO_MANY_GROUPS", "OPERATION_NOT_ALLOWED"))
 def set_groups(ctx, ref, value):
     """Join a group (XAPI's way of VM_group membership): at most one; [] means Null-Group."""
-    from xenapi_classes.vm_group import set_groups as join_groups
-
-    join_groups(ctx, ref, value)
+    grouping.set_groups(ctx.db, ref, value)
 
 
 # A scheduling domain's master's VCPUs_params are the whole domain's: its setters tell the backend.
@@ -991,15 +977,7 @@ async def pin_VCPU(ctx, ref, vcpu, cpus, mode):  # noqa: N802 - the wire name
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, str(exc)) from None
     if chosen is not None and not chosen:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus, "pins the vCPU to no CPU at all")
-    if chosen is not None and chosen <= host_cpus.reserved_for_others(ctx, obj):
-        raise XenAPIError("OPERATION_NOT_ALLOWED",
-                          f"pCPUs {cpuset.format(chosen)} are reserved to other VMs (cpuoccupy); pin it elsewhere")
-    if chosen is not None:  # pins lie in the VM's pool while that pool is active, in every mode
-        pool = pools.pool_named(ctx, obj.values["pool_name"])
-        live = pools.active_pools(ctx.db).get(pool.uuid) if pool is not None else None
-        if live is not None and not chosen <= live.cpus:
-            raise XenAPIError("VALUE_NOT_SUPPORTED", "cpus", cpus,
-                              f"CPU {min(chosen - live.cpus)} is not in the VM's pool {pool.values['name_label']}")
+    placement.check_pin(ctx.db, obj, vcpu, chosen, mode != "static")
 
     def stored(current_obj):
         params = dict(current_obj.values["VCPUs_params"])
@@ -1032,7 +1010,7 @@ def get_cpu_policy(ctx, ref):
     mine = sorted(c.values["number"] for c in host_cpus.reserved_to(ctx, obj))
     sd = sdoms.domain_of(ctx.db, ref)
     return {"stored": stored, "running": running, "occupied_cpus": [str(n) for n in mine],
-            "excluded_cpus": [str(n) for n in sorted(host_cpus.reserved_for_others(ctx, obj))],
+            "excluded_cpus": [str(n) for n in placement.excluded_cpus(ctx.db, obj)],
             "sched_domain": sd.ref if sd is not None else NULL_REF}
 
 

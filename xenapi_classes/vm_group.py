@@ -18,15 +18,15 @@ import logging
 import os
 import uuid as uuid_module
 
-from xend_ext import sxp
+from xenapi_classes import vm as vm_module
+from xend_ext import grouping, sxp
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, STATIC_RO, VM_OPERATOR, Field, XenAPIClass
 from xend_ext.wire import XenAPIError, dump_value
 
 log = logging.getLogger("xend_ext.vm_group")
 
-GROUP0, NULL_GROUP = "Group-0", "Null-Group"
-DEFAULTS = (GROUP0, NULL_GROUP)
+GROUP0, NULL_GROUP, DEFAULTS = grouping.GROUP0, grouping.NULL_GROUP, grouping.DEFAULTS
 MANIFEST = "group.sxp"
 DEPENDENCY_WAIT = 600.0  # seconds a member waits for the VMs it depends on
 
@@ -59,24 +59,12 @@ vm_group = XenAPIClass(
 
 
 def named(ctx, name):
-    return next(iter(ctx.db.find_by("VM_group", "name_label", name)), None)
+    return grouping.named(ctx.db, name)
 
 
 def join(ctx, vm, group):
-    """Put a VM in a group (out of its current one): the only way membership changes."""
-    if group.values["name_label"] == GROUP0 and not vm.values["is_control_domain"]:
-        raise XenAPIError("OPERATION_NOT_ALLOWED", "Group-0 holds control domains only")
-    if vm.values["is_control_domain"] and group.values["name_label"] != GROUP0:
-        raise XenAPIError("OPERATION_NOT_ALLOWED", "Domain-0 stays in Group-0")
-    ctx.db.set(vm, "groups", [group.ref])
-
-
-def place_new_vm(ctx, vm):
-    """Every VM starts in a group: Domain-0 in Group-0, the others in Null-Group."""
-    if not vm.values["groups"] or ctx.db.find(vm.values["groups"][0]) is None:
-        group = named(ctx, GROUP0 if vm.values["is_control_domain"] else NULL_GROUP)
-        if group is not None:
-            ctx.db.set(vm, "groups", [group.ref])
+    """Put a VM in a group (out of its current one): see xend_ext.grouping."""
+    grouping.join(ctx.db, vm, group)
 
 
 def _next_id(ctx):
@@ -155,14 +143,6 @@ def remove_VM(ctx, ref, vm_ref):  # noqa: N802 - the wire name
     if group.values["name_label"] == NULL_GROUP:
         return
     join(ctx, vm, named(ctx, NULL_GROUP))
-
-
-def set_groups(ctx, vm_ref, groups):
-    """VM.set_groups (XAPI): at most one group; [] means Null-Group."""
-    if len(groups) > 1:
-        raise XenAPIError("TOO_MANY_GROUPS")
-    vm = ctx.db.get(vm_ref)
-    join(ctx, vm, ctx.db.get(groups[0]) if groups else named(ctx, NULL_GROUP))
 
 
 # -- group operations ---------------------------------------------------------------------------
@@ -273,12 +253,17 @@ async def _run_group(ctx, group, operation, step, inverse_step, paused):
             done[vm.ref].set()
             ctx.progress(sum(1 for v in outcome.values() if v != "not run") / total * 0.9)
 
+    cancelled = None
     for batch in order:
         if failed:
             break
-        ctx.checkpoint()
+        try:
+            ctx.checkpoint()
+        except XenAPIError as exc:  # task.cancel between batches: undone as a failure is, then TASK_CANCELLED
+            cancelled = exc
+            break
         await asyncio.gather(*(one(vm) for vm in batch))
-    if failed:
+    if failed or cancelled:
         for vm in reversed(changed):
             if inverse is None or inverse_step is None or ctx.db.find(vm.ref) is None:
                 continue
@@ -291,6 +276,8 @@ async def _run_group(ctx, group, operation, step, inverse_step, paused):
     result = {ref: {"name_label": names[ref], "outcome": text} for ref, text in outcome.items()}
     if ctx.task is not None and ctx.db.find(ctx.task.ref) is ctx.task:
         ctx.db.set(ctx.task, "result", dump_value(result))
+    if cancelled is not None:
+        raise cancelled
     if failed:
         raise XenAPIError("OPERATION_PARTIALLY_FAILED", f"VM_group.{operation}", *failed)
     ctx.progress(1.0)
@@ -298,8 +285,6 @@ async def _run_group(ctx, group, operation, step, inverse_step, paused):
 
 
 def _vm_step(ctx, message, *args):
-    from xenapi_classes import vm as vm_module
-
     msg = vm_module.vm.messages[message]
     full = [*args, *(p.default for p in msg.params[1 + len(args):])]  # the VM message's own defaults
 
@@ -310,8 +295,6 @@ def _vm_step(ctx, message, *args):
 
 
 async def _inverse(ctx, vm, message):
-    from xenapi_classes import vm as vm_module
-
     msg = vm_module.vm.messages[message]
     defaults = [p.default for p in msg.params[1:]]
     await msg.impl(ctx, vm.ref, *defaults)
@@ -328,7 +311,7 @@ def _declare(operation, extra=(), doc=""):
 
     body.__doc__ = doc
     vm_group.message(("self", T.Ref("VM_group")), *extra, role=VM_OPERATOR, name=operation,
-                     errors=("OPERATION_PARTIALLY_FAILED",))(body)
+                     errors=("OPERATION_PARTIALLY_FAILED", "TASK_CANCELLED"))(body)
 
 
 _declare("start", (("start_paused", T.Bool, False),), "Start the members in ascending order.")
@@ -348,8 +331,6 @@ async def save(ctx, ref, directory, overwrite):
     """Save every member to <directory>/<uuid>.img (descending order) with a manifest of the group.
     ``directory`` is in the image directory, as for VM.save (made if missing); a manifest or an
     image already there is VALUE_NOT_SUPPORTED unless ``overwrite`` is true."""
-    from xenapi_classes import vm as vm_module
-
     folder = vm_module.image_path(ctx, directory, "directory")
     if folder.exists() and not folder.is_dir():
         raise XenAPIError("VALUE_NOT_SUPPORTED", "directory", directory, "not a directory")
@@ -381,8 +362,6 @@ async def save(ctx, ref, directory, overwrite):
 async def restore(ctx, directory, start_paused):
     """Bring back a group saved with VM_group.save (here or on another server), ascending order.
     ``directory`` is in the image directory, as for VM_group.save."""
-    from xenapi_classes import vm as vm_module
-
     folder = vm_module.image_path(ctx, directory, "directory")
     try:
         manifest = sxp.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -435,8 +414,6 @@ async def restore(ctx, directory, start_paused):
 async def migrate(ctx, ref, destination_url, live):
     """Migrate every member (ascending order), then gather them in a group of the same name there.
     A member that fails (VM_MIGRATE_FAILED) stops the operation: OPERATION_PARTIALLY_FAILED."""
-    from xenapi_classes import vm as vm_module
-
     vm_module.destination_of(destination_url)  # a bad URL is refused before any member moves
     group = ctx.current("VM_group", ref)
     record = {"name_label": group.values["name_label"], "name_description": group.values["name_description"],
@@ -462,10 +439,8 @@ async def migrate(ctx, ref, destination_url, live):
 
 def _regroup_remote(destination_url, record, uuids):
     """On the destination, gather the migrated VMs in a group of the same name (made if missing)."""
-    from xenapi_classes.vm import Sender, destination_of
-
-    url, user, password = destination_of(destination_url)
-    sender = Sender(url, user, password)
+    url, user, password = vm_module.destination_of(destination_url)
+    sender = vm_module.Sender(url, user, password)
     try:
         session = sender.call("session.login_with_password", user, password, "1.1", "xend-ext group migrate")
         found = sender.call("VM_group.get_by_name_label", session, record["name_label"])
@@ -491,7 +466,7 @@ def reconcile(ctx):
             ctx.db.create("VM_group", {"name_label": name, "group_id": gid,
                                        "name_description": "control domains" if gid == 0 else "ungrouped VMs"})
     for vm in ctx.db.all("VM"):
-        place_new_vm(ctx, vm)
+        grouping.place_new_vm(ctx.db, vm)
 
 
 def install(registry):

@@ -33,6 +33,8 @@ vm_metrics = XenAPIClass(
     [
         Field("VM", T.Ref("VM"), RO, doc="the VM these metrics describe"),
         Field("memory_actual", T.Int, RO, compute=_live(lambda d: d.memory, 0), doc="bytes the domain has now"),
+        Field("memory_max", T.Int, RO, compute=_live(lambda d: d.memory_max, 0),
+              doc="the most bytes the domain may have now (xm mem-max --dynamic changes it)"),
         Field("VCPUs_number", T.Int, RO, compute=_live(lambda d: d.vcpus, 0), doc="vCPUs online now"),
         Field("VCPUs_params", T.Map(T.String, T.String), RO,
               compute=_live(lambda d: {"weight": str(d.weight), "cap": str(d.cap),

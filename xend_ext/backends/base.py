@@ -237,6 +237,8 @@ class SideEffects:
 class Backend(ABC):
     name: str = "?"
     capabilities: frozenset[str] = frozenset()
+    # the schedulers a CPU pool can have here; both model weight and cap (Xen 4.17 has no sedf)
+    schedulers: tuple[str, ...] = ("credit", "credit2")
 
     @abstractmethod
     def host_info(self) -> HostInfo:

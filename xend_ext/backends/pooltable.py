@@ -12,7 +12,7 @@ from dataclasses import replace
 from .. import sxp
 from .base import POOL0_UUID, BackendError, CpuPool
 
-SCHEDULERS = ("credit", "credit2", "sedf")
+SCHEDULERS = ("credit", "credit2")  # what the scheduler model (and Xen 4.17) has: no sedf
 
 
 class PoolTable:

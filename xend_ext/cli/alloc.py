@@ -16,7 +16,7 @@ from __future__ import annotations
 from .args import MIB, UsageError, arg, mode_arguments
 from .client import Client
 from .connection import CliError, XenAPIFailure
-from .sched import _mode_for
+from .sched import mode_for
 from .sxpout import dumps_json
 from .vms import find, find_ref
 
@@ -25,7 +25,7 @@ NULL = "OpaqueRef:NULL"
 
 def _change(client: Client, args, message: str, value: str) -> int:
     d = find(client, args.domain, with_metrics=False)
-    mode = _mode_for(d, args.mode)
+    mode = mode_for(d, args.mode)
     client.about.update(domain=d.name, mode=mode)
     client.call(message, d.ref, value, mode)
     return 0
@@ -169,7 +169,7 @@ def cpu_policy(client: Client, args) -> int:
 
     Rows: weight, cap, CPU pool, the pin of each vCPU (any = no pin), where each vCPU runs now and
     its share of a pCPU with every vCPU busy (the scheduler's model); then the pCPUs reserved to
-    this domain (occupied, xm cpu-occupy), those reserved to others and kept from it (excluded),
+    this domain (occupied, xm cpu-occupy), those of its pool reserved to others and kept from it (excluded),
     and its scheduling domain. --json prints the server's VM.get_cpu_policy struct.
     """
     d = find(client, args.domain)
@@ -210,7 +210,7 @@ def cpu_policy(client: Client, args) -> int:
         name, first, second, *rest = row
         print(("%-10s %-12s %-12s %s" % (name, first, second, rest[0] if rest else "")).rstrip())  # noqa: UP031
     print(f"Occupied pCPUs: {_cpus_text(policy.get('occupied_cpus', []))}  (reserved to this domain)")
-    print(f"Excluded pCPUs: {_cpus_text(policy.get('excluded_cpus', []))}  (reserved to other domains)")
+    print(f"Excluded pCPUs: {_cpus_text(policy.get('excluded_cpus', []))}  (reserved to other domains, in its pool)")
     print(f"Scheduling domain: {_sched_domain(client, policy.get('sched_domain', ''), d.ref)}")
     return 0
 

@@ -117,10 +117,16 @@ def _config(args) -> tuple[list, pool_config.Source]:
     return pool_config.to_sxp(values, source), source
 
 
-def _define(client: Client, args) -> tuple[str, str] | None:
-    """Define the pool the config describes: (ref, name), or None after a dry run."""
+CREATED_BY = ("created_by", "xm cpupool-create")  # other_config of a pool cpupool-destroy deletes
+
+
+def _define(client: Client, args, transient: bool = False) -> tuple[str, str] | None:
+    """Define the pool the config describes: (ref, name), or None after a dry run. A ``transient``
+    pool (cpupool-create) is marked so that cpupool-destroy deletes it (seed 000)."""
     node, source = _config(args)
     record = pool_config.to_record(node, source)
+    if transient:
+        record["other_config"] = {**record.get("other_config", {}), CREATED_BY[0]: CREATED_BY[1]}
     if args.dryrun:
         print(pretty(node))
         return None
@@ -132,7 +138,7 @@ def _define(client: Client, args) -> tuple[str, str] | None:
 def new(client: Client, args) -> int:
     """Define a CPU pool from a config file; it stays inactive until 'xm cpupool-start'.
 
-    The config sets name, sched (credit, credit2 or sedf; default credit), cpus (a number of CPUs:
+    The config sets name, sched (credit or credit2; default credit), cpus (a number of CPUs:
     4 or "#4"; or the CPUs to prefer: "2-3", "0-3,^1", ["2", "3"]), other_config (["key=value"]),
     auto_power_on and description. With -F it is a raw SXP (pool (name_label N) (ncpu K) ...),
     as -n prints.
@@ -148,9 +154,10 @@ def create(client: Client, args) -> int:
     """Define a CPU pool from a config file and activate it.
 
     If the activation fails (too few free CPUs, say), the definition just made is removed again, so
-    a failed create leaves nothing behind. See 'xm cpupool-new --help' for the config.
+    a failed create leaves nothing behind; 'xm cpupool-destroy' deletes it (seed 000: a pool made by
+    pool-create is deleted when destroyed). See 'xm cpupool-new --help' for the config.
     """
-    defined = _define(client, args)
+    defined = _define(client, args, transient=True)
     if defined is None:
         return 0
     ref, name = defined
@@ -227,7 +234,8 @@ def start(client: Client, args) -> int:
 
 
 def destroy(client: Client, args) -> int:
-    """Deactivate a CPU pool (no domain may run in it); its CPUs become free. The definition stays."""
+    """Deactivate a CPU pool (no domain may run in it); its CPUs become free. The definition stays,
+    unless 'xm cpupool-create' made the pool: then it is deleted too (seed 000)."""
     ref = find_pool(client, args.pool)
     try:
         client.call("cpu_pool.deactivate", ref)
@@ -235,6 +243,8 @@ def destroy(client: Client, args) -> int:
         if exc.code == "POOL_BAD_STATE" and exc.params[:1] == ["in use"]:
             _name_started(client, ref)
         raise
+    if client.call("cpu_pool.get_other_config", ref).get(CREATED_BY[0]) == CREATED_BY[1]:
+        client.call("cpu_pool.destroy", ref)
     return 0
 
 
@@ -272,6 +282,11 @@ def _cpu_change(method: str, doc: str):
         ref = find_pool(client, args.pool)
         cpus = host_cpus(client)
         wanted = _cpu_argument(args.cpu, cpus)
+        held = {n for n, (_ref, rec) in cpus.items() if ref in rec["cpu_pool"]}
+        if not adding and len(wanted) > 1 and held and held <= set(wanted):  # refused at the last: change nothing
+            raise CliError(f"that is every CPU of pool \"{client.about['pool']}\"; an active pool keeps at "
+                           f"least one (seed 000). 'xm cpupool-destroy {shlex.quote(client.about['pool'])}' frees "
+                           "them all")
         if len(wanted) > 1:
             wanted.sort(key=lambda n: not _refused(cpus[n][1], ref, adding))
         done: list[int] = []
@@ -303,8 +318,9 @@ cpu_add = _cpu_change("cpu_pool.add_host_CPU_live", """Give an active CPU pool a
     """)
 cpu_remove = _cpu_change("cpu_pool.remove_host_CPU_live", """Take a CPU out of an active CPU pool; it becomes free.
 
-    CPU is a CPU number (xend-ext also takes a list such as 4-7). A pool keeps its last CPU while
-    domains run in it (Pool-0 always: Domain-0 runs there).
+    CPU is a CPU number (xend-ext also takes a list such as 4-7). An active pool keeps its last CPU
+    (seed 000; 'xm cpupool-destroy' frees them all), and a CPU stays while a domain running there
+    could run nowhere else.
     """)
 
 
@@ -319,15 +335,16 @@ def migrate(client: Client, args) -> int:
 # -- list ------------------------------------------------------------------------------------
 
 def list_pools(client: Client, args) -> int:
-    """List CPU pools: CPUs, scheduler, whether active, and how many domains run in each.
+    """List CPU pools (all, or those named: POOL or p1,p2,...): CPUs, scheduler, whether active,
+    and how many domains run in each.
 
     An inactive pool shows the number of CPUs it will take (ncpu) and no domains. -c lists each
     pool's CPU numbers, -l one SXP per pool, --json the Xen-API records.
     """
     records = client.call("cpu_pool.get_all_records")
     if args.pool:
-        ref = find_pool(client, args.pool)
-        records = {ref: records[ref]} if ref in records else {ref: client.call("cpu_pool.get_record", ref)}
+        refs = [find_pool(client, name) for name in dict.fromkeys(n.strip() for n in args.pool.split(",")) if name]
+        records = {ref: records[ref] if ref in records else client.call("cpu_pool.get_record", ref) for ref in refs}
     pools = _sorted_pools(records)
     cpus = host_cpus(client) if (args.cpus or args.long or args.json) else {}
     names = _vm_names(client, pools) if (args.long or args.json) else {}
@@ -464,7 +481,8 @@ COMMANDS = {
     "cpupool-destroy": (destroy, [POOL]),
     "cpupool-delete": (delete, [POOL]),
     "cpupool-list": (list_pools, [
-        arg("pool", nargs="?", metavar="POOL", help="only this pool"),
+        arg("pool", nargs="?", metavar="POOL[,POOL...]", help="only these pools (comma-separated, as the seed's "
+                                                                "[poolname,...])"),
         Exclusive([arg("-l", "--long", action="store_true", help="one SXP per pool, all fields"),
                    arg("-c", "--cpus", action="store_true", help="the CPU numbers of each pool"),
                    arg("--json", action="store_true", help="the Xen-API records, as JSON")]),

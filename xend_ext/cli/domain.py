@@ -84,11 +84,12 @@ def long_sxp(d: Domain) -> list:
         ["uuid", rec["uuid"]],
         ["name", d.name],
         ["memory", str(d.memory_mib)],
-        ["maxmem", str(int(rec["memory_static_max"]) // MIB)],
+        ["maxmem", str(d.memory_max_mib)],
         ["vcpus", str(d.vcpus)],
         ["cpu_weight", str(weight)],
         ["cpu_cap", str(cap)],
         ["pool_name", rec.get("pool_name", "")],
+        ["cpu_pool", rec.get("pool_name") or "Pool-0"],  # seed 000's name for it
         ["state", d.state],
         ["power_state", d.power_state],
         ["cpu_time", f"{d.uptime():.1f}"],
@@ -116,6 +117,7 @@ def long_sxp(d: Domain) -> list:
         vcpus = int(d.metrics["VCPUs_number"])
         node.append(["running",
                      ["memory", str(int(d.metrics["memory_actual"]) // MIB)],
+                     ["maxmem", str(d.memory_max_mib)],
                      ["vcpus", str(vcpus)],
                      ["cpu_weight", str(live_weight)],
                      ["cpu_cap", str(live_cap)],
@@ -132,7 +134,7 @@ def _record_from_args(args) -> dict:
     return domain_config.wire_record(record)
 
 
-def _define(client: Client, record: dict) -> str:
+def define(client: Client, record: dict) -> str:
     ref = client.call("VM.create", record)
     client.names[ref] = str(record["name_label"])
     wanted = record.get("uuid")
@@ -150,7 +152,7 @@ def new(client: Client, args) -> int:
     if args.dryrun:
         print(dumps_json(record))
         return 0
-    _define(client, record)
+    define(client, record)
     print(f"Domain '{record['name_label']}' defined; start it with 'xm start {record['name_label']}'.")
     return 0
 
@@ -165,7 +167,7 @@ def create(client: Client, args) -> int:
     if args.dryrun:
         print(dumps_json(record))
         return 0
-    ref = _define(client, record)
+    ref = define(client, record)
     try:
         tasks.run(client, "VM.start", ref, bool(args.paused), False, label="starting")
     except XenAPIFailure:  # refused (an interrupted start goes on, so its definition stays)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .connection import XenAPIFailure
+from .sdom import pool_mismatch
 
 MIB = 1 << 20
 
@@ -245,8 +246,9 @@ def _last_cpu(params: list[str], ctx: Context) -> str:
     what = f"CPU {cpu} is the last CPU of {_pool(ctx)}" if cpu else f"that is the last CPU of {_pool(ctx)}"
     if ctx.about.get("pool") == "Pool-0":
         return f"{what}, where Domain-0 always runs; Pool-0 keeps at least one CPU"
-    return (f"{what} and domains run in it; a pool keeps at least one CPU while they do. Move them out with "
-            f"'xm cpupool-migrate DOMAIN Pool-0' or shut them down first")
+    pool = ctx.about.get("pool", "POOL")
+    return (f"{what}; an active pool keeps at least one CPU (seed 000). 'xm cpupool-destroy "
+            f"{shlex.quote(pool)}' frees them all once no domain runs there")
 
 
 def _parameter_error(params: list[str], ctx: Context) -> str:
@@ -266,7 +268,7 @@ def _parameter_error(params: list[str], ctx: Context) -> str:
 
 
 def _unknown_sched(params: list[str], ctx: Context) -> str:
-    return f'unknown scheduler for {_pool(ctx)}: use credit, credit2 or sedf (sched = "credit" in the pool config)'
+    return f'unknown scheduler for {_pool(ctx)}: use credit or credit2 (sched = "credit" in the pool config)'
 
 
 _PINNED_ALONE = re.compile(r"^VM (.+) could run only on pCPUs reserved to others \(pCPU (\d+) among them\)")
@@ -404,6 +406,7 @@ MESSAGES: dict[str, Template] = {
     "INVAILD_CPU": _invalid_cpu,  # xend's spelling (reference/xen-anchors.md §10)
     "LAST_CPU_NOT_REMOVEABLE": _last_cpu,
     "PARAMETER_ERROR": _parameter_error,
+    "SCHED_DOMAIN_POOL_MISMATCH": pool_mismatch,
     "TOO_MANY_GROUPS": "a domain is in exactly one group; give one group (none puts it in Null-Group)",
     "OPERATION_PARTIALLY_FAILED": _partially_failed,
 }

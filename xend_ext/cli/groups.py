@@ -141,15 +141,15 @@ def run_task(client: Client, method: str, *args, label: str) -> tuple[object, li
     task = client.call("Async." + method, *args)
     progress = tasks.Progress(label)
     try:
-        record = tasks._watch(client, task, progress, None)
+        record = tasks.watch(client, task, progress, None)
     except KeyboardInterrupt:
         progress.finish()
         raise Interrupted(f"interrupted; {method} goes on on the server as task {task} "
                           "(it can be cancelled with task.cancel)") from None
     progress.finish()
-    tasks._forget(client, task)
+    tasks.forget(client, task)
     status = record.get("status", "")
-    value = tasks._result_value(record.get("result", ""))
+    value = tasks.result_value(record.get("result", ""))
     if status == "cancelled":
         raise CliError(f"{method} was cancelled before it finished")
     if status == "failure":
@@ -387,7 +387,7 @@ def create(client: Client, args) -> int:
             elif member.record is None:
                 refs.append(find_ref(client, member.name))  # says the domain does not exist
             else:
-                ref = domain._define(client, member.record)
+                ref = domain.define(client, member.record)
                 defined.append(ref)
                 refs.append(ref)
         group = client.call("VM_group.create", {**config.record(), "VMs": refs})

@@ -6,7 +6,7 @@ MIB = 1 << 20
 
 
 def info(conn, args) -> int:
-    """Show the host: CPUs, memory, versions, free CPUs."""
+    """Show the host: CPUs, memory, versions, free CPUs, and what its backend can do."""
     host = conn.call("host.get_all")[0]
     rec = conn.call("host.get_record", host)
     cfg = rec["cpu_configuration"]
@@ -24,6 +24,7 @@ def info(conn, args) -> int:
         ("xen_version", sw.get("xen", "")),
         ("xen_scheduler", rec["sched_policy"]),
         ("xen_api_version", f"{rec['API_version_major']}.{rec['API_version_minor']}"),
+        ("capabilities", " ".join(rec.get("capabilities", []))),  # what the backend can do (host.capabilities)
         ("xend_ext_server", conn.url),
     ]
     for key, value in rows:

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-NAMED_BY_FIRST_PARAM = ("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED")
+NAMED_BY_FIRST_PARAM = ("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED", "SCHED_DOMAIN_POOL_MISMATCH")
 
 
 def _learn_name(client: Client, failure: XenAPIFailure) -> None:

@@ -21,7 +21,7 @@ VCPU_HEADER = "%-32s %5s %5s %5s %5s %9s %s" % (  # noqa: UP031 xend's format
 VCPU_ROW = "%-32s %5s %5d %5s %5s %9.1f %s"
 
 
-def _mode_for(d: Domain, mode: str | None) -> str:
+def mode_for(d: Domain, mode: str | None) -> str:
     """The mode asked for, else dynamic for a running domain and static (with a note) for a halted one."""
     if mode is not None:
         return mode
@@ -51,7 +51,7 @@ def sched_credit(client: Client, args) -> int:
     if not args.domain:
         raise UsageError("-w and -c need the domain: -d DOMAIN")
     d = find(client, args.domain, with_metrics=False)
-    mode = _mode_for(d, args.mode)
+    mode = mode_for(d, args.mode)
     if args.weight is not None:
         client.call("VM.set_sched_weight", d.ref, str(args.weight), mode)
     if args.cap is not None:
@@ -71,7 +71,7 @@ def vcpu_pin(client: Client, args) -> int:
     """Restrict a vCPU (or all) to some pCPUs: "2", "2-3", "0-3,^1", or all to lift the pin."""
     d = find(client, args.domain, with_metrics=False)
     numbers = _vcpu_numbers(args.vcpu, int(d.record["VCPUs_max"]))
-    mode = _mode_for(d, args.mode)
+    mode = mode_for(d, args.mode)
     for vcpu in numbers:
         client.call("VM.pin_VCPU", d.ref, str(vcpu), args.cpus, mode)
     return 0

@@ -53,7 +53,7 @@ def run(client: Client, method: str, *args, label: str = "", wait: float | None 
     progress = Progress(label or method)
     deadline = None if wait is None else time.monotonic() + wait
     try:
-        record = _watch(client, task, progress, deadline)
+        record = watch(client, task, progress, deadline)
     except KeyboardInterrupt:
         progress.finish()
         raise CliError(f"interrupted; {method} goes on on the server as task {task} "
@@ -62,15 +62,15 @@ def run(client: Client, method: str, *args, label: str = "", wait: float | None 
     status = record.get("status", "")
     if status not in DONE:
         return "pending", None
-    _forget(client, task)
+    forget(client, task)
     if status == "failure":
         raise XenAPIFailure(list(record.get("error_info") or ["INTERNAL_ERROR", "the task failed without a reason"]))
     if status == "cancelled":
         raise CliError(f"{method} was cancelled before it finished")
-    return status, _result_value(record.get("result", ""))
+    return status, result_value(record.get("result", ""))
 
 
-def _watch(client: Client, task: str, progress: Progress, deadline: float | None) -> dict:
+def watch(client: Client, task: str, progress: Progress, deadline: float | None) -> dict:
     token = ""
     use_events = True
     record: dict = {}
@@ -104,7 +104,7 @@ def _watch(client: Client, task: str, progress: Progress, deadline: float | None
             return record
 
 
-def _forget(client: Client, task: str) -> None:
+def forget(client: Client, task: str) -> None:
     """Finished tasks are ours to clean up (XAPI leaves that to the client)."""
     try:
         client.call("task.destroy", task)
@@ -112,7 +112,7 @@ def _forget(client: Client, task: str) -> None:
         pass
 
 
-def _result_value(text: str):
+def result_value(text: str):
     """A task's ``result`` is the XML-RPC text of the value (``<value>OpaqueRef:…</value>``)."""
     if not text:
         return None

@@ -60,6 +60,13 @@ class Domain:
         return int(self.record["memory_target"]) // MIB
 
     @property
+    def memory_max_mib(self) -> int:
+        """The running domain's maximum (mem-max --dynamic changes it), else the stored one."""
+        if self.live and self.metrics.get("memory_max"):
+            return int(self.metrics["memory_max"]) // MIB
+        return int(self.record["memory_static_max"]) // MIB
+
+    @property
     def vcpus(self) -> int:
         if self.live and self.metrics:
             return int(self.metrics["VCPUs_number"])
