@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import migration, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -194,7 +194,8 @@ class Server:
         """A listener's own connection limits, and the factory of its connections."""
         gate = Gate(name, limit, per_peer)
         self.gates.append(gate)
-        return lambda: HttpProtocol(self.handle, self.limits, gate)
+        return lambda: HttpProtocol(self.handle, self.limits, gate,
+                                    lambda *head: migration.body_sink(self.services, *head))
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -226,6 +227,8 @@ class Server:
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
+        if request.path == "/import":
+            return migration.finish(request)
         if request.path not in ("/", "/RPC2"):
             return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
         if request.method != "POST":

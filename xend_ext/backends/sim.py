@@ -94,6 +94,7 @@ def _domain_from_sxp(node: list) -> Domain:
 
 class SimBackend(Backend):
     name = "sim"
+    migration = "copy"
     capabilities = frozenset({
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
