@@ -56,6 +56,7 @@ class Config:
     memory_mib: int = 16384
     numa_nodes: int = 1
     sim_reboot: bool = False
+    sim_image_bytes: int = 1  # per MiB of guest memory in the simulated host's saved images
     auth: str = "none"
     passwd_file: Path | None = None
     tls_cert: Path | None = None
@@ -81,7 +82,8 @@ def make_backend(config: Config):
         from .backends.sim import SimBackend
 
         return SimBackend(config.state_dir, cpus=config.cpus, memory_mib=config.memory_mib,
-                          numa_nodes=config.numa_nodes, reboot=config.sim_reboot)
+                          numa_nodes=config.numa_nodes, reboot=config.sim_reboot,
+                          image_bytes_per_mib=config.sim_image_bytes)
     if config.backend == "libvirt":
         if not config.libvirt_uri:
             raise ValueError("--backend libvirt needs --libvirt-uri (e.g. qemu:///system or xen:///system)")
