@@ -214,9 +214,10 @@ def batches(ctx, members, direction):
     return [[m for m in sorted(members, key=lambda m: m.values["name_label"]) if level[m.ref] == k] for k in keys]
 
 
-async def _wait_for_dependencies(ctx, vm, done, paused):
+async def _wait_for_dependencies(ctx, vm, done, paused, changed=()):
     """Before a member starts, every VM it depends on must be running (or, in an operation that
-    starts everything paused, be up and paused)."""
+    starts everything paused, be up and paused); a member this operation brought up counts as up
+    (a migrated one runs on the destination)."""
     satisfied = ("Running", "Paused") if paused else ("Running",)
     for dep_ref in vm.values["depends_on"]:
         dep = ctx.db.find(dep_ref)
@@ -225,7 +226,7 @@ async def _wait_for_dependencies(ctx, vm, done, paused):
         if dep_ref in done:
             await done[dep_ref].wait()
             dep = ctx.db.find(dep_ref)
-            if dep is None:
+            if dep is None or any(c.ref == dep_ref for c in changed):
                 continue
         if dep.values["power_state"] not in satisfied:
             raise XenAPIError("OPERATION_NOT_ALLOWED",
@@ -258,7 +259,7 @@ async def _run_group(ctx, group, operation, step, inverse_step, paused):
                 outcome[vm.ref] = f"skipped: already {state.lower()}"
                 return
             if direction == "up":
-                await _wait_for_dependencies(ctx, vm, done, paused)
+                await _wait_for_dependencies(ctx, vm, done, paused, changed)
             await step(vm)
             outcome[vm.ref] = "success"
             changed.append(vm)
@@ -451,8 +452,7 @@ async def migrate(ctx, ref, destination_url, live):
     needs = {m.ref: [ctx.db.get(d).uuid for d in m.values["depends_on"] if ctx.db.find(d)] for m in members}
 
     async def in_order(send, roll_back):
-        # a member that arrived is parked here (paused) until all have: it counts as up for those after it
-        await run_group(ctx, group, "migrate", send, lambda vm, _inverse: roll_back(vm), paused=True)
+        await run_group(ctx, group, "migrate", send, lambda vm, _inverse: roll_back(vm))
 
     try:
         remote = await migration.migrate(ctx, leaving, destination_url, live, in_order, needs,
