@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import XenAPI
 from poolkit import PoolKit
 from vmkit import BOTH, MIB, backend_domain, failure, session, sim_only, unique
 
@@ -295,3 +296,67 @@ def test_the_import_endpoint_checks_before_it_reads_a_byte(make_server, tmp_path
     assert _raw(src, b"GET /import HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 405")
     chunked = f"PUT /import?session_id={real}&task_id=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert _raw(src, chunked.encode()).startswith(b"HTTP/1.1 404")
+
+
+@sim_only("the simulated host writes images as large as the guest (--sim-image-bytes)")
+def test_cancel_of_the_import_task_at_the_destination_stops_the_source(make_server, tmp_path):
+    src, dst = _servers(make_server, tmp_path, *BIG)
+    x, y = session(src).xenapi, session(dst).xenapi
+    vm = _running(x, memory=256 * MIB)
+    domid, uuid = x.VM.get_domid(vm), x.VM.get_uuid(vm)
+    link = SlowLink(dst.url, 24 << 20)
+    try:
+        task = x.Async.VM.migrate(vm, link.url, True)
+        deadline = time.monotonic() + 30
+        while True:
+            imports = [(ref, r) for ref, r in y.task.get_all_records().items()
+                       if r["name_label"] == "VM.migrate_receive" and r["status"] == "pending"]
+            if imports and int(imports[0][1]["other_config"].get("migration_bytes", "0")) >= 16 * MIB:
+                break
+            assert time.monotonic() < deadline and x.task.get_status(task) == "pending"
+            time.sleep(0.02)
+        y.task.cancel(imports[0][0])
+        record = _wait(x, task, 15)
+        assert record["status"] == "failure" and record["error_info"][0] == "VM_MIGRATE_FAILED", record
+        assert "TASK_CANCELLED" in record["error_info"][4], record
+        assert x.VM.get_power_state(vm) == "Running" and x.VM.get_domid(vm) == domid
+        assert y.task.get_status(imports[0][0]) == "cancelled"
+        _nothing_there(dst, y, [uuid])
+    finally:
+        link.close()
+
+
+def test_an_https_destination_is_verified(make_server, tmp_path, backend):
+    """The image goes over TLS to a destination whose certificate the source trusts
+    (REQUESTS_CA_BUNDLE); one it does not trust is never sent anything."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    cert.private_key_pem.write_to_path(key_file)
+    ca.cert_pem.write_to_path(ca_file)
+    dst = make_server("--tls-cert", str(cert_file), "--tls-key", str(key_file), "--image-dir",
+                      str(tmp_path / "destination-images"), unix=False, state_dir=tmp_path / "destination")
+    assert dst.url.startswith("https://")
+    for trusted in (False, True):
+        src = __import__("conftest").ServerProcess(tmp_path / f"source-{trusted}", unix=False, host=backend)
+        if trusted:
+            src.env["REQUESTS_CA_BUNDLE"] = str(ca_file)
+        src.start()
+        try:
+            x = session(src).xenapi
+            vm = _running(x)
+            if trusted:
+                uuid = x.VM.get_uuid(vm)
+                x.VM.migrate(vm, dst.url, True)
+                y = XenAPI.Session(dst.url, ignore_ssl=True).xenapi
+                y.login_with_password("root", "")
+                assert y.VM.get_power_state(y.VM.get_by_uuid(uuid)) == "Running"
+            else:
+                err = failure(x.VM.migrate, vm, dst.url, True)
+                assert err[0] == "VM_MIGRATE_FAILED" and "CERTIFICATE_VERIFY_FAILED" in err[4], err
+                assert x.VM.get_power_state(vm) == "Running"
+        finally:
+            src.stop()

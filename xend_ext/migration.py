@@ -135,13 +135,23 @@ class Remote:
             return reply.text.strip()
         if self.aborted.is_set():
             raise Refused("the migration was cancelled")
-        error = []
-        with contextlib.suppress(Refused):  # the task there says best why it failed
-            error = self.call("task.get_error_info", self.session, task)
+        error = self.error_of(task)
         if error:
             raise Refused("the destination answered " + " ".join(map(str, error)))
         raise Refused("the image transfer failed: " + (why if reply is None else f"HTTP {reply.status_code} "
                                                        + reply.text.strip()[:200]))
+
+
+    def error_of(self, task, wait=5.0):
+        """The import task's error once it has ended (it ends soon after its stream does), or []."""
+        deadline = time.monotonic() + wait
+        with contextlib.suppress(Refused):
+            while True:
+                record = self.call("task.get_record", self.session, task)
+                if record["status"] not in ("pending", "cancelling") or time.monotonic() > deadline:
+                    return record["error_info"]
+                time.sleep(POLL / 5)
+        return []
 
 
 class ImageBody:
