@@ -208,13 +208,15 @@ class SlowLink:
 
     @staticmethod
     def _pump(src, dst, rate):
+        """One direction; when either end goes, the relay's both sockets do (as a TCP path would)."""
         with contextlib.suppress(OSError):
             while data := src.recv(64 << 10):
                 dst.sendall(data)
                 if rate:
                     time.sleep(len(data) / rate)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     def close(self):
         self.listener.close()

@@ -40,7 +40,7 @@ from .wire import XenAPIError
 
 log = logging.getLogger("xend_ext.migration")
 
-CALL_TIMEOUT = (10.0, 300.0)  # seconds to connect, and for the destination to answer one call
+CALL_TIMEOUT = (30.0, 300.0)  # seconds to connect (and for each send), and for the destination to answer
 CHUNK = 1 << 20  # bytes read from the image file and sent at a time
 START_TIMEOUT = 60.0  # seconds an import task waits for its PUT to begin
 POLL = 0.25  # seconds between two looks at a task's cancellation while waiting
