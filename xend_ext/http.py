@@ -34,7 +34,7 @@ log = logging.getLogger("xend_ext.http")
 
 REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    403: "Forbidden", 409: "Conflict", 411: "Length Required",
+    403: "Forbidden", 409: "Conflict", 411: "Length Required", 507: "Insufficient Storage",
     413: "Payload Too Large", 415: "Unsupported Media Type", 431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }

@@ -522,7 +522,10 @@ class Import:
             raise Refuse(409, "the import task was cancelled")
         if self.received + len(data) > self.size:
             raise Refuse(413, f"more than the {self.size} bytes announced")
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:  # a full disk: the sender hears it, the import fails and cleans up
+            raise Refuse(507, f"cannot write the image: {exc.strerror}") from None
         self.received += len(data)
         if self.received - self.reported >= PROGRESS_STEP:
             self.reported = self.received
