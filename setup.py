@@ -11,6 +11,7 @@ setup(
         "httptools>=0.6",
         "defusedxml>=0.7",
         "lxml>=5.0",
+        "requests>=2.31",
         "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={

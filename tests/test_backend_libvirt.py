@@ -76,11 +76,12 @@ def test_host_facts_come_from_libvirt(lv):
     info = lv.host_info()
     assert len(info.cpus) == 4 and info.memory_total == 4096 * MIB
     assert info.software_version["hypervisor"].startswith("TEST")
-    # the test driver's scheduler is a stub, a libvirt host has no scheduling domains, no migration here
-    missing = {Capability.SCHED_CREDIT, Capability.SCHED_DOMAIN, Capability.MIGRATE, Capability.MEMORY_MAX_LIVE,
-               Capability.UTILISATION}
+    # the test driver's scheduler is a stub, a libvirt host has no scheduling domains; migration is save-based
+    missing = {Capability.SCHED_CREDIT, Capability.SCHED_DOMAIN, Capability.MEMORY_MAX_LIVE, Capability.UTILISATION}
     assert not missing & lv.capabilities
-    assert {Capability.LIFECYCLE, Capability.POOLS, Capability.PIN, Capability.SAVE} <= lv.capabilities
+    wanted = {Capability.LIFECYCLE, Capability.POOLS, Capability.PIN, Capability.SAVE, Capability.MIGRATE}
+    assert wanted <= lv.capabilities
+    assert lv.migration == "save"
     with pytest.raises(BackendError) as err:
         lv.set_sched(UUID_A, 512, 0)
     assert (err.value.code, err.value.params) == ("NOT_IMPLEMENTED", ["sched_credit"])

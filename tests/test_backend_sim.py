@@ -123,7 +123,7 @@ def test_a_tampered_image_is_refused(sim, tmp_path, where):
     path = tmp_path / "saved.img"
     sim.save(d.uuid, path, {"k": "v"})
     data = bytearray(path.read_bytes())
-    index = {"header": len(b"XEND-EXT-SIM-IMAGE 1\n") + 3, "body": len(data) // 2, "end": len(data) - 2}[where]
+    index = {"header": len(b"XEND-EXT-SIM-IMAGE 2\n") + 3, "body": len(data) // 2, "end": len(data) - 2}[where]
     data[index] ^= 0x04
     path.write_bytes(bytes(data))
     free = sim.host_info().memory_free

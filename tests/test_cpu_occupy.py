@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
-from vmkit import BOTH, MIB, NO_MIGRATE, NO_SURVIVAL, Kit, failure, lacks, metrics, on_sim, on_xl, session, sim_only
+from vmkit import BOTH, MIB, NO_SURVIVAL, Kit, failure, lacks, metrics, on_sim, on_xl, session, sim_only
 
 from xend_ext import sxp
 
@@ -406,7 +406,7 @@ def test_reserving_the_only_pcpu_of_another_vms_pool_is_refused(make_server, bac
         k.close()
 
 
-@sim_only(NO_MIGRATE)
+@pytest.mark.backends(*BOTH)
 def test_migrating_an_occupant_away_releases_its_pcpu(make_server, backend, tmp_path):
     """An occupant that leaves the host (VM.migrate) leaves its reservations, as a destroyed one does;
     else host_cpu.occupants keeps a dangling reference and the pCPU stays kept from every VM here."""

@@ -307,24 +307,34 @@ def test_destroying_a_members_vm_removes_it(kit):
     assert x.sched_domain.get_master(sd) == master
 
 
-def test_migrating_vms_to_another_server_leaves_no_dangling_reference(make_server):
-    """VM.migrate forgets the VM here: it must leave its scheduling domain as VM.destroy does."""
+def test_a_scheduling_domain_migrates_whole_or_not_at_all(make_server):
+    """Issue 17 item 8: VM.migrate of a master (or a member) dissolved its scheduling domain on both
+    hosts. Now a VM of a domain moves only with all the others (one group migration), and the
+    domain is made again there; anything else is refused before anything moves."""
     here = make_server("--cpus", "2", unix=False)
     there = make_server("--cpus", "2", unix=False, state_dir=here.state_dir.parent / "there")
     x = session(here).xenapi
-    master, member, late = (new_vm(x, unique("mig")) for _ in range(3))
-    for vm in (master, member):
+    master, member, outside = (new_vm(x, unique("mig")) for _ in range(3))
+    for vm in (master, member, outside):
         x.VM.start(vm, False, False)
-    sd = x.sched_domain.create({"master": master, "members": [member]})
-    x.VM.migrate(member, there.url, True)
-    assert x.sched_domain.get_members(sd) == []
-    x.sched_domain.add_member(sd, late)  # the domain still works
-    assert here.stop() == 0
-    here = make_server("--cpus", "2", unix=False, state_dir=here.state_dir)  # and the server starts again
-    x = session(here).xenapi
-    x.VM.migrate(master, there.url, True)
-    assert x.sched_domain.get_all() == []
-    assert x.VM.get_sched_domain(late) == NULL
+    sd = x.sched_domain.create({"master": master, "members": [member], "name_label": "sd-travels"})
+    for vm in (master, member):
+        err = failure(x.VM.migrate, vm, there.url, True)
+        assert err[0] == "OPERATION_NOT_ALLOWED" and "scheduling domain" in err[1], err
+    group = x.VM_group.create({"name_label": unique("sdg"), "VMs": [master, outside]})  # the member stays out
+    err = failure(x.VM_group.migrate, group, there.url, True)
+    assert err[0] == "OPERATION_NOT_ALLOWED" and x.VM.get_name_label(member) in err[1], err
+    assert x.sched_domain.get_members(sd) == [member] and x.VM.get_power_state(master) == "Running"
+    y = session(there).xenapi
+    assert [r["name_label"] for r in y.VM.get_all_records().values()] == ["Domain-0"]
+    x.VM_group.add_VM(group, member)
+    uuids = [x.VM.get_uuid(v) for v in (master, member)]
+    x.VM_group.migrate(group, there.url, True)
+    assert x.sched_domain.get_all() == [] and failure(x.VM.get_record, master)[0] == "HANDLE_INVALID"
+    master_there, member_there = (y.VM.get_by_uuid(u) for u in uuids)
+    sds = y.sched_domain.get_all_records()
+    assert [(r["master"], r["members"], r["name_label"]) for r in sds.values()] == [
+        (master_there, [member_there], "sd-travels")]
 
 
 # -- the seed's demonstration and the scheduler model ------------------------------------------

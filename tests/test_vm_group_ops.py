@@ -21,7 +21,6 @@ from conftest import ServerProcess
 from vmkit import (
     BOTH,
     MIB,
-    NO_MIGRATE,
     Kit,
     backend_domain,
     event_from,
@@ -31,7 +30,6 @@ from vmkit import (
     off_xl,
     on_xl,
     session,
-    sim_only,
     unique,
 )
 
@@ -676,7 +674,7 @@ def test_a_relative_directory_is_taken_from_the_image_directory(kit, tmp_path):
 
 # -- migration ------------------------------------------------------------------------------------
 
-@sim_only(NO_MIGRATE)
+@pytest.mark.backends(*BOTH)
 @pytest.mark.parametrize(("live", "group_there"), [(False, False), (True, True)],
                          ids=["not-live-new-group", "live-existing-group"])
 def test_migrate_a_group(kit, far, live, group_there):
@@ -721,7 +719,7 @@ def test_migrate_a_group(kit, far, live, group_there):
     assert first_id(events, moved[first], "Running") < first_id(events, moved[paused], "Paused")
 
 
-@sim_only(NO_MIGRATE)
+@pytest.mark.backends(*BOTH)
 def test_group_migration_keeps_depends_on(kit, far):
     """Members travel together, so depends_on between them must hold on the destination.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, ServerProcess
-from vmkit import BOOT_FIELDS, BOTH, NO_MIGRATE, lacks, off_xl, sim_only
+from vmkit import BOOT_FIELDS, BOTH, lacks, off_xl
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -476,7 +476,7 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-@sim_only(NO_MIGRATE)
+@pytest.mark.backends(*BOTH)
 @pytest.mark.parametrize("live", [False, True], ids=["not-live", "live"])
 def test_grp_migrate_moves_the_group(srv, dst, tmp_path, live):
     ok(xm(srv, "grp-create", shop(tmp_path)))

@@ -21,7 +21,7 @@ import time
 import pytest
 import realxen
 from conftest import ROOT, ServerProcess
-from vmkit import BOOT_FIELDS, BOTH, NO_MIGRATE, NO_SCHED, NO_UTILISATION, lacks, on_sim, on_xl, sim_only
+from vmkit import BOOT_FIELDS, BOTH, NO_SCHED, NO_UTILISATION, lacks, on_sim, on_xl, sim_only
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -373,7 +373,7 @@ def test_save_and_restore_with_a_relative_path(srv, tmp_path):
     assert msg.startswith(f"Error: '{(tmp_path / 'junk').resolve()}' on the server host is not")
 
 
-@sim_only(NO_MIGRATE)
+@pytest.mark.backends(*BOTH)
 def test_migrate_to_another_server(srv, make_server, tmp_path):
     dest = make_server(state_dir=tmp_path / "dest")
     name = make_vm(srv, tmp_path, "running", cpu_weight=400)

@@ -51,9 +51,9 @@ def sim_only(reason: str):
 
 
 #: the capabilities each test backend lacks (the server answers NOT_IMPLEMENTED [capability])
-LACKS = {"sim": frozenset(), "libvirt": frozenset({"sched_credit", "migrate", "sched_domain", "memory_max_live",
+LACKS = {"sim": frozenset(), "libvirt": frozenset({"sched_credit", "sched_domain", "memory_max_live",
                                                   "utilisation", "numa"}),
-         "xl": frozenset({"migrate", "sched_domain", "utilisation", "numa"})}
+         "xl": frozenset({"sched_domain", "utilisation", "numa"})}
 
 #: what VMs need to boot on the backend of the tests running now (conftest's ``backend`` sets it:
 #: on xl a PV kernel); new_vm adds it to every record
@@ -97,7 +97,7 @@ def not_implemented_here(server, x, vm: str, message: str, *args) -> bool:
 
 # why a test stays on the simulated host (the reasons of sim_only)
 NO_SCHED = "libvirt's test driver has a stub scheduler: weight and cap cannot be set (no capability sched_credit)"
-NO_MIGRATE = "libvirt's test driver cannot migrate (no capability migrate)"
+NO_MIGRATE = "libvirt migrates by save and restore: the domain does not keep running on the source meanwhile"
 NO_MEMORY_MAX_LIVE = "libvirt cannot change a running domain's maximum memory (no capability memory_max_live)"
 NO_UTILISATION = "libvirt has no per-vCPU utilisation model (no capability utilisation)"
 NO_SDOM = "libvirt has no scheduling domains (no capability sched_domain)"

@@ -8,22 +8,16 @@ records the outcome, so a failed backend step changes nothing here.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import logging
 import os
-import socket
-import tempfile
-import urllib.parse
 import uuid as uuid_module
-import xmlrpc.client
 from pathlib import Path
 
 from xenapi_classes import cpu_pool as pools
 from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
-from xend_ext import cpuset, grouping, placement
+from xend_ext import cpuset, grouping, migration, placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, Domain, DomainConfig, PowerState
 from xend_ext.datamodel import (
@@ -239,7 +233,7 @@ async def destroy(ctx, ref):
     async with ctx.lock(ref):
         obj = ctx.current("VM", ref)
         _on_destroy(ctx, obj)
-        await _forget(ctx, obj, ctx.backend.undefine)
+        await forget(ctx, obj, ctx.backend.undefine)
 
 
 # -- live state --------------------------------------------------------------------------
@@ -535,165 +529,44 @@ async def receive(ctx, meta, image, paused):
         return obj.ref
 
 
-# -- migration to another xend-ext server ------------------------------------------------
-
-def destination_of(url):
-    """(url without credentials, user, password) of an http(s) destination; VALUE_NOT_SUPPORTED
-    for anything else."""
-    refused = XenAPIError("VALUE_NOT_SUPPORTED", "destination_url", url,
-                          "give http(s)://[user:password@]host:port/ of the other xend-ext server")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise refused from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in "\r\n\x00 "):
-        raise refused
-    netloc = parts.hostname + (f":{port}" if port else "")
-    clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))
-    return clean, urllib.parse.unquote(parts.username or "root"), urllib.parse.unquote(parts.password or "")
-
-
-MIGRATE_TIMEOUT = 300.0  # seconds the destination may take to answer one call
-
-
-class _Refused(Exception):
-    """The destination did not take the VM; the text says why, for VM_MIGRATE_FAILED."""
-
-
-class Sender:
-    """The source side of the hand-over, run in a worker thread; abort() cuts it off."""
-
-    def __init__(self, url: str, user: str, password: str) -> None:
-        self.url, self.user, self.password = url, user, password
-        self.connections: list = []
-        self.aborted = False
-        sender = self
-
-        class Transport(xmlrpc.client.SafeTransport if url.startswith("https") else xmlrpc.client.Transport):
-            def make_connection(self, host):  # noqa: ANN001 - stdlib signature
-                if sender.aborted:  # xmlrpc.client retries once on a cut connection: not after abort
-                    raise ConnectionAbortedError("the migration was cancelled")
-                conn = super().make_connection(host)
-                conn.timeout = MIGRATE_TIMEOUT
-                sender.connections.append(conn)
-                return conn
-
-        self.proxy = xmlrpc.client.ServerProxy(url, allow_none=True, transport=Transport())
-
-    def call(self, method, *args):
-        try:
-            reply = self.proxy.__getattr__(method)(*args)
-        except Exception as exc:  # noqa: BLE001 - whatever the destination does (not HTTP, not XML-RPC...)
-            raise _Refused("the migration was cancelled" if self.aborted
-                           else f"cannot talk to the destination: {type(exc).__name__}: {exc}") from None
-        if not isinstance(reply, dict) or reply.get("Status") != "Success":
-            detail = reply.get("ErrorDescription", []) if isinstance(reply, dict) else [str(reply)]
-            raise _Refused("the destination answered " + " ".join(map(str, detail)))
-        return reply.get("Value")
-
-    def send(self, meta, image_path, paused):
-        session = self.call("session.login_with_password", self.user, self.password, "1.1", "xend-ext migrate")
-        try:
-            try:
-                image = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
-            except OSError as exc:
-                raise _Refused(f"cannot read the image: {exc}") from None
-            return self.call("VM.migrate_receive", session, meta, image, paused)
-        finally:
-            try:
-                self.call("session.logout", session)
-            except _Refused:
-                pass
-
-    def abort(self):
-        """Close the connection under the worker thread's feet (task.cancel)."""
-        self.aborted = True
-        for conn in self.connections:
-            if conn.sock is not None:
-                try:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
+# -- migration to another xend-ext server (xend_ext/migration.py) -----------------------
 
 @vm.message(("self", T.Ref("VM")), ("destination_url", T.String), ("live", T.Bool, False), role=POOL_ADMIN,
-            capability=Capability.MIGRATE, errors=("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED", "TASK_CANCELLED"))
+            capability=Capability.MIGRATE,
+            errors=("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED", "TASK_CANCELLED", "OPERATION_NOT_ALLOWED"))
 async def migrate(ctx, ref, destination_url, live):
     """Hand a running VM to another xend-ext server; it runs there, and is gone from here.
 
-    The domain's image (exported while it keeps running if ``live``, else paused first) and its
-    definition go to the destination over Xen-API (VM.migrate_receive). Only once the
-    destination runs it is the domain stopped and the VM forgotten here. If the destination
-    fails or the task is cancelled, the same domain goes on running here.
+    The destination checks it can take the VM (VM.migrate_check), then its image (exported while
+    the domain runs on if the backend can and ``live``, else with the domain paused or saved)
+    streams to the destination's ``/import``. Only once the destination runs it is the VM
+    forgotten here; if the destination fails or the task is cancelled, it runs here as before.
+    A VM of a scheduling domain travels only with its whole domain (VM_group.migrate).
     """
-    await migrate_vm(ctx, ref, destination_url, live)
+    remote = await migration.migrate(ctx, [ctx.current("VM", ref)], destination_url, live)
+    await migration.logout(remote)
 
 
-async def migrate_vm(ctx, ref, destination_url, live, depends_on_uuids=None):
-    """VM.migrate; a group migration passes the dependencies it saw before any member left.
-
-    Every failure once the hand-over begins (the backend's pause or export, the destination down
-    or answering anything but Xen-API, the image unreadable) is VM_MIGRATE_FAILED [vm, source,
-    destination, reason], after the VM is put back as it was; a cancelled task is TASK_CANCELLED."""
-    url, user, password = destination_of(destination_url)
-    ctx.require(Capability.MIGRATE)  # a group migration calls this directly, past the dispatcher's check
-    async with ctx.lock(ref):
-        obj = ctx.current("VM", ref)
-        not_control_domain(obj, "migrated")
-        require_state(obj, "Running", "Paused")
-        was_paused = obj.values["power_state"] == "Paused"
-        meta = record_for_image(ctx, obj)
-        if depends_on_uuids is not None:
-            meta["depends_on_uuids"] = json.dumps(depends_on_uuids)
-        paused_here = False
-        image = None
-        try:
-            if not live and not was_paused:
-                apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
-                paused_here = True
-            ctx.progress(0.1)
-            handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
-            os.close(handle)
-            image = Path(tmp)
-            await ctx.call_backend(ctx.backend.export, obj.uuid, image, meta)
-            ctx.progress(0.5)
-            await _hand_over(ctx, ref, Sender(url, user, password), meta, image, was_paused)
-        except (XenAPIError, _Refused, OSError) as exc:
-            reason = " ".join(exc.description) if isinstance(exc, XenAPIError) else str(exc)
-            if paused_here:
-                try:
-                    apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.unpause, obj.uuid))
-                except XenAPIError as again:
-                    reason += "; and it could not be unpaused here: " + " ".join(again.description)
-                    apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, obj.uuid))
-            if isinstance(exc, XenAPIError) and exc.code == "TASK_CANCELLED":
-                raise
-            raise _migrate_failed(ctx, ref, url, reason) from None
-        finally:
-            if image is not None:
-                image.unlink(missing_ok=True)
-        ctx.progress(0.9)
-        try:
-            await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
-        except XenAPIError as exc:  # it runs there now: say so, and keep what runs here on record
-            apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, obj.uuid))
-            raise _migrate_failed(ctx, ref, url, "the destination runs it, but its domain here could not be "
-                                  "stopped: " + " ".join(exc.description)) from None
-        apply_domain(ctx, obj, None)
-        try:
-            await _forget(ctx, obj)
-        except XenAPIError as exc:
-            raise _migrate_failed(ctx, ref, url, "the destination runs it, but it could not be forgotten here: "
-                                  + " ".join(exc.description)) from None
+@vm.message(("records", T.Set(T.Map(T.String, T.String))), role=POOL_ADMIN, capability=Capability.MIGRATE,
+            async_ok=False, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "POOL_BAD_STATE",
+                                    "HOST_NOT_ENOUGH_FREE_MEMORY", "NOT_IMPLEMENTED"))
+def migrate_check(ctx, records):
+    """The destination side of a migration, first step: can this server take all these VMs (their
+    records as they travel) together? Nothing changes; the first problem is the error."""
+    migration.check_arrivals(ctx, records)
 
 
-def _migrate_failed(ctx, ref, url, reason):
-    host = ctx.db.first("host")
-    return XenAPIError("VM_MIGRATE_FAILED", ref, host.values["name_label"] if host else "", url, reason)
+@vm.message(("record", T.Map(T.String, T.String)), ("size", T.Int), ("start_paused", T.Bool, False),
+            result=T.Ref("VM"), role=POOL_ADMIN, capability=Capability.MIGRATE,
+            errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "POOL_BAD_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY",
+                    "OPERATION_NOT_ALLOWED"))
+async def migrate_receive(ctx, record, size, start_paused):
+    """The destination side of a migration, as Async.VM.migrate_receive: its task waits for the
+    image (``size`` bytes) on ``PUT /import?session_id=..&task_id=..``, then runs the VM from it."""
+    return await migration.receive(ctx, record, size, start_paused)
 
 
-async def _forget(ctx, obj, last=None):
+async def forget(ctx, obj, last=None):
     """The VM is gone from this server (destroyed or migrated away): nothing may still name it.
     Its scheduling domain and reservations let it go first, under their own locks as their
     messages do, and the backend is told; then ``last(uuid)`` runs (the backend forgets its
@@ -733,44 +606,6 @@ def _drop(ctx, obj):
     for other in ctx.db.find_by("VM", "depends_on", obj.ref):
         ctx.db.set_remove(other, "depends_on", obj.ref)
     ctx.db.destroy(obj)
-
-
-async def _hand_over(ctx, ref, sender, meta, image, paused):
-    """Send in a worker thread; a cancelled task aborts the connection and keeps the VM here."""
-    pending = asyncio.get_running_loop().run_in_executor(ctx.services.backend_pool, sender.send, meta, image, paused)
-    while True:
-        done, _ = await asyncio.wait({pending}, timeout=0.25)
-        if done:
-            return pending.result()
-        try:
-            ctx.checkpoint()
-        except XenAPIError:
-            sender.abort()
-            await asyncio.wait({pending})
-            if pending.exception() is None:  # the destination took it just before the abort
-                return pending.result()
-            raise
-
-
-@vm.message(("record", T.Map(T.String, T.String)), ("image", T.String), ("start_paused", T.Bool, False),
-            result=T.Ref("VM"), role=POOL_ADMIN, capability=Capability.MIGRATE, async_ok=False)
-async def migrate_receive(ctx, record, image, start_paused):
-    """The destination side of VM.migrate: define the VM and run it from the image sent."""
-    uuid = record.get("uuid", "")
-    existing = ctx.db.by_uuid_index.get(("VM", uuid))
-    if existing is not None and existing.values["power_state"] != "Halted":
-        raise XenAPIError("VM_BAD_POWER_STATE", existing.ref, "halted", existing.values["power_state"].lower())
-    try:
-        data = base64.b64decode(image, validate=True)
-    except ValueError:
-        raise XenAPIError("VALUE_NOT_SUPPORTED", "image", "", "not base64") from None
-    handle, tmp = tempfile.mkstemp(prefix="incoming-", suffix=".img", dir=ctx.services.config.state_dir)
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            fh.write(data)
-        return await receive(ctx, record, Path(tmp), start_paused)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @vm.message(("self", T.Ref("VM")), ("pool", T.Ref("cpu_pool")), role=VM_OPERATOR,

@@ -168,7 +168,7 @@ OPERATIONS = {
     "suspend": ("suspend", "down", "resume", "shutdown_delay"),
     "resume": ("resume", "up", "suspend", "start_delay"),
     "save": ("save", "down", None, "shutdown_delay"),
-    "migrate": ("migrate", "up", None, "start_delay"),
+    "migrate": ("migrate", "up", "migrate", "start_delay"),  # undone by migrating back
     "restore": ("restore", "up", "hard_shutdown", "start_delay"),
 }
 
@@ -194,9 +194,10 @@ def batches(ctx, members, direction):
     return [[m for m in sorted(members, key=lambda m: m.values["name_label"]) if level[m.ref] == k] for k in keys]
 
 
-async def _wait_for_dependencies(ctx, vm, done, paused):
+async def _wait_for_dependencies(ctx, vm, done, paused, changed=()):
     """Before a member starts, every VM it depends on must be running (or, in an operation that
-    starts everything paused, be up and paused)."""
+    starts everything paused, be up and paused); a member this operation brought up counts as up
+    (a migrated one runs on the destination)."""
     satisfied = ("Running", "Paused") if paused else ("Running",)
     for dep_ref in vm.values["depends_on"]:
         dep = ctx.db.find(dep_ref)
@@ -205,7 +206,7 @@ async def _wait_for_dependencies(ctx, vm, done, paused):
         if dep_ref in done:
             await done[dep_ref].wait()
             dep = ctx.db.find(dep_ref)
-            if dep is None:
+            if dep is None or any(c.ref == dep_ref for c in changed):
                 continue
         if dep.values["power_state"] not in satisfied:
             raise XenAPIError("OPERATION_NOT_ALLOWED",
@@ -238,7 +239,7 @@ async def _run_group(ctx, group, operation, step, inverse_step, paused):
                 outcome[vm.ref] = f"skipped: already {state.lower()}"
                 return
             if direction == "up":
-                await _wait_for_dependencies(ctx, vm, done, paused)
+                await _wait_for_dependencies(ctx, vm, done, paused, changed)
             await step(vm)
             outcome[vm.ref] = "success"
             changed.append(vm)
@@ -410,46 +411,47 @@ async def restore(ctx, directory, start_paused):
 
 
 @vm_group.message(("self", T.Ref("VM_group")), ("destination_url", T.String), ("live", T.Bool, False),
-                  role=POOL_ADMIN, errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED"))
+                  role=POOL_ADMIN,
+                  errors=("OPERATION_PARTIALLY_FAILED", "VALUE_NOT_SUPPORTED", "OPERATION_NOT_ALLOWED"))
 async def migrate(ctx, ref, destination_url, live):
-    """Migrate every member (ascending order), then gather them in a group of the same name there.
-    A member that fails (VM_MIGRATE_FAILED) stops the operation: OPERATION_PARTIALLY_FAILED."""
-    vm_module.destination_of(destination_url)  # a bad URL is refused before any member moves
+    """Migrate every running member (ascending order), then gather them in a group of the same
+    name there. The destination checks every member first and refuses before anything moves;
+    a member that fails (VM_MIGRATE_FAILED), or task.cancel, brings the members already moved
+    back, so the group is never split: OPERATION_PARTIALLY_FAILED (or TASK_CANCELLED). A
+    scheduling domain travels whole, its master and members all in the group, or the call is
+    refused (OPERATION_NOT_ALLOWED) before anything moves."""
+    from xend_ext import migration
+
     group = ctx.current("VM_group", ref)
     record = {"name_label": group.values["name_label"], "name_description": group.values["name_description"],
               "placement": group.values["placement"]}
-    moved = []
-    # members leave one by one and a VM gone from here drops out of the others' depends_on:
-    # take the dependencies (as uuids, meaningful on the destination) before anyone leaves
-    needs = {r: [ctx.db.get(d).uuid for d in ctx.db.get(r).values["depends_on"] if ctx.db.find(d)]
-             for r in ctx.db.field_value(group, "VMs")}
+    members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
+    leaving = [m for m in members if m.values["power_state"] in ("Running", "Paused")]
+    # dependencies travel as uuids (meaningful on the destination)
+    needs = {m.ref: [ctx.db.get(d).uuid for d in m.values["depends_on"] if ctx.db.find(d)] for m in members}
 
-    async def step(vm):
-        uuid = vm.uuid
-        await vm_module.migrate_vm(ctx, vm.ref, destination_url, live, needs.get(vm.ref, []))
-        moved.append(uuid)
+    async def in_order(send, roll_back):
+        await run_group(ctx, group, "migrate", send, lambda vm, _inverse: roll_back(vm))
 
     try:
-        await run_group(ctx, group, "migrate", step)
+        remote = await migration.migrate(ctx, leaving, destination_url, live, in_order, needs,
+                                         "xend-ext group migrate")
+    except XenAPIError as exc:
+        if exc.code != "VM_MIGRATE_FAILED" or not leaving:
+            raise
+        # refused before anything moved (the destination's check): said for the first member
+        first = sorted(leaving, key=lambda m: (m.values["order"], m.values["name_label"]))[0]
+        outcome = {m.ref: {"name_label": m.values["name_label"], "outcome": "not run"} for m in members}
+        outcome[first.ref]["outcome"] = "failed: " + " ".join(exc.description)
+        if ctx.task is not None and ctx.db.find(ctx.task.ref) is ctx.task:
+            ctx.db.set(ctx.task, "result", dump_value(outcome))
+        raise XenAPIError("OPERATION_PARTIALLY_FAILED", "VM_group.migrate", first.ref) from None
+    try:
+        if leaving:
+            await asyncio.get_running_loop().run_in_executor(None, migration.regroup, remote, record,
+                                                             [m.uuid for m in leaving])
     finally:
-        if moved:
-            await asyncio.get_running_loop().run_in_executor(
-                ctx.services.backend_pool, _regroup_remote, destination_url, record, moved)
-
-
-def _regroup_remote(destination_url, record, uuids):
-    """On the destination, gather the migrated VMs in a group of the same name (made if missing)."""
-    url, user, password = vm_module.destination_of(destination_url)
-    sender = vm_module.Sender(url, user, password)
-    try:
-        session = sender.call("session.login_with_password", user, password, "1.1", "xend-ext group migrate")
-        found = sender.call("VM_group.get_by_name_label", session, record["name_label"])
-        group = found[0] if found else sender.call("VM_group.create", session, record)
-        for uuid in uuids:
-            sender.call("VM_group.add_VM", session, group, sender.call("VM.get_by_uuid", session, uuid))
-        sender.call("session.logout", session)
-    except Exception as exc:  # noqa: BLE001 - the VMs did move; only their grouping there failed
-        log.warning("group migrate: the VMs moved but could not be grouped on %s: %s", url, exc)
+        await migration.logout(remote)
 
 
 def _is_uuid(text):

@@ -9,6 +9,12 @@ high-water mark (``pause_writing``), and what was read but not parsed waits as r
 Each listener admits connections through its own :class:`Gate` (a limit per listener and per
 peer address), so TCP clients can never take the Unix socket's room. Any parse error is
 answered with a 4xx before the connection is closed.
+
+A request may stream its body elsewhere instead: ``sinks(method, path, query, length)`` is asked
+at the end of every request's headers and may return a :class:`BodySink` (or raise
+:class:`Refuse`, answered before any body byte is read). A sunk body is not buffered and not
+capped by ``max_body`` (the sink bounds it); each chunk renews the read deadline, and the sink
+is told if the connection ends first. The handler then gets the request with its ``sink``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httptools
 
@@ -27,6 +34,7 @@ log = logging.getLogger("xend_ext.http")
 
 REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    403: "Forbidden", 409: "Conflict", 411: "Length Required", 507: "Insufficient Storage",
     413: "Payload Too Large", 415: "Unsupported Media Type", 431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
@@ -53,6 +61,12 @@ class Request:
     path: str
     body: bytes
     keep_alive: bool
+    sink: Any = None  # the BodySink its body went to, if any
+
+
+class BodySink(Protocol):
+    def write(self, data: bytes) -> None: ...  # may raise Refuse
+    def abort(self) -> None: ...  # the connection ended, or the request was refused, before the body's end
 
 
 # The request lines every client sends, decoded once (others are parsed per request).
@@ -155,8 +169,9 @@ def peer_key(peername) -> str:
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, limits: Limits, gate: Gate) -> None:
+    def __init__(self, handler: Handler, limits: Limits, gate: Gate, sinks: Callable | None = None) -> None:
         self.handler = handler
+        self.sinks = sinks
         self.limits = limits
         self.gate = gate
         self.peer = ""
@@ -181,6 +196,8 @@ class HttpProtocol(asyncio.Protocol):
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
+        self.length = 0
+        self.sink: BodySink | None = None
 
     # -- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -196,6 +213,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
         self.queue.clear()
         self.out.clear()
         self.backlog = b""
@@ -315,11 +335,25 @@ class HttpProtocol(asyncio.Protocol):
         if self.header_bytes > self.limits.max_header_bytes:
             raise _Reject(431, "request headers too large")
         if n == 14 and name.lower() == b"content-length" and value.strip().isdigit():
-            if int(value) > self.limits.max_body:  # refused before its body arrives
-                raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
+            self.length = int(value)
+
+    def on_headers_complete(self) -> None:
+        if self.sinks is not None and self.url not in _PATHS:  # the Xen-API paths never stream
+            url = httptools.parse_url(self.url) if self.url else None
+            self.sink = self.sinks(self.parser.get_method().decode("latin-1"),
+                                   url.path.decode("latin-1") if url else "/",
+                                   (url.query or b"").decode("latin-1") if url else "", self.length)
+            if self.sink is not None:
+                return
+        if self.length > self.limits.max_body:  # refused before its body arrives
+            raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
 
     def on_body(self, body: bytes) -> None:
         self.body_len += len(body)
+        if self.sink is not None:
+            self.sink.write(body)
+            self.deadline = self.loop.time() + self.limits.read_timeout  # a stream must keep coming
+            return
         if self.body_len > self.limits.max_body:
             raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
         self.body.append(body)
@@ -330,7 +364,8 @@ class HttpProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.queue.append(Request(_METHODS.get(method) or method.decode("latin-1"), path, body,
-                                  self.parser.should_keep_alive()))
+                                  self.parser.should_keep_alive(), self.sink))
+        self.sink = None  # the handler has it now
         self._reset()
         self._advance()
 
@@ -393,6 +428,9 @@ class HttpProtocol(asyncio.Protocol):
         self._pump()
 
     def _fail(self, status: int, reason: str) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
         if self.transport is None or self.closing:
             return
         self._flush()  # the replies before the bad request go first
@@ -406,6 +444,10 @@ class _Reject(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class Refuse(_Reject):
+    """Raised by a sink factory or a sink: the request is answered ``status`` and the connection closed."""
 
 
 async def sweep(gates: list[Gate], limits: Limits) -> None:

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--numa-nodes", type=int, default=1, help="NUMA nodes of the simulated host")
     serve.add_argument("--sim-reboot", action="store_true",
                        help="model a reboot of the simulated host before starting")
+    serve.add_argument("--sim-image-bytes", type=int, default=1, metavar="N",
+                       help="bytes of a simulated saved image per MiB of guest memory (default 1; 1048576: "
+                            "images as large as the guest)")
     serve.add_argument("--auth", choices=["none", "file"], default="none",
                        help="none: anyone is pool-admin; file: users of the password file")
     serve.add_argument("--insecure-no-auth", action="store_true",
@@ -143,6 +146,7 @@ def _config(args: argparse.Namespace):
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
                   libvirt_uri=args.libvirt_uri, xl_path=args.xl_path, xl_poll=args.xl_poll,
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
+                  sim_image_bytes=args.sim_image_bytes,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
                   image_dir=(args.image_dir or state_dir / "images").absolute(),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import migration, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -56,6 +56,7 @@ class Config:
     memory_mib: int = 16384
     numa_nodes: int = 1
     sim_reboot: bool = False
+    sim_image_bytes: int = 1  # per MiB of guest memory in the simulated host's saved images
     auth: str = "none"
     passwd_file: Path | None = None
     tls_cert: Path | None = None
@@ -81,7 +82,8 @@ def make_backend(config: Config):
         from .backends.sim import SimBackend
 
         return SimBackend(config.state_dir, cpus=config.cpus, memory_mib=config.memory_mib,
-                          numa_nodes=config.numa_nodes, reboot=config.sim_reboot)
+                          numa_nodes=config.numa_nodes, reboot=config.sim_reboot,
+                          image_bytes_per_mib=config.sim_image_bytes)
     if config.backend == "libvirt":
         if not config.libvirt_uri:
             raise ValueError("--backend libvirt needs --libvirt-uri (e.g. qemu:///system or xen:///system)")
@@ -192,7 +194,8 @@ class Server:
         """A listener's own connection limits, and the factory of its connections."""
         gate = Gate(name, limit, per_peer)
         self.gates.append(gate)
-        return lambda: HttpProtocol(self.handle, self.limits, gate)
+        return lambda: HttpProtocol(self.handle, self.limits, gate,
+                                    lambda *head: migration.body_sink(self.services, *head))
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -224,6 +227,8 @@ class Server:
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
+        if request.path == "/import":
+            return migration.finish(request)
         if request.path not in ("/", "/RPC2"):
             return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
         if request.method != "POST":

@@ -239,6 +239,10 @@ class Backend(ABC):
     capabilities: frozenset[str] = frozenset()
     # the schedulers a CPU pool can have here; both model weight and cap (Xen 4.17 has no sedf)
     schedulers: tuple[str, ...] = ("credit", "credit2")
+    #: how a domain leaves for another xend-ext server (with Capability.MIGRATE): "copy" exports
+    #: its image while it runs on (stopped here once it runs there), "save" saves it (the domain
+    #: stops at once, and is restored here from its image if the migration fails)
+    migration: str = "save"
 
     @abstractmethod
     def host_info(self) -> HostInfo:
@@ -292,7 +296,8 @@ class Backend(ABC):
         raise self.missing(Capability.SAVE)
 
     def export(self, uuid: str, path: Path, metadata: dict[str, str]) -> None:
-        """Write the domain's image to ``path`` while it keeps running or stays paused (migration)."""
+        """Write the domain's image to ``path`` while it keeps running or stays paused (``copy``
+        migration)."""
         raise self.missing(Capability.MIGRATE)
 
     def restore(self, path: Path, paused: bool, config: DomainConfig | None = None) -> tuple[Domain, dict[str, str]]:

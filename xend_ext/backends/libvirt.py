@@ -12,8 +12,10 @@ which every driver supports). Live changes use the ``AFFECT_LIVE`` calls and pla
 
 What a driver cannot do is a missing capability, never faked: weight and cap need a driver with
 scheduler parameters (Xen: weight/cap; QEMU and LXC: cpu_shares and vcpu_quota), which libvirt's
-test driver lacks; migration between xend-ext servers needs an image of a running domain, which
-libvirt does not give; scheduling domains have no libvirt counterpart.
+test driver lacks; scheduling domains have no libvirt counterpart. Migration between xend-ext
+servers is save-based (``migration = "save"``: save, stream, restore; the guest is stopped meanwhile)
+on every driver, since libvirt gives no image of a running domain; libvirt's own peer-to-peer live
+migration is not used: the test driver has none (virDomainMigrate* answer code 3 or 74).
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class LibvirtBackend(Backend):
         self._load_pools()
         self.capabilities = frozenset({
             Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
-            Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN, Capability.POOLS, Capability.CPU_OCCUPY,
+            Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN, Capability.POOLS,
+            Capability.CPU_OCCUPY,
             *([Capability.SCHED_CREDIT] if self.sched else []),
             *([Capability.MEMORY_MAX_LIVE] if self.driver == "Xen" else []),  # QEMU refuses a live maximum
             *([Capability.NUMA] if len({c.numa_node for c in self._info.cpus}) > 1 else []),

@@ -10,13 +10,13 @@ busy. Domain-0 is modelled idle, so it takes no share from the guests.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import os
 import platform
 import socket
 import threading
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,7 +48,8 @@ from .pooltable import PoolTable
 
 MIB = 1 << 20
 STATE_FILE = "sim-host.sxp"
-IMAGE_MAGIC = b"XEND-EXT-SIM-IMAGE 1\n"
+IMAGE_MAGIC = b"XEND-EXT-SIM-IMAGE 2\n"
+IMAGE_CHUNK = 1 << 20  # bytes of an image's memory written or checked at a time
 DOM0_UUID = "00000000-0000-0000-0000-000000000000"
 DOM0_MEMORY = 1024 * MIB
 
@@ -94,6 +95,7 @@ def _domain_from_sxp(node: list) -> Domain:
 
 class SimBackend(Backend):
     name = "sim"
+    migration = "copy"
     capabilities = frozenset({
         Capability.HOST, Capability.NUMA, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND,
         Capability.SAVE, Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
@@ -102,7 +104,7 @@ class SimBackend(Backend):
     })
 
     def __init__(self, state_dir: str | Path, cpus: int = 8, memory_mib: int = 16384, numa_nodes: int = 1,
-                 reboot: bool = False) -> None:
+                 reboot: bool = False, image_bytes_per_mib: int = 1) -> None:
         if cpus < 1:
             raise ValueError("a simulated host needs at least one pCPU")
         if numa_nodes < 1 or numa_nodes > cpus:
@@ -112,6 +114,7 @@ class SimBackend(Backend):
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / STATE_FILE
         self.images = self.state_dir / "sim-images"
+        self.image_bytes_per_mib = max(1, image_bytes_per_mib)  # of guest memory, in a saved image
         self.ncpus = cpus
         self.memory_total = memory_mib * MIB
         self.numa_nodes = numa_nodes
@@ -404,30 +407,48 @@ class SimBackend(Backend):
         return self._read_image(Path(path))[1]
 
     def _write_image(self, path: Path, d: Domain, metadata: dict[str, str]) -> None:
-        """A real file: magic, an SXP description of the domain and its metadata, a checksum, and a
-        stand-in for guest memory (a few bytes per MiB, so images are real but small)."""
-        memory = hashlib.sha256(f"{d.uuid}:{d.start_time}".encode()).digest() * max(1, d.memory // MIB // 32)
+        """A real file: magic, the checksum and length of an SXP description of the domain and its
+        metadata, the description, then a stand-in for guest memory (``image_bytes_per_mib`` per
+        MiB, its length and CRC in the description), written a chunk at a time."""
+        size = max(32, d.memory // MIB * self.image_bytes_per_mib)
+        pattern = hashlib.sha256(f"{d.uuid}:{d.start_time}".encode()).digest()
+        chunk = pattern * (min(size, IMAGE_CHUNK) // len(pattern) + 1)
+        crc = 0
+        for offset in range(0, size, IMAGE_CHUNK):  # the CRC goes in the header, before the memory
+            crc = zlib.crc32(chunk[:min(IMAGE_CHUNK, size - offset)], crc)
         body = sxp.dumps(["image", _domain_to_sxp(d), ["metadata", *[[k, v] for k, v in sorted(metadata.items())]],
-                          ["memory", base64.b64encode(memory).decode()]]).encode("utf-8")
+                          ["memory", str(size), str(crc)]]).encode("utf-8")
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
-            fh.write(IMAGE_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body + b"\n")
+            fh.write(IMAGE_MAGIC + f"{hashlib.sha256(body).hexdigest()} {len(body)}\n".encode() + body + b"\n")
+            for offset in range(0, size, IMAGE_CHUNK):
+                fh.write(chunk[:min(IMAGE_CHUNK, size - offset)])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     def _read_image(self, path: Path) -> tuple[Domain, dict[str, str]]:
+        """The domain and metadata of an image, its checksums verified (the memory a chunk at a time)."""
+        def bad(why):
+            return BackendError(f"{path} {why}", "INVALID_VALUE", "path", str(path))
+
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                if fh.readline(64) != IMAGE_MAGIC:
+                    raise bad("is not a saved domain image")
+                digest, _, length = fh.readline(128).strip().partition(b" ")
+                body = fh.read(int(length)) if length.isdigit() else b""
+                if hashlib.sha256(body).hexdigest().encode() != digest or fh.read(1) != b"\n":
+                    raise bad("is damaged (checksum mismatch)")
+                image = sxp.loads(body.decode("utf-8"))
+                size, crc = next(c[1:] for c in image[1:] if c[0] == "memory")
+                got, seen = 0, 0
+                while piece := fh.read(IMAGE_CHUNK):
+                    got, seen = zlib.crc32(piece, got), seen + len(piece)
+                if (seen, got) != (int(size), int(crc)):
+                    raise bad("is damaged (its memory does not match its checksum)")
         except OSError as exc:
             raise BackendError(f"cannot read {path}: {exc.strerror}", "INVALID_VALUE", "path", str(path)) from None
-        if not data.startswith(IMAGE_MAGIC):
-            raise BackendError(f"{path} is not a saved domain image", "INVALID_VALUE", "path", str(path))
-        digest, _, body = data[len(IMAGE_MAGIC):].partition(b"\n")
-        body = body.rstrip(b"\n")
-        if hashlib.sha256(body).hexdigest().encode() != digest:
-            raise BackendError(f"{path} is damaged (checksum mismatch)", "INVALID_VALUE", "path", str(path))
-        image = sxp.loads(body.decode("utf-8"))
         domain = _domain_from_sxp(next(c for c in image[1:] if c[0] == "domain"))
         meta = next((c[1:] for c in image[1:] if c[0] == "metadata"), [])
         return domain, {k: v for k, v in meta}

@@ -159,13 +159,13 @@ def _now() -> dt.datetime:
 
 class XlBackend(Backend):
     name = "xl"
-    # Missing, because Xen/xl cannot do them (the server answers NOT_IMPLEMENTED):
-    #   migrate       - needs a second Xen host to receive the domain
+    # Migration is save-based (xl save, streamed to the other server, xl restore there); not yet
+    # run between two real Xen hosts. Missing, because Xen/xl cannot do them (NOT_IMPLEMENTED):
     #   sched_domain  - the "nemesis" scheduling domains were never merged into Xen
     #   utilisation   - xl reports CPU time per vCPU, not the scheduler model's shares
     capabilities = frozenset({
         Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
-        Capability.MEMORY_LIVE, Capability.MEMORY_MAX_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
+        Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.MEMORY_MAX_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
         Capability.SCHED_CREDIT, Capability.POOLS, Capability.CPU_OCCUPY,
     })
 
