@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from . import jsonrpc, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -226,6 +226,8 @@ class Server:
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
+        if request.path == "/jsonrpc":
+            return jsonrpc.handle(self.dispatcher, request)
         if request.path not in ("/", "/RPC2"):
             return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
         if request.method != "POST":

@@ -375,6 +375,14 @@ def loads_request(body: bytes, max_depth: int = 64) -> tuple[str, tuple]:
     return target.method, tuple(target.values)
 
 
+def loads_value(text: bytes) -> Any:
+    """One value read back from the XML-RPC text this module wrote (JSON-RPC replies reuse the
+    records encoded once for XML-RPC): strings stay strings, as they were sent."""
+    method, (value,) = loads_request(b"<methodCall><methodName>v</methodName><params><param>" + text
+                                     + b"</param></params></methodCall>", max_depth=1 << 10)
+    return value
+
+
 def strip_ref(value: str) -> str:
     """``OpaqueRef:<uuid>`` and a bare uuid name the same object."""
     return value[len(REF_PREFIX):] if value.startswith(REF_PREFIX) else value
