@@ -14,8 +14,6 @@ import (
 	"github.com/kolo/xmlrpc"
 )
 
-type any = interface{}
-
 // XenAPIError is a Failure reply: ErrorDescription is the code and its parameters.
 type XenAPIError struct{ Description []string }
 
