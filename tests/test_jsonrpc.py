@@ -98,3 +98,14 @@ def test_malformed_requests_are_http_400(server, body):
     status, _, text = _post(server, body)
     assert status == 400 and "not a JSON-RPC request" in text
     assert _login(server).startswith("OpaqueRef:")  # and the server goes on serving
+
+
+def test_a_large_body_is_answered_too(server):
+    """Bodies over 256 KiB are parsed off the event loop; the answer is the same."""
+    s = _login(server)
+    host = _v2(server, "host.get_all", s)["result"][0]
+    big = "x" * (300 << 10)
+    assert _v2(server, "host.add_to_other_config", s, host, "big", big)["result"] == ""
+    assert len(_v2(server, "host.get_other_config", s, host)["result"]["big"]) == 300 << 10
+    status, _, text = _post(server, b"[" * 10 + b" " * (300 << 10))
+    assert status == 400 and "not a JSON-RPC request" in text

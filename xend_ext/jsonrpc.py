@@ -14,6 +14,7 @@ and each field given its declared type. A request that is not JSON-RPC is HTTP 4
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import inspect
 import json
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "application/json"
 ERROR_CODE = 1  # XAPI's: the error's code is never used, and some clients take 0 for "no error"
 RECORDS = ("get_all_records", "get_all_records_where")
+PARSE_IN_THREAD = 256 << 10  # bodies larger than this are parsed off the loop (as server.py does)
 
 
 class Malformed(ValueError):
@@ -40,10 +42,21 @@ class Malformed(ValueError):
 def handle(dispatcher: Dispatcher, request: Request) -> Response | Awaitable[Response]:
     if request.method != "POST":
         return 405, "text/plain", b"JSON-RPC needs POST\n"
+    if len(request.body) > PARSE_IN_THREAD:
+        return _handle_large(dispatcher, request.body)
     try:
-        version, method, params, ident = parse(request.body)
+        call = parse(request.body)
     except Malformed as exc:
-        return 400, "text/plain; charset=utf-8", f"not a JSON-RPC request: {exc}\n".encode()
+        return _malformed(exc)
+    return _answer(dispatcher, call)
+
+
+def _malformed(exc: Malformed) -> Response:
+    return 400, "text/plain; charset=utf-8", f"not a JSON-RPC request: {exc}\n".encode()
+
+
+def _answer(dispatcher: Dispatcher, call: tuple[int, str, tuple, Any]) -> Response | Awaitable[Response]:
+    version, method, params, ident = call
     result = dispatcher.call(method, params)
     if inspect.isawaitable(result):
         return _later(dispatcher, result, version, method, ident)
@@ -52,6 +65,16 @@ def handle(dispatcher: Dispatcher, request: Request) -> Response | Awaitable[Res
 
 async def _later(dispatcher: Dispatcher, pending: Awaitable, version: int, method: str, ident: Any) -> Response:
     return _reply(dispatcher, await pending, version, method, ident)
+
+
+async def _handle_large(dispatcher: Dispatcher, body: bytes) -> Response:
+    """Big bodies are parsed off the loop, as the XML-RPC ones are, so other clients are not held up."""
+    try:
+        call = await asyncio.get_running_loop().run_in_executor(None, parse, body)
+    except Malformed as exc:
+        return _malformed(exc)
+    answer = _answer(dispatcher, call)
+    return (await answer) if inspect.isawaitable(answer) else answer
 
 
 def parse(body: bytes) -> tuple[int, str, tuple, Any]:
