@@ -130,7 +130,8 @@ def _class(data: dict, name: str, cls: dict) -> str:
              "| field | type | qualifier | doc |", "|---|---|---|---|"]
     for fname, f in cls["fields"].items():
         lines.append(f"| `{fname}` | {_type(data, f['type'])} | {f['qualifier']} | {_cell(f['doc'])} |")
-    lines += ["", "## Messages\n"]
+    lines += ["", "## Messages\n", "`name?` marks an optional parameter. The errors are every code the message can "
+              "answer ([errors.md](errors.md) gives their parameters).\n"]
     for mname, m in cls["messages"].items():
         params = [("session", "session ref")] if m["session"] else []
         params += [(p["name"] + ("?" if p["optional"] else ""), p["type"]) for p in m["params"]]
