@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean system-deps libvirt-deps
+.PHONY: run test bench lint clean system-deps libvirt-deps client-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,22 @@ run: $(VENV)/.installed
 	$(BIN)/xend-ext serve --state-dir var/state --backend sim
 
 # curl is what the shell example and the README's curl session use.
-system-deps:
+system-deps: client-deps
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends curl)
 	@scripts/realxen/install-deps.sh && scripts/realxen/build.sh  # the real-Xen stage: QEMU, Xen 4.17, a dom0 kernel
+
+# The example clients in other languages (examples/clients/, run by tests/test_examples.py): Go with
+# kolo/xmlrpc, Java with aXMLRPC, Perl with RPC::XML from Debian; Node with npm's xmlrpc. Only what
+# is missing is installed (Node and npm are looked for as commands: they may come from elsewhere).
+CLIENT_DEBS := golang-go golang-github-kolo-xmlrpc-dev default-jdk-headless libaxmlrpc-java perl librpc-xml-perl
+client-deps:
+	@missing=$$(for p in $(CLIENT_DEBS); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | \
+	  grep -qx installed || echo $$p; done; command -v node >/dev/null || echo nodejs; \
+	  command -v npm >/dev/null || echo npm); \
+	[ -z "$$missing" ] || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing)
+	@[ -d examples/clients/node/node_modules/xmlrpc ] || \
+	  (cd examples/clients/node && npm ci --silent --no-audit --no-fund)
 
 libvirt-deps:
 	@pkg-config --exists libvirt 2>/dev/null || (apt-get update -qq && \

@@ -43,7 +43,7 @@ def test_checked_in_schema_matches_the_declarations():
 
 
 def test_checked_in_api_description_matches_the_declarations():
-    """schemas/xenapi.json is generated: regenerate with `xend-ext describe > schemas/xenapi.json`."""
+    """schemas/xenapi.json is generated: regenerate with `python -m xend_ext.apidoc` (with docs/api/)."""
     generated = json.dumps(describe(build_registry()), indent=1, sort_keys=True) + "\n"
     checked_in = resources.files("schemas").joinpath("xenapi.json").read_text(encoding="utf-8")
     assert checked_in == generated

@@ -455,7 +455,7 @@ def test_wrong_argument_types(kit):
     assert fails(proxy.VM.pause(s, host))[:2] == ["HANDLE_INVALID", "VM"]
     assert fails(proxy.VM.save(s, vm, ["not", "a", "string"])) == ["FIELD_TYPE_ERROR", "path"]
     assert fails(proxy.VM.migrate(s, vm, "http://127.0.0.1:1/", "maybe")) == ["FIELD_TYPE_ERROR", "live"]
-    assert fails(proxy.VM.restore(s, 5, False))[0] == "FIELD_TYPE_ERROR"
+    assert fails(proxy.VM.restore(s, True, False))[0] == "FIELD_TYPE_ERROR"  # (a number would be read as text)
     assert ok(proxy.VM.get_power_state(s, vm)) == "Halted"
     # the bare uuid is accepted wherever a ref is (xend clients)
     uuid = ok(proxy.VM.get_uuid(s, vm))

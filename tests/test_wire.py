@@ -110,7 +110,7 @@ def test_ints_are_strings_on_the_wire(server):
     conn.request("POST", "/RPC2", body, {"Content-Type": "text/xml"})
     text = conn.getresponse().read().decode()
     assert "<int>" not in text and "<i4>" not in text and "<i8>" not in text
-    assert "<name>API_version_major</name><value>2</value>" in text
+    assert "<name>API_version_major</name><value><string>2</string></value>" in text
     # and inputs accept both an int and a decimal string
     cpu_numbers = ok(proxy.host_cpu.get_all_records_where(s, 'field "number"="3"'))
     assert len(cpu_numbers) == 1
@@ -119,7 +119,7 @@ def test_ints_are_strings_on_the_wire(server):
 def test_wrong_types(server):
     proxy, s = server.login()
     host = ok(proxy.host.get_all(s))[0]
-    assert fails(proxy.host.set_name_label(s, host, 42)) == ["FIELD_TYPE_ERROR", "value"]
+    assert fails(proxy.host.set_name_label(s, host, True)) == ["FIELD_TYPE_ERROR", "value"]
     assert fails(proxy.host.set_other_config(s, host, ["a"])) == ["FIELD_TYPE_ERROR", "value"]
     assert fails(proxy.host.get_record(s, 12)) == ["FIELD_TYPE_ERROR", "self"]
     assert fails(proxy.host.get_all_records_where(s, {"x": 1})) == ["FIELD_TYPE_ERROR", "expr"]
@@ -201,7 +201,7 @@ def test_async_task(server):
         events = getattr(session.xenapi.event, "from")(["task/" + task], events["token"], 5.0)
     assert rec["status"] == "success"
     assert rec["progress"] == 1.0
-    assert rec["result"].startswith("<value>") and "<value>host.get_record</value>" in rec["result"]
+    assert rec["result"].startswith("<value>") and "<value><string>host.get_record</string></value>" in rec["result"]
     assert rec["owner"] == "root"
     session.xenapi.task.destroy(task)
     with pytest.raises(XenAPI.Failure) as err:
@@ -284,3 +284,72 @@ def test_shared_reply_is_the_reply_of_its_own_value():
         reply = dumps_response(success(value))
         assert xmlrpc.client.loads(reply)[0][0] == expected
     assert dumps_response(success(first)) is dumps_response(success(first))  # made once, not per watcher
+
+
+# -- liberal in what it reads, strict in what it sends (docs/api/wire.md) ---------------------
+
+def _post(server, body: str, path: str = "/RPC2") -> tuple[int, str]:
+    url = urllib.parse.urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    conn.request("POST", path, body.encode(), {"Content-Type": "text/xml"})
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode()
+
+
+def _call(method: str, *values: str) -> str:
+    """A methodCall written by hand, each param's <value> content as given (as other languages send them)."""
+    params = "".join(f"<param><value>{v}</value></param>" for v in values)
+    return (f"<?xml version='1.0'?><methodCall xmlns:ex='http://ws.apache.org/xmlrpc/namespaces/extensions'>"
+            f"<methodName>{method}</methodName><params>{params}</params></methodCall>")
+
+
+def test_every_string_is_sent_typed(server):
+    """Go's kolo/xmlrpc and Java's aXMLRPC refuse a bare <value>text</value>: none is sent, in a
+    plain reply, a cached record, a failure or a task's record."""
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    for body in (_call("host.get_record", f"<string>{s}</string>", f"<string>{host}</string>"),
+                 _call("host.get_all_records", f"<string>{s}</string>"),
+                 _call("host.get_name_label", f"<string>{s}</string>", f"<string>{host}</string>"),
+                 _call("host.get_record", f"<string>{s}</string>", "<string>OpaqueRef:nope</string>")):
+        status, text = _post(server, body)
+        assert status == 200
+        bare = [v for v in text.split("<value>")[1:] if not v.startswith("<")]
+        assert bare == [], bare[:3]
+    assert "<value><string>Success</string></value>" in text or "Failure" in text
+
+
+def test_a_string_parameter_takes_a_number_as_the_text_it_was_sent_with(server):
+    """Perl's RPC::XML sends "1.0" as <double> and "007" or "6" as <int>."""
+    status, text = _post(server, _call("session.login_with_password", "<string>root</string>", "<string></string>",
+                                       "<double>1.0</double>", "<string>perl</string>"))
+    assert status == 200 and "Success" in text, text
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    for sent, read in (("<int>007</int>", "007"), ("<i4>6</i4>", "6"), ("<i8>12</i8>", "12"),
+                       ("<double>1.50</double>", "1.50"), ("<ex:i8>9</ex:i8>", "9")):
+        status, text = _post(server, _call("host.set_name_label", f"<string>{s}</string>", f"<string>{host}</string>",
+                                           sent))
+        assert status == 200 and "Success" in text, text
+        assert ok(proxy.host.get_name_label(s, host)) == read
+    # an int parameter still reads a number as a number, and a bool is not a string
+    assert fails(proxy.host.set_name_label(s, host, False)) == ["FIELD_TYPE_ERROR", "value"]
+
+
+def test_nil_is_the_empty_value_of_the_parameter_type(server):
+    proxy, s = server.login()
+    host = ok(proxy.host.get_all(s))[0]
+    for nil in ("<nil/>", "<ex:nil/>"):
+        status, text = _post(server, _call("host.get_all", nil))
+        assert status == 200, text
+        assert xmlrpc.client.loads(text)[0][0]["ErrorDescription"] == ["SESSION_INVALID", "OpaqueRef:NULL"]
+        status, text = _post(server, _call("host.set_name_label", f"<string>{s}</string>", f"<string>{host}</string>",
+                                           nil))
+        assert status == 200 and "Success" in text, text
+        assert ok(proxy.host.get_name_label(s, host)) == ""
+        status, text = _post(server, _call("host.set_other_config", f"<string>{s}</string>",
+                                           f"<string>{host}</string>", nil))
+        assert "Success" in text and ok(proxy.host.get_other_config(s, host)) == {}
+        # a reference that may not be empty: the null ref is not an object
+        status, text = _post(server, _call("host.get_record", f"<string>{s}</string>", nil))
+        assert xmlrpc.client.loads(text)[0][0]["ErrorDescription"] == ["HANDLE_INVALID", "host", "OpaqueRef:NULL"]

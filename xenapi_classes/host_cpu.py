@@ -13,8 +13,8 @@ host_cpu = XenAPIClass(
     [
         Field("host", T.Ref("host"), RO, doc="the host the CPU is in"),
         Field("number", T.Int, RO, doc="the CPU number the hypervisor uses"),
-        Field("vendor", T.String, RO),
-        Field("modelname", T.String, RO),
+        Field("vendor", T.String, RO, doc="the CPU's vendor, as the host reports it"),
+        Field("modelname", T.String, RO, doc="the CPU's model name, as the host reports it"),
         Field("speed", T.Int, RO, doc="MHz"),
         Field("numa_node", T.Int, RO, doc="the NUMA node the CPU belongs to"),
         Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=lambda db, cpu: host_cpu_pool(db, cpu),

@@ -29,7 +29,7 @@ session = XenAPIClass(
         Field("originator", T.String, RO, doc="what the client said it is"),
         Field("last_active", T.DateTime, RO, default=_now, doc="time of the last call"),
         Field("validation_time", T.DateTime, RO, default=_now, doc="time of the login"),
-        Field("is_local_superuser", T.Bool, RO),
+        Field("is_local_superuser", T.Bool, RO, doc="whether the session has the pool-admin role"),
     ],
     default_role=READ_ONLY,
     persist=False,

@@ -33,6 +33,13 @@ RO = "DynamicRO"  # maintained by the server
 
 REQUIRED = object()  # a create record must give this field
 
+#: The doc of the fields many classes have, unless a class says more.
+COMMON_DOCS = {
+    "name_label": "a short name",
+    "name_description": "a longer description",
+    "other_config": "free-form pairs for clients; the server does not read them",
+}
+
 
 def role_rank(role: str) -> int:
     return ROLES.index(role)
@@ -128,6 +135,7 @@ class XenAPIClass:
         self.generic = generic
         self.fields: dict[str, Field] = {"uuid": Field("uuid", T.String, RO, doc="unique identifier")}
         for f in fields:
+            f.doc = f.doc or COMMON_DOCS.get(f.name, "")
             self.fields[f.name] = f
         self.messages: dict[str, Message] = {}
         # hooks a class module may set: who may see an object (default: everybody), and what
@@ -437,7 +445,11 @@ WRITE_ERROR = "STORE_WRITE_FAILED"
 
 
 def describe(registry: Registry) -> dict:
-    """The API as data (schemas/xenapi.json): for clients in other languages and for docs."""
+    """The API as data (schemas/xenapi.json): for clients in other languages and for docs
+    (xend_ext.apidoc writes docs/api/ from it). A message's errors are every code it can answer
+    (xend_ext.errors derives them from the code); ``errors`` at the top is the catalogue."""
+    from .errors import catalogue, message_errors
+
     classes = {}
     for cls in sorted(registry.classes.values(), key=lambda c: c.name):
         classes[cls.name] = {
@@ -456,11 +468,31 @@ def describe(registry: Registry) -> dict:
                     "role": m.role,
                     "async": m.async_ok and m.session,
                     "session": m.session,
-                    "errors": list(m.errors) + ([WRITE_ERROR] if m.role != READ_ONLY else []),
+                    "errors": message_errors(registry, cls, m),
                     "capability": m.capability,
                     "doc": m.doc,
                 }
                 for m in sorted(cls.messages.values(), key=lambda m: m.name)
             },
         }
-    return {"roles": list(ROLES), "classes": classes}
+    return {"roles": list(ROLES), "classes": classes, "enums": _enums(registry), "errors": catalogue()}
+
+
+def _enums(registry: Registry) -> dict[str, list[str]]:
+    """Every enum type of a field or a parameter: its name and values."""
+    found: dict[str, list[str]] = {}
+
+    def visit(kind: T.Type) -> None:
+        if isinstance(kind, T.EnumType):
+            found[kind.name] = list(kind.values)
+        for part in (getattr(kind, "item", None), getattr(kind, "key", None), getattr(kind, "value", None)):
+            if isinstance(part, T.Type):
+                visit(part)
+
+    for cls in registry.classes.values():
+        for f in cls.fields.values():
+            visit(f.type)
+        for m in cls.messages.values():
+            for p in m.params:
+                visit(p.type)
+    return dict(sorted(found.items()))

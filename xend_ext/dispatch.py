@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .datamodel import ROLES, WRITE_ERROR, Message, XenAPIClass, role_rank
 from .model import Change, current_change
 from .store import StoreError, WriteRefused
-from .wire import XenAPIError, failure, success
+from .wire import NULL_REF, XenAPIError, failure, success
 
 if TYPE_CHECKING:
     from .datamodel import Registry
@@ -243,7 +243,7 @@ class Dispatcher:
         if msg.session:
             session_ref = params[0]
             if not isinstance(session_ref, str):
-                raise XenAPIError("SESSION_INVALID", str(session_ref))
+                raise XenAPIError("SESSION_INVALID", NULL_REF if session_ref is None else str(session_ref))
             ctx.session = self.registry.check_session(ctx, session_ref)
             ctx.role = ctx.session.values["role"]
             if _RANK[ctx.role] < _RANK[msg.role]:

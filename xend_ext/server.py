@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import migration, wire
+from . import jsonrpc, migration, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -229,6 +229,8 @@ class Server:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
         if request.path == "/import":
             return migration.finish(request)
+        if request.path == "/jsonrpc":
+            return jsonrpc.handle(self.dispatcher, request)
         if request.path not in ("/", "/RPC2"):
             return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
         if request.method != "POST":

@@ -10,7 +10,7 @@ import datetime as _dt
 import re
 from typing import TYPE_CHECKING, Any
 
-from .wire import NULL_REF, XenAPIError, format_datetime
+from .wire import NULL_REF, XenAPIError, format_datetime, number_text
 
 if TYPE_CHECKING:
     from .model import Database
@@ -49,11 +49,18 @@ def _type_error(field: str) -> XenAPIError:
 
 
 class StringType(Type):
+    """Also what clients send for a string (docs/api/wire.md): a number as the text it was sent
+    with, nil as the empty string."""
+
     name = "string"
 
     def coerce(self, value, db, field):
         if isinstance(value, str):
             return value
+        if value is None:
+            return ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return number_text(value)
         raise _type_error(field)
 
 
@@ -66,7 +73,7 @@ class IntType(Type):
         if isinstance(value, bool):
             raise _type_error(field)
         if isinstance(value, int):
-            number = value
+            number = int(value)
         elif isinstance(value, str) and _INT_RE.match(value.strip()):
             number = int(value.strip())
         else:
@@ -178,7 +185,9 @@ class RefType(Type):
         self.name = f"{target} ref"
 
     def coerce(self, value, db, field):
-        if not isinstance(value, str):
+        if value is None:  # nil: no reference
+            value = NULL_REF
+        elif not isinstance(value, str):
             raise _type_error(field)
         if value == NULL_REF and self.nullable:
             return NULL_REF
@@ -200,6 +209,8 @@ class SetType(Type):
         return []
 
     def coerce(self, value, db, field):
+        if value is None:  # nil: the empty set
+            return []
         if not isinstance(value, (list, tuple)):
             raise _type_error(field)
         out: list = []
@@ -235,6 +246,8 @@ class MapType(Type):
         return {}
 
     def coerce(self, value, db, field):
+        if value is None:  # nil: the empty map
+            return {}
         if not isinstance(value, dict):
             raise _type_error(field)
         return {self.key.coerce(k, db, field): self.value.coerce(v, db, field) for k, v in value.items()}

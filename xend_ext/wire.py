@@ -2,7 +2,13 @@
 
 Every reply is a struct with ``Status``; API-level errors never become XML-RPC faults, because
 the official clients only understand ``ErrorDescription``. Integers travel as decimal strings
-(Xen-API ints are 64-bit, XML-RPC's ``<int>`` is 32-bit).
+(Xen-API ints are 64-bit, XML-RPC's ``<int>`` is 32-bit), and every string is sent typed,
+``<value><string>…</string></value>``: Go's kolo/xmlrpc and Java's aXMLRPC refuse a bare value.
+
+Liberal in what it reads (docs/api/wire.md): ``<int>``/``<i8>``/``<double>`` keep the text they were
+sent with (:class:`WireInt`, :class:`WireFloat`), so a string parameter given as a number reads
+as that text (Perl sends ``"1.0"`` as a double and ``"007"`` as an int); ``<nil/>`` and Apache's
+``<ex:nil/>`` read as None, the empty value of the parameter's type (xend_ext.types).
 """
 
 from __future__ import annotations
@@ -35,6 +41,31 @@ class XenAPIError(Exception):
 
     def __str__(self) -> str:
         return " ".join([self.code, *self.params])
+
+
+class WireInt(int):
+    """An ``<int>``/``<i8>`` as sent: a number that remembers its text ("007")."""
+
+    def __new__(cls, text: str) -> WireInt:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+
+class WireFloat(float):
+    """A ``<double>`` as sent: a number that remembers its text ("1.0", "6")."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> WireFloat:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+
+def number_text(value: int | float) -> str:
+    """The text a number was sent as (a string parameter given as a number means that text)."""
+    return getattr(value, "text", None) or str(value)
 
 
 class BadRequest(Exception):
@@ -87,13 +118,13 @@ _ENCODED = (Encoded, EncodedParts)
 def _dump(value: Any, out: list[str]) -> None:
     """One pass from Python values to XML-RPC text, applying the Xen-API rules on the way.
 
-    Strings go out as untyped ``<value>`` (XAPI's form; every client reads it as a string), ints
-    as decimal strings, map keys as strings. Everything is appended to ``out`` (one join at the
+    Strings go out as ``<string>`` (typed: strict clients refuse bare values), ints as decimal
+    strings, map keys as strings. Everything is appended to ``out`` (one join at the
     end); strings inside structs and arrays, the common case, are written without a call.
     """
     kind = type(value)
     if kind is str:
-        out.append("<value>" + escape(value) + "</value>")
+        out.append("<value><string>" + escape(value) + "</string></value>")
     elif kind is Encoded:
         out.append(value)
     elif kind is EncodedParts:
@@ -107,24 +138,24 @@ def _dump(value: Any, out: list[str]) -> None:
         append("<value><array><data>")
         for item in value:
             if type(item) is str:
-                append("<value>" + escape(item) + "</value>")
+                append("<value><string>" + escape(item) + "</string></value>")
             else:
                 _dump(item, out)
         append("</data></array></value>")
     elif kind is bool:
         out.append("<value><boolean>1</boolean></value>" if value else "<value><boolean>0</boolean></value>")
     elif kind is int:
-        out.append(f"<value>{value:d}</value>")
+        out.append(f"<value><string>{value:d}</string></value>")
     elif kind is float:
         out.append("<value><double>" + repr(value) + "</double></value>")
     elif isinstance(value, _dt.datetime):
         out.append("<value><dateTime.iso8601>" + format_datetime(value) + "</dateTime.iso8601></value>")
     elif value is None:
-        out.append("<value></value>")
+        out.append("<value><string></string></value>")
     elif isinstance(value, (set, frozenset)):
         _dump(list(value), out)
     elif isinstance(value, int):  # int subclasses
-        out.append(f"<value>{value:d}</value>")
+        out.append(f"<value><string>{value:d}</string></value>")
     elif isinstance(value, str):
         _dump(str(value), out)
     else:
@@ -136,7 +167,7 @@ def _members(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
     for key, item in items:
         name = escape(key if type(key) is str else str(key))
         if type(item) is str:
-            append("<member><name>" + name + "</name><value>" + escape(item) + "</value></member>")
+            append("<member><name>" + name + "</name><value><string>" + escape(item) + "</string></value></member>")
         else:
             append("<member><name>" + name + "</name>")
             _dump(item, out)
@@ -144,7 +175,10 @@ def _members(items: Iterable[tuple[Any, Any]], out: list[str]) -> None:
 
 
 def dump_value(value: Any) -> str:
-    """The XML-RPC text of one value (a task's ``result`` holds this, as in XAPI)."""
+    """The XML-RPC text of one value (a task's ``result`` holds this, as in XAPI). A ref or other
+    string is written as XAPI writes it there, ``<value>OpaqueRef:…</value>``: clients strip the tags."""
+    if type(value) is str:
+        return "<value>" + escape(value) + "</value>"
     out: list = []
     _dump(value, out)
     return _joined(out).decode("utf-8")
@@ -265,13 +299,13 @@ class _RequestTarget:
 
     def _int(self, text: str) -> None:
         try:
-            self._typed(int(text.strip()))
+            self._typed(WireInt(text.strip()))
         except ValueError:
             raise BadRequest(f"bad integer {text[:40]!r}") from None
 
     def _double(self, text: str) -> None:
         try:
-            self._typed(float(text.strip()))
+            self._typed(WireFloat(text.strip()))
         except ValueError:
             raise BadRequest(f"bad double {text[:40]!r}") from None
 
@@ -333,6 +367,12 @@ _END: dict[str, Callable[[_RequestTarget, str], None]] = {
     "dateTime.iso8601": _RequestTarget._datetime,
     "base64": _RequestTarget._base64,
     "nil": lambda self, text: self._typed(None),
+    # Apache XML-RPC's extensions (namespace http://ws.apache.org/xmlrpc/namespaces/extensions)
+    "ex:nil": lambda self, text: self._typed(None),
+    "ex:i1": _RequestTarget._int,
+    "ex:i2": _RequestTarget._int,
+    "ex:i8": _RequestTarget._int,
+    "ex:float": _RequestTarget._double,
     "array": _RequestTarget._array,
     "struct": _RequestTarget._struct,
     "name": _RequestTarget._name,
@@ -456,6 +496,14 @@ def loads_request(body: bytes, max_depth: int = 64, fast: bool = True) -> tuple[
     if target.marks:
         raise BadRequest("unbalanced array or struct")
     return target.method, tuple(target.values)
+
+
+def loads_value(text: bytes) -> Any:
+    """One value read back from the XML-RPC text this module wrote (JSON-RPC replies reuse the
+    records encoded once for XML-RPC): strings stay strings, as they were sent."""
+    method, (value,) = loads_request(b"<methodCall><methodName>v</methodName><params><param>" + text
+                                     + b"</param></params></methodCall>", max_depth=1 << 10)
+    return value
 
 
 def strip_ref(value: str) -> str:
