@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from . import alloc, cpupool, domain, events, groups, host, misc, sched, sdom
-from .args import Exclusive, UsageError, flush_notes
+from .args import Exclusive, UsageError, arg, flush_notes
 from .client import Client
 from .connection import CliError, XenAPIFailure, catch_interrupts, default_url, forget_interrupt, read_conf
 from .errors import explain
@@ -18,26 +18,32 @@ from .errors import explain
 GROUPS = (host, domain, misc, sched, alloc, cpupool, sdom, groups, events)
 
 
-def _describe(func) -> tuple[str, str]:
+def describe(func) -> tuple[str, str]:
     """(one-line help, description) from the command's docstring: command docstrings are written
     for the user, so ``xm CMD --help`` and the code say the same thing."""
     doc = inspect.cleandoc(func.__doc__ or "")
     return (doc.splitlines()[0] if doc else ""), doc
 
 
+GLOBAL_OPTIONS = [
+    arg("--url", help="http(s)://host:port/ or a Unix socket path (default $XM_URL, ~/.xm.conf, then the "
+        "server's default socket: /run/xend-ext/xen-api.sock for root, $XDG_RUNTIME_DIR/xend-ext/xen-api.sock "
+        "for others, <dir>/xen-api.sock with $XEND_EXT_STATE=<dir>)"),
+    arg("-u", "--user", help="user name (default $XM_USER or root)"),
+    arg("-p", "--password", help="password (default $XM_PASSWORD or empty)"),
+    arg("-k", "--insecure", action="store_true", help="do not verify the server's certificate"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xm", description="Manage a xend-ext server.")
     parser.add_argument("--version", action="version", version=f"xm (xend-ext) {__version__}")
-    parser.add_argument("--url", help="http(s)://host:port/ or a Unix socket path (default $XM_URL, "
-                        "~/.xm.conf, then the server's default socket: /run/xend-ext/xen-api.sock for "
-                        "root, $XDG_RUNTIME_DIR/xend-ext/xen-api.sock otherwise)")
-    parser.add_argument("-u", "--user", help="user name (default $XM_USER or root)")
-    parser.add_argument("-p", "--password", help="password (default $XM_PASSWORD or empty)")
-    parser.add_argument("-k", "--insecure", action="store_true", help="do not verify the server's certificate")
+    for flags, options in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **options)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         for name, (func, arguments) in group.COMMANDS.items():
-            summary, description = _describe(func)
+            summary, description = describe(func)
             cmd = sub.add_parser(name, help=summary, description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
             for spec in arguments:
