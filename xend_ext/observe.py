@@ -10,14 +10,13 @@ fsyncs) is read when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
-import bisect
-import inspect
 import logging
 import logging.handlers
 import queue
 import time
-from collections import Counter
+from bisect import bisect_left
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from . import __version__
@@ -36,19 +35,20 @@ class Observer:
         self.gates = gates
         self.inner = dispatcher.call
         registry = dispatcher.registry
-        #: messages whose calls are audited: every one a read-only session may not make
-        self.mutating = frozenset(name for name, (_cls, msg) in registry.methods.items() if msg.role != READ_ONLY)
-        self.calls: Counter[str] = Counter()  # by method
-        self.errors: Counter[str] = Counter()  # by error code
+        #: messages whose calls are audited (and their Async. forms): every one a read-only session may not make
+        mutating = {name for name, (_cls, msg) in registry.methods.items() if msg.role != READ_ONLY}
+        self.mutating = frozenset(mutating | {"Async." + name for name in mutating})
+        self.calls: dict[str, int] = {}  # by method
+        self.errors: dict[str, int] = {}  # by error code
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.latency_sum = 0.0
         dispatcher.call = self.call
 
     # -- the hot path ------------------------------------------------------------------------
     def call(self, method: str, params: tuple):
-        start = time.perf_counter()
+        start = perf_counter()
         result = self.inner(method, params)
-        if inspect.isawaitable(result):
+        if result.__class__ is not tuple:  # an awaitable: the call finishes later
             return self._later(method, params, result, start)
         self._count(method, params, result[0], start)
         return result
@@ -59,21 +59,22 @@ class Observer:
         return result
 
     def _count(self, method: str, params: tuple, reply: Any, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        self.buckets[bisect.bisect_left(BUCKETS, elapsed)] += 1
+        elapsed = perf_counter() - start
+        self.buckets[bisect_left(BUCKETS, elapsed)] += 1
         self.latency_sum += elapsed
-        self.calls[method] += 1
-        failed = isinstance(reply, dict) and reply.get("Status") == "Failure"
+        calls = self.calls
+        calls[method] = calls.get(method, 0) + 1
+        failed = reply.__class__ is dict and reply.get("Status") == "Failure"
         if failed:
-            self.errors[(reply.get("ErrorDescription") or ["?"])[0]] += 1
-        name = method.removeprefix("Async.")
-        if name in self.mutating:
-            self._audit(name, method, params, reply, failed)
-        elif failed and name in LOGINS:
+            code = (reply.get("ErrorDescription") or ["?"])[0]
+            self.errors[code] = self.errors.get(code, 0) + 1
+        if method in self.mutating:
+            self._audit(method, params, reply, failed)
+        elif failed and method in LOGINS:
             user = params[0] if params and isinstance(params[0], str) else "?"
             audit_log.info("user=%s call=%s result=%s", _word(user), method, _outcome(reply))
 
-    def _audit(self, name: str, method: str, params: tuple, reply: Any, failed: bool) -> None:
+    def _audit(self, method: str, params: tuple, reply: Any, failed: bool) -> None:
         """who (the session's user), what (the call and the object it names), the result."""
         session = self.services.db.find(params[0]) if params and isinstance(params[0], str) else None
         user = session.values.get("this_user") if session is not None else None
