@@ -1,12 +1,18 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', Path(__file__).with_name("xend_ext").joinpath("__init__.py")
+                    .read_text()).group(1)
 
 setup(
     name="xend-ext",
-    version="0.1.0",
+    version=VERSION,
     description="A Xen-API server with CPU pools, VM groups, scheduling domains and a runtime policy manager",
     python_requires=">=3.11",
-    packages=find_packages(include=["xend_ext", "xend_ext.*", "xenapi_classes", "xenapi_classes.*", "schemas", "bench"]),
-    package_data={"schemas": ["*.rng", "*.json"]},
+    # only the server and its class declarations: bench/, schemas/ and tests/ stay in the source tree
+    packages=find_packages(include=["xend_ext", "xend_ext.*", "xenapi_classes", "xenapi_classes.*"]),
     install_requires=[
         "httptools>=0.6",
         "defusedxml>=0.7",

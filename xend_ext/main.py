@@ -8,17 +8,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import sys
 from pathlib import Path
 
+from . import __version__, paths, settings
 from .auth import AuthError, set_password
 from .datamodel import ROLES
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("XEND_EXT_STATE", "./var/state"))
+    return paths.default_state_dir()
 
 
 # The HTTP layer's connection limits and deadlines: Config field (and flag), type, default, help.
@@ -42,15 +42,23 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xend-ext", description="A Xen-API server with CPU pools, VM groups, "
                      "scheduling domains and a runtime policy manager.")
+    parser.add_argument("--version", action="version", version=f"xend-ext {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the server")
+    parser.serve_parser = serve  # its flags are the settings a --config file may hold
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="settings file (TOML, keys named as these flags; flags given here override it; "
+                       "default $XEND_EXT_CONFIG; see contrib/xend-ext.toml)")
     serve.add_argument("--state-dir", type=Path, default=None,
-                       help="where the store lives (default ./var/state or $XEND_EXT_STATE)")
+                       help="where the store lives (default $XEND_EXT_STATE, else /var/lib/xend-ext for root, "
+                       "$XDG_STATE_HOME/xend-ext for others)")
     serve.add_argument("--listen", action="append", metavar="HOST:PORT",
                        help="TCP listener, repeatable; 'none' disables TCP (default 127.0.0.1:9363)")
     serve.add_argument("--unix", metavar="PATH",
-                       help="Unix socket (default <state dir>/xen-api.sock); 'none' disables it")
+                       help="Unix socket; 'none' disables it (default <state dir>/xen-api.sock when --state-dir or "
+                       "$XEND_EXT_STATE is given, else /run/xend-ext/xen-api.sock for root, "
+                       "$XDG_RUNTIME_DIR/xend-ext/xen-api.sock for others)")
     serve.add_argument("--backend", choices=["sim", "libvirt", "xl"], default="sim",
                        help="hypervisor backend: the simulated host, libvirt, or Xen's xl (default sim)")
     serve.add_argument("--libvirt-uri", metavar="URI",
@@ -86,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--image-dir", type=Path, default=None, metavar="DIR",
                        help="where VM.save, VM.restore and group save/restore read and write image files; "
                             "paths outside it are refused (default <state dir>/images)")
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       type=str.upper, help="the least severe log lines written (default INFO)")
+    serve.add_argument("--audit-log", metavar="PATH",
+                       help="file of the audit log: one line per change and per failed login (default <state "
+                       "dir>/audit.log); 'none' writes those lines to the main log instead")
     serve.add_argument("--verify-state", action="store_true",
                        help="validate the snapshot against the state schema as it loads (it always is when "
                             "written, and when loaded after an upgrade)")
@@ -131,12 +143,14 @@ def _config(args: argparse.Namespace):
     from .server import Config, parse_listen
 
     state_dir = (args.state_dir or default_state_dir()).absolute()
+    explicit_state = args.state_dir is not None or bool(os.environ.get("XEND_EXT_STATE"))
     listen_args = args.listen or ["127.0.0.1:9363"]
     listen = [] if listen_args == ["none"] else [parse_listen(x) for x in listen_args if x != "none"]
     if args.unix == "none":
         unix = None
     else:
-        unix = Path(args.unix).absolute() if args.unix else state_dir / "xen-api.sock"
+        default_socket = state_dir / paths.SOCKET if explicit_state else paths.default_socket()
+        unix = Path(args.unix).absolute() if args.unix else default_socket
     connections = {name: getattr(args, name) for name, *_ in CONNECTION_FLAGS}
     for name, value in connections.items():
         if value <= 0:
@@ -150,7 +164,9 @@ def _config(args: argparse.Namespace):
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
                   image_dir=(args.image_dir or state_dir / "images").absolute(),
-                  insecure_no_auth=args.insecure_no_auth, verify_state=args.verify_state, **connections)
+                  insecure_no_auth=args.insecure_no_auth, verify_state=args.verify_state,
+                  audit_log=None if args.audit_log == "none" else Path(args.audit_log or state_dir / "audit.log")
+                  .absolute(), **connections)
 
 
 class CannotStart(Exception):
@@ -167,6 +183,7 @@ async def _serve(config) -> int:
         await server.start()
     except (StoreError, BackendError) as exc:  # the lock held, damaged state, no hypervisor...
         raise CannotStart(str(exc)) from None
+    settings.notify_ready(", ".join(server.addresses))
     await server.serve_forever()
     return 0
 
@@ -181,7 +198,7 @@ def run_loop(coro) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="xend-ext: %(message)s", stream=sys.stderr)
+    settings.setup_logging(args.log_level)
     try:
         config = _config(args)
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +245,14 @@ def passwd(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            settings.apply_file(args, parser.serve_parser, sys.argv[1:] if argv is None else argv)
+        except settings.SettingsError as exc:
+            print(f"xend-ext: cannot start: {exc}", file=sys.stderr)
+            return 2
     commands = {"serve": serve, "passwd": passwd, "fsck": fsck, "schema": schema, "describe": describe}
     return commands[args.command](args)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import jsonrpc, migration, wire
+from . import jsonrpc, migration, observe, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -75,6 +75,7 @@ class Config:
     compact_min_bytes: int = 4 << 20
     image_dir: Path | None = None  # VM.save/restore files live here (None: <state dir>/images)
     verify_state: bool = False  # validate the snapshot against the schema on load too
+    audit_log: Path | None = None  # one line per change and failed login (None: into the main log)
 
 
 def make_backend(config: Config):
@@ -127,6 +128,8 @@ class Server:
                              max_pipelined=config.max_pipelined)
         self.stopping = asyncio.Event()
         self.addresses: list[str] = []
+        self.observer: observe.Observer | None = None
+        self._audit_writer = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,6 +148,8 @@ class Server:
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()
             self.dispatcher = Dispatcher(self.services)
+            self._audit_writer = observe.start_audit_log(self.config.audit_log)
+            self.observer = observe.Observer(self.dispatcher, self.services, self.gates)
             ctx = Context(self.services, "start")
             current_change.set(Change(live=True))  # reconciling records what the hypervisor has
             for hook in self.registry.on_start:
@@ -217,6 +222,7 @@ class Server:
             log.info("listening on %s (Xen-API over %s)", address, "HTTPS" if tls else "HTTP")
         if self.config.unix is not None:
             path = self.config.unix
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _remove_stale_socket(path)
             srv = await loop.create_unix_server(self._gate(str(path), config.unix_connections), str(path),
                                                backlog=BACKLOG)
@@ -227,6 +233,10 @@ class Server:
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
+        if request.path == "/metrics" and request.method == "GET":
+            return observe.handle_metrics(self.observer)
+        if request.path == "/" and request.method == "GET":
+            return observe.handle_index(self.addresses)
         if request.path == "/import":
             return migration.finish(request)
         if request.path == "/jsonrpc":
@@ -278,6 +288,8 @@ class Server:
         await self.store.close()
         if self.backend is not None:
             self.backend.close()
+        if self._audit_writer is not None:
+            self._audit_writer.stop()
         if self.config.unix is not None:
             _remove_stale_socket(self.config.unix)
         log.info("stopped")

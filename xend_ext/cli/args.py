@@ -47,3 +47,19 @@ def mode_arguments() -> Exclusive:
 def note(text: str) -> None:
     """Something the user should know that is not the command's output (so scripts can ignore it)."""
     print(text, file=sys.stderr)
+
+
+_ON_SUCCESS: list[str] = []
+
+
+def note_on_success(text: str) -> None:
+    """A note that is true only if the command succeeds ("the change is stored..."): said after it."""
+    _ON_SUCCESS.append(text)
+
+
+def flush_notes(succeeded: bool) -> None:
+    """Say the notes kept for success (when it succeeded), and forget them."""
+    if succeeded:
+        for text in _ON_SUCCESS:
+            note(text)
+    _ON_SUCCESS.clear()

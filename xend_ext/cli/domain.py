@@ -9,6 +9,7 @@ from . import domain_config, tasks
 from .args import MIB, Exclusive, UsageError, arg, note
 from .client import Client
 from .connection import CliError, XenAPIFailure
+from .errors import explain
 from .sxpout import dumps_json, pretty
 from .vms import Domain, find, find_ref, select
 
@@ -200,17 +201,38 @@ def start(client: Client, args) -> int:
 
 
 def shutdown(client: Client, args) -> int:
-    """Ask a running domain to power off.
+    """Ask a running domain (or, with -a, every running domain) to power off.
 
     Without -w, xm returns once the server has taken the request (refusals are still reported);
-    with -w it waits until the domain is halted.
+    with -w it waits until the domain is halted. -a leaves the control domain (Domain-0) alone.
     """
+    if args.all == bool(args.domain):
+        raise UsageError("name one domain, or give -a for all of them")
+    if args.all:
+        return _shutdown_all(client, args.wait)
     ref = find_ref(client, args.domain)
     status, _ = tasks.run(client, "VM.clean_shutdown", ref, label="shutting down",
                           wait=None if args.wait else SHUTDOWN_GRACE)
     if status == "pending":
         note(f"Domain '{args.domain}' is shutting down; 'xm shutdown -w' waits until it is halted.")
     return 0
+
+
+def _shutdown_all(client: Client, wait: bool) -> int:
+    """Every running or paused domain but Domain-0, each asked in turn (one refusal stops none)."""
+    failed = 0
+    for d in select(client, []):
+        if not d.live or d.record.get("is_control_domain"):
+            continue
+        try:
+            status, _ = tasks.run(client, "VM.clean_shutdown", d.ref, label=f"shutting down {d.name}",
+                                  wait=None if wait else SHUTDOWN_GRACE)
+        except XenAPIFailure as exc:
+            note(f"Error: {explain(exc, 'shutdown', client.names, client.about)}")
+            failed += 1
+            continue
+        note(f"Domain '{d.name}' {'is halted' if status != 'pending' else 'is shutting down'}.")
+    return 1 if failed else 0
 
 
 def _direct(method: str, doc: str):
@@ -284,12 +306,30 @@ def _public(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+DEFAULT_PORT = 9363  # xend-ext's Xen-API port, where a destination given without one listens
+
+
+def destination_url(text: str) -> str:
+    """``host``, ``host:port`` or a URL, as the URL of the other server (port 9363 when none is given)."""
+    url = text if "://" in text else "http://" + text
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"'{text}' has no valid port; give host:port or http(s)://host:port/") from None
+    if port is None and parts.hostname:
+        url = urllib.parse.urlunsplit((parts.scheme, f"{parts.netloc}:{DEFAULT_PORT}", parts.path or "/",
+                                       parts.query, parts.fragment))
+    return url
+
+
 def migrate(client: Client, args) -> int:
     """Move a running domain to another xend-ext server; it runs there and is gone from here.
 
-    URL is the other server's Xen-API address, http(s)://[user:password@]host:port/.
+    URL is the other server's Xen-API address, http(s)://[user:password@]host[:port]/, or just
+    host[:port]; the port is 9363 when none is given.
     """
-    url = args.destination if "://" in args.destination else "http://" + args.destination
+    url = destination_url(args.destination)
     d = find(client, args.domain, with_metrics=False)
     tasks.run(client, "VM.migrate", d.ref, url, bool(args.live), label="migrating")
     print(f"Domain '{d.name}' migrated to {_public(url)}.")
@@ -309,7 +349,9 @@ COMMANDS = {
     "new": (new, CONFIG_ARGS),
     "create": (create, [*CONFIG_ARGS, PAUSED]),
     "start": (start, [DOMAIN, PAUSED]),
-    "shutdown": (shutdown, [DOMAIN, arg("-w", "--wait", action="store_true", help="wait until it is halted")]),
+    "shutdown": (shutdown, [arg("domain", metavar="DOMAIN", nargs="?", help="name, uuid or (running) domain id"),
+                            arg("-a", "--all", action="store_true", help="every running domain but Domain-0"),
+                            arg("-w", "--wait", action="store_true", help="wait until it is (they are) halted")]),
     "destroy": (destroy, [DOMAIN]),
     "delete": (delete, [DOMAIN]),
     "reboot": (reboot, [DOMAIN]),
@@ -320,7 +362,7 @@ COMMANDS = {
     "save": (save, [DOMAIN, arg("file", metavar="FILE", help="path in the server's image directory"),
                     arg("-f", "--force", action="store_true", help="replace an existing file")]),
     "restore": (restore, [arg("file", metavar="FILE", help="path in the server's image directory"), PAUSED]),
-    "migrate": (migrate, [DOMAIN, arg("destination", metavar="URL", help="http(s)://[user:password@]host:port/ of the "
-                                                                  "other xend-ext server"),
+    "migrate": (migrate, [DOMAIN, arg("destination", metavar="URL", help="http(s)://[user:password@]host[:port]/ "
+                                      "of the other xend-ext server (port 9363 by default)"),
                           arg("-l", "--live", action="store_true", help="keep it running while it is copied")]),
 }

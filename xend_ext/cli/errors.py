@@ -161,6 +161,9 @@ def _allocation_refused(what: str, value: str, reason: str, ctx: Context) -> str
     if what in ("VCPUs", "VCPUs_at_startup") and limit:
         return (f"domain '{name}' cannot have {value} vCPUs: it has at most {limit} (its VCPUs_max, set when it "
                 "was defined; 'xm list -l' shows maxvcpus)")
+    if what.startswith("memory"):  # any other memory bound: the byte counts of the wire said in MiB
+        in_mib = re.sub(r"\b\d{6,}\b", lambda m: _mib(m.group()), reason)
+        return f"domain '{name}' cannot have {_mib(value)} of memory: {in_mib}"
     return ""
 
 

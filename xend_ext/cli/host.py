@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .args import arg
+from .sxpout import dumps_json
+
 MIB = 1 << 20
 
 
@@ -27,9 +30,12 @@ def info(conn, args) -> int:
         ("capabilities", " ".join(rec.get("capabilities", []))),  # what the backend can do (host.capabilities)
         ("xend_ext_server", conn.url),
     ]
+    if args.json:
+        print(dumps_json(dict(rows)))
+        return 0
     for key, value in rows:
         print(f"{key:<23}: {value}")
     return 0
 
 
-COMMANDS = {"info": (info, [])}
+COMMANDS = {"info": (info, [arg("--json", action="store_true", help="the same keys and values as JSON")])}

@@ -8,33 +8,42 @@ import os
 import sys
 from pathlib import Path
 
-from . import alloc, cpupool, domain, events, groups, host, sched, sdom
-from .args import Exclusive, UsageError
+from .. import __version__
+from . import alloc, cpupool, domain, events, groups, host, misc, sched, sdom
+from .args import Exclusive, UsageError, arg, flush_notes
 from .client import Client
-from .connection import CliError, XenAPIFailure, default_url, read_conf
+from .connection import CliError, XenAPIFailure, catch_interrupts, default_url, forget_interrupt, read_conf
 from .errors import explain
 
-GROUPS = (host, domain, sched, alloc, cpupool, sdom, groups, events)
+GROUPS = (host, domain, misc, sched, alloc, cpupool, sdom, groups, events)
 
 
-def _describe(func) -> tuple[str, str]:
+def describe(func) -> tuple[str, str]:
     """(one-line help, description) from the command's docstring: command docstrings are written
     for the user, so ``xm CMD --help`` and the code say the same thing."""
     doc = inspect.cleandoc(func.__doc__ or "")
     return (doc.splitlines()[0] if doc else ""), doc
 
 
+GLOBAL_OPTIONS = [
+    arg("--url", help="http(s)://host:port/ or a Unix socket path (default $XM_URL, ~/.xm.conf, then the "
+        "server's default socket: /run/xend-ext/xen-api.sock for root, $XDG_RUNTIME_DIR/xend-ext/xen-api.sock "
+        "for others, <dir>/xen-api.sock with $XEND_EXT_STATE=<dir>)"),
+    arg("-u", "--user", help="user name (default $XM_USER or root)"),
+    arg("-p", "--password", help="password (default $XM_PASSWORD or empty)"),
+    arg("-k", "--insecure", action="store_true", help="do not verify the server's certificate"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xm", description="Manage a xend-ext server.")
-    parser.add_argument("--url", help="http(s)://host:port/ or a Unix socket path "
-                        "(default $XM_URL, ~/.xm.conf, then ./var/state/xen-api.sock)")
-    parser.add_argument("-u", "--user", help="user name (default $XM_USER or root)")
-    parser.add_argument("-p", "--password", help="password (default $XM_PASSWORD or empty)")
-    parser.add_argument("-k", "--insecure", action="store_true", help="do not verify the server's certificate")
+    parser.add_argument("--version", action="version", version=f"xm (xend-ext) {__version__}")
+    for flags, options in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **options)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         for name, (func, arguments) in group.COMMANDS.items():
-            summary, description = _describe(func)
+            summary, description = describe(func)
             cmd = sub.add_parser(name, help=summary, description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
             for spec in arguments:
@@ -79,6 +88,28 @@ def _learn_pool(client: Client, failure: XenAPIFailure) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Output cut short by its reader (``xm list | head -1``) ends the command
+    quietly with 141, the status of a process SIGPIPE ended, as other Unix tools do."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        _discard_output()
+        return 141
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null, so the interpreter's last flush finds no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    os.close(devnull)
+
+
+def _run(argv: list[str] | None) -> int:
+    catch_interrupts()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # var=val after an option (xm create web.cfg -p memory=512): argparse leaves them over
@@ -93,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     client = Client(url, user, password, insecure=args.insecure)
     try:
         try:
-            return args.func(client, args)
+            status = args.func(client, args)
+            flush_notes(status == 0)
+            sys.stdout.flush()  # a closed pipe shows here, while the session can still be closed
+            return status
         finally:
+            forget_interrupt()  # a Ctrl-C the command answered: logging out is still wanted
             client.close()
     except UsageError as exc:
         args.subparser.error(str(exc))  # exits 2, as argparse does for what it catches itself

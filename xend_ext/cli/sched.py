@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .. import cpuset
 from . import sdom
-from .args import UsageError, arg, mode_arguments, note
+from .args import UsageError, arg, mode_arguments, note_on_success
 from .client import Client
+from .sxpout import dumps_json
 from .vms import Domain, find, host_cpus, select
 
 SCHED_HEADER = "%-33s %4s %6s %4s" % ("Name", "ID", "Weight", "Cap")  # noqa: UP031 xend's format
@@ -19,6 +20,7 @@ SCHED_ROW = "%-32s %5s %6d %4d"
 VCPU_HEADER = "%-32s %5s %5s %5s %5s %9s %s" % (  # noqa: UP031 xend's format
     "Name", "ID", "VCPU", "CPU", "State", "Time(s)", "CPU Affinity")
 VCPU_ROW = "%-32s %5s %5d %5s %5s %9.1f %s"
+JSON = arg("--json", action="store_true", help="the same rows as JSON")
 
 
 def mode_for(d: Domain, mode: str | None) -> str:
@@ -27,7 +29,8 @@ def mode_for(d: Domain, mode: str | None) -> str:
         return mode
     if d.live:
         return "dynamic"
-    note(f"Domain '{d.name}' is {d.power_state.lower()}: the change is stored for its next start (--static).")
+    note_on_success(f"Domain '{d.name}' is {d.power_state.lower()}: the change is stored for its next start "
+                    "(--static).")
     return "static"
 
 
@@ -43,6 +46,11 @@ def sched_credit(client: Client, args) -> int:
         if args.mode is not None:
             raise UsageError("--dynamic, --static and --perm go with -w or -c")
         domains = select(client, [args.domain] if args.domain else [])
+        if args.json:
+            print(dumps_json([{"name": d.name, "domid": d.domid, "weight": d.sched()[0], "cap": d.sched()[1],
+                               "sched_domain": sdom.sdom_of(client, d.ref).strip().removeprefix("sdom=") or None}
+                              for d in domains]))
+            return 0
         print(SCHED_HEADER)
         for d in domains:
             weight, cap = d.sched()
@@ -124,10 +132,14 @@ def vcpu_list(client: Client, args) -> int:
     """
     domains = select(client, args.domains)
     ncpus = host_cpus(client)
+    rows = [row for d in domains for row in _vcpu_rows(d, ncpus)]
+    if args.json:
+        keys = ("name", "domid", "vcpu", "cpu", "state", "time", "affinity")
+        print(dumps_json([dict(zip(keys, row, strict=True)) for row in rows]))
+        return 0
     print(VCPU_HEADER)
-    for d in domains:
-        for row in _vcpu_rows(d, ncpus):
-            print(VCPU_ROW % row)
+    for row in rows:
+        print(VCPU_ROW % row)
     return 0
 
 
@@ -137,6 +149,7 @@ COMMANDS = {
         arg("-w", "--weight", type=int, metavar="WEIGHT", help="relative share, 1..65535 (default 256)"),
         arg("-c", "--cap", type=int, metavar="CAP", help="most CPU in %% of one pCPU, 0 = no cap"),
         mode_arguments(),
+        JSON,
     ]),
     "vcpu-pin": (vcpu_pin, [
         arg("domain", metavar="DOMAIN", help="name, uuid or (running) domain id"),
@@ -146,5 +159,6 @@ COMMANDS = {
     ]),
     "vcpu-list": (vcpu_list, [
         arg("domains", nargs="*", metavar="DOMAIN", help="name, uuid or (running) domain id; default all"),
+        JSON,
     ]),
 }
