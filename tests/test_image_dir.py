@@ -6,6 +6,7 @@ overwrite a file unless asked."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_a_path_outside_is_refused_before_anything_changes(default_server, x, tm
     link = images(default_server) / "link"
     link.unlink(missing_ok=True)
     link.symlink_to(tmp_path)  # a symlink inside the directory pointing out of it
-    vm = running(x, f"out{abs(hash(path)) % 1000}")
+    vm = running(x, f"out-{uuid.uuid4().hex}")  # one server serves every parameter: names must differ
     before = everything(default_server, x, vm)
     refused = failure(x.VM.save, vm, path)
     assert refused[:3] == ["VALUE_NOT_SUPPORTED", "path", path] and "outside the image directory" in refused[3]
