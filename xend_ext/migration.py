@@ -34,6 +34,7 @@ from pathlib import Path
 
 import requests
 
+from . import placement
 from .backends.base import Capability
 from .http import Refuse, Request
 from .wire import XenAPIError
@@ -488,6 +489,7 @@ def check_arrivals(ctx, records):
         if pool.uuid not in pools.active_pools(ctx.db):
             raise XenAPIError("POOL_BAD_STATE", pool.ref, "deactivated",
                               f"{name}'s CPU pool {values['pool_name']} is not active on the destination")
+        placement.check_start(ctx.db, values)  # its pins lie in that pool, off CPUs reserved here
         if record.get("sched_domain") and Capability.SCHED_DOMAIN not in ctx.backend.capabilities:
             raise XenAPIError("NOT_IMPLEMENTED", Capability.SCHED_DOMAIN)
         memory += values["memory_target"]
