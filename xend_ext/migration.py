@@ -486,7 +486,7 @@ def check_arrivals(ctx, records):
         if pool is None:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "pool_name", values["pool_name"],
                               f"{name}'s CPU pool does not exist on the destination")
-        if pool.uuid not in pools.active_pools(ctx.db):
+        if pool.uuid not in placement.active_pools(ctx.db):
             raise XenAPIError("POOL_BAD_STATE", pool.ref, "deactivated",
                               f"{name}'s CPU pool {values['pool_name']} is not active on the destination")
         placement.check_start(ctx.db, values)  # its pins lie in that pool, off CPUs reserved here
