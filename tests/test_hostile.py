@@ -113,7 +113,7 @@ def test_malformed_xml_is_400(server, body):
 
 
 def test_http_level_errors(server):
-    assert raw_request(server.url, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 405
+    assert raw_request(server.url, b"GET /RPC2 HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 405  # GET / is the index page
     assert post(server.url, b"<x/>", path="/other")[0] == 404
     assert raw_request(server.url, b"\x16\x03\x01 garbage that is not HTTP\r\n\r\n")[0] == 400
     assert raw_request(server.url, b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")[0] == 400

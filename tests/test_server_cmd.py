@@ -242,3 +242,14 @@ def test_package_installs_only_the_server_packages(tmp_path):
     assert set((info / "top_level.txt").read_text().split()) == {"xend_ext", "xenapi_classes"}
     sources = (info / "SOURCES.txt").read_text().split()
     assert not [s for s in sources if s.startswith(("bench/", "schemas/", "tests/"))]
+
+
+def test_systemd_unit_is_valid(tmp_path):
+    """contrib/xend-ext.service as systemd reads it (its ExecStart pointed at this checkout's command)."""
+    unit = (ROOT / "contrib" / "xend-ext.service").read_text()
+    assert "Type=notify" in unit and "ExecStart=/usr/local/bin/xend-ext serve --config " in unit
+    command = Path(sys.executable).with_name("xend-ext")
+    (tmp_path / "xend-ext.service").write_text(unit.replace("/usr/local/bin/xend-ext", str(command)))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "xend-ext.service")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr

@@ -77,7 +77,7 @@ BAD_REQUESTS = [  # (raw request, the statuses it may get)
     (b"\x16\x03\x01 not http\r\n\r\n", {400}),
     (b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", {413}),
     (b"POST /RPC2 HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", {400, 431}),
-    (b"GET /RPC2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", {405}),  # GET / is the index page
+    (b"GET /RPC2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", {405}),
     (b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n<x/>", {404}),
     (b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot xml!!", {400}),
 ]
