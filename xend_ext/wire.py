@@ -213,7 +213,7 @@ _HEAD = "<?xml version='1.0'?>\n<methodResponse><params><param>"
 _TAIL = "</param></params></methodResponse>\n"
 
 
-_OK_HEAD = (_HEAD + "<value><struct><member><name>Status</name><value>Success</value></member>"
+_OK_HEAD = (_HEAD + "<value><struct><member><name>Status</name><value><string>Success</string></value></member>"
             "<member><name>Value</name>").encode()
 _OK_TAIL = ("</member></struct></value>" + _TAIL).encode()
 
