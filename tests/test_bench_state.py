@@ -29,9 +29,9 @@ def test_built_state_opens_with_its_journal_replayed(tmp_path):
     assert sorted(row["name_description"] for row in guests) == sorted(f"revision {k}" for k in range(15, 45))
     assert seq >= 45
     vms = tables["VM"]
-    metrics = tables["VM_metrics"]
-    assert {row["metrics"] for row in vms.values()} == set(metrics)
-    assert {row["VM"] for row in metrics.values()} == set(vms)
+    assert tables["VM_metrics"] == {}  # made when asked (xenapi_classes/vm_metrics.py), not stored
+    assert len({row["metrics"] for row in vms.values()}) == len(vms)
+    assert all(row["metrics"].startswith("OpaqueRef:") for row in vms.values())
 
 
 def test_reference_reads_the_same_vms(tmp_path):

@@ -115,6 +115,7 @@ def test_journal_replayed_on_the_model_gives_what_replaying_the_tables_gives(tmp
     assert db.load_from(store) == seq
     asyncio.run(store.close())
     pending, _ = db.capture()
+    assert tables.pop("VM_metrics") == {}  # read if an older version stored some; none stored now
     assert asyncio.run(pending) == tables
     vms = {vm.values["name_label"]: vm for vm in db.values("VM")}
     assert "vm-2" not in vms and vms["vm-3"].values["VCPUs_params"] == {"weight": "512"}

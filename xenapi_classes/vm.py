@@ -17,6 +17,7 @@ from pathlib import Path
 from xenapi_classes import cpu_pool as pools
 from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
+from xenapi_classes import vm_metrics
 from xend_ext import cpuset, grouping, migration, placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, Domain, DomainConfig, PowerState
@@ -122,7 +123,7 @@ vm = XenAPIClass(
               doc="what a reboot from inside the guest does (xm's on_reboot)"),
         Field("actions_after_crash", T.Enum("on_crash_behaviour", "restart", "destroy", "preserve"), RW,
               doc="what a crash of the guest does (xm's on_crash)"),
-        Field("metrics", T.Ref("VM_metrics", nullable=True), RO, doc="the live state"),
+        Field("metrics", T.Ref("VM_metrics", nullable=True), RO, index=True, doc="the live state"),
         Field("sched_domain", T.Ref("sched_domain", nullable=True), RO, compute=sdoms.vm_sched_domain,
               doc="the scheduling domain it is master or member of"),
         Field("groups", T.Set(T.Ref("VM_group")), RO, doc="the one VM_group it is in"),
@@ -218,8 +219,7 @@ def _on_create(ctx, values):
 
 
 def _after_create(ctx, obj):
-    metrics = ctx.db.create("VM_metrics", {"VM": obj.ref})
-    ctx.db.set(obj, "metrics", metrics.ref)
+    vm_metrics.new(ctx.db, obj)
     grouping.place_new_vm(ctx.db, obj)
 
 
@@ -264,6 +264,7 @@ def apply_domain(ctx, obj, domain):
         ctx.db.set(obj, "domid", domain.domid if domain.power_state != PowerState.SUSPENDED else -1)
         ctx.db.set(obj, "resident_on", host.ref if host and domain.power_state != PowerState.SUSPENDED else NULL_REF)
     if domain is not None or had_domain:  # a VM halted before and after has the same (empty) metrics
+        vm_metrics.follow(ctx.db, obj, domain is not None)
         touch_metrics(ctx, obj)
     refresh_live(ctx, obj.uuid)
 
@@ -857,7 +858,7 @@ def reconcile(ctx):
     """Make the store agree with the domains the hypervisor has (a toolstack restart)."""
     domains = {d.uuid: d for d in ctx.backend.domains()}
     for obj in list(ctx.db.all("VM")):
-        if obj.values["metrics"] == NULL_REF or ctx.db.find(obj.values["metrics"]) is None:
+        if obj.values["metrics"] == NULL_REF:
             _after_create(ctx, obj)
         apply_domain(ctx, obj, domains.pop(obj.uuid, None))
     for domain in domains.values():  # discovered: running here, unknown to the store

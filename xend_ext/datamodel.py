@@ -120,6 +120,7 @@ class XenAPIClass:
         *,
         default_role: str = POOL_ADMIN,
         persist: bool = True,
+        stored_before: bool = False,
         events: bool = True,
         creatable: bool = False,
         destroyable: bool = False,
@@ -129,6 +130,8 @@ class XenAPIClass:
         self.doc = doc
         self.default_role = default_role
         self.persist = persist
+        # objects older versions stored: the store still reads them, the model drops them
+        self.stored_before = stored_before
         self.events = events
         self.creatable = creatable
         self.destroyable = destroyable
@@ -147,6 +150,9 @@ class XenAPIClass:
         # who may change an object through the generic setters and destroy (default: the role
         # check alone); raises RBAC_PERMISSION_DENIED to refuse
         self.changeable: Callable[[Context, Obj, str], None] | None = None
+        # objects the model does not hold but makes when asked (see Database.find): an object
+        # with find(db, ref), each(db) (every object, held or not) and count(db)
+        self.unheld: Any = None
         self._custom: dict[str, Message] = {}
 
     # -- declaration helpers -------------------------------------------------------------
@@ -432,7 +438,7 @@ class Registry:
         """What the store needs to know of the persistent classes (see xend_ext.store)."""
         out = {}
         for cls in self.classes.values():
-            if not cls.persist:
+            if not (cls.persist or cls.stored_before):
                 continue
             out[cls.name] = [
                 (f.name, f.type.kind, tuple(getattr(f.type, "values", ()))) for f in cls.stored_fields()

@@ -209,9 +209,11 @@ class EventHub:
             "operation": op,
             "ref": ref,
         }
-        if op != "del" and obj is not None and self.db is not None and self.db.find(ref) is obj:
+        current = self.db.find(ref) if op != "del" and obj is not None and self.db is not None else None
+        # an object made when asked (XenAPIClass.unheld) is a new one each time, the same to clients
+        if current is not None and (current is obj or obj.cls.unheld is not None):
             # encoded text: queued events do not change when the object changes later
-            record["snapshot"] = encoded_record(self.db, obj)
+            record["snapshot"] = encoded_record(self.db, current)
         return record
 
     # -- event.from -----------------------------------------------------------------------
@@ -247,7 +249,7 @@ class EventHub:
         assert self.db is not None
         events = []
         for cname in self.known_classes.values():
-            for obj in self.db.tables[cname].values():
+            for obj in self.db.values(cname):
                 if since < obj.mtime <= upto and sub.matches(cname, obj.ref):
                     op = "add" if obj.ctime > since else "mod"
                     events.append(self._event_record(obj.mtime, cname, obj.ref, op, obj))
@@ -303,7 +305,7 @@ class EventHub:
 
     def valid_ref_counts(self) -> dict[str, int]:
         assert self.db is not None
-        return {cname.lower(): len(self.db.tables[cname]) for cname in self.known_classes.values()}
+        return {cname.lower(): self.db.count(cname) for cname in self.known_classes.values()}
 
     # -- event.register / next --------------------------------------------------------------
     def register(self, session: str, entries: list[str]) -> None:

@@ -107,6 +107,8 @@ class Database:
         self.undo: deque[tuple[int, tuple, tuple, Change | None]] = deque()
         self.relog: list[tuple] = []
         self._capturing: dict[str, dict] | None = None  # ref -> encoded values before a change, while capturing
+        # classes whose objects are made when asked unless held (XenAPIClass.unheld)
+        self._unheld = {cls.name: cls.unheld for cls in registry.classes.values() if cls.unheld is not None}
 
     # -- loading -------------------------------------------------------------------------
     def load_from(self, store: Store) -> int:
@@ -157,11 +159,15 @@ class Database:
 
     # -- reading -------------------------------------------------------------------------
     def all(self, cname: str) -> Iterable[Obj]:
-        return list(self.tables[cname].values())
+        return list(self._objects(cname))
 
     def values(self, cname: str) -> Iterable[Obj]:
         """The objects of a class without copying them: do not change the table while iterating."""
-        return self.tables[cname].values()
+        return self._objects(cname)
+
+    def _objects(self, cname: str) -> Iterable[Obj]:
+        unheld = self._unheld.get(cname)
+        return self.tables[cname].values() if unheld is None else unheld.each(self)
 
     def first(self, cname: str) -> Obj | None:
         """The first object of a class (the host, the pool), or None."""
@@ -179,25 +185,41 @@ class Database:
         return self._highest.get((cname, name), default)
 
     def count(self, cname: str) -> int:
-        return len(self.tables[cname])
+        unheld = self._unheld.get(cname)
+        return len(self.tables[cname]) if unheld is None else unheld.count(self)
 
     def get(self, ref: str) -> Obj:
         """An object already checked by the dispatcher (params of a Ref type are resolved)."""
-        return self.by_ref[ref]
+        obj = self.by_ref.get(ref)
+        return obj if obj is not None else self._made(ref)
 
     def find(self, ref: str) -> Obj | None:
-        return self.by_ref.get(ref)
+        obj = self.by_ref.get(ref)
+        return obj if obj is not None or not self._unheld else self._made(ref)
+
+    def _made(self, ref: str, cname: str | None = None) -> Obj | None:
+        """An object of a class with unheld objects (``cname``'s or any), made as asked for."""
+        for name, unheld in self._unheld.items():
+            if cname is None or name == cname:
+                obj = unheld.find(self, ref)
+                if obj is not None:
+                    return obj
+        return None
 
     def lookup(self, cname: str, ref_or_uuid: str) -> Obj:
         obj = self.by_ref.get(ref_or_uuid)
         if obj is None and not ref_or_uuid.startswith(REF_PREFIX):
             obj = self.by_uuid_index.get((cname, ref_or_uuid))
+        if obj is None and cname in self._unheld:
+            obj = self._made(ref_or_uuid if ref_or_uuid.startswith(REF_PREFIX) else REF_PREFIX + ref_or_uuid, cname)
         if obj is None or obj.cls.name != cname:
             raise XenAPIError("HANDLE_INVALID", cname, ref_or_uuid)
         return obj
 
     def by_uuid(self, cname: str, uuid: str) -> Obj:
         obj = self.by_uuid_index.get((cname, strip_ref(uuid)))
+        if obj is None and cname in self._unheld:
+            obj = self._made(REF_PREFIX + strip_ref(uuid), cname)
         if obj is None:
             raise XenAPIError("UUID_INVALID", cname, uuid)
         return obj
@@ -241,7 +263,8 @@ class Database:
     def destroy(self, obj: Obj) -> None:
         cls = obj.cls
         self._check_live(obj)
-        self._remove(obj)
+        if cls.name not in self._unheld or self.by_ref.get(obj.ref) is obj:
+            self._remove(obj)
         if cls.persist:
             self._journal(("destroy", cls.name, obj.ref), ("undestroy", obj))
         self._changed(obj, "del")
@@ -293,6 +316,21 @@ class Database:
     def touch(self, obj: Obj) -> None:
         """Announce a change of computed fields (live state the backend reported)."""
         self._changed(obj, "mod")
+
+    def made(self, obj: Obj) -> None:
+        """Announce a new object of a class with unheld objects, made when asked, not held."""
+        self._changed(obj, "add")
+
+    def hold(self, obj: Obj) -> None:
+        """Keep an object of a class with unheld objects (one whose live state changes often);
+        no event: the object was there already, made when asked."""
+        if self.by_ref.get(obj.ref) is None:
+            self._insert(obj)
+
+    def release(self, obj: Obj) -> None:
+        """Stop keeping an object :meth:`hold` kept: it is made when asked again (no event)."""
+        if self.by_ref.get(obj.ref) is obj:
+            self._remove(obj)
 
     # -- taking back what the journal refused ---------------------------------------------
     def durable(self, seq: int) -> None:
@@ -504,6 +542,8 @@ class Loader:
         # key and value, or of a set's item})
         self.plans: dict[str, tuple[XenAPIClass, tuple[str, ...], tuple, dict[str, Any], dict[str, Any]]] = {}
         for cls in db.registry.classes.values():
+            if not cls.persist:
+                continue  # what an older version stored of it is dropped (XenAPIClass.stored_before)
             fields = [f for f in cls.fields.values() if not f.derived]
             decoders = tuple(share.decoder(f.type) for f in fields)
             names = tuple(f.name for f in fields)
@@ -512,10 +552,9 @@ class Loader:
         self.rows = 0  # objects made from rows and create ops (the complexity tests count them)
 
     def row(self, cname: str, ref: str, encoded: dict) -> bool:
-        table = self.db.tables.get(cname)
-        if table is None:
-            return True  # a class this version no longer declares
-        if ref in table:
+        if cname not in self.plans:
+            return True  # a class whose objects this version does not store
+        if ref in self.db.tables[cname]:
             return False
         self._add(cname, ref, encoded)
         return True
@@ -537,6 +576,8 @@ class Loader:
     def apply(self, op: tuple) -> None:
         """One journal op, as :meth:`Database` made it (but without journal, undo or events)."""
         name, cname, ref = op[0], op[1], op[2]
+        if cname not in self.plans:
+            return  # a class whose objects this version does not store
         db = self.db
         obj = db.tables[cname].get(ref)
         if name == "create":
