@@ -12,7 +12,7 @@ _xm() {
     case $cmd in
         '') COMPREPLY=($(compgen -W 'console cpu-occupy cpu-policy cpupool-cpu-add cpupool-cpu-remove cpupool-create cpupool-delete cpupool-destroy cpupool-list cpupool-migrate cpupool-new cpupool-numa-split cpupool-rename cpupool-start create delete destroy dmesg domid domname event-monitor grp-create grp-delete grp-destroy grp-join grp-list grp-migrate grp-new grp-pause grp-reboot grp-restore grp-resume grp-save grp-shutdown grp-start grp-suspend grp-unpause info list log mem-max mem-set migrate new pause pool-cpu-add pool-cpu-remove pool-create pool-delete pool-destroy pool-list pool-migrate pool-new pool-start reboot rename reset restore resume save sched-credit sdom-add sdom-create sdom-destroy sdom-list sdom-remove setmaxmem setmem setvcpus shutdown start suspend top unpause uptime vcpu-list vcpu-pin vcpu-set --url -u --user -p --password -k --insecure' -- "$cur")); return ;;
         console) opts='--help' ;;
-        cpu-occupy) opts='--help --clear' ;;
+        cpu-occupy) opts='--help --clear --json' ;;
         cpu-policy) opts='--help --json' ;;
         cpupool-cpu-add) opts='--help' ;;
         cpupool-cpu-remove) opts='--help' ;;

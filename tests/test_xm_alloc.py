@@ -414,6 +414,8 @@ def test_cpu_occupy_reserves_lists_shows_and_clears(k):
     assert listing[0] == "CPU   Occupants"
     assert f"2     {', '.join(sorted([a, c]))}" in listing and f"4     {b}" in listing
     assert ok(xm(k.server, "cpu-occupy", "3")).splitlines() == ["CPU   Occupants", "3     -"]
+    assert {"cpu": 2, "occupants": sorted([a, c])} in json.loads(ok(xm(k.server, "cpu-occupy", "--json")))
+    assert json.loads(ok(xm(k.server, "cpu-occupy", "3", "--json"))) == [{"cpu": 3, "occupants": []}]
     assert ok(xm(k.server, "cpu-occupy", "2", "--clear")) == "pCPU 2 is free for every domain.\n"
     assert occupants(k, 2) == []
     assert not any(line.split()[0] == "2" for line in ok(xm(k.server, "cpu-occupy")).splitlines())

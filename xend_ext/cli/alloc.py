@@ -114,7 +114,7 @@ def cpu_occupy(client: Client, args) -> int:
         raise UsageError("--clear needs the pCPU to free: xm cpu-occupy PCPU --clear")
     cpus = _host_cpus(client)
     if args.pcpu is None:
-        return _show_occupancy(client, cpus, sorted(cpus))
+        return _show_occupancy(client, cpus, sorted(cpus), args.json)
     ref, _rec = _pcpu(cpus, args.pcpu)
     number = int(args.pcpu)
     client.about["cpu"] = str(number)
@@ -123,7 +123,7 @@ def cpu_occupy(client: Client, args) -> int:
         print(f"pCPU {number} is free for every domain.")
         return 0
     if not args.domains:
-        return _show_occupancy(client, cpus, [number])
+        return _show_occupancy(client, cpus, [number], args.json)
     vms: list[str] = []
     for text in args.domains:
         vm = find_ref(client, text)
@@ -136,12 +136,16 @@ def cpu_occupy(client: Client, args) -> int:
     return 0
 
 
-def _show_occupancy(client: Client, cpus: dict[int, tuple[str, dict]], numbers: list[int]) -> int:
+def _show_occupancy(client: Client, cpus: dict[int, tuple[str, dict]], numbers: list[int], as_json: bool) -> int:
+    """The reservations of ``numbers``: every one asked for by number, else only those held."""
+    rows = [(number, sorted(_vm_names(client, cpus[number][1].get("occupants", [])))) for number in numbers]
+    rows = [(number, names) for number, names in rows if names or len(numbers) == 1]
+    if as_json:
+        print(dumps_json([{"cpu": number, "occupants": names} for number, names in rows]))
+        return 0
     print("%-5s %s" % ("CPU", "Occupants"))  # noqa: UP031 xm's style
-    for number in numbers:
-        occupants = cpus[number][1].get("occupants", [])
-        if occupants or len(numbers) == 1:
-            print("%-5d %s" % (number, ", ".join(sorted(_vm_names(client, occupants))) or "-"))  # noqa: UP031
+    for number, names in rows:
+        print("%-5d %s" % (number, ", ".join(names) or "-"))  # noqa: UP031
     return 0
 
 
@@ -237,6 +241,7 @@ COMMANDS = {
         arg("pcpu", nargs="?", metavar="PCPU", help="the pCPU number; none: show every reservation"),
         arg("domains", nargs="*", metavar="DOMAIN", help="the domains it is reserved to"),
         arg("--clear", action="store_true", help="free the pCPU for every domain"),
+        arg("--json", action="store_true", help="the reservations shown as JSON"),
     ]),
     "cpu-policy": (cpu_policy, [DOMAIN, arg("--json", action="store_true", help="the policy as JSON")]),
 }
