@@ -214,9 +214,10 @@ class SlowLink:
                 dst.sendall(data)
                 if rate:
                     time.sleep(len(data) / rate)
-        for s in (src, dst):
+        for s in (src, dst):  # closed, not only shut down: what still arrives is answered with a reset
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+            s.close()
 
     def close(self):
         self.listener.close()

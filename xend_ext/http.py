@@ -10,8 +10,8 @@ Each listener admits connections through its own :class:`Gate` (a limit per list
 peer address), so TCP clients can never take the Unix socket's room. Any parse error is
 answered with a 4xx before the connection is closed.
 
-A request may stream its body elsewhere instead: ``sinks(method, path, query, length)`` is asked
-at the end of every request's headers and may return a :class:`BodySink` (or raise
+A request may stream its body elsewhere instead: ``sinks(method, url, length)`` (raw bytes but the
+length, -1 if not given) is asked at the end of every request's headers and may return a :class:`BodySink` (or raise
 :class:`Refuse`, answered before any body byte is read). A sunk body is not buffered and not
 capped by ``max_body`` (the sink bounds it); each chunk renews the read deadline, and the sink
 is told if the connection ends first. The handler then gets the request with its ``sink``.
@@ -196,7 +196,7 @@ class HttpProtocol(asyncio.Protocol):
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_len = 0
-        self.length = 0
+        self.length = -1  # no Content-Length (yet)
         self.sink: BodySink | None = None
 
     # -- connection ---------------------------------------------------------------------
@@ -338,11 +338,8 @@ class HttpProtocol(asyncio.Protocol):
             self.length = int(value)
 
     def on_headers_complete(self) -> None:
-        if self.sinks is not None and self.url not in _PATHS:  # the Xen-API paths never stream
-            url = httptools.parse_url(self.url) if self.url else None
-            self.sink = self.sinks(self.parser.get_method().decode("latin-1"),
-                                   url.path.decode("latin-1") if url else "/",
-                                   (url.query or b"").decode("latin-1") if url else "", self.length)
+        if self.sinks is not None:
+            self.sink = self.sinks(self.parser.get_method(), self.url, self.length)
             if self.sink is not None:
                 return
         if self.length > self.limits.max_body:  # refused before its body arrives

@@ -599,12 +599,16 @@ async def wait_for(ctx, incoming):
         raise XenAPIError("VALUE_NOT_SUPPORTED", "image", "", incoming.problem)
 
 
-def body_sink(services, method: str, path: str, query: str, length: int):
+def body_sink(services, method: bytes, url: bytes, length: int):
     """At the end of a request's headers: the sink of an import, or None for any other request.
     Refuses (before any body byte is read) an unknown session or task, or a wrong length."""
-    if path != "/import":
+    if not url.startswith(b"/import"):  # every request comes here: the others leave at once
         return None
-    if method != "PUT":
+    parts = urllib.parse.urlsplit(url.decode("latin-1"))
+    if parts.path != "/import":
+        return None
+    query = parts.query
+    if method != b"PUT":
         raise Refuse(405, "PUT the image to /import")
     args = urllib.parse.parse_qs(query)
     session, task = (args.get(k, [""])[0] for k in ("session_id", "task_id"))
