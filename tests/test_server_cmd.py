@@ -212,12 +212,15 @@ def test_metrics_endpoint(server):
     proxy.host.get_all(session)
     proxy.VM.start(session, "OpaqueRef:nonexistent", False, False)
     proxy.event.register(session, ["VM"])
+    for n in range(3):  # names a client makes up are one series, not one each
+        getattr(proxy, f"made.up{n}")(session)
     result = _curl(server.url + "metrics")
     head, text = result.stdout.split("\n\n", 1)
     assert head.startswith("HTTP/1.1 200") and "text/plain; version=0.0.4" in head
     calls = 'xend_ext_calls_total{method="host.get_all"}'
     assert _metric(text, calls) == (_metric(before, calls) if calls in before else 0) + 1
     assert _metric(text, 'xend_ext_errors_total{code="HANDLE_INVALID"}') >= 1
+    assert _metric(text, 'xend_ext_calls_total{method="(unknown)"}') >= 3 and "made.up" not in text
     assert _metric(text, "xend_ext_sessions") >= 1
     assert _metric(text, "xend_ext_event_registrations") == 1
     assert _metric(text, "xend_ext_journal_fsyncs_total") >= 1

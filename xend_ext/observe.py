@@ -38,6 +38,8 @@ class Observer:
         #: messages whose calls are audited (and their Async. forms): every one a read-only session may not make
         mutating = {name for name, (_cls, msg) in registry.methods.items() if msg.role != READ_ONLY}
         self.mutating = frozenset(mutating | {"Async." + name for name in mutating})
+        #: the names counted one by one; any other (a client may send any string) counts as one
+        self.known = frozenset(registry.methods) | {"Async." + name for name in registry.methods}
         self.calls: dict[str, int] = {}  # by method
         self.errors: dict[str, int] = {}  # by error code
         self.buckets = [0] * (len(BUCKETS) + 1)
@@ -63,7 +65,8 @@ class Observer:
         self.buckets[bisect_left(BUCKETS, elapsed)] += 1
         self.latency_sum += elapsed
         calls = self.calls
-        calls[method] = calls.get(method, 0) + 1
+        name = method if method in self.known else "(unknown)"
+        calls[name] = calls.get(name, 0) + 1
         failed = reply.__class__ is dict and reply.get("Status") == "Failure"
         if failed:
             code = (reply.get("ErrorDescription") or ["?"])[0]
