@@ -138,7 +138,8 @@ def machine() -> Xen:
     that died (Xen reboots on a panic, which ends QEMU) fails the test it died in; the next test
     gets a new one, its predecessor's console kept beside it as serial-N.log."""
     global _XEN
-    if _XEN is not None and _XEN.machine.proc.poll() is not None:
+    if _XEN is not None and _XEN.machine.dead():
+        _XEN.machine.stop()
         died = _XEN.machine.serial
         died.rename(died.with_name(f"serial-{time.monotonic_ns()}.log"))
         _XEN = None

@@ -7,10 +7,13 @@ in ``RUN_DIR/qemu.pid``); ``machine.py down RUN_DIR`` powers it off. The test fi
 
 The machine: 8 pCPUs and 4 GiB, the host the shared test suite assumes (dom0 has 2 vCPUs and
 384 MiB; idle emulated CPUs cost nothing, nor does memory no guest has touched). Pool-0 runs
-credit2, Xen's default: Xen 4.17's credit scheduler once faulted in its tick (a NULL pointer in
-csched_tick) while pCPUs moved between pools under emulation, so credit runs only in pools made
-with it. Xen reboots on a panic, which ends QEMU (-no-reboot): the machine's xl then fails at
-once, not by timeout. The host's temporary directory and the build cache are shared into dom0
+credit2, Xen's default, and so do the tests' pools: Xen 4.17's credit scheduler faults in its tick
+(a NULL pointer in csched_tick, "Panic on CPU 3 ... FATAL PAGE FAULT") when a pCPU moves from a
+credit2 pool into a credit one, now and then (seen twice under emulation, the last in a fresh
+run of `make test` when `xl cpupool-create sched="credit"` took pCPU 3). Xen then tries to
+reboot, which ends QEMU (-no-reboot), or hangs in the attempt: :meth:`Machine.dead` reads the
+console as well, so the next test gets a new machine instead of waiting on a dead one.
+The host's temporary directory and the build cache are shared into dom0
 over 9p at the same paths, so the xl config files, kernels and save images the backend names
 mean the same file on both sides.
 """
@@ -131,6 +134,15 @@ class Machine:
                 last = f.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"---- last lines of {f}:\n" + "\n".join(last))
         return "\n".join(parts)
+
+    def dead(self) -> str:
+        """Why the machine can no longer serve ('' while it can): QEMU ended, or a crash on the
+        console after the boot (Xen may hang trying to reboot after a panic)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "QEMU has ended"
+        text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        after = text[text.find("@@REALXEN READY"):]
+        return next((f"'{c}' on the console" for c in CRASH if c in after), "")
 
     def stop(self, timeout: float = 15) -> None:
         """Power dom0 off (QEMU then exits); kill QEMU if it does not."""
