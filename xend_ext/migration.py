@@ -468,7 +468,6 @@ def check_arrivals(ctx, records):
     """Whether this server can take every VM of ``records`` (their definitions as they travel),
     all together: the one place the destination validates, before anything moves. Raises the
     first problem."""
-    from xenapi_classes import cpu_pool as pools
     from xenapi_classes import vm as vms
 
     ctx.require(Capability.MIGRATE)
@@ -482,7 +481,7 @@ def check_arrivals(ctx, records):
             raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", name, "another VM has this name")
         names.add(name)
         values = vms.values_from_image(ctx, record)
-        pool = pools.pool_named(ctx, values["pool_name"])
+        pool = placement.pool_named(ctx.db, values["pool_name"])
         if pool is None:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "pool_name", values["pool_name"],
                               f"{name}'s CPU pool does not exist on the destination")

@@ -233,18 +233,9 @@ class Server:
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
-        if request.path == "/metrics" and request.method == "GET":
-            return observe.handle_metrics(self.observer)
-        if request.path == "/" and request.method == "GET":
-            return observe.handle_index(self.addresses)
-        if request.path == "/import":
-            return migration.finish(request)
-        if request.path == "/jsonrpc":
-            return jsonrpc.handle(self.dispatcher, request)
-        if request.path not in ("/", "/RPC2"):
-            return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
-        if request.method != "POST":
-            return 405, "text/plain", b"Xen-API needs POST\n"
+        path = request.path
+        if request.method != "POST" or path not in ("/", "/RPC2"):  # the Xen-API's own paths first
+            return self._elsewhere(request)
         if len(request.body) > PARSE_IN_THREAD:
             return self._handle_large(request)
         try:
@@ -252,6 +243,21 @@ class Server:
         except wire.BadRequest as exc:
             return 400, "text/plain; charset=utf-8", f"{exc}\n".encode()
         return self._respond(self.dispatcher.call(method, params))
+
+    def _elsewhere(self, request: Request) -> Response | Awaitable[Response]:
+        """Every path but XML-RPC's: metrics, the index page, migration imports, JSON-RPC."""
+        path, method = request.path, request.method
+        if path == "/metrics" and method == "GET":
+            return observe.handle_metrics(self.observer)
+        if path == "/" and method == "GET":
+            return observe.handle_index(self.addresses)
+        if path == "/import":
+            return migration.finish(request)
+        if path == "/jsonrpc":
+            return jsonrpc.handle(self.dispatcher, request)
+        if path not in ("/", "/RPC2"):
+            return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
+        return 405, "text/plain", b"Xen-API needs POST\n"
 
     def _respond(self, result: Any) -> Response | Awaitable[Response]:
         if inspect.isawaitable(result):
