@@ -200,6 +200,20 @@ def test_audit_log_of_changes_and_failed_logins(make_server, tmp_path):
     assert "guess" not in "\n".join(lines)
 
 
+def test_audit_line_of_an_acknowledged_change_survives_kill_9(server):
+    """Each change's line is in the file when its reply arrives, before any stop or flush."""
+    proxy, session = server.login()
+    host = proxy.host.get_all(session)["Value"][0]
+    audit = server.state_dir / "audit.log"
+    for n in range(20):
+        assert proxy.host.add_to_other_config(session, host, f"k{n}", "v")["Status"] == "Success"
+        assert len(audit.read_text().splitlines()) == n + 1
+    server.kill9()
+    lines = audit.read_text().splitlines()
+    assert len(lines) == 20 and all(line.endswith(f"call=host.add_to_other_config target={host} result=ok")
+                                    for line in lines)
+
+
 def _metric(text: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert match, name

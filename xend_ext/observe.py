@@ -3,16 +3,15 @@
 Every Xen-API call passes :meth:`Observer.call` (the server wraps the dispatcher's ``call`` in it,
 once, at start): it counts the call, its failure and its latency, and writes one audit line for
 each call that may change state (a message whose role is above read-only) and each failed login.
-The hot path costs a clock read, two dictionary updates and a bisect; the audit line is handed
-to a queue and written by the logging thread. Everything else (sessions, watchers, journal
+The hot path costs a clock read, two dictionary updates and a bisect; an audit line is one
+``write`` to its own file (:class:`AuditFile`). Everything else (sessions, watchers, journal
 fsyncs) is read when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
-import queue
+import os
 import time
 from bisect import bisect_left
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 from . import __version__
 from .datamodel import READ_ONLY
 
-audit_log = logging.getLogger("xend_ext.audit")
+audit_log = logging.getLogger("xend_ext.audit")  # where audit lines go when there is no audit file
+log = logging.getLogger("xend_ext")
 
 #: latency buckets (seconds) of xend_ext_call_duration_seconds
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,9 +30,10 @@ LOGINS = ("session.login_with_password", "session.slave_local_login_with_passwor
 
 
 class Observer:
-    def __init__(self, dispatcher, services, gates: list) -> None:
+    def __init__(self, dispatcher, services, gates: list, audit: AuditFile | None = None) -> None:
         self.services = services
         self.gates = gates
+        self.audit = audit.write if audit is not None else audit_log.info
         self.inner = dispatcher.call
         registry = dispatcher.registry
         #: messages whose calls are audited (and their Async. forms): every one a read-only session may not make
@@ -75,7 +76,7 @@ class Observer:
             self._audit(method, params, reply, failed)
         elif failed and method in LOGINS:
             user = params[0] if params and isinstance(params[0], str) else "?"
-            audit_log.info("user=%s call=%s result=%s", _word(user), method, _outcome(reply))
+            self.audit(f"user={_word(user)} call={method} result={_outcome(reply)}")
 
     def _audit(self, method: str, params: tuple, reply: Any, failed: bool) -> None:
         """who (the session's user), what (the call and the object it names), the result."""
@@ -83,8 +84,8 @@ class Observer:
         user = session.values.get("this_user") if session is not None else None
         target = params[1] if len(params) > 1 and isinstance(params[1], str) and params[1].startswith(
             "OpaqueRef:") else ""
-        audit_log.info("user=%s call=%s%s result=%s", _word(str(user or "?")), method,
-                       f" target={target}" if target else "", _outcome(reply) if failed else "ok")
+        self.audit(f"user={_word(str(user or '?'))} call={method}{' target=' + target if target else ''} "
+                   f"result={_outcome(reply) if failed else 'ok'}")
 
     # -- scraped -----------------------------------------------------------------------------
     def metrics(self) -> str:
@@ -159,7 +160,7 @@ def handle_index(addresses: list[str]):
     return 200, "text/html; charset=utf-8", page.encode()
 
 
-# -- the audit log's own file, written off the loop ------------------------------------------
+# -- the audit log's own file ----------------------------------------------------------------
 
 def utc_formatter(fmt: str) -> logging.Formatter:
     """Log lines stamped with the UTC time, ISO 8601 (the ``Z`` and milliseconds are in ``fmt``)."""
@@ -168,18 +169,34 @@ def utc_formatter(fmt: str) -> logging.Formatter:
     return formatter
 
 
-def start_audit_log(path: Path | None) -> logging.handlers.QueueListener | None:
-    """Audit lines go to ``path`` (timestamped, one per line) through a queue, so the loop never
-    waits for the disk; None sends them to the main log instead."""
-    if path is None:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    target = logging.FileHandler(path, encoding="utf-8")
-    target.setFormatter(utc_formatter("%(asctime)s.%(msecs)03dZ %(message)s"))
-    channel: queue.SimpleQueue = queue.SimpleQueue()
-    audit_log.addHandler(logging.handlers.QueueHandler(channel))
-    audit_log.propagate = False
-    audit_log.setLevel(logging.INFO)
-    listener = logging.handlers.QueueListener(channel, target)
-    listener.start()
-    return listener
+class AuditFile:
+    """The audit log's file: one line per call, stamped with the UTC time (ISO 8601, milliseconds).
+
+    A line is written (one ``write``, appending) on the loop when its call ends, so it is in the
+    kernel before the call's reply leaves: an acknowledged change has its line even if the server
+    is killed right after. The write goes to the page cache (the journal's fsync is what waits for
+    the disk) and costs a few µs, where a logging record through a queue to a thread cost some
+    50 µs of CPU per line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        self.second = -1
+        self.stamp = ""  # the time stamp of self.second, to the second
+
+    def write(self, text: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second, self.stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = f"{self.stamp}.{int((now - second) * 1000):03d}Z {text}\n".encode("utf-8", "replace")
+        try:
+            os.write(self.fd, line)
+        except OSError as exc:  # a full disk refuses the journal too: the main log keeps the line
+            log.error("audit log: %s; the line was: %s", exc, text)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -148,8 +148,9 @@ class Server:
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()
             self.dispatcher = Dispatcher(self.services)
-            self._audit_writer = observe.start_audit_log(self.config.audit_log)
-            self.observer = observe.Observer(self.dispatcher, self.services, self.gates)
+            if self.config.audit_log is not None:
+                self._audit_writer = observe.AuditFile(self.config.audit_log)
+            self.observer = observe.Observer(self.dispatcher, self.services, self.gates, self._audit_writer)
             ctx = Context(self.services, "start")
             current_change.set(Change(live=True))  # reconciling records what the hypervisor has
             for hook in self.registry.on_start:
@@ -295,7 +296,7 @@ class Server:
         if self.backend is not None:
             self.backend.close()
         if self._audit_writer is not None:
-            self._audit_writer.stop()
+            self._audit_writer.close()
         if self.config.unix is not None:
             _remove_stale_socket(self.config.unix)
         log.info("stopped")
