@@ -10,8 +10,14 @@ Each listener admits connections through its own :class:`Gate` (a limit per list
 peer address), so TCP clients can never take the Unix socket's room. Any parse error is
 answered with a 4xx before the connection is closed.
 
+The usual request (a POST to ``/`` or ``/RPC2`` as the official clients frame it: HTTP/1.1, a few
+known headers, one Content-Length, the whole request in hand) is read by one pattern (``_USUAL``)
+instead of the parser's callbacks; anything else, and whatever follows a request the pattern does
+not take, goes to httptools, and a test checks that both read the same requests.
+
 A request may stream its body elsewhere instead: ``sinks(method, url, length)`` (raw bytes but the
-length, -1 if not given) is asked at the end of every request's headers and may return a :class:`BodySink` (or raise
+length, -1 if not given) is asked at the end of the headers of every request but the usual ones
+(whose paths are the Xen-API's own) and may return a :class:`BodySink` (or raise
 :class:`Refuse`, answered before any body byte is read). A sunk body is not buffered and not
 capped by ``max_body`` (the sink bounds it); each chunk renews the read deadline, and the sink
 is told if the connection ends first. The handler then gets the request with its ``sink``.
@@ -23,6 +29,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +79,11 @@ class BodySink(Protocol):
 # The request lines every client sends, decoded once (others are parsed per request).
 _PATHS = {b"/": "/", b"/RPC2": "/RPC2"}
 _METHODS = {b"POST": "POST", b"GET": "GET"}
+# The usual request's head: an XML-RPC POST as xmlrpc.client (so every official client) frames it;
+# only headers that change nothing here, printable values, exactly one Content-Length.
+_PLAIN_HEADERS = rb"(?:(?:Host|User-Agent|Content-Type|Accept-Encoding|Accept): [ -~]*\r\n)*"
+_USUAL = re.compile(rb"POST (/|/RPC2) HTTP/1\.1\r\n" + _PLAIN_HEADERS + rb"Content-Length: ([0-9]{1,9})\r\n"
+                    + _PLAIN_HEADERS + rb"\r\n")
 
 
 # A handler turns a request into (status, content type, body), or an awaitable of that when it
@@ -183,6 +195,8 @@ class HttpProtocol(asyncio.Protocol):
         self.out_bytes = 0
         self.backlog = b""  # read but not parsed: the queue was full or writing was paused
         self.busy = False  # a request is being answered by a task
+        self.in_message = False  # the parser has begun a request and not ended it
+        self.usual = True  # read usual requests by _USUAL (False: by the parser only, for the tests)
         self.closing = False
         self.read_paused = False
         self.write_paused = False
@@ -279,7 +293,10 @@ class HttpProtocol(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` a slice at a time; keep what is left when the connection stalls."""
         if len(data) <= FEED and not self._stalled():  # one small request, the usual case
-            self._parse(data)
+            if not self.in_message and self.usual:
+                data = self._take_usual(data)
+            if data:
+                self._parse(data)
             self._flush()
             return
         for start in range(0, len(data), FEED):
@@ -319,8 +336,28 @@ class HttpProtocol(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    def _take_usual(self, data: bytes) -> bytes:
+        """Answer the whole usual requests at the start of ``data``; what is left is the parser's."""
+        start, size, limits = 0, len(data), self.limits
+        while (head := _USUAL.match(data, start)) is not None:
+            body_at = head.end()
+            end = body_at + int(head.group(2))
+            if end > size or end - body_at > limits.max_body or body_at - start > limits.max_header_bytes:
+                break  # not all here, or too large: the parser takes it and says so
+            request = Request("POST", _PATHS[head.group(1)], data[body_at:end], True)
+            start = end
+            if self.queue or self.busy or self.write_paused or self.closing:
+                self.queue.append(request)
+                self._advance()
+            else:
+                self._answer(request)
+            if start == size:
+                return b""
+        return data[start:] if start else data
+
     # -- httptools callbacks (the parser calls only those defined, so there are no others) ------
     def on_message_begin(self) -> None:
+        self.in_message = True
         self.deadline = self.loop.time() + self.limits.read_timeout  # _reset ran when the last one ended
 
     def on_url(self, url: bytes) -> None:
@@ -363,6 +400,7 @@ class HttpProtocol(asyncio.Protocol):
         self.queue.append(Request(_METHODS.get(method) or method.decode("latin-1"), path, body,
                                   self.parser.should_keep_alive(), self.sink))
         self.sink = None  # the handler has it now
+        self.in_message = False
         self._reset()
         self._advance()
 
@@ -370,17 +408,20 @@ class HttpProtocol(asyncio.Protocol):
     def _advance(self) -> None:
         """Answer queued requests in order until one has to wait or the client stops reading."""
         while self.queue and not (self.busy or self.write_paused or self.closing):
-            request = self.queue.popleft()
-            try:
-                result = self.handler(request)
-            except Exception:  # the handler maps errors itself; this is a last guard
-                log.exception("request handler failed")
-                result = 500, "text/plain", b"internal error\n"
-            if type(result) is not tuple and inspect.isawaitable(result):
-                self.busy = True
-                self.loop.create_task(self._serve(request, result))
-                return
-            self._reply(request, result)
+            self._answer(self.queue.popleft())
+
+    def _answer(self, request: Request) -> None:
+        """Answer one request now, or start the task that will (then the connection is busy)."""
+        try:
+            result = self.handler(request)
+        except Exception:  # the handler maps errors itself; this is a last guard
+            log.exception("request handler failed")
+            result = 500, "text/plain", b"internal error\n"
+        if type(result) is not tuple and inspect.isawaitable(result):
+            self.busy = True
+            self.loop.create_task(self._serve(request, result))
+            return
+        self._reply(request, result)
 
     def _reply(self, request: Request, response: Response) -> None:
         """Queue one reply for the next write; a reply that ends the connection is sent at once."""

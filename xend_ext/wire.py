@@ -402,10 +402,13 @@ _ARRAY_END = re.compile(_WS + "</data></array></value>")
 _PARAM = re.compile(_WS + "<param>")
 _PARAM_END = re.compile(_WS + "</param>")
 _FAST_DEPTH = 8  # methodCall, params, param, value, array, data, value, string
-# the commonest of all: every param a string (refs, names), read in one pass
-_STRING_PARAM = "<param>" + _WS + "<value><string>(" + _TEXT + ")</string></value>" + _WS + "</param>" + _WS
-_STRINGS = re.compile(_WS + "(?:" + _STRING_PARAM + ")*")
-_STRING = re.compile(_STRING_PARAM)
+# the commonest of all: every param a string (refs, names), checked by one pass over the whole call
+_STRING_PARAM = "<param>" + _WS + "<value><string>" + _TEXT + "</string></value>" + _WS + "</param>" + _WS
+_STRINGS_CALL = re.compile(
+    _CALL.pattern.replace("(?:<params>(.*)</params>", "(?:<params>(" + _WS + "(?:" + _STRING_PARAM + ")*)</params>"),
+    re.S)
+_STRING_START = "<string>"
+_STRING_END = "</string>"
 
 
 def _fast_value(text: str, pos: int, nested: bool) -> tuple[Any, int] | None:
@@ -445,12 +448,15 @@ def fast_request(body: bytes) -> tuple[str, tuple] | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    call = _STRINGS_CALL.match(text)
+    if call is not None:  # the text between <string> and </string>, checked to hold no markup
+        inner = call.group(4)
+        return call.group(3), tuple([p[:p.index(_STRING_END)] for p in inner.split(_STRING_START)[1:]] if inner
+                                    else ())
     call = _CALL.match(text)
     if call is None:
         return None
     inner = call.group(4)
-    if inner and _STRINGS.fullmatch(inner):
-        return call.group(3), tuple(_STRING.findall(inner))
     params = []
     if inner:
         pos, end = 0, len(inner)
