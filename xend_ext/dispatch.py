@@ -150,6 +150,7 @@ class Dispatcher:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.registry = services.registry
+        self.methods = services.registry.methods  # wire name -> (class, message)
 
     def resolve(self, method: str) -> tuple[XenAPIClass, Message, bool]:
         run_async = method.startswith(ASYNC_PREFIX)
@@ -166,20 +167,25 @@ class Dispatcher:
         and a task per call costs as much as the call. ``raw`` replies (system.*) are not
         wrapped in the envelope.
         """
-        db = self.services.db
+        services = self.services
+        db = services.db
         before = db.last_seq
         raw = False
         change = Change()
         token = current_change.set(change)
         try:
-            cls, msg, run_async = self.resolve(method)
+            found = self.methods.get(method)  # nearly every call; "Async." ones are resolved
+            if found is not None:
+                msg, run_async = found[1], False
+            else:
+                _cls, msg, run_async = self.resolve(method)
             raw = msg.raw_reply
-            ctx = Context(self.services, method)
+            ctx = Context(services, method)
             args = self._check(ctx, method, msg, params)
             if run_async or msg.is_async_impl:
                 return self._call_async(ctx, method, msg, args, run_async, before, change)
             value = msg.impl(ctx, *args)
-            reply: Any = value if raw else success(value)
+            reply: Any = value if raw else {"Status": "Success", "Value": "" if value is None else value}
         except XenAPIError as exc:
             reply = failure(exc.description)
         except Exception as exc:  # a bug: say so on the wire, keep serving
@@ -256,8 +262,8 @@ class Dispatcher:
             params = params[1:]
         db = self.services.db
         args = [p.type.coerce(value, db, p.name) for p, value in zip(msg.params, params, strict=False)]
-        for p in msg.params[len(args):]:
-            args.append(p.default)
+        if len(args) < len(msg.params):
+            args += [p.default for p in msg.params[len(args):]]
         if msg.capability is not None:
             ctx.require(msg.capability)
         return args

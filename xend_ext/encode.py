@@ -5,7 +5,9 @@ XML-RPC text; most of a big reply's cost was that encoding, repeated for objects
 changed. Here each object's text is made once and reused until the event hub reports a change of
 the object (``EventHub.changed``: every mutation, ``db.touch`` for computed fields, and the
 back-references a mutation moves). Computed fields declared ``volatile`` (they change without a
-touch, e.g. the host's free memory) are encoded at every read, after the cached part.
+touch, e.g. the host's free memory) are read at every read and encoded after the cached part;
+the last such record of each class is kept with the values it was made of, and given again while
+they are the same (the host's record, read by every console, is then the same bytes each time).
 
 Only what is read is cached, and only up to a budget of bytes: a large host that is read
 whole keeps the first records that fit and encodes the rest at each read, rather than doubling
@@ -45,6 +47,8 @@ class RecordCache:
         self.encodings = 0  # records encoded, for the tests that count work
         self.check = os.environ.get("XEND_EXT_CHECK_ENCODING") == "1"
         self._split: dict[XenAPIClass, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        #: per class, the last record with volatile fields: (ref, cached part, their values, record)
+        self._last: dict[XenAPIClass, tuple[str, Encoded, tuple, Encoded]] = {}
 
     def drop(self, ref: str) -> None:
         """The object changed (or is gone): its text is made again when next read."""
@@ -64,8 +68,14 @@ class RecordCache:
             self._verify(db, obj, cached, text, not volatile)
         if not volatile:
             return text
-        live = dump_members((name, db.field_value(obj, name)) for name in volatile)
-        return Encoded(text + live.encode("utf-8") + _CLOSE_BYTES)
+        values = tuple([db.field_value(obj, name) for name in volatile])
+        last = self._last.get(obj.cls)
+        if last is not None and last[1] is text and last[0] == obj.ref and last[2] == values:
+            return last[3]
+        live = dump_members(zip(volatile, values, strict=True))
+        whole = Encoded(b"".join((text, live.encode("utf-8"), _CLOSE_BYTES)))
+        self._last[obj.cls] = (obj.ref, text, values, whole)
+        return whole
 
     def records(self, db: Database, objs: Iterable[Obj]) -> EncodedParts:
         """The map ref -> record of these objects (get_all_records), in pieces joined once."""

@@ -37,6 +37,7 @@ from .store import Store, WriteRefused
 log = logging.getLogger("xend_ext")
 
 PARSE_IN_THREAD = 256 << 10  # bodies larger than this are parsed off the loop
+XML_RPC_PATHS = frozenset(("/", "/RPC2"))
 # Connections the kernel queues before we accept them: with asyncio's 100, a burst of connects
 # overflowed it and a newcomer's SYN waited a second for its retransmission.
 BACKLOG = 1024
@@ -234,16 +235,19 @@ class Server:
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """A response, or an awaitable of one when the call has to wait (see Dispatcher.call)."""
-        path = request.path
-        if request.method != "POST" or path not in ("/", "/RPC2"):  # the Xen-API's own paths first
+        if request.method != "POST" or request.path not in XML_RPC_PATHS:  # the Xen-API's own paths first
             return self._elsewhere(request)
-        if len(request.body) > PARSE_IN_THREAD:
+        body = request.body
+        if len(body) > PARSE_IN_THREAD:
             return self._handle_large(request)
         try:
-            method, params = wire.loads_request(request.body, self.config.max_depth)
+            method, params = wire.loads_request(body, self.config.max_depth)
         except wire.BadRequest as exc:
             return 400, "text/plain; charset=utf-8", f"{exc}\n".encode()
-        return self._respond(self.dispatcher.call(method, params))
+        result = self.dispatcher.call(method, params)
+        if type(result) is tuple:  # answered at once; raw replies (system.*) are simply not wrapped
+            return 200, "text/xml", wire.dumps_response(result[0])
+        return self._respond_later(result)
 
     def _elsewhere(self, request: Request) -> Response | Awaitable[Response]:
         """Every path but XML-RPC's: metrics, the index page, migration imports, JSON-RPC."""
@@ -261,9 +265,9 @@ class Server:
         return 405, "text/plain", b"Xen-API needs POST\n"
 
     def _respond(self, result: Any) -> Response | Awaitable[Response]:
-        if inspect.isawaitable(result):
-            return self._respond_later(result)
-        return 200, "text/xml", wire.dumps_response(result[0])  # raw replies are simply not wrapped
+        if type(result) is tuple:
+            return 200, "text/xml", wire.dumps_response(result[0])
+        return self._respond_later(result)
 
     async def _respond_later(self, pending: Awaitable) -> Response:
         reply, _raw = await pending
