@@ -1,0 +1,131 @@
+"""A pool of hosts on etcd (issue 20): three real etcd members and three real servers (simulated
+hosts) on loopback, driven by the official client through each host."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import XenAPI
+from etcdkit import Pool, until
+from vmkit import event_from, new_vm, session, token_now, unique
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    p = Pool(tmp_path_factory.mktemp("pool")).start()
+    yield p
+    p.stop()
+
+
+def clients(pool):
+    return [session(s).xenapi for s in pool.servers]
+
+
+def names_everywhere(xs, vm):
+    """The VM's name_label as each host answers (None where it is not known yet)."""
+    out = []
+    for x in xs:
+        try:
+            out.append(x.VM.get_name_label(vm))
+        except XenAPI.Failure:
+            out.append(None)
+    return out
+
+
+def test_a_write_through_any_host_is_read_back_on_every_host(pool):
+    xs = clients(pool)
+    made = {new_vm(x, unique("pool")): i for i, x in enumerate(xs)}
+    for vm in made:
+        assert until(lambda vm=vm: None not in names_everywhere(xs, vm))
+    vm = next(iter(made))
+    xs[1].VM.set_name_description(vm, "changed through host 1")
+    assert until(lambda: {x.VM.get_name_description(vm) for x in xs} == {"changed through host 1"})
+    xs[2].VM.destroy(vm)
+    assert until(lambda: names_everywhere(xs, vm) == [None, None, None])
+
+
+def test_event_from_on_one_host_sees_changes_made_through_another_once_in_order(pool):
+    xa, _, xc = clients(pool)
+    token = token_now(xc, ["VM"])
+    vms = [new_vm(xa, unique("ev")) for _ in range(3)]
+    xa.VM.set_name_description(vms[0], "second change")
+    seen: list[dict] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            e["ref"] == vms[0] and e["snapshot"]["name_description"] == "second change" for e in seen):
+        reply = event_from(xc, ["VM"], token, 2.0)
+        seen += reply["events"]
+        token = reply["token"]
+    adds = [e for e in seen if e["operation"] == "add"]
+    # one each, in the order of their last change (event.from coalesces an object's changes)
+    assert [e["ref"] for e in adds] in (vms, [vms[1], vms[2], vms[0]])
+    later = [e for e in seen if e["operation"] != "add"]  # the change, if it came in a later reply
+    assert [(e["ref"], e["operation"]) for e in later] in ([], [(vms[0], "mod")])
+    assert seen[-1]["snapshot"]["name_description"] == "second change" or \
+        adds[0]["snapshot"]["name_description"] == "second change"
+    assert [int(e["id"]) for e in seen] == sorted(int(e["id"]) for e in seen)
+    assert event_from(xc, ["VM"], token, 0.2)["events"] == []  # nothing twice
+
+
+def test_concurrent_changes_of_one_object_through_two_hosts_lose_no_update(pool):
+    """Each host adds its own keys to the same VM's other_config: a host's stale copy of the VM
+    never overwrites the other's keys (the transaction compares the mod revision); a refused
+    change says so and is made again by its client."""
+    xs = clients(pool)
+    vm = new_vm(xs[0], unique("cas"))
+    assert until(lambda: None not in names_everywhere(xs, vm))
+    acknowledged: list[str] = []
+    conflicts = []
+
+    def writer(i):
+        x = session(pool.servers[i]).xenapi
+        for n in range(25):
+            key = f"h{i}-{n}"
+            while True:
+                try:
+                    x.VM.add_to_other_config(vm, key, "v")
+                    acknowledged.append(key)
+                    break
+                except XenAPI.Failure as exc:
+                    assert exc.details[0] == "STORE_WRITE_FAILED", exc.details
+                    conflicts.append(exc.details)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(acknowledged) == 75
+    for x in xs:
+        assert until(lambda x=x: set(x.VM.get_other_config(vm)) >= set(acknowledged)), set(acknowledged) - set(
+            x.VM.get_other_config(vm))
+    assert all("another host" in d[1] for d in conflicts)
+
+
+def test_a_server_that_joins_later_reads_the_pool(pool, tmp_path):
+    from conftest import ServerProcess
+
+    vm = new_vm(session(pool.servers[0]).xenapi, unique("late"))
+    late = ServerProcess(tmp_path / "late", "--cluster", pool.etcd.endpoints, unix=False).start()
+    try:
+        assert session(late).xenapi.VM.get_name_label(vm).startswith("late")
+    finally:
+        late.stop()
+
+
+def test_an_unreachable_or_malformed_cluster_refuses_the_start_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from etcdkit import free_ports
+
+    (port,) = free_ports(1)
+    for endpoints, said in ((f"127.0.0.1:{port}", "cannot reach etcd"), ("127.0.0.1", "is not HOST:PORT")):
+        done = subprocess.run([sys.executable, "-m", "xend_ext", "serve", "--state-dir", str(tmp_path / "s"),
+                               "--listen", "127.0.0.1:0", "--unix", "none", "--cluster", endpoints],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and said in lines[0], done.stderr
