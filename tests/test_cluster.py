@@ -129,3 +129,52 @@ def test_an_unreachable_or_malformed_cluster_refuses_the_start_in_one_line(tmp_p
         assert done.returncode == 1
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and said in lines[0], done.stderr
+
+
+def test_kill_9_of_an_etcd_member_and_a_server_during_16_client_writes_loses_no_acknowledged_change(tmp_path):
+    """16 clients create VMs through the three hosts; one etcd member and then one server are
+    killed with SIGKILL meanwhile. Every creation that was answered is on the surviving hosts (and
+    on the killed one once it is back), and the pool goes on taking changes."""
+    pool = Pool(tmp_path).start()
+    try:
+        acknowledged: list[str] = []
+        stop = threading.Event()
+
+        def client(i):
+            server = pool.servers[i % 3]
+            x = session(server).xenapi
+            n = 0
+            while not stop.is_set():
+                try:
+                    acknowledged.append(new_vm(x, f"c{i}-{n}"))
+                except (OSError, XenAPI.Failure, ConnectionError):
+                    if not server.alive():  # its host is gone: go on through the next one
+                        server = pool.servers[(i + 1) % 3]
+                        x = session(server).xenapi
+                n += 1
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+        for t in threads:
+            t.start()
+        until(lambda: len(acknowledged) >= 50, 20)
+        pool.etcd.members[0].kill9()  # the member every server talks to first
+        before = len(acknowledged)
+        until(lambda: len(acknowledged) >= before + 50, 20)
+        pool.servers[2].kill9()
+        before = len(acknowledged)
+        until(lambda: len(acknowledged) >= before + 50, 20)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert len(acknowledged) >= before + 50  # the pool went on after both kills
+        # the surviving servers did lose the member they used, and watched again through another
+        assert all(any("etcd watch:" in line for line in s.log) for s in pool.servers[:2])
+        for server in pool.servers[:2]:
+            x = session(server).xenapi
+            assert until(lambda x=x: set(acknowledged) <= set(x.VM.get_all()), 10)
+        pool.servers[2].url = ""  # it listens on a new port
+        pool.servers[2].start()
+        x = session(pool.servers[2]).xenapi
+        assert set(acknowledged) <= set(x.VM.get_all())
+    finally:
+        pool.stop()
