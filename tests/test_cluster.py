@@ -178,3 +178,45 @@ def test_kill_9_of_an_etcd_member_and_a_server_during_16_client_writes_loses_no_
         assert set(acknowledged) <= set(x.VM.get_all())
     finally:
         pool.stop()
+
+
+def test_a_server_whose_watch_fell_behind_a_compaction_catches_up(tmp_path):
+    """Host C is stopped (SIGSTOP) while host A makes changes, etcd compacts its history past them
+    and the member C watched through dies: C's new watch cannot start where it stopped, so it
+    reads the pool again and applies what differs, each change once."""
+    import json
+    import signal
+
+    pool = Pool(tmp_path).start()
+    try:
+        xa, _, xc = clients(pool)
+        kept, gone = new_vm(xa, unique("kept")), new_vm(xa, unique("gone"))
+        assert until(lambda: None not in names_everywhere([xc], gone))
+        token = token_now(xc, ["VM"])
+        pool.servers[2].proc.send_signal(signal.SIGSTOP)
+        try:
+            made = new_vm(xa, unique("made"))
+            xa.VM.set_name_description(kept, "changed while C slept")
+            xa.VM.destroy(gone)
+            status = json.loads(pool.etcd.etcdctl("endpoint", "status", "-w", "json").stdout)
+            revision = max(int(s["Status"]["header"]["revision"]) for s in status)
+            assert pool.etcd.etcdctl("compact", str(revision)).returncode == 0
+            pool.etcd.members[0].kill9()
+        finally:
+            pool.servers[2].proc.send_signal(signal.SIGCONT)
+        caught_up = until(lambda: names_everywhere([xc], gone) == [None] and xc.VM.get_name_description(kept) != "", 20)
+        assert caught_up, "\n".join(pool.servers[2].log[-20:])
+        assert xc.VM.get_name_description(kept) == "changed while C slept"
+        assert xc.VM.get_name_label(made).startswith("made")
+        events = []
+        while True:
+            reply = event_from(xc, ["VM"], token, 0.5)
+            if not reply["events"]:
+                break
+            events += reply["events"]
+            token = reply["token"]
+        assert sorted((e["ref"], e["operation"]) for e in events) == sorted(
+            [(made, "add"), (kept, "mod"), (gone, "del")])
+        assert any("reading the pool again" in line for line in pool.servers[2].log)
+    finally:
+        pool.stop()

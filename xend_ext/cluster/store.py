@@ -22,6 +22,7 @@ held value is applied).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import json
@@ -164,6 +165,8 @@ class ClusterStore:
             self._state = "closed"
             if self._watch_task is not None:
                 self._watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch_task
             if self.client is not None:
                 await self.client.close()
             self._unlock()
@@ -300,18 +303,24 @@ class ClusterStore:
     # ------------------------------------------------------------------ the watch
 
     async def _watch(self) -> None:
+        """Follow the prefix from the revision read at start; after any break (a member gone,
+        history compacted past where it stopped) read the prefix again, apply what differs and
+        watch on from there: a watch never has to start from a revision etcd may have dropped."""
+        behind = False
         while self._state == "open":
             try:
+                if behind:
+                    await self._resync()
                 watch = await self.client.watch_prefix(self._objects, start_revision=self.seen + 1)
+                behind = True
                 async for event in watch:
                     kv = event.kv
                     self._changed(kv.key, kv.mod_revision, json.loads(kv.value) if event.kind == "PUT" else None)
-            except aetcd.RevisionCompactedError:
-                await self._resync()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a member gone: watch through another
-                log.warning("etcd watch: %s; watching again from revision %d", _why(exc), self.seen + 1)
+            except Exception as exc:  # noqa: BLE001 - a member gone: read and watch through another
+                log.warning("etcd watch: %s; reading the pool again and watching from there", _why(exc))
+                behind = True
                 await asyncio.sleep(RETRY)
 
     def _changed(self, key: bytes, revision: int, value: dict | None) -> None:
