@@ -332,7 +332,7 @@ class Database:
         if self.by_ref.get(obj.ref) is obj:
             self._remove(obj)
 
-    def replace(self, loader: Loader, cname: str, ref: str, encoded: dict | None) -> None:
+    def apply_remote(self, loader: Loader, cname: str, ref: str, encoded: dict | None) -> None:
         """An object as another server of the pool wrote it (None: destroyed there): made,
         changed or removed here, with its events; nothing is journalled (xend_ext.cluster)."""
         obj = self.by_ref.get(ref)

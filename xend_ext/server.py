@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import gc
 import importlib
 import inspect
@@ -32,7 +31,7 @@ from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
 from .http import Gate, HttpProtocol, Limits, Request, sweep
-from .model import Change, Database, Loader, current_change
+from .model import Change, Database, current_change
 from .store import Store, WriteRefused
 
 log = logging.getLogger("xend_ext")
@@ -155,7 +154,7 @@ class Server:
             self.hub.bind(self.db)
             self.store.set_capture(self.db.capture)
             if self.config.cluster:  # other hosts' changes, from etcd's watch, into the model
-                self.store.follow(functools.partial(self.db.replace, Loader(self.db)))
+                self.store.follow(self.db)
             self.backend = wrap_for_tests(make_backend(self.config))
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import aetcd
 
+from ..model import Database, Loader
 from ..store.errors import StateDirLocked, StoreError, WriteRefused
-from ..store.journal import apply_op, encode_op
+from ..store.journal import encode_op
 from ..store.schema import Description, normalize
 
 log = logging.getLogger("xend_ext.cluster")
@@ -48,8 +49,6 @@ CALL_TIMEOUT = 5  # seconds an etcd call may take before its outcome is looked u
 MAX_KEYS = 100  # objects per transaction (etcd refuses more than --max-txn-ops, 128 by default)
 DEFAULT_PREFIX = "/xend-ext/"
 
-#: Applies another host's change to the model: (class, ref, encoded record or None if destroyed).
-Remote = Callable[[str, str, "dict | None"], None]
 
 
 class Conflict(WriteRefused):
@@ -83,7 +82,8 @@ def make_client(endpoints: list[tuple[str, int]]):
     else:
         *first, (last_host, port) = endpoints
         host = "ipv4:" + ",".join(f"{h}:{p}" for h, p in first) + "," + last_host
-    return aetcd.Client(host=host, port=port, timeout=CALL_TIMEOUT)
+    # the start reads the whole pool in one range: no 4 MiB cap on a reply (gRPC's default)
+    return aetcd.Client(host=host, port=port, timeout=CALL_TIMEOUT, options={"grpc.max_receive_message_length": -1})
 
 
 class ClusterStore:
@@ -97,7 +97,8 @@ class ClusterStore:
         self.refused: WriteRefused | None = None
         self.broken = False
         self._rollback: Callable[[int], None] | None = None
-        self._remote: Remote | None = None
+        self._db: Database | None = None
+        self._loader: Loader | None = None
         self._state = "new"
         self._lock_fd: int | None = None
         self._rows: list[tuple[str, str, dict]] = []  # the pool as read at connect, until open_into
@@ -108,9 +109,9 @@ class ClusterStore:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        # key -> (mod revision, encoded record or None) the model holds; held: another host's newer
-        # value of a key we have a batch pending for
-        self.known: dict[bytes, tuple[int, dict | None]] = {}
+        # key -> the mod revision of the object as the model holds it (its value is the model's);
+        # held: another host's newer value of an object we have a batch pending for
+        self.known: dict[bytes, int] = {}
         self.held: dict[bytes, tuple[int, dict | None]] = {}
         self.seen = 0  # the newest revision the watch has brought
         self._writer = self.prefix + b"w/" + _writer_id(self.state_dir).encode()
@@ -134,10 +135,9 @@ class ClusterStore:
         self.seen = found.header.revision
         for kv in found:
             cname, ref = self._split(kv.key)
-            value = json.loads(kv.value)
-            self.known[kv.key] = (kv.mod_revision, value)
+            self.known[kv.key] = kv.mod_revision
             if cname in self._classes:
-                self._rows.append((cname, ref, value))
+                self._rows.append((cname, ref, json.loads(kv.value)))
 
     def open_into(self, sink) -> int:
         """The pool's objects, read by :meth:`connect`, into the model's loader; seq 0."""
@@ -147,9 +147,10 @@ class ClusterStore:
         self._state = "open"
         return 0
 
-    def follow(self, remote: Remote) -> None:
-        """From now on, other hosts' changes go to ``remote`` as the watch brings them."""
-        self._remote = remote
+    def follow(self, db: Database) -> None:
+        """From now on, other hosts' changes go into ``db`` as the watch brings them; a batch
+        writes the objects as ``db`` holds them."""
+        self._db, self._loader = db, Loader(db)
         self._watch_task = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
@@ -221,8 +222,8 @@ class ClusterStore:
                         revision = await self._commit(chunk)
                         if revision is None:
                             raise Conflict(self.prefix.decode())
-                        for key, value in chunk.items():
-                            self.known[key] = (revision, value)
+                        for key in chunk:
+                            self.known[key] = revision
                 except WriteRefused as exc:
                     self._inflight = set()
                     self._refuse(exc)
@@ -235,20 +236,21 @@ class ClusterStore:
             self._flush_task = None
 
     def _values(self, batch: list[tuple[str, str, tuple]]) -> dict[bytes, dict | None]:
-        """The encoded record of each object the batch touches, after its ops."""
+        """The stored fields of each object the batch touches, as the model holds them now: after
+        the batch's ops, which are all it was given (None: destroyed)."""
         values: dict[bytes, dict | None] = {}
-        for cname, ref, op in batch:
+        for cname, ref, _op in batch:
             key = self._key(cname, ref)
-            current = values[key] if key in values else self.known.get(key, (0, None))[1]
-            table = {cname: {} if current is None else {ref: json.loads(json.dumps(current))}}
-            apply_op(table, op)
-            values[key] = table[cname].get(ref)
+            if key not in values:
+                obj = self._db.by_ref.get(ref)
+                values[key] = None if obj is None else {
+                    f.name: f.type.encode(obj.values[f.name]) for f in obj.cls.stored_fields()}
         return values
 
     async def _commit(self, values: dict[bytes, dict | None]) -> int | None:
         """One transaction; its revision, or None if a compare failed. Waits out etcd's absence."""
         t = self.client.transactions
-        compare = [t.mod(key) == self.known.get(key, (0, None))[0] for key in values]
+        compare = [t.mod(key) == self.known.get(key, 0) for key in values]
         batch_id = next(self._batch_ids)
         success = [t.put(key, json.dumps(v, separators=(",", ":")).encode()) if v is not None else t.delete(key)
                    for key, v in values.items()]
@@ -325,7 +327,7 @@ class ClusterStore:
 
     def _changed(self, key: bytes, revision: int, value: dict | None) -> None:
         self.seen = max(self.seen, revision)
-        if revision <= self.known.get(key, (0, None))[0]:
+        if revision <= self.known.get(key, 0):
             return  # ours, or older than what the model holds
         if key in self._queued or key in self._inflight:
             if revision > self.held.get(key, (0, None))[0]:
@@ -334,13 +336,13 @@ class ClusterStore:
         self._apply(key, revision, value)
 
     def _apply(self, key: bytes, revision: int, value: dict | None) -> None:
-        self.known[key] = (revision, value)
+        self.known[key] = revision
         if value is None:
             self.known.pop(key)
         cname, ref = self._split(key)
-        if cname in self._classes and self._remote is not None:
+        if cname in self._classes and self._db is not None:
             try:
-                self._remote(cname, ref, value)
+                self._db.apply_remote(self._loader, cname, ref, value)
             except Exception:  # noqa: BLE001 - one bad record must not stop the watch
                 log.exception("could not apply %s %s from the pool", cname, ref)
 
@@ -349,7 +351,7 @@ class ClusterStore:
             if key in self._queued or key in self._inflight:
                 continue
             del self.held[key]
-            if revision > self.known.get(key, (0, None))[0]:
+            if revision > self.known.get(key, 0):
                 self._apply(key, revision, value)
 
     async def _resync(self) -> None:
