@@ -334,29 +334,31 @@ class Database:
 
     def apply_remote(self, loader: Loader, cname: str, ref: str, encoded: dict | None) -> None:
         """An object as another server of the pool wrote it (None: destroyed there): made,
-        changed or removed here, with its events; nothing is journalled (xend_ext.cluster)."""
+        changed or removed here, with its events; nothing is journalled (xend_ext.cluster).
+        Its events wait for nothing of this server's: a refused write here never takes them back."""
         obj = self.by_ref.get(ref)
+        touched: list[Any] = []
         if encoded is None:
-            if obj is not None:
-                self._remove(obj)
-                self._changed(obj, "del")
-                for key in self._reverse_keys(obj.cls):
-                    self._touch_targets(obj.values[key[1]])
-            return
-        if obj is None:
+            if obj is None:
+                return
+            self._remove(obj)
+            op = "del"
+            touched = [obj.values[key[1]] for key in self._reverse_keys(obj.cls)]
+        elif obj is None:
             loader.row(cname, ref, encoded)
             obj = self.by_ref[ref]
-            self._changed(obj, "add")
-            for key in self._reverse_keys(obj.cls):
-                self._touch_targets(obj.values[key[1]])
-            return
-        for name, value in loader.decode(cname, encoded).items():
-            old = obj.values[name]
-            if old != value:
-                if self._put(obj, name, old, value) in self.reverse:
-                    self._touch_targets(old)
-                    self._touch_targets(value)
-        self._changed(obj, "mod")
+            op = "add"
+            touched = [obj.values[key[1]] for key in self._reverse_keys(obj.cls)]
+        else:
+            op = "mod"
+            for name, value in loader.decode(cname, encoded).items():
+                old = obj.values[name]
+                if old != value and self._put(obj, name, old, value) in self.reverse:
+                    touched += [old, value]
+        for changed, how in [(obj, op)] + [(t, "mod") for v in touched for t in map(self.by_ref.get, _refs(v))
+                                          if t is not None]:
+            if changed.cls.events:
+                self.hub.changed(changed, how, self.hub.durable_seq)
 
     # -- taking back what the journal refused ---------------------------------------------
     def durable(self, seq: int) -> None:
