@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean system-deps libvirt-deps client-deps
+.PHONY: run test bench lint clean system-deps libvirt-deps client-deps etcd-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ run: $(VENV)/.installed
 	$(BIN)/xend-ext serve --state-dir var/state --backend sim
 
 # curl is what the shell example and the README's curl session use.
-system-deps: client-deps
+system-deps: client-deps etcd-deps
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends curl)
 	@scripts/realxen/install-deps.sh && scripts/realxen/build.sh  # the real-Xen stage: QEMU, Xen 4.17, a dom0 kernel
+
+# The pool tests (tests/test_cluster.py) run three etcd members on loopback: Debian's etcd 3.4.
+etcd-deps:
+	@command -v etcd >/dev/null && command -v etcdctl >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client)
 
 # The example clients in other languages (examples/clients/, run by tests/test_examples.py): Go with
 # kolo/xmlrpc, Java with aXMLRPC, Perl with RPC::XML from Debian; Node with npm's xmlrpc. Only what

@@ -22,8 +22,9 @@ setup(
     ],
     extras_require={
         "libvirt": ["libvirt-python>=9.0,<13"],
+        "cluster": ["aetcd>=1.0"],  # a pool of hosts on etcd v3 (serve --cluster)
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100", "xenapi>=24.0",
-                 "trustme>=1.1", "ruff>=0.5"],
+                 "trustme>=1.1", "ruff>=0.5", "aetcd>=1.0"],
     },
     entry_points={
         "console_scripts": [

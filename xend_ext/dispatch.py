@@ -232,7 +232,8 @@ class Dispatcher:
         if change.undone or change.kept:
             cause = self.services.refused.cause if self.services.refused else "write refused"
             if change.undone:
-                advice = "the change was not made; free space in the server's state directory and retry"
+                advice = getattr(self.services.refused, "advice", None) or \
+                    "the change was not made; free space in the server's state directory and retry"
             else:  # its backend step happened: the model keeps what the hypervisor did
                 advice = ("the hypervisor did it and the server shows it, but has not recorded it yet; "
                           "free space in the server's state directory and it will be recorded")

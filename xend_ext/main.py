@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--audit-log", metavar="PATH",
                        help="file of the audit log: one line per change and per failed login (default <state "
                        "dir>/audit.log); 'none' writes those lines to the main log instead")
+    serve.add_argument("--cluster", metavar="ENDPOINTS",
+                       help="join a pool of hosts whose state is in etcd v3: its client endpoints, "
+                            "HOST:PORT,... (IPv4 addresses when more than one); default: this host alone")
+    serve.add_argument("--cluster-prefix", default="/xend-ext/", metavar="PREFIX",
+                       help="the etcd key prefix of the pool's state (default /xend-ext/)")
     serve.add_argument("--verify-state", action="store_true",
                        help="validate the snapshot against the state schema as it loads (it always is when "
                             "written, and when loaded after an upgrade)")
@@ -165,8 +170,20 @@ def _config(args: argparse.Namespace):
                   max_body=args.max_body, read_timeout=args.read_timeout, event_queue=args.event_queue,
                   image_dir=(args.image_dir or state_dir / "images").absolute(),
                   insecure_no_auth=args.insecure_no_auth, verify_state=args.verify_state,
+                  cluster=_cluster(args.cluster), cluster_prefix=args.cluster_prefix,
                   audit_log=None if args.audit_log == "none" else Path(args.audit_log or state_dir / "audit.log")
                   .absolute(), **connections)
+
+
+def _cluster(endpoints: str | None) -> str | None:
+    """``--cluster``, checked before anything starts (ValueError: one line)."""
+    if endpoints:
+        try:
+            from .cluster import parse_endpoints
+        except ImportError as exc:
+            raise ValueError(f"--cluster needs the etcd client ({exc}): pip install 'xend-ext[cluster]'") from None
+        parse_endpoints(endpoints)
+    return endpoints or None
 
 
 class CannotStart(Exception):

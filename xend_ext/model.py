@@ -332,6 +332,34 @@ class Database:
         if self.by_ref.get(obj.ref) is obj:
             self._remove(obj)
 
+    def apply_remote(self, loader: Loader, cname: str, ref: str, encoded: dict | None) -> None:
+        """An object as another server of the pool wrote it (None: destroyed there): made,
+        changed or removed here, with its events; nothing is journalled (xend_ext.cluster).
+        Its events wait for nothing of this server's: a refused write here never takes them back."""
+        obj = self.by_ref.get(ref)
+        touched: list[Any] = []
+        if encoded is None:
+            if obj is None:
+                return
+            self._remove(obj)
+            op = "del"
+            touched = [obj.values[key[1]] for key in self._reverse_keys(obj.cls)]
+        elif obj is None:
+            loader.row(cname, ref, encoded)
+            obj = self.by_ref[ref]
+            op = "add"
+            touched = [obj.values[key[1]] for key in self._reverse_keys(obj.cls)]
+        else:
+            op = "mod"
+            for name, value in loader.decode(cname, encoded).items():
+                old = obj.values[name]
+                if old != value and self._put(obj, name, old, value) in self.reverse:
+                    touched += [old, value]
+        for changed, how in [(obj, op)] + [(t, "mod") for v in touched for t in map(self.by_ref.get, _refs(v))
+                                          if t is not None]:
+            if changed.cls.events:
+                self.hub.changed(changed, how, self.hub.durable_seq)
+
     # -- taking back what the journal refused ---------------------------------------------
     def durable(self, seq: int) -> None:
         """Records up to ``seq`` are on disk: they can no longer be taken back."""
@@ -559,14 +587,18 @@ class Loader:
         self._add(cname, ref, encoded)
         return True
 
-    def _add(self, cname: str, ref: str, encoded: dict) -> None:
+    def decode(self, cname: str, encoded: dict) -> dict:
+        """The field values of an object from their stored (encoded) form."""
         cls, names, decoders, _, _ = self.plans[cname]
         try:  # {name: decode(encoded[name])}, the loop in C
-            values = dict(zip(names, map(operator.call, decoders, map(encoded.__getitem__, names)), strict=True))
+            return dict(zip(names, map(operator.call, decoders, map(encoded.__getitem__, names)), strict=True))
         except KeyError:  # a field added since the state was written: its default
-            values = {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
-                      for name, decode in zip(names, decoders, strict=True)}
-        obj = Obj(cls, self.share.text(ref), values)
+            return {name: decode(encoded[name]) if name in encoded else _default(cls.fields[name])
+                    for name, decode in zip(names, decoders, strict=True)}
+
+    def _add(self, cname: str, ref: str, encoded: dict) -> None:
+        cls = self.plans[cname][0]
+        obj = Obj(cls, self.share.text(ref), self.decode(cname, encoded))
         # changed "at boot" as far as events know: a token from before the restart, or "", gets
         # every object (we keep no per-object history across restarts)
         obj.ctime = obj.mtime = self.db.hub.generation

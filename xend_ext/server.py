@@ -77,6 +77,8 @@ class Config:
     image_dir: Path | None = None  # VM.save/restore files live here (None: <state dir>/images)
     verify_state: bool = False  # validate the snapshot against the schema on load too
     audit_log: Path | None = None  # one line per change and failed login (None: into the main log)
+    cluster: str | None = None  # etcd endpoints of the pool (xend_ext.cluster); None: the embedded store
+    cluster_prefix: str = "/xend-ext/"
 
 
 def make_backend(config: Config):
@@ -115,8 +117,14 @@ class Server:
 
         self.config = config
         self.registry = build_registry()
-        self.store = Store(config.state_dir, self.registry.description(),
-                           compact_min_bytes=config.compact_min_bytes, verify=config.verify_state)
+        if config.cluster:  # a pool: the journal is etcd (xend_ext/cluster)
+            from .cluster import ClusterStore
+
+            self.store = ClusterStore(config.cluster, config.cluster_prefix, self.registry.description(),
+                                      config.state_dir)
+        else:
+            self.store = Store(config.state_dir, self.registry.description(),
+                               compact_min_bytes=config.compact_min_bytes, verify=config.verify_state)
         self.hub = EventHub(queue_limit=config.event_queue)
         self.db = Database(self.registry, self.store, self.hub)
         self.backend = None
@@ -138,12 +146,16 @@ class Server:
         if threading.current_thread() is threading.main_thread():  # an embedding thread has no signals
             for sig in (signal.SIGTERM, signal.SIGINT):  # before the first "listening" line is logged
                 loop.add_signal_handler(sig, self.stopping.set)
+        if self.config.cluster:
+            await self.store.connect()
         seq = self.db.load_from(self.store)
         try:
             self.db.last_seq = seq
             self.hub.durable_seq = seq
             self.hub.bind(self.db)
             self.store.set_capture(self.db.capture)
+            if self.config.cluster:  # other hosts' changes, from etcd's watch, into the model
+                self.store.follow(self.db)
             self.backend = wrap_for_tests(make_backend(self.config))
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
