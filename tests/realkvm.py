@@ -29,14 +29,14 @@ GUEST = CACHE / "tiny-kvm"
 
 
 def kvm_works() -> bool:
-    """Whether /dev/kvm runs our guest: it must say so on its serial port within 5 s (a KVM that
+    """Whether /dev/kvm runs our guest: it must say so on its serial port within 3 s (a KVM that
     cannot run ordinary guests, such as a PVM host's, never gets that far)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-m", "16", "-display", "none", "-monitor", "none",
            "-no-reboot", "-serial", "stdio", "-kernel", str(GUEST), "-append", "idle"]
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=5, check=False).stdout
+        out = subprocess.run(cmd, capture_output=True, timeout=3, check=False).stdout
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout or b""
     return b"tiny-kvm: idle" in out
@@ -95,7 +95,7 @@ def daemon() -> Libvirtd:
     if _DAEMON is None:
         workdir = Path(tempfile.mkdtemp(prefix="xend-realkvm-"))
         for step in (["bash", str(SCRIPTS / "install-deps.sh")], ["bash", str(SCRIPTS / "build.sh")],
-                     ["bash", str(SCRIPTS / "start-libvirtd.sh"), str(workdir)]):
+                     ["bash", str(SCRIPTS / "start-libvirtd.sh"), str(workdir), str(CACHE / "libvirt-cache")]):
             done = subprocess.run(step, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 pytest.fail(f"the real-KVM stage cannot run here: {' '.join(step)}: {done.stderr.strip()}",

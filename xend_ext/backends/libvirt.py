@@ -262,8 +262,8 @@ class LibvirtBackend(Backend):
                 started = dt.datetime.fromisoformat(meta.get("started"))
             pins = {int(p.get("vcpu")): cpuset.parse(p.get("cpus")) for p in meta.iterfind("{*}pin")}
             keep = {k.get("key"): k.text or "" for k in meta.iterfind("{*}keep")}
-        if active and self.sched and power != PowerState.SUSPENDED:
-            weight, cap = self._read_sched(dom, nvcpus, weight, cap)
+        if active and self.sched and power != PowerState.SUSPENDED and uuid not in self._partition_of:
+            weight, cap = self._read_sched(dom, nvcpus, weight, cap)  # in a partition: as asked (see _own)
         return Domain(
             uuid=uuid, name=dom.name(), domid=dom.ID() if active else -1, power_state=power,
             memory=kib * KIB, memory_max=max_kib * KIB, vcpus=nvcpus, vcpus_max=vcpus_max, weight=weight,
@@ -458,10 +458,11 @@ class LibvirtBackend(Backend):
         root.find("vcpu").set("current", str(config.vcpus))
         tune = etree.Element("cputune")
         if self.sched and self.sched[0] == "cpu_shares":
-            etree.SubElement(tune, "shares").text = str(config.weight * self.sched[1])
-            if config.cap and self.sched[2]:
+            weight, cap = self._own(config.uuid, config.weight, config.cap)
+            etree.SubElement(tune, "shares").text = str(weight * self.sched[1])
+            if cap and self.sched[2]:
                 etree.SubElement(tune, "period").text = str(QUOTA_PERIOD)
-                etree.SubElement(tune, "quota").text = str(config.cap * QUOTA_PERIOD // 100 // max(1, config.vcpus))
+                etree.SubElement(tune, "quota").text = str(cap * QUOTA_PERIOD // 100 // max(1, config.vcpus))
         for v in range(config.vcpus_max):
             cpus = self._allowed(config.uuid, config.pool or POOL0_UUID, v, config.pins)
             if len(cpus) < self.ncpus:
@@ -507,9 +508,16 @@ class LibvirtBackend(Backend):
             dom.create()  # a driver without START_PAUSED (libvirt's test driver): pause at once
             dom.suspend()
 
+    def _own(self, uuid: str, weight: int, cap: int) -> tuple[int, int]:
+        """The weight and cap a domain's own cgroup gets: in a scheduling domain's partition the
+        partition's are the only ones in force (a member's own weight and cap do not count, as on
+        the simulated host), so its own are neutral: the default weight, no cap."""
+        return (256, 0) if uuid in self._partition_of else (weight, cap)
+
     def _apply_sched(self, dom, weight: int, cap: int, vcpus: int) -> None:
         if not self.sched:
             return
+        weight, cap = self._own(dom.UUIDString(), weight, cap)
         name, scale, cap_name = self.sched
         params = {name: weight * scale}
         if cap_name == "cap":
