@@ -12,6 +12,7 @@ hosts.py starts servers on it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "realkvm"
 CACHE = Path(os.environ.get("XEND_REALKVM_CACHE", "/var/cache/xend-ext-realkvm"))
 GUEST = CACHE / "tiny-kvm"
+PREFIX = "xend-realkvm-"  # the daemons' directories, under the temporary directory
 
 
 def kvm_works() -> bool:
@@ -45,10 +47,10 @@ def kvm_works() -> bool:
 class Libvirtd:
     """The session's daemon: its URI, the domain type guests get, and how to stop it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, domain_type: str = "") -> None:
         self.dir = workdir
         self.uri = f"qemu+unix:///system?socket={workdir}/sock/libvirt-sock"
-        self.domain_type = "kvm" if kvm_works() else "qemu"
+        self.domain_type = domain_type
 
     def virsh(self, *args: str) -> str:
         done = subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True, timeout=60)
@@ -93,15 +95,28 @@ def daemon() -> Libvirtd:
     """The session's libvirtd, started (and the guest built) on first use."""
     global _DAEMON
     if _DAEMON is None:
-        workdir = Path(tempfile.mkdtemp(prefix="xend-realkvm-"))
+        for old in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):  # a run killed before its teardown:
+            if not _alive(old / "owner"):  # its guests would burn CPU for ever
+                Libvirtd(old).stop()
+        workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (workdir / "owner").write_text(str(os.getpid()))
         for step in (["bash", str(SCRIPTS / "install-deps.sh")], ["bash", str(SCRIPTS / "build.sh")],
                      ["bash", str(SCRIPTS / "start-libvirtd.sh"), str(workdir), str(CACHE / "libvirt-cache")]):
             done = subprocess.run(step, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 pytest.fail(f"the real-KVM stage cannot run here: {' '.join(step)}: {done.stderr.strip()}",
                             pytrace=False)
-        _DAEMON = Libvirtd(workdir)
+        _DAEMON = Libvirtd(workdir, "kvm" if kvm_works() else "qemu")
+        atexit.register(_DAEMON.stop)  # also when the stage's timeout interrupts the session
     return _DAEMON
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @pytest.fixture(scope="session", name="libvirtd")
