@@ -84,7 +84,6 @@ QUOTA_PERIOD = 100_000  # µs: vcpu_quota = cap% of one pCPU per period, split o
 SHUTDOWN_WAIT = 60.0  # seconds a clean shutdown may take before we call it failed
 CACHE_SECONDS = 2.0  # domain facts are refreshed at least this often even without an event
 UTIL_WINDOW = 2.0  # seconds between two samples of the vCPUs' CPU time (the utilisation's window)
-DOMAIN_TYPES = ("kvm", "qemu")  # the QEMU driver's <domain type>: hardware virtualisation or TCG
 
 _event_loop_started = False
 _event_loop_lock = threading.Lock()
@@ -442,8 +441,12 @@ class LibvirtBackend(Backend):
             etree.SubElement(os_el, "type").text = "linux" if self.driver == "Xen" else "hvm"
         else:
             root = etree.fromstring(base.encode())
-        for tag in ("name", "uuid", "memory", "currentMemory", "vcpu", "cputune", "resource"):
+        for tag in ("name", "uuid", "memory", "currentMemory", "vcpu", "cputune"):
             for old in root.findall(tag):
+                root.remove(old)
+        for old in root.findall("resource"):  # a partition of ours (an admin's own stays unless we set one)
+            if config.uuid in self._partition_of or (old.findtext("partition") or "").startswith(
+                    partitions.partition("")):
                 root.remove(old)
         pos = 0
         for tag, text in (("name", config.name), ("uuid", config.uuid), ("memory", str(config.memory_max // KIB)),
@@ -690,9 +693,10 @@ class LibvirtBackend(Backend):
                 raise BackendError("the CPU pool of the domain is not active here", "POOL_BAD_STATE",
                                    "deactivated")
             self._check_memory(int(root.findtext("currentMemory") or 0) * KIB)
-            self._ensure_partition(uuid, partition=root.findtext("resource/partition"))
+            dxml, part = self._restore_placement(uuid, root)
+            self._ensure_partition(uuid, partition=part)
             try:
-                self.conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0)
+                self.conn.restoreFlags(str(path), dxml, libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0)
             except libvirt.libvirtError as exc:
                 if not paused or exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
                     raise
@@ -886,6 +890,24 @@ class LibvirtBackend(Backend):
         if sd is not None:
             self.partitions.ensure(sd.master, *self._in_force(sd, config if config and config.uuid == sd.master
                                                                else None))
+        elif part and part.startswith(partitions.partition("")):  # arriving before its domain is made here
+            self.partitions.ensure(part.removeprefix(partitions.partition("")), 256, 0)
+
+    def _restore_placement(self, uuid: str, root: etree._Element) -> tuple[str | None, str | None]:
+        """(the domain XML to restore with, or None for the image's own; the partition it restores
+        into). An image keeps the partition its domain ran in: it is kept when it is where the
+        current set puts the domain, or a scheduling domain unknown here (a migration: its domain is
+        made here once its VMs arrived); else the domain is restored where the set puts it now."""
+        part = root.findtext("resource/partition") or partitions.DEFAULT
+        want = self._partition_of.get(uuid, partitions.DEFAULT)
+        known = {partitions.partition(master) for master in self._sdoms}
+        if self.partitions is None or part == want or (part.startswith(partitions.partition("")) and part not in known):
+            return None, part
+        for old in root.findall("resource"):
+            root.remove(old)
+        if want != partitions.DEFAULT:
+            etree.SubElement(etree.SubElement(root, "resource"), "partition").text = want
+        return etree.tostring(root, encoding="unicode"), want
 
     def _live_partition(self, uuid: str) -> str | None:
         """The partition a domain with a cgroup runs in (running, paused, or in its suspended image),
