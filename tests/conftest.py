@@ -121,6 +121,7 @@ def _image_root(tmp_path_factory):
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run the test on each of these hypervisor backends")
     config.addinivalue_line("markers", "realxen: runs on the emulated Xen machine (the real-Xen stage)")
+    config.addinivalue_line("markers", "realkvm: runs on a private libvirtd with QEMU/KVM (the real-KVM stage)")
 
 
 #: XEND_EXT_XL=all: every case of the shared suite that runs on libvirt runs on real Xen as well,

@@ -111,3 +111,27 @@ class XlHost(Host):
 
 
 HOSTS["xl"] = XlHost()
+
+
+class KvmHost(Host):
+    """A real libvirtd with the QEMU driver (tests/realkvm.py), on KVM or TCG. The host is the
+    machine itself: its pCPUs and memory, not --cpus and --memory, which are refused if asked."""
+
+    name = "kvm"
+
+    def args(self, state_dir: Path, extra: list[str]) -> list[str]:
+        import realkvm  # the daemon starts lazily: only the stage's tests pay for it
+
+        for flag, default in SIM_FLAGS.items():
+            if _take(extra, flag, default) != default:
+                raise ValueError(f"the KVM host cannot be given {flag}: it is the machine itself")
+        d = realkvm.daemon()
+        return ["--backend", "libvirt", "--libvirt-uri", d.uri, "--libvirt-domain-type", d.domain_type]
+
+    def boot_fields(self) -> dict[str, str]:
+        import realkvm
+
+        return {"PV_kernel": str(realkvm.GUEST), "PV_ramdisk": "", "PV_args": ""}
+
+
+HOSTS["kvm"] = KvmHost()

@@ -10,6 +10,7 @@ xend-ext" can be made to it.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lxml import etree
 
 from xend_ext.backends.base import POOL0_UUID, BackendError, Capability, DomainConfig, PowerState
 from xend_ext.backends.libvirt import NS, LibvirtBackend
+from xend_ext.backends.partitions import Partitions
 from xend_ext.server import Config
 
 MIB = 1 << 20
@@ -76,7 +78,7 @@ def test_host_facts_come_from_libvirt(lv):
     info = lv.host_info()
     assert len(info.cpus) == 4 and info.memory_total == 4096 * MIB
     assert info.software_version["hypervisor"].startswith("TEST")
-    # the test driver's scheduler is a stub, a libvirt host has no scheduling domains; migration is save-based
+    # the test driver's scheduler is a stub, it has no partitions nor CPU time; migration is save-based
     missing = {Capability.SCHED_CREDIT, Capability.SCHED_DOMAIN, Capability.MEMORY_MAX_LIVE, Capability.UTILISATION}
     assert not missing & lv.capabilities
     wanted = {Capability.LIFECYCLE, Capability.POOLS, Capability.PIN, Capability.SAVE, Capability.MIGRATE}
@@ -85,6 +87,24 @@ def test_host_facts_come_from_libvirt(lv):
     with pytest.raises(BackendError) as err:
         lv.set_sched(UUID_A, 512, 0)
     assert (err.value.code, err.value.params) == ("NOT_IMPLEMENTED", ["sched_credit"])
+
+
+def test_partitions_need_cgroup_v1_cpu_and_root(tmp_path):
+    """Scheduling domains are declared only where the host's cgroups allow them, with the reason."""
+    hybrid = ("cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n"
+              "cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0\n"
+              "cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0\n"
+              "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n")
+    found, reason = Partitions.probe(hybrid)
+    if os.geteuid() == 0 and os.access("/sys/fs/cgroup/cpu", os.W_OK):
+        assert found is not None and reason == ""
+        assert found.cpu == Path("/sys/fs/cgroup/cpu")  # the named hierarchy is not one libvirt uses
+        assert found.hierarchies == (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpuset"),
+                                     Path("/sys/fs/cgroup/unified"))
+    else:
+        assert found is None and "needs root" in reason
+    found, reason = Partitions.probe("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n")
+    assert found is None and "cgroup v2" in reason
 
 
 def test_start_defines_a_persistent_domain_with_our_metadata(lv):

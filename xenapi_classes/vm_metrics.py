@@ -52,6 +52,7 @@ vm_metrics = XenAPIClass(
               doc="the pCPU each vCPU runs on"),
         Field("VCPUs_utilisation", T.Map(T.Int, T.Float), RO,
               compute=_live(lambda d: dict(d.utilisation), dict),
+              volatile=True,  # measured on real hosts: it changes every window without a touch
               doc="share of one pCPU each vCPU gets when every vCPU is busy (the scheduler model)"),
         Field("start_time", T.DateTime, RO, compute=_live(lambda d: d.start_time, _EPOCH), doc="when it started"),
         Field("last_updated", T.DateTime, RO, compute=lambda db, m: dt.datetime.fromtimestamp(m.mts or _BOOT, dt.UTC),

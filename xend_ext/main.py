@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hypervisor backend: the simulated host, libvirt, or Xen's xl (default sim)")
     serve.add_argument("--libvirt-uri", metavar="URI",
                        help="libvirt connection for --backend libvirt, e.g. qemu:///system or xen:///system")
+    serve.add_argument("--libvirt-domain-type", choices=["kvm", "qemu"], default="kvm",
+                       help="the <domain type> of domains defined anew on a QEMU host: kvm (hardware "
+                       "virtualisation) or qemu (TCG emulation, where /dev/kvm cannot run guests); default kvm")
     serve.add_argument("--xl-path", default="xl", metavar="PATH", help="the xl command for --backend xl")
     serve.add_argument("--xl-poll", type=float, default=2.0, metavar="SECONDS",
                        help="how often --backend xl looks for changes made outside xend-ext (default 2)")
@@ -163,7 +166,8 @@ def _config(args: argparse.Namespace):
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
-                  libvirt_uri=args.libvirt_uri, xl_path=args.xl_path, xl_poll=args.xl_poll,
+                  libvirt_uri=args.libvirt_uri, libvirt_domain_type=args.libvirt_domain_type,
+                  xl_path=args.xl_path, xl_poll=args.xl_poll,
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   sim_image_bytes=args.sim_image_bytes,
                   auth=args.auth, passwd_file=args.passwd_file, tls_cert=args.tls_cert, tls_key=args.tls_key,

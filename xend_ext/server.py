@@ -51,6 +51,7 @@ class Config:
     unix: Path | None = None
     backend: str = "sim"
     libvirt_uri: str | None = None
+    libvirt_domain_type: str = "kvm"
     xl_path: str = "xl"
     xl_poll: float = 2.0
     cpus: int = 8
@@ -93,7 +94,7 @@ def make_backend(config: Config):
             raise ValueError("--backend libvirt needs --libvirt-uri (e.g. qemu:///system or xen:///system)")
         from .backends.libvirt import LibvirtBackend
 
-        return LibvirtBackend(config.libvirt_uri, config.state_dir)
+        return LibvirtBackend(config.libvirt_uri, config.state_dir, config.libvirt_domain_type)
     if config.backend == "xl":
         from .backends.xl import XlBackend
 

@@ -12,7 +12,14 @@ which every driver supports). Live changes use the ``AFFECT_LIVE`` calls and pla
 
 What a driver cannot do is a missing capability, never faked: weight and cap need a driver with
 scheduler parameters (Xen: weight/cap; QEMU and LXC: cpu_shares and vcpu_quota), which libvirt's
-test driver lacks; scheduling domains have no libvirt counterpart. Migration between xend-ext
+test driver lacks. On a local QEMU host with cgroup v1 and root, a scheduling domain is a libvirt
+resource partition (partitions.py): libvirt puts a domain's cgroup in its partition when it
+starts and cannot move a running one, so a running (or paused, or suspended) domain cannot join or
+leave a scheduling domain; it is refused, never restarted behind the caller's back. Utilisation on
+QEMU is measured: every ``UTIL_WINDOW`` seconds a thread reads each running domain's per-vCPU CPU
+time (one ``getAllDomainStats`` call), and a vCPU's utilisation is the CPU time it used over the
+last complete window divided by the window (libvirt reads it from /proc in clock ticks, 10 ms:
+±0.005 of a pCPU per 2 s window). Migration between xend-ext
 servers is save-based (``migration = "save"``: save, stream, restore; the guest is stopped meanwhile)
 on every driver, since libvirt gives no image of a running domain; libvirt's own peer-to-peer live
 migration is not used: the test driver has none (virDomainMigrate* answer code 3 or 74).
@@ -28,10 +35,12 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lxml import etree
 
 from .. import cpuset, sxp
+from . import partitions
 from .base import (
     POOL0_UUID,
     Backend,
@@ -43,6 +52,7 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    SchedDomain,
     SideEffects,
     check_free,
     check_memory,
@@ -73,6 +83,7 @@ SCHED_PARAMS = {"Xen": ("weight", 1, "cap"), "QEMU": ("cpu_shares", 4, "vcpu_quo
 QUOTA_PERIOD = 100_000  # µs: vcpu_quota = cap% of one pCPU per period, split over the vCPUs
 SHUTDOWN_WAIT = 60.0  # seconds a clean shutdown may take before we call it failed
 CACHE_SECONDS = 2.0  # domain facts are refreshed at least this often even without an event
+UTIL_WINDOW = 2.0  # seconds between two samples of the vCPUs' CPU time (the utilisation's window)
 
 _event_loop_started = False
 _event_loop_lock = threading.Lock()
@@ -115,7 +126,7 @@ def _now() -> dt.datetime:
 class LibvirtBackend(Backend):
     name = "libvirt"
 
-    def __init__(self, uri: str, state_dir: str | Path) -> None:
+    def __init__(self, uri: str, state_dir: str | Path, domain_type: str = "kvm") -> None:
         _start_event_loop()
         try:
             self.conn = libvirt.open(uri)
@@ -124,6 +135,15 @@ class LibvirtBackend(Backend):
         self.uri = uri
         self.driver = self.conn.getType()  # "Xen", "QEMU", "LXC", "TEST"...
         self.sched = SCHED_PARAMS.get(self.driver)
+        self.domain_type = domain_type  # of the domains defined anew on a QEMU host
+        self.partitions, reason = self._probe_partitions()
+        if self.partitions is None:
+            log.info("no scheduling domains on this libvirt host: %s", reason)
+        self._sdoms: dict[str, SchedDomain] = {}  # master uuid -> its scheduling domain
+        self._partition_of: dict[str, str] = {}  # domain uuid -> the partition it starts in
+        self._samples: dict[str, tuple[int, float, dict[int, int]]] = {}  # uuid -> (domid, when, vCPU ns)
+        self._util: dict[str, dict[int, float]] = {}  # uuid -> vCPU -> share of one pCPU, last window
+        self._closed = threading.Event()
         self.pools_path = Path(state_dir) / POOLS_FILE
         self._lock = threading.RLock()
         self._cache: dict[str, Domain] = {}
@@ -141,7 +161,11 @@ class LibvirtBackend(Backend):
             *([Capability.SCHED_CREDIT] if self.sched else []),
             *([Capability.MEMORY_MAX_LIVE] if self.driver == "Xen" else []),  # QEMU refuses a live maximum
             *([Capability.NUMA] if len({c.numa_node for c in self._info.cpus}) > 1 else []),
+            *([Capability.UTILISATION] if self.driver == "QEMU" else []),
+            *([Capability.SCHED_DOMAIN] if self.partitions is not None else []),
         })
+        if Capability.UTILISATION in self.capabilities:
+            threading.Thread(target=self._sampler, name="libvirt-utilisation", daemon=True).start()
         self._notify = None
         self._changes: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._side = SideEffects()  # domains re-pinned by a pool or reservation change
@@ -237,12 +261,13 @@ class LibvirtBackend(Backend):
                 started = dt.datetime.fromisoformat(meta.get("started"))
             pins = {int(p.get("vcpu")): cpuset.parse(p.get("cpus")) for p in meta.iterfind("{*}pin")}
             keep = {k.get("key"): k.text or "" for k in meta.iterfind("{*}keep")}
-        if active and self.sched and power != PowerState.SUSPENDED:
-            weight, cap = self._read_sched(dom, nvcpus, weight, cap)
+        if active and self.sched and power != PowerState.SUSPENDED and uuid not in self._partition_of:
+            weight, cap = self._read_sched(dom, nvcpus, weight, cap)  # in a partition: as asked (see _own)
         return Domain(
             uuid=uuid, name=dom.name(), domid=dom.ID() if active else -1, power_state=power,
             memory=kib * KIB, memory_max=max_kib * KIB, vcpus=nvcpus, vcpus_max=vcpus_max, weight=weight,
             cap=cap, pins=pins, vcpu_cpu=where, start_time=started,
+            utilisation={v: u for v, u in self._util.get(uuid, {}).items() if v < nvcpus} if active else {},
             is_control_domain=self.driver == "Xen" and active and dom.ID() == 0, metadata=keep,
             pool=pool if pool in self.table.pools else POOL0_UUID,
         )
@@ -410,7 +435,7 @@ class LibvirtBackend(Backend):
     def _definition(self, config: DomainConfig, base: str | None) -> str:
         """The domain XML for ``config``: the existing definition edited, or a new minimal one."""
         if base is None:
-            kind = {"Xen": "xen", "QEMU": "kvm", "LXC": "lxc", "TEST": "test"}.get(self.driver, "test")
+            kind = {"Xen": "xen", "QEMU": self.domain_type, "LXC": "lxc", "TEST": "test"}.get(self.driver, "test")
             root = etree.Element("domain", type=kind)
             os_el = etree.SubElement(root, "os")
             etree.SubElement(os_el, "type").text = "linux" if self.driver == "Xen" else "hvm"
@@ -418,6 +443,10 @@ class LibvirtBackend(Backend):
             root = etree.fromstring(base.encode())
         for tag in ("name", "uuid", "memory", "currentMemory", "vcpu", "cputune"):
             for old in root.findall(tag):
+                root.remove(old)
+        for old in root.findall("resource"):  # a partition of ours (an admin's own stays unless we set one)
+            if config.uuid in self._partition_of or (old.findtext("partition") or "").startswith(
+                    partitions.partition("")):
                 root.remove(old)
         pos = 0
         for tag, text in (("name", config.name), ("uuid", config.uuid), ("memory", str(config.memory_max // KIB)),
@@ -432,16 +461,19 @@ class LibvirtBackend(Backend):
         root.find("vcpu").set("current", str(config.vcpus))
         tune = etree.Element("cputune")
         if self.sched and self.sched[0] == "cpu_shares":
-            etree.SubElement(tune, "shares").text = str(config.weight * self.sched[1])
-            if config.cap and self.sched[2]:
+            weight, cap = self._own(config.uuid, config.weight, config.cap)
+            etree.SubElement(tune, "shares").text = str(weight * self.sched[1])
+            if cap and self.sched[2]:
                 etree.SubElement(tune, "period").text = str(QUOTA_PERIOD)
-                etree.SubElement(tune, "quota").text = str(config.cap * QUOTA_PERIOD // 100 // max(1, config.vcpus))
+                etree.SubElement(tune, "quota").text = str(cap * QUOTA_PERIOD // 100 // max(1, config.vcpus))
         for v in range(config.vcpus_max):
             cpus = self._allowed(config.uuid, config.pool or POOL0_UUID, v, config.pins)
             if len(cpus) < self.ncpus:
                 etree.SubElement(tune, "vcpupin", vcpu=str(v), cpuset=cpuset.format(cpus))
         if len(tune):
             root.insert(pos, tune)
+        if config.uuid in self._partition_of:  # the cgroup of its scheduling domain
+            etree.SubElement(etree.SubElement(root, "resource"), "partition").text = self._partition_of[config.uuid]
         os_el = root.find("os")
         for tag, value in (("kernel", config.kernel), ("initrd", config.ramdisk), ("cmdline", config.args)):
             old = os_el.find(tag)
@@ -479,9 +511,16 @@ class LibvirtBackend(Backend):
             dom.create()  # a driver without START_PAUSED (libvirt's test driver): pause at once
             dom.suspend()
 
+    def _own(self, uuid: str, weight: int, cap: int) -> tuple[int, int]:
+        """The weight and cap a domain's own cgroup gets: in a scheduling domain's partition the
+        partition's are the only ones in force (a member's own weight and cap do not count, as on
+        the simulated host), so its own are neutral: the default weight, no cap."""
+        return (256, 0) if uuid in self._partition_of else (weight, cap)
+
     def _apply_sched(self, dom, weight: int, cap: int, vcpus: int) -> None:
         if not self.sched:
             return
+        weight, cap = self._own(dom.UUIDString(), weight, cap)
         name, scale, cap_name = self.sched
         params = {name: weight * scale}
         if cap_name == "cap":
@@ -536,6 +575,7 @@ class LibvirtBackend(Backend):
                 dom.managedSaveRemove(0)  # a stale image: start means a fresh boot from the definition
             base = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom is not None and dom.isPersistent() else None
             dom = self.conn.defineXML(self._definition(config, base))
+            self._ensure_partition(config.uuid, config)
             self._boot(dom, paused)
             self._write_meta(dom, started=_now().isoformat())
             self._apply_sched(dom, config.weight, config.cap, config.vcpus)
@@ -609,6 +649,7 @@ class LibvirtBackend(Backend):
         def action():
             d = self._get(uuid, PowerState.SUSPENDED)
             self._check_memory(d.memory)
+            self._ensure_partition(uuid)
             self._boot(self._lookup(uuid), paused)
             self._repin(uuid)
             return self._refresh(uuid)
@@ -652,8 +693,10 @@ class LibvirtBackend(Backend):
                 raise BackendError("the CPU pool of the domain is not active here", "POOL_BAD_STATE",
                                    "deactivated")
             self._check_memory(int(root.findtext("currentMemory") or 0) * KIB)
+            dxml, part = self._restore_placement(uuid, root)
+            self._ensure_partition(uuid, partition=part)
             try:
-                self.conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0)
+                self.conn.restoreFlags(str(path), dxml, libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else 0)
             except libvirt.libvirtError as exc:
                 if not paused or exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
                     raise
@@ -727,6 +770,8 @@ class LibvirtBackend(Backend):
             dom = self._lookup(uuid)
             self._apply_sched(dom, weight, cap, d.vcpus)
             self._write_meta(dom, weight=weight, cap=cap)
+            if uuid in self._sdoms:  # a running master's weight and cap are its domain's
+                self.partitions.ensure(uuid, weight, cap)
             return self._refresh(uuid)
         return self._act(uuid, action)
 
@@ -816,6 +861,124 @@ class LibvirtBackend(Backend):
                     self._repin(d.uuid)
         self._act("", action)
 
+    # -- scheduling domains: libvirt resource partitions (partitions.py) ----------------------------
+    def _probe_partitions(self) -> tuple[partitions.Partitions | None, str]:
+        if self.driver != "QEMU":
+            return None, f"libvirt's {self.driver} driver has no resource partitions we can use"
+        if urlsplit(self.uri).hostname:
+            return None, "the libvirt host is remote: its cgroups cannot be written from here"
+        try:
+            mounts = Path("/proc/self/mounts").read_text(encoding="utf-8")
+        except OSError as exc:
+            return None, f"cannot read the cgroup mounts: {exc}"
+        return partitions.Partitions.probe(mounts)
+
+    def _in_force(self, sd: SchedDomain, config: DomainConfig | None = None) -> tuple[int, int]:
+        """The weight and cap of a scheduling domain: its running master's, else its stored ones."""
+        if config is not None:
+            return config.weight, config.cap
+        master = self._cache.get(sd.master)
+        if master is not None and master.power_state in (PowerState.RUNNING, PowerState.PAUSED):
+            return master.weight, master.cap
+        return sd.weight, sd.cap
+
+    def _ensure_partition(self, uuid: str, config: DomainConfig | None = None, partition: str | None = None) -> None:
+        """Before a domain starts in a partition, the partition must exist (libvirt removes an empty
+        one when a start in it fails; a host reboot removes them all)."""
+        part = partition or self._partition_of.get(uuid)
+        sd = next((sd for sd in self._sdoms.values() if partitions.partition(sd.master) == part), None)
+        if sd is not None:
+            self.partitions.ensure(sd.master, *self._in_force(sd, config if config and config.uuid == sd.master
+                                                               else None))
+        elif part and part.startswith(partitions.partition("")):  # arriving before its domain is made here
+            self.partitions.ensure(part.removeprefix(partitions.partition("")), 256, 0)
+
+    def _restore_placement(self, uuid: str, root: etree._Element) -> tuple[str | None, str | None]:
+        """(the domain XML to restore with, or None for the image's own; the partition it restores
+        into). An image keeps the partition its domain ran in: it is kept when it is where the
+        current set puts the domain, or a scheduling domain unknown here (a migration: its domain is
+        made here once its VMs arrived); else the domain is restored where the set puts it now."""
+        part = root.findtext("resource/partition") or partitions.DEFAULT
+        want = self._partition_of.get(uuid, partitions.DEFAULT)
+        known = {partitions.partition(master) for master in self._sdoms}
+        if self.partitions is None or part == want or (part.startswith(partitions.partition("")) and part not in known):
+            return None, part
+        for old in root.findall("resource"):
+            root.remove(old)
+        if want != partitions.DEFAULT:
+            etree.SubElement(etree.SubElement(root, "resource"), "partition").text = want
+        return etree.tostring(root, encoding="unicode"), want
+
+    def _live_partition(self, uuid: str) -> str | None:
+        """The partition a domain with a cgroup runs in (running, paused, or in its suspended image),
+        None when it has none now (halted)."""
+        dom = self._existing(uuid)
+        if dom is None:
+            return None
+        if dom.isActive():
+            xml = dom.XMLDesc(0)
+        elif dom.hasManagedSaveImage(0):
+            xml = dom.managedSaveGetXMLDesc(0)
+        else:
+            return None
+        return etree.fromstring(xml.encode()).findtext("resource/partition") or partitions.DEFAULT
+
+    def set_sched_domains(self, domains: list[SchedDomain]) -> None:
+        if self.partitions is None:
+            raise self.missing(Capability.SCHED_DOMAIN)
+
+        def action():
+            wanted = {uuid: partitions.partition(sd.master) for sd in domains for uuid in (sd.master, *sd.members)}
+            # only the domains whose partition changes are looked at: a push costs what it changes
+            for uuid in set(wanted) | set(self._partition_of):
+                want = wanted.get(uuid, partitions.DEFAULT)
+                live = self._live_partition(uuid) if want != self._partition_of.get(uuid, partitions.DEFAULT) \
+                    else None
+                if live is not None and live != want:
+                    name = self._existing(uuid).name()
+                    raise BackendError(f"domain {name} runs in cgroup partition {live}", "OPERATION_NOT_ALLOWED",
+                                       f"libvirt places a domain in its cgroup partition when it starts and cannot "
+                                       f"move it: {name} runs in {live}; shut it down first, it starts in {want} "
+                                       f"from then on")
+            for sd in domains:
+                self.partitions.ensure(sd.master, *self._in_force(sd))
+            for master in set(self._sdoms) - {sd.master for sd in domains}:
+                self.partitions.remove(master)
+            self._sdoms = {sd.master: sd for sd in domains}
+            self._partition_of = wanted
+        self._act("", action)
+
+    # -- measured utilisation ---------------------------------------------------------------------
+    def _sampler(self) -> None:
+        while not self._closed.wait(UTIL_WINDOW):
+            try:
+                self._sample()
+            except libvirt.libvirtError as exc:  # the next window will do (a domain went away meanwhile)
+                log.debug("utilisation sample failed: %s", exc.get_error_message())
+
+    def _sample(self) -> None:
+        """One sample of every running domain's per-vCPU CPU time; each vCPU's utilisation over
+        the window since the previous sample (a restarted domain starts a new one)."""
+        before = time.monotonic()
+        stats = self.conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_VCPU,
+                                            libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        now = (before + time.monotonic()) / 2
+        samples, util = {}, {}
+        for dom, values in stats:
+            uuid, domid = dom.UUIDString(), dom.ID()
+            times = {int(key.split(".")[1]): int(value) for key, value in values.items()
+                     if key.startswith("vcpu.") and key.endswith(".time")}
+            samples[uuid] = (domid, now, times)
+            last = self._samples.get(uuid)
+            if last is not None and last[0] == domid and now > last[1]:
+                window = (now - last[1]) * 1e9
+                util[uuid] = {v: max(0.0, (ns - last[2].get(v, ns)) / window) for v, ns in times.items()}
+        with self._lock:
+            self._samples, self._util = samples, util
+            for uuid, share in util.items():
+                if uuid in self._cache:
+                    self._cache[uuid] = replace(self._cache[uuid], utilisation=share)
+
     # -- changes made outside xend-ext ------------------------------------------------------------
     def watch(self, notify) -> None:
         """libvirt's events say which domain changed; a worker re-reads it and reports only what
@@ -846,6 +1009,7 @@ class LibvirtBackend(Backend):
                 self._notify("domain", uuid)
 
     def close(self) -> None:
+        self._closed.set()
         try:
             self.conn.close()
         except libvirt.libvirtError:
