@@ -11,8 +11,11 @@ every xl call: the guests start paused and run only while measured (``run``), an
 
 Tolerances, from the runs that set them (README, the xl table): credit2 under emulation gives
 weight ratios of 1.4 to 1.8 where 2 is asked (1.0 +- 0.1 for equal weights) and caps undershoot
-(0.18 to 0.22 of a pCPU for a cap of 25, 0.065 for 10): a slice or a budget period ends on a
-timer the busy host delivers late. xl prints CPU time with 0.1 s resolution, +-0.01 over 12 s.
+(0.18 to 0.22 of a pCPU for a cap of 25, 0.04 to 0.065 for 10): a slice or a budget period ends
+on a timer the busy host delivers late. On a host loaded far beyond its cores (load average 16
+on 2 cores, other emulated machines beside this one) weights flatten towards 1:1, which the
+weight test then reports as a failure; `make test` runs this stage alone. xl prints CPU time with
+0.1 s resolution: +-0.01 over 12 s.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ import time
 import pytest
 from conftest import ServerProcess
 from hosts import HOSTS
-from realxen import (  # noqa: F401 - clean_xen_fixture and xen_fixture are the fixtures clean_xen and xen
+from realxen import (  # noqa: F401 - xen_fixture is the fixture xen
     GUEST_MIB,
     MIB,
-    clean_xen_fixture,
     pv_fields,
     xen_fixture,
 )
@@ -39,11 +41,22 @@ SHARE_TOL = 0.03  # of one pCPU, above a cap
 CPU = "5"  # the pCPU the competing guests share (dom0 runs on 0 and 1)
 
 
-@pytest.fixture
-def xl_server(clean_xen, tmp_path):
-    server = ServerProcess(tmp_path / "state", host=HOSTS["xl"]).start()
+@pytest.fixture(scope="module")
+def xl_server(xen, tmp_path_factory):
+    """One server for the module (on a new state: the host clears the machine first)."""
+    server = ServerProcess(tmp_path_factory.mktemp("xl-shares") / "state", host=HOSTS["xl"]).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def x(xl_server):
+    """The official client; what the test started is stopped when it ends, passed or not."""
+    x = session(xl_server).xenapi
+    yield x
+    for vm in x.VM.get_all():
+        if not x.VM.get_is_control_domain(vm) and x.VM.get_power_state(vm) != "Halted":
+            x.VM.hard_shutdown(vm)
 
 
 def busy_guest(x, name: str, **fields) -> str:
@@ -81,66 +94,59 @@ def run(x, *vms: str) -> None:
     time.sleep(2)
 
 
-def stop(x, *vms: str) -> None:
-    for vm in vms:
-        x.VM.hard_shutdown(vm)
-
-
 def reported(x, vm: str) -> float:
     """What the server says: the VM's VCPUs_utilisation, summed over its vCPUs."""
     return sum(float(u) for u in x.VM_metrics.get_VCPUs_utilisation(x.VM.get_metrics(vm)).values())
 
 
-def test_sched_credit_weights_and_cap_hold_on_credit2(xl_server, clean_xen):
+def test_sched_credit_weights_and_cap_hold_on_credit2(x, xl_server, xen):
     """`xm sched-credit` on Pool-0 (credit2): two busy guests pinned to one pCPU with weights 512
     and 256 share it about 2:1; then a cap of 25 holds the first at about 25 %."""
-    x = session(xl_server).xenapi
     pin = {"cpumap0": CPU}
     a = busy_guest(x, "w-a", VCPUs_params=pin)
     b = busy_guest(x, "w-b", VCPUs_params=pin)
     x.VM.start(a, True, False)
     x.VM.start(b, True, False)
     ok(xm(xl_server, "sched-credit", "-d", "w-a", "-w", "512"))
-    assert clean_xen.sched("w-a", "credit2") == (512, 0) and clean_xen.sched("w-b", "credit2") == (256, 0)
+    assert xen.sched("w-a", "credit2") == (512, 0) and xen.sched("w-b", "credit2") == (256, 0)
     run(x, a, b)
-    shares = measure(clean_xen, ["w-a", "w-b"])
+    shares = measure(xen, ["w-a", "w-b"])
     ratio = shares["w-a"] / shares["w-b"]
     print(f"\nweights 512/256 on pCPU {CPU}, {WINDOW:.0f} s: w-a {shares['w-a']:.3f}, w-b {shares['w-b']:.3f}, "
           f"ratio {ratio:.2f} (server: {reported(x, a):.3f}, {reported(x, b):.3f})")
-    # credit2 under emulation gives 1.4 to 1.8 where 2 is asked (equal weights give 1.0 +- 0.1):
-    # a slice ends on a timer the busy host delivers late
+    # 2 asked; under emulation 1.4 to 1.8 with the stage alone on the host, equal weights 1.0 +- 0.1.
+    # Each slice ends on a timer the host delivers late, and once slices overrun credit2's 10 ms
+    # of credit by far, its credit resets make it round-robin: 1.16 was seen at load average 16.
     assert 1.3 <= ratio <= 2.7
     assert shares["w-a"] + shares["w-b"] == pytest.approx(1.0, abs=0.1)  # the pCPU is busy all the time
 
     ok(xm(xl_server, "sched-credit", "-d", "w-a", "-c", "25"))
-    assert clean_xen.sched("w-a", "credit2") == (512, 25)
-    shares = measure(clean_xen, ["w-a", "w-b"])
+    assert xen.sched("w-a", "credit2") == (512, 25)
+    shares = measure(xen, ["w-a", "w-b"])
     print(f"cap 25 on w-a, {WINDOW:.0f} s: w-a {shares['w-a']:.3f}, w-b {shares['w-b']:.3f} "
           f"(server: {reported(x, a):.3f}, {reported(x, b):.3f})")
     assert 0.15 <= shares["w-a"] <= 0.25 + SHARE_TOL  # it was 0.6 before
     assert shares["w-b"] >= 0.6  # work-conserving: the rest goes to w-b
     # the server's figure is the same accounting over its own window (the last 10 s of polls)
     assert 0.15 <= reported(x, a) <= 0.25 + SHARE_TOL
-    stop(x, a, b)
 
 
-def test_sched_domain_ten_percent_demo(xl_server, clean_xen):
+def test_sched_domain_ten_percent_demo(x, xl_server, xen):
     """Seed 001's demo on Xen: cap a busy domain at 10, add a busy member to its scheduling domain:
     both together get the master's 10 %, about half each (the control loop of xl_sdom.py)."""
-    x = session(xl_server).xenapi
     master = busy_guest(x, "sd-master", VCPUs_params={"cap": "10"})
     member = busy_guest(x, "sd-member")
     x.VM.start(master, True, False)
     x.VM.start(member, True, False)
     run(x, master, member)
-    shares = measure(clean_xen, ["sd-master", "sd-member"], 6)
+    shares = measure(xen, ["sd-master", "sd-member"], 6)
     print(f"\nbefore: master (cap 10) {shares['sd-master']:.3f}, member (uncapped) {shares['sd-member']:.3f}")
     assert shares["sd-master"] <= 0.10 + SHARE_TOL and shares["sd-member"] >= 0.5
     sd = x.sched_domain.create({"master": master, "members": [member]})
     # the loop has split the master's cap and weight; Xen shows its parts, the server what was asked
-    assert clean_xen.sched("sd-master", "credit2") == (128, 5) == clean_xen.sched("sd-member", "credit2")
+    assert xen.sched("sd-master", "credit2") == (128, 5) == xen.sched("sd-member", "credit2")
     assert x.VM_metrics.get_VCPUs_params(x.VM.get_metrics(master))["cap"] == "10"
-    shares = measure(clean_xen, ["sd-master", "sd-member"])
+    shares = measure(xen, ["sd-master", "sd-member"])
     total = shares["sd-master"] + shares["sd-member"]
     print(f"in one scheduling domain, {WINDOW:.0f} s: master {shares['sd-master']:.3f}, "
           f"member {shares['sd-member']:.3f}, together {total:.3f} "
@@ -150,15 +156,13 @@ def test_sched_domain_ten_percent_demo(xl_server, clean_xen):
     assert 0.3 <= reported(x, member) / (reported(x, master) + reported(x, member)) <= 0.7
     # the member leaves: its own (uncapped) parameters come back
     x.sched_domain.remove_member(sd, member)
-    assert clean_xen.sched("sd-member", "credit2") == (256, 0) and clean_xen.sched("sd-master", "credit2") == (256, 10)
-    stop(x, master, member)
+    assert xen.sched("sd-member", "credit2") == (256, 0) and xen.sched("sd-master", "credit2") == (256, 10)
 
 
-def test_sched_domain_shares_the_masters_weight(xl_server, clean_xen):
+def test_sched_domain_shares_the_masters_weight(x, xl_server, xen):
     """Weight sharing: a master of weight 512 and its member against an outsider of weight 256, all
     busy on one pCPU. As one entity of weight 512 the pair gets 2/3 (1/3 each) and the outsider 1/3;
     without the scheduling domain it would be 1/2, 1/4 and 1/4."""
-    x = session(xl_server).xenapi
     pin = {"cpumap0": CPU}
     master = busy_guest(x, "sw-master", VCPUs_params={**pin, "weight": "512"})
     member = busy_guest(x, "sw-member", VCPUs_params=pin)
@@ -166,13 +170,12 @@ def test_sched_domain_shares_the_masters_weight(xl_server, clean_xen):
     for vm in (master, member, outsider):
         x.VM.start(vm, True, False)
     x.sched_domain.create({"master": master, "members": [member]})
-    assert clean_xen.sched("sw-master", "credit2") == (256, 0) == clean_xen.sched("sw-member", "credit2")
+    assert xen.sched("sw-master", "credit2") == (256, 0) == xen.sched("sw-member", "credit2")
     run(x, master, member, outsider)
     names = ["sw-master", "sw-member", "sw-out"]
-    shares = measure(clean_xen, names)
+    shares = measure(xen, names)
     pair = shares["sw-master"] + shares["sw-member"]
     print(f"\nweight 512 shared on pCPU {CPU}, {WINDOW:.0f} s: master {shares['sw-master']:.3f}, member "
           f"{shares['sw-member']:.3f} (together {pair:.3f}), outsider (256) {shares['sw-out']:.3f}")
     assert 1.5 <= pair / shares["sw-out"] <= 2.5  # 2:1 (3:1 without the scheduling domain)
     assert 0.75 <= shares["sw-master"] / shares["sw-member"] <= 1.33
-    stop(x, master, member, outsider)
