@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
-from vmkit import BOTH, MIB, NO_SURVIVAL, Kit, failure, lacks, metrics, on_sim, on_xl, session, sim_only
+from vmkit import BOTH, MIB, NO_SURVIVAL, Kit, failure, metrics, modelled, on_sim, on_xl, session, sim_only
 
 from xend_ext import sxp
 
@@ -38,7 +38,7 @@ class OccKit(Kit):
     def __init__(self, server) -> None:
         super().__init__(server)
         self.cpu = {int(self.x.host_cpu.get_number(ref)): ref for ref in self.x.host_cpu.get_all()}
-        self.model = not lacks(server, "utilisation")  # the sim's scheduler model gives the shares
+        self.model = modelled(server)  # the sim's scheduler model gives the shares
 
     def one(self, pins: str | None = None, **fields) -> str:
         """A 1-vCPU VM (pinned to ``pins`` if given)."""

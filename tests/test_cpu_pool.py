@@ -14,7 +14,17 @@ import time
 import pytest
 import XenAPI
 from poolkit import CPUS, PoolKit, add_user, backend_pools, event_from, failure, unique
-from vmkit import BOOT_FIELDS, BOTH, NO_UTILISATION, backend_domain, lacks, on_xl, session, sim_only
+from vmkit import (
+    BOOT_FIELDS,
+    BOTH,
+    NO_UTILISATION,
+    backend_domain,
+    modelled,
+    on_xl,
+    session,
+    shares_fit,
+    sim_only,
+)
 
 pytestmark = pytest.mark.backends(*BOTH)
 
@@ -596,7 +606,7 @@ def test_cpu_pool_migrate_checks_the_running_domains_pins(kit):
     x.VM.start(vm, False, False)
     x.VM.pin_VCPU(vm, 0, "5", "dynamic")  # the stored definition has no pin
     kit.refused("VALUE_NOT_SUPPORTED", x.VM.cpu_pool_migrate, vm, dest)
-    assert kit.vcpus_cpu(vm) == {0: 5} and kit.utilisation(vm) == ({} if lacks(kit.server, "utilisation") else {0: 1.0})
+    assert kit.vcpus_cpu(vm) == {0: 5} and shares_fit(kit.server, kit.utilisation(vm), {0: 1.0})
 
 
 @on_xl()
@@ -614,7 +624,7 @@ def test_cpu_pool_migrate_moves_a_running_vm_live(kit):
     assert x.cpu_pool.get_started_VMs(pool) == [vm]
     assert x.cpu_pool.get_started_VMs(kit.pool0) == [kit.dom0]
     assert set(kit.vcpus_cpu(vm).values()) <= {6, 7}
-    assert kit.utilisation(vm) == ({} if lacks(kit.server, "utilisation") else {0: 1.0, 1: 1.0})
+    assert shares_fit(kit.server, kit.utilisation(vm), {0: 1.0, 1: 1.0})
     assert backend_domain(kit.server, x.VM.get_uuid(vm))["pool"] == x.cpu_pool.get_uuid(pool)
     events = {(e["class"], e["ref"]): e for e in event_from(x, ["VM", "cpu_pool"], token, 2.0)["events"]}
     assert events[("vm", vm)]["snapshot"]["cpu_pool"] == [pool]
@@ -724,7 +734,7 @@ def test_pools_share_only_their_own_cpus(kit):
     """Each pool's VMs run on its pCPUs only; with the sim's scheduler model, they share them only
     among themselves (libvirt reports no utilisation: there the placement is checked)."""
     x = kit.x
-    model = not lacks(kit.server, "utilisation")
+    model = modelled(kit.server)
     a = kit.active_pool([7], "A")
     b = kit.active_pool([5, 6], "B")
     a1, a2 = kit.vm(pool_name="A"), kit.vm(pool_name="A")

@@ -21,7 +21,7 @@ import time
 import pytest
 import realxen
 from conftest import ROOT, ServerProcess
-from vmkit import BOOT_FIELDS, BOTH, NO_SCHED, NO_UTILISATION, lacks, on_sim, on_xl, sim_only
+from vmkit import BOOT_FIELDS, BOTH, NO_SCHED, NO_UTILISATION, lacks, modelled, on_sim, on_xl, sim_only
 from xmkit import error, ok, xm
 
 from xend_ext import sxp
@@ -478,7 +478,7 @@ def test_vcpu_pin_and_vcpu_list(srv, tmp_path):
     domid = records(srv, name)[0]["domid"]
     assert len(out) == 3
     # xm infers "running" from the utilisation, which only the sim's model gives (see the README)
-    run = "r--" if not lacks(srv, "utilisation") else "(?:r--|-b-)"
+    run = "r--" if modelled(srv) else "(?:r--|-b-)"
     assert re.fullmatch(rf"{name} +{domid} +0 +\d +{run} +\d+\.\d any cpu", out[1]), out[1]
     assert re.fullmatch(rf"{name} +{domid} +1 +3 +{run} +\d+\.\d 3", out[2]), out[2]
     ok(xm(srv, "vcpu-pin", name, "all", "4-5"))

@@ -53,7 +53,7 @@ def sim_only(reason: str):
 #: the capabilities each test backend lacks (the server answers NOT_IMPLEMENTED [capability])
 LACKS = {"sim": frozenset(), "libvirt": frozenset({"sched_credit", "sched_domain", "memory_max_live",
                                                   "utilisation", "numa"}),
-         "xl": frozenset({"sched_domain", "utilisation", "numa"})}
+         "xl": frozenset({"numa"})}
 
 #: what VMs need to boot on the backend of the tests running now (conftest's ``backend`` sets it:
 #: on xl a PV kernel); new_vm adds it to every record
@@ -63,6 +63,27 @@ BOOT_FIELDS: dict[str, str] = {}
 def lacks(server, capability: str) -> bool:
     """Whether the server's backend lacks ``capability`` (libvirt's test driver: see LACKS)."""
     return capability in LACKS[getattr(getattr(server, "host", None), "name", "sim")]
+
+
+#: backends whose VCPUs_utilisation is measured CPU use (xl: the test guests mostly sleep), not the
+#: sim's scheduler model of every vCPU busy, whose figures the shared tests check
+MEASURED = frozenset({"xl"})
+
+
+def modelled(server) -> bool:
+    """Whether VCPUs_utilisation is the sim's model (figures a test can predict)."""
+    return not lacks(server, "utilisation") and getattr(getattr(server, "host", None), "name", "sim") not in MEASURED
+
+
+def shares_fit(server, got: dict, model: dict) -> bool:
+    """VCPUs_utilisation as the backend gives it: the model's figures where it is modelled, none
+    where the backend lacks utilisation, and where it is measured a share in [0, 1] for some of
+    the model's vCPUs (none before two polls have seen the domain)."""
+    if modelled(server):
+        return got == model
+    if lacks(server, "utilisation"):
+        return got == {}
+    return {str(v) for v in got} <= {str(v) for v in model} and all(0 <= float(u) <= 1 for u in got.values())
 
 
 #: the capability an allocation or mobility message needs (the dispatcher checks it before anything else)

@@ -11,6 +11,11 @@
  * (`xl vcpu-set` writes cpu/N/availability); the others only sleep. What it does not do is balloon
  * (xl reports memory targets, not what a guest gave back).
  *
+ * With the word `burn` on its command line (xl's `extra`, the VM's PV_args) it is a busy guest
+ * instead: every online vCPU spins rather than sleeping in Xen (vCPU 0 polls its rings for
+ * requests, so it still answers them), using all the CPU the scheduler gives it. The real-Xen
+ * stage measures weights, caps and scheduling domains with it in Xen's own CPU accounting.
+ *
  * Everything here is Xen's public PV ABI (xen/include/public): start_info, shared_info, the
  * xenstore and console rings, and five hypercalls. Entry and ELF notes are in tiny-guest.s.
  */
@@ -148,6 +153,7 @@ static u32 req_id;
 static int watch_fired;
 static u8 vcpu_started[MAX_VCPUS]; /* initialised once; then only up and down */
 static struct vcpu_guest_context vcpu_context;
+int burning; /* `burn` on the command line: spin instead of sleeping (read by secondary_start too) */
 
 static u8 shared_page[PAGE_SIZE] __attribute__((aligned(PAGE_SIZE)));
 static u64 frame_list[P2M_PER_PAGE] __attribute__((aligned(PAGE_SIZE)));
@@ -219,6 +225,10 @@ static void clear_event(u32 port)
 
 static void wait_event(u32 port)
 {
+    if (burning) { /* busy: the caller looks at its ring again at once */
+        asm volatile("pause");
+        return;
+    }
     struct {
         u32 *ports;
         u32 nr_ports;
@@ -301,6 +311,22 @@ static void store_read(void *data, u32 n)
         }
         notify(si->store_evtchn);
     }
+}
+
+/* Is `word` one of the space-separated words of the command line? */
+static int has_word(const char *line, const char *word)
+{
+    for (const char *p = line; *p;) {
+        while (*p == ' ')
+            p++;
+        unsigned long n = 0;
+        while (p[n] && p[n] != ' ')
+            n++;
+        if (n && same(p, n, word))
+            return 1;
+        p += n;
+    }
+    return 0;
 }
 
 /* Read one message; a watch event is noted (watch_fired) and its body dropped. */
@@ -407,9 +433,11 @@ static void suspend(void)
 void main(struct start_info *start)
 {
     si = start;
+    si->cmd_line[sizeof si->cmd_line - 1] = 0;
+    burning = has_word(si->cmd_line, "burn");
     p2m = (u64 *)si->mfn_list;
     attach();
-    say("xend-ext tiny guest: up\r\n");
+    say(burning ? "xend-ext tiny guest: up, burning CPU\r\n" : "xend-ext tiny guest: up\r\n");
     watch_control(); /* a watch fires once when set: a request made before we got here is seen */
     char value[32];
     for (;;) {

@@ -40,10 +40,15 @@ _start:
         ud2
 
 # Where the other vCPUs start when brought up: they sleep in SCHEDOP_poll on no event channel (any
-# event wakes them; they sleep again) and need no stack, hypercalls being made on Xen's.
+# event wakes them; they sleep again) and need no stack, hypercalls being made on Xen's. In a
+# guest started with `burn` (tiny-guest.c's `burning`) they spin instead.
         .globl secondary_start
 secondary_start:
-        mov $29, %eax                   # HYPERVISOR_sched_op
+        cmpl $0, burning(%rip)
+        je 1f
+        pause
+        jmp secondary_start
+1:      mov $29, %eax                   # HYPERVISOR_sched_op
         mov $3, %edi                    # SCHEDOP_poll
         lea no_events(%rip), %rsi
         syscall

@@ -34,7 +34,7 @@ class Capability:
     VCPUS_LIVE = "vcpus_live"
     PIN = "pin"
     SCHED_CREDIT = "sched_credit"  # weight and cap
-    UTILISATION = "utilisation"  # per-vCPU CPU use (the sim's scheduler model; measured on libvirt's QEMU)
+    UTILISATION = "utilisation"  # per-vCPU CPU use: the sim's scheduler model, or measured (xl, libvirt's QEMU)
     POOLS = "pools"  # CPU pools (cpupools): disjoint sets of pCPUs, each scheduled on its own
     SCHED_DOMAIN = "sched_domain"  # several domains scheduled as one entity (the "nemesis" patch)
     CPU_OCCUPY = "cpu_occupy"  # pCPUs reserved to some domains (the policy manager's cpuoccupy)

@@ -44,6 +44,7 @@ from .base import (
     HostInfo,
     PhysicalCPU,
     PowerState,
+    SchedDomain,
     SideEffects,
     check_free,
     check_memory,
@@ -55,6 +56,7 @@ from .base import (
     narrowed,
     require_live,
 )
+from .xl_sdom import CpuMeter, SchedDomains
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ LIST_ROW = re.compile(r"^(?P<name>.*?)\s+(?P<domid>\d+)\s+(?P<mem>\d+)\s+(?P<vcp
                       r"(?P<time>[\d.]+)\s+(?P<uuid>[0-9a-f]{8}-[0-9a-f-]{27})\s+\S+\s+\S+\s+(?P<pool>\S+)\s*$")
 # `xl vcpu-list`: Name ID VCPU CPU State Time(s) Affinity (Hard / Soft)
 VCPU_ROW = re.compile(r"^(?P<name>.*?)\s+(?P<domid>\d+)\s+(?P<vcpu>\d+)\s+(?P<cpu>\d+|-)\s+(?P<state>[-a-z]{3})\s+"
-                      r"[\d.]+\s+(?P<hard>\S+)\s*/\s*(?P<soft>\S+)\s*$")
+                      r"(?P<time>[\d.]+)\s+(?P<hard>\S+)\s*/\s*(?P<soft>\S+)\s*$")
 # `xl sched-credit` / `sched-credit2`: Name ID Weight Cap (after a "Cpupool NAME: ..." line per pool)
 SCHED_ROW = re.compile(r"^(?P<name>.*?)\s+(?P<domid>\d+)\s+(?P<weight>\d+)\s+(?P<cap>\d+)\s*$")
 # `xl cpupool-list`: Name CPUs Sched Active Domain-count
@@ -103,7 +105,7 @@ def parse_list(text: str) -> list[dict]:
 
 
 def parse_vcpu_list(text: str) -> dict[int, list[dict]]:
-    """{domid: [{vcpu, cpu, online, hard}]} from ``xl vcpu-list``."""
+    """{domid: [{vcpu, cpu, online, hard, time}]} from ``xl vcpu-list`` (time: seconds run)."""
     found: dict[int, list[dict]] = {}
     for line in text.splitlines():
         m = VCPU_ROW.match(line)
@@ -111,7 +113,7 @@ def parse_vcpu_list(text: str) -> dict[int, list[dict]]:
             found.setdefault(int(m["domid"]), []).append({
                 "vcpu": int(m["vcpu"]), "cpu": -1 if m["cpu"] == "-" else int(m["cpu"]),
                 "online": m["state"][2] != "p",  # the third flag is 'p' for an offline vCPU
-                "hard": None if m["hard"] == "all" else parse_cpulist(m["hard"])})
+                "hard": None if m["hard"] == "all" else parse_cpulist(m["hard"]), "time": float(m["time"])})
     return found
 
 
@@ -160,13 +162,13 @@ def _now() -> dt.datetime:
 class XlBackend(Backend):
     name = "xl"
     # Migration is save-based (xl save, streamed to the other server, xl restore there); not yet
-    # run between two real Xen hosts. Missing, because Xen/xl cannot do them (NOT_IMPLEMENTED):
-    #   sched_domain  - the "nemesis" scheduling domains were never merged into Xen
-    #   utilisation   - xl reports CPU time per vCPU, not the scheduler model's shares
+    # run between two real Xen hosts. Utilisation is measured from the CPU time Xen keeps, and
+    # scheduling domains (never merged into Xen) are a control loop over caps and weights: xl_sdom.py.
     capabilities = frozenset({
         Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
         Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.MEMORY_MAX_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
-        Capability.SCHED_CREDIT, Capability.POOLS, Capability.CPU_OCCUPY,
+        Capability.SCHED_CREDIT, Capability.POOLS, Capability.CPU_OCCUPY, Capability.UTILISATION,
+        Capability.SCHED_DOMAIN,
     })
 
     def __init__(self, xl_path: str = "xl", state_dir: str | Path = ".", poll: float = 2.0) -> None:
@@ -181,6 +183,8 @@ class XlBackend(Backend):
         self._thread: threading.Thread | None = None
         self._generation = 0  # bumped by every action: a poll that overlapped one does not report it
         self._state = self._load()
+        self._meter = CpuMeter(max(self.poll, 10.0))
+        self._sdoms = SchedDomains(self._state, self._meter, interval=max(self.poll, 6.0))
         self._domains: dict[str, Domain] = {}  # live domains (not suspended ones), by uuid
         self._listed: dict[str, tuple] = {}  # each domain's `xl list` row at our last read (see _sync)
         self._raw: dict[str, dict] = {}  # what xl last printed about each domain (see _refresh)
@@ -307,6 +311,8 @@ class XlBackend(Backend):
         avail = b_info.get("avail_vcpus")
         online = len(avail) if isinstance(avail, list) and avail else int(row["vcpus"])
         weight, cap = sched if sched else (256, 0)
+        if uuid in self._sdoms.controlled():  # the loop's values are Xen's; the domain's are as asked
+            weight, cap = self._sdoms.asked(uuid) or (weight, cap)
         return Domain(
             uuid=uuid, name=row["name"], domid=int(row["domid"]), power_state=state,
             memory=int(b_info.get("target_memkb") or int(row["mem"]) * KIB) * KIB,
@@ -315,6 +321,7 @@ class XlBackend(Backend):
             pins=_pins_from_json(record["pins"]) if "pins" in record else {
                 v["vcpu"]: v["hard"] for v in vcpus if v["hard"] is not None},
             vcpu_cpu={v["vcpu"]: v["cpu"] for v in vcpus if v["cpu"] >= 0},
+            utilisation=self._meter.shares(int(row["domid"])),
             start_time=dt.datetime.fromisoformat(record["start_time"]),
             is_control_domain=control, metadata=dict(record.get("metadata", {})),
             pool=self._pool_uuid(row["pool"]))
@@ -456,8 +463,7 @@ class XlBackend(Backend):
             f"vcpus = {config.vcpus}",
             f"maxvcpus = {max(config.vcpus_max, config.vcpus)}",
             f"pool = {_quote(pool.name)}",
-            f"cpu_weight = {config.weight}",
-            f"cap = {config.cap}",
+            "cpu_weight = {}\ncap = {}".format(*self._admit(config)),
             # what xend did: a crashed guest is gone, and the server learns it through the poll
             'on_crash = "destroy"',
         ]
@@ -736,18 +742,93 @@ class XlBackend(Backend):
             return self._after(uuid, "vcpus")
 
     def set_sched(self, uuid: str, weight: int, cap: int) -> Domain:
+        """``xm sched-credit``: weight and cap through ``xl sched-credit`` or ``xl sched-credit2``,
+        whichever scheduler the domain's pool runs (Pool-0 runs credit2 by default since Xen 4.12;
+        credit2 has weights, and caps since 4.10, with the same meaning and ranges). A domain of a
+        scheduling domain keeps them as asked and the control loop gives Xen its part of the set's."""
         with self._lock:
             d = self._get(uuid)
             if d.power_state == PowerState.SUSPENDED:
                 raise BackendError(f"domain {d.name} is suspended", "VM_BAD_POWER_STATE", uuid, "running",
                                    "suspended")
-            pool = self._pool_by_uuid(d.pool)
-            sched = pool.sched if pool is not None else self._static.sched_policy
-            if sched not in SCHEDULERS:
-                raise BackendError(f"the {sched} scheduler has no weight and cap", "OPERATION_NOT_ALLOWED",
-                                   f"the domain's pool runs the {sched} scheduler, which has no weight and cap")
-            self._act(uuid, f"sched-{sched}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
+            sched = self._sched_of(d)
+            if uuid in self._sdoms.controlled():
+                self._sdoms.ask(uuid, weight, cap)
+                self._save_state()
+                self._control(force=True)
+            else:
+                self._act(uuid, f"sched-{sched}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
             return self._after(uuid, "sched")
+
+    def _sched_of(self, d: Domain) -> str:
+        pool = self._pool_by_uuid(d.pool)
+        sched = pool.sched if pool is not None else self._static.sched_policy
+        if sched not in SCHEDULERS:
+            raise BackendError(f"the {sched} scheduler has no weight and cap", "OPERATION_NOT_ALLOWED",
+                               f"the domain's pool runs the {sched} scheduler, which has no weight and cap")
+        return sched
+
+    # -- measured shares and scheduling domains (the control loop: xl_sdom.py) -----------------------
+    def _sample(self) -> None:
+        """One ``xl vcpu-list``: the CPU time of every vCPU, for utilisation and the control loop."""
+        before = time.monotonic()
+        listed = parse_vcpu_list(self._xl("vcpu-list"))
+        self._meter.add((before + time.monotonic()) / 2, {
+            domid: {v["vcpu"]: v["time"] for v in vcpus if v["online"]} for domid, vcpus in listed.items()})
+        for uuid, d in self._domains.items():  # a new figure, not a change to announce
+            self._domains[uuid] = replace(d, utilisation=self._meter.shares(d.domid))
+
+    def _running(self) -> dict[str, tuple[int, int]]:
+        return {u: (d.domid, d.vcpus_max) for u, d in self._domains.items() if not d.is_control_domain}
+
+    def _control(self, force: bool = False, newcomer: str = "") -> dict[str, tuple[int, int]]:
+        """A step of the control loop (when due, or ``force``): give Xen each running domain's part of
+        its set's weight and cap, lowered caps first so that the set's sum holds at every moment."""
+        if not (force or self._sdoms.due(time.monotonic())):
+            return {}
+        wanted = self._sdoms.step(time.monotonic(), self._running(), newcomer)
+        changes = sorted(((u, wc) for u, wc in wanted.items() if u != newcomer and self._sdoms.given.get(u) != wc),
+                         key=lambda item: item[1][1] - (self._sdoms.given.get(item[0]) or (0, 1 << 30))[1])
+        for uuid, (weight, cap) in changes:
+            d = self._domains[uuid]
+            self._act(uuid, f"sched-{self._sched_of(d)}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
+            self._sdoms.given[uuid] = (weight, cap)
+        return wanted
+
+    def _admit(self, config: DomainConfig) -> tuple[int, int]:
+        """The weight and cap a domain starts with: its own, or, in a scheduling domain, its part of
+        the set's once the others' have been lowered to make room."""
+        if config.uuid not in self._sdoms.controlled():
+            return config.weight, config.cap
+        self._sdoms.ask(config.uuid, config.weight, config.cap)
+        self._save_state()
+        given = self._control(force=True, newcomer=config.uuid)[config.uuid]
+        self._sdoms.given[config.uuid] = given
+        return given
+
+    def set_sched_domains(self, domains: list[SchedDomain]) -> None:
+        with self._lock:
+            for sd in domains:
+                for uuid in (sd.master, *sd.members):
+                    d = self._domains.get(uuid)
+                    if d is not None:
+                        self._sched_of(d)  # a scheduler with weight and cap, or refused before anything changes
+                    if uuid not in self._sdoms.controlled() and d is not None:
+                        self._sdoms.ask(uuid, d.weight, d.cap)  # its own, given back when it leaves
+            left = self._sdoms.replace_sets(domains)
+            for uuid in sorted(left):
+                own = self._sdoms.asked(uuid)
+                self._sdoms.forget(uuid)
+                d = self._domains.get(uuid)
+                if d is not None and own is not None:
+                    self._act(uuid, f"sched-{self._sched_of(d)}", "-d", str(d.domid), "-w", str(own[0]),
+                              "-c", str(own[1]))
+            self._save_state()
+            self._control(force=True)
+            for uuid in [*left, *self._sdoms.controlled()]:
+                if uuid in self._domains:
+                    self._refresh(uuid, "sched")
+                    self._side.add(uuid)
 
     # -- CPU pools ------------------------------------------------------------------------------------
     def _pool_uuid(self, name: str) -> str:
@@ -820,6 +901,7 @@ class XlBackend(Backend):
                 raise BackendError(f"the xl backend has no {sched} scheduler", "UNKOWN_SCHED_POLICY")
             if any(p.name == name for p in self._pools):
                 raise BackendError(f"Xen already has a pool named {name}", "POOL_BAD_STATE", "activated")
+            self._check_mixing(sched)
             for cpu in sorted(cpus):
                 owner = self._owner(cpu)
                 if not 0 <= cpu < len(self._static.cpus) or owner is not None:
@@ -837,6 +919,20 @@ class XlBackend(Backend):
                     self._save_state()
                 raise
             return self._pool(uuid)
+
+    def _check_mixing(self, sched: str) -> None:
+        """Refused on Xen 4.17: a pool whose scheduler differs from another active pool's. Its credit
+        scheduler panics the whole host now and then (a NULL pointer in csched_tick) once a pCPU
+        has moved from a credit2 pool into a credit one, which is what making such a pool does
+        (its pCPUs come from Pool-0). A refusal costs the admin a choice that xl still offers; a
+        warning in our log would not stop the panic, which takes every guest down with it."""
+        version = self._static.software_version.get("xen", "")
+        others = sorted({p.sched for p in self._pools} - {sched})
+        if version.startswith("4.17") and others:
+            raise BackendError(
+                f"Xen {version} may panic with {sched} beside {others[0]} pools", "VALUE_NOT_SUPPORTED",
+                "sched_policy", sched, f"Xen {version} panics now and then when pCPUs move between "
+                f"{others[0]} and {sched} pools; keep every pool on {others[0]} (see the README)")
 
     def pool_deactivate(self, uuid: str) -> None:
         with self._lock:
@@ -954,6 +1050,8 @@ class XlBackend(Backend):
                 try:
                     with self._lock:
                         changed, pools_changed = self._sync()
+                        self._sample()
+                        self._control()
                 except Exception as exc:  # noqa: BLE001 - a failed poll is retried at the next one
                     log.warning("xl backend: polling Xen failed: %s", exc)
                     continue
