@@ -388,10 +388,17 @@ _KNOWN = frozenset(_END) | {"methodCall", "params", "param", "data", "member"}
 # only ever accept text that expat reads to the same values.
 _WS = "[ \t\n\r]*"
 _TEXT = "[^<>&\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*"  # plain XML text: no markup, entity or CR
-_CALL = re.compile(
-    "(?:<\\?xml version=(['\"])1\\.0\\1(?: encoding=(['\"])(?i:utf-8)\\2)?\\?>)?" + _WS
-    + "<methodCall>" + _WS + "<methodName>" + _WS + "([A-Za-z0-9_.]+)" + _WS + "</methodName>" + _WS
-    + "(?:<params>(.*)</params>" + _WS + ")?</methodCall>" + _WS + "\\Z", re.S)
+
+
+def _call(params: str) -> re.Pattern:
+    """A whole methodCall whose params (group 4) match ``params``; group 3 is the method."""
+    return re.compile(
+        "(?:<\\?xml version=(['\"])1\\.0\\1(?: encoding=(['\"])(?i:utf-8)\\2)?\\?>)?" + _WS
+        + "<methodCall>" + _WS + "<methodName>" + _WS + "([A-Za-z0-9_.]+)" + _WS + "</methodName>" + _WS
+        + "(?:<params>" + params + "</params>" + _WS + ")?</methodCall>" + _WS + "\\Z", re.S)
+
+
+_CALL = _call("(.*)")
 _VALUE = re.compile(
     _WS + "<value>(?:<string>(?P<s>" + _TEXT + ")</string>|(?P<u>" + _TEXT + ")(?=</value>)"
     "|<(?P<it>int|i4|i8)>(?P<i>[-+]?[0-9]{1,19})</(?P=it)>"
@@ -404,9 +411,7 @@ _PARAM_END = re.compile(_WS + "</param>")
 _FAST_DEPTH = 8  # methodCall, params, param, value, array, data, value, string
 # the commonest of all: every param a string (refs, names), checked by one pass over the whole call
 _STRING_PARAM = "<param>" + _WS + "<value><string>" + _TEXT + "</string></value>" + _WS + "</param>" + _WS
-_STRINGS_CALL = re.compile(
-    _CALL.pattern.replace("(?:<params>(.*)</params>", "(?:<params>(" + _WS + "(?:" + _STRING_PARAM + ")*)</params>"),
-    re.S)
+_STRINGS_CALL = _call("(" + _WS + "(?:" + _STRING_PARAM + ")*)")
 _STRING_START = "<string>"
 _STRING_END = "</string>"
 
