@@ -16,6 +16,7 @@ import operator
 import uuid as _uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .store.journal import ReplayError
@@ -444,6 +445,29 @@ class Database:
         for name in obj.cls.indexed:
             self._index_value((obj.cls.name, name), obj.ref, obj.values[name])
 
+    def _insert_block(self, cls: XenAPIClass, objs: list[Obj], column: Callable[[str], list]) -> None:
+        """:meth:`_insert` for new objects of one class at once (loading); ``column(name)`` is their
+        values of field ``name``, in order."""
+        cname = cls.name
+        refs = [obj.ref for obj in objs]
+        placed = dict(zip(refs, objs, strict=True))
+        self.tables[cname].update(placed)
+        self.by_ref.update(placed)
+        self.by_uuid_index.update(zip(zip(repeat(cname), column("uuid"), strict=False), objs, strict=True))
+        for key in self._reverse_keys(cls):
+            index = self.reverse[key]
+            for source, target in zip(refs, column(key[1]), strict=True):
+                for t in _refs(target):
+                    index.setdefault(t, {})[source] = None
+        for name in cls.indexed:
+            key = (cname, name)
+            index = self.indexes[key]
+            for source, value in zip(refs, column(name), strict=True):
+                if type(value) is str and value not in index:
+                    index[value] = source  # the usual case: a value no other object holds
+                else:
+                    self._index_value(key, source, value)
+
     def _remove(self, obj: Obj) -> None:
         del self.tables[obj.cls.name][obj.ref]
         del self.by_ref[obj.ref]
@@ -559,6 +583,30 @@ class Loader:
         self._add(cname, ref, encoded)
         return True
 
+    def table(self, cname: str, refs: list[str], columns: dict[str, list]) -> bool:
+        """A block of objects (see Sink.table), decoded a column at a time and inserted together."""
+        if cname not in self.plans:
+            return True
+        db = self.db
+        if len(set(refs)) != len(refs) or not db.tables[cname].keys().isdisjoint(refs):
+            return False
+        cls, names, _, _, _ = self.plans[cname]
+        decoded = []
+        for name in names:
+            encoded = columns.get(name)
+            f = cls.fields[name]
+            decoded.append(self.share.column(f.type, encoded) if encoded is not None else [_default(f) for _ in refs])
+        count = len(refs)
+        rows = zip(*decoded, strict=True)  # each object's values, in the order of names
+        objs = list(map(Obj, repeat(cls, count), refs, map(dict, map(zip, repeat(names, count), rows))))
+        generation = db.hub.generation  # changed "at boot", as in _add
+        for obj in objs:
+            obj.ctime = obj.mtime = generation
+        by_name = dict(zip(names, decoded, strict=True))
+        db._insert_block(cls, objs, by_name.__getitem__)
+        self.rows += count
+        return True
+
     def _add(self, cname: str, ref: str, encoded: dict) -> None:
         cls, names, decoders, _, _ = self.plans[cname]
         try:  # {name: decode(encoded[name])}, the loop in C
@@ -632,6 +680,32 @@ class _Sharing:
         if isinstance(t, BoolType):
             return "true".__eq__
         return t.decode
+
+    def column(self, t: Any, column: list) -> list:
+        """:meth:`decoder` over a column of a snapshot block (see Sink.table): equal strings and
+        ints once per column (a mostly distinct string column is kept as read), sets shared as the
+        block shares them (a set is never changed in place), maps each of its own."""
+        if isinstance(t, (StringType, EnumType, RefType)):
+            distinct = set(column)
+            if 2 * len(distinct) > len(column):
+                return column
+            canon = {v: self.text(v) for v in distinct}
+            return list(map(canon.__getitem__, column))
+        if isinstance(t, IntType):
+            canon = {v: self.int(v) for v in set(column)}
+            return list(map(canon.__getitem__, column))
+        if isinstance(t, BoolType):
+            return list(map("true".__eq__, column))
+        if isinstance(t, (SetType, MapType)):
+            decode, made, out = self.decoder(t), {}, []
+            own = dict if isinstance(t, MapType) else None
+            for value in column:
+                got = made.get(id(value))
+                if got is None:
+                    got = made[id(value)] = decode(value)
+                out.append(own(got) if own is not None and got else got)
+            return out
+        return list(map(t.decode, column))
 
     def parts(self, t: Any) -> Any:
         """What the ops on one entry of a field of type ``t`` decode: a map's key and value, a
