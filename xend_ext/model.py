@@ -455,18 +455,9 @@ class Database:
         self.by_ref.update(placed)
         self.by_uuid_index.update(zip(zip(repeat(cname), column("uuid"), strict=False), objs, strict=True))
         for key in self._reverse_keys(cls):
-            index = self.reverse[key]
-            for source, target in zip(refs, column(key[1]), strict=True):
-                for t in _refs(target):
-                    index.setdefault(t, {})[source] = None
+            self._index_many(key, zip(refs, column(key[1]), strict=True))
         for name in cls.indexed:
-            key = (cname, name)
-            index = self.indexes[key]
-            for source, value in zip(refs, column(name), strict=True):
-                if type(value) is str and value not in index:
-                    index[value] = source  # the usual case: a value no other object holds
-                else:
-                    self._index_value(key, source, value)
+            self._index_values((cname, name), zip(refs, column(name), strict=True))
 
     def _remove(self, obj: Obj) -> None:
         del self.tables[obj.cls.name][obj.ref]
@@ -481,9 +472,19 @@ class Database:
         return self._reverse_of[cls.name]
 
     def _index(self, key: tuple[str, str], source: str, target: Any) -> None:
+        self._index_many(key, ((source, target),))
+
+    def _index_many(self, key: tuple[str, str], pairs: Iterable[tuple[str, Any]]) -> None:
+        """Back-references from each (source, target) pair: a target is a ref or a list of refs."""
         index = self.reverse[key]
-        for t in _refs(target):
-            index.setdefault(t, {})[source] = None
+        for source, target in pairs:
+            if type(target) is str:  # _refs(target), without a call for the usual one ref
+                if target and target != NULL_REF:
+                    index.setdefault(target, {})[source] = None
+            else:
+                for t in target:
+                    if t != NULL_REF:
+                        index.setdefault(t, {})[source] = None
 
     def _unindex(self, key: tuple[str, str], source: str, target: Any) -> None:
         index = self.reverse[key]
@@ -496,17 +497,22 @@ class Database:
 
     # a value held by one object maps to its ref, by several to an ordered dict of refs (most are one)
     def _index_value(self, key: tuple[str, str], source: str, value: Any) -> None:
+        self._index_values(key, ((source, value),))
+
+    def _index_values(self, key: tuple[str, str], pairs: Iterable[tuple[str, Any]]) -> None:
+        """Index each (source, value) pair: a value, or each item of a list."""
         index = self.indexes[key]
-        for v in value if isinstance(value, list) else (value,):
-            held = index.get(v)
-            if held is None:
-                index[v] = source
-            elif isinstance(held, dict):
-                held[source] = None
-            elif held != source:
-                index[v] = {held: None, source: None}
-            if isinstance(v, int) and v > self._highest.get(key, v - 1):
-                self._highest[key] = v
+        for source, value in pairs:
+            for v in value if isinstance(value, list) else (value,):
+                held = index.get(v)
+                if held is None:
+                    index[v] = source
+                elif isinstance(held, dict):
+                    held[source] = None
+                elif held != source:
+                    index[v] = {held: None, source: None}
+                if isinstance(v, int) and v > self._highest.get(key, v - 1):
+                    self._highest[key] = v
 
     def _unindex_value(self, key: tuple[str, str], source: str, value: Any) -> None:
         index = self.indexes[key]
@@ -696,15 +702,11 @@ class _Sharing:
             return list(map(canon.__getitem__, column))
         if isinstance(t, BoolType):
             return list(map("true".__eq__, column))
-        if isinstance(t, (SetType, MapType)):
-            decode, made, out = self.decoder(t), {}, []
-            own = dict if isinstance(t, MapType) else None
-            for value in column:
-                got = made.get(id(value))
-                if got is None:
-                    got = made[id(value)] = decode(value)
-                out.append(own(got) if own is not None and got else got)
-            return out
+        if isinstance(t, (SetType, MapType)):  # each distinct object of the block decoded once
+            decode = self.decoder(t)
+            made = {key: decode(value) for key, value in dict(zip(map(id, column), column, strict=True)).items()}
+            decoded = list(map(made.__getitem__, map(id, column)))
+            return [dict(m) if m else m for m in decoded] if isinstance(t, MapType) else decoded
         return list(map(t.decode, column))
 
     def parts(self, t: Any) -> Any:
