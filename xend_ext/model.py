@@ -630,10 +630,15 @@ class Loader:
     def apply(self, op: tuple) -> None:
         """One journal op, as :meth:`Database` made it (but without journal, undo or events)."""
         name, cname, ref = op[0], op[1], op[2]
-        if cname not in self.plans:
+        plan = self.plans.get(cname)
+        if plan is None:
             return  # a class whose objects this version does not store
         db = self.db
         obj = db.tables[cname].get(ref)
+        if name == "set" and obj is not None:  # the usual record, straight to the field
+            fname = op[3]
+            db._put(obj, fname, obj.values[fname], plan[3][fname](op[4]))
+            return
         if name == "create":
             if obj is not None:
                 raise ReplayError(f"create of {cname} {ref}, which already exists")
@@ -646,7 +651,7 @@ class Loader:
         if obj is None:
             raise ReplayError(f"{name} on {cname} {ref}, which does not exist")
         fname = op[3]
-        _, _, _, whole, parts = self.plans[cname]
+        _, _, _, whole, parts = plan
         decode = parts[fname]
         old = obj.values[fname]
         if name == "set":

@@ -72,6 +72,10 @@ OPS = ("create", "destroy", "set", "map_add", "map_remove", "set_add", "set_remo
 
 _FILE = re.compile(r"journal-([0-9]{20})\.sxp")
 _RECORD = re.compile(rb"\(([0-9]{1,20}) ([0-9a-f]{8}) (.*)\)\n", re.DOTALL)
+# the most common record whole: a field set to a plain ASCII atom or to a quoted string without escapes
+_ATOM = rb"[^\x00-\x20()\"'#\x7f-\xff]+"
+_SET_RECORD = re.compile(rb'\(([0-9]{1,20}) ([0-9a-f]{8}) (\(set (%s) (%s) (%s) (?:"([^"\\\'#]*)"|(%s))\))\)\n'
+                         % (_ATOM, _ATOM, _ATOM, _ATOM))
 
 
 def file_name(first_seq: int) -> str:
@@ -193,6 +197,16 @@ class ReplayError(Exception):
 
 def parse_record(line: bytes) -> tuple[int, sxp.Sxp]:
     """Split and verify one line; raise ReplayError if torn, damaged or unparsable."""
+    m = _SET_RECORD.fullmatch(line)
+    if m is not None:  # one regex call reads it (what read_op's general path would give)
+        seq_text, crc_text, payload, cls, ref, field, quoted, plain = m.groups()
+        if zlib.crc32(payload, zlib.crc32(seq_text + b" ")) == int(crc_text, 16):
+            try:
+                value = (plain if quoted is None else quoted).decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # the general path below says so
+            else:
+                return int(seq_text), ["set", cls.decode("ascii"), ref.decode("ascii"), field.decode("ascii"), value]
     m = _RECORD.fullmatch(line)
     if m is None:
         if not line.endswith(b"\n"):
