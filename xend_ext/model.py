@@ -457,7 +457,13 @@ class Database:
         for key in self._reverse_keys(cls):
             self._index_many(key, zip(refs, column(key[1]), strict=True))
         for name in cls.indexed:
-            self._index_values((cname, name), zip(refs, column(name), strict=True))
+            key, values = (cname, name), column(name)
+            index = self.indexes[key]
+            if (isinstance(cls.fields[name].type, (StringType, EnumType, RefType)) and len(set(values)) == len(values)
+                    and index.keys().isdisjoint(values)):
+                index.update(zip(values, refs, strict=True))  # each value held by one object (a uuid, a ref)
+            else:
+                self._index_values(key, zip(refs, values, strict=True))
 
     def _remove(self, obj: Obj) -> None:
         del self.tables[obj.cls.name][obj.ref]
