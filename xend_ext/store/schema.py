@@ -186,6 +186,15 @@ def _grammar(E: ElementMaker, root_content: list, defines: list, *extra: etree._
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body
 
 
+def _root_attributes(E: ElementMaker, exact: Callable[[str], etree._Element], fmt: str) -> list[etree._Element]:
+    """The root's attributes in formats 2 and 3: the format, the seq, the grammar's digest."""
+    return [
+        E.attribute(exact(fmt), name="format"),
+        E.attribute(E.data(type="nonNegativeInteger"), name="seq"),
+        E.optional(E.attribute(E.data(type="string"), name="grammar")),
+    ]
+
+
 def relaxng(description: Description) -> str:
     """The RelaxNG grammar (XML syntax) of the snapshots written for ``description``.
 
@@ -197,11 +206,7 @@ def relaxng(description: Description) -> str:
     """
     classes = normalize(description)
     E, exact, _ = _maker()
-    root_content: list[etree._Element] = [
-        E.attribute(exact(FORMAT), name="format"),
-        E.attribute(E.data(type="nonNegativeInteger"), name="seq"),
-        E.optional(E.attribute(E.data(type="string"), name="grammar")),
-    ]
+    root_content = _root_attributes(E, exact, FORMAT)
     defines: list[etree._Element] = []
     for cls in sorted(classes):
         specs = classes[cls]
@@ -232,11 +237,7 @@ def relaxng_v2(description: Description) -> str:
     """
     classes = normalize(description)
     E, exact, b64_text = _maker()
-    root_content: list[etree._Element] = [
-        E.attribute(exact(FORMAT_V2), name="format"),
-        E.attribute(E.data(type="nonNegativeInteger"), name="seq"),
-        E.optional(E.attribute(E.data(type="string"), name="grammar")),
-    ]
+    root_content = _root_attributes(E, exact, FORMAT_V2)
     defines: list[etree._Element] = []
     for cls in sorted(classes):
         specs = classes[cls]
