@@ -6,14 +6,17 @@ first answered login (P4), the CPU time the server used for it (user + system: l
 than wall time by other work on the machine), and its resident memory right after (P6).  With
 ``--baseline DIR`` (a checkout of another version, e.g. ``git archive main | tar -x -C DIR``),
 that version starts too, interleaved round by round with this one, so the comparison comes from
-one run on the same machine.  Prints a Markdown table (median and min-max of the rounds); asserts
+one run on the same machine; it starts on a state its own code built (in DIR/var/bench-states),
+as the versions may store it differently.  Prints a Markdown table (median and min-max of the rounds); asserts
 nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +36,17 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{mid:.{digits}f}{spread}"
 
 
+def _state_of(code: Path | None, vms: int, cache: Path) -> Path:
+    """The built state of ``vms`` VMs + as many records, as the version in ``code`` builds it."""
+    if code is None:
+        return statebuild.cached_state_dir(cache, vms, vms)[0]
+    build = ("import sys; from bench import statebuild; from bench.scale import CACHE; "
+             f"print(statebuild.cached_state_dir(CACHE, {vms}, {vms})[0])")
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    out = subprocess.run([sys.executable, "-c", build], cwd=code, env=env, check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=_sizes, default=[10_000, 100_000], help="VM counts (10000,100000)")
@@ -46,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         versions["baseline"] = args.baseline.resolve()
     results: dict[tuple[int, str], dict[str, list[float]]] = {}
     for vms in args.sizes:
-        state, _ = statebuild.cached_state_dir(args.state_cache, vms, vms)
+        states = {name: _state_of(code, vms, args.state_cache) for name, code in versions.items()}
         for round_no in range(args.rounds):
             for name, code in versions.items():
+                state = states[name]
                 figures = results.setdefault((vms, name), {"wall": [], "cpu": [], "rss": []})
                 try:
                     server = servers.start(servers.XEND_EXT, SMALL_CALL_CPUS, state, timeout=args.start_timeout,

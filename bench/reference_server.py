@@ -36,14 +36,15 @@ structs (``{"Status": "Success", "Value": ...}``) and the host record has the
 same shape as xend-ext's.  Host refs are bare UUIDs, as in xend.
 
 VMs come from a state directory the bench built for xend-ext (``--vms-from
-state.xml``): at start the reference reads the VM and VM_metrics tables of
-that snapshot, as xend read its state files, so both servers hold the same
-objects.  Every field is kept as the text the snapshot holds (Xen-API sends
-ints as strings too); an empty set or map, which the snapshot cannot tell
-from an empty string, is served as ``""``.
+reference-state.xml``, its snapshot's objects in the per-object XML of format
+2): at start the reference reads the VM and VM_metrics tables of that file, as
+xend read its state files, so both servers hold the same objects.  Every
+field is kept as the text the snapshot holds (Xen-API sends ints as strings
+too); an empty set or map, which the snapshot cannot tell from an empty string,
+is served as ``""``.
 
 Run: ``python -m bench.reference_server --port P --state FILE --objects N
-[--vms-from DIR/state.xml]``.
+[--vms-from DIR/reference-state.xml]``.
 """
 
 from __future__ import annotations

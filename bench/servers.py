@@ -192,13 +192,15 @@ def _command(name: str, objects: int, port: int, workdir: str, state_from: Path 
     if name == FLOOR:
         return [sys.executable, "-m", "bench.floor_server", "--host", HOST, "--port", str(port)]
     if name == REFERENCE:
+        from bench.statedir import EXPORT_NAME  # the built state's objects in the per-object XML
+
         return [
             sys.executable, "-m", "bench.reference_server",
             "--host", HOST,
             "--port", str(port),
             "--state", os.path.join(workdir, "state.xml"),
             "--objects", str(objects),
-            *(["--vms-from", str(state_from / "state.xml")] if state_from else []),
+            *(["--vms-from", str(state_from / EXPORT_NAME)] if state_from else []),
         ]  # fmt: skip
     raise ValueError(f"unknown server {name!r}")
 

@@ -12,6 +12,7 @@ from conftest import ServerProcess
 
 from bench.reference_server import load_tables
 from bench.statebuild import build_state_dir, cached_state_dir, vm_name
+from bench.statedir import EXPORT_NAME
 from xenapi_classes import build_registry
 from xend_ext.store import Store
 
@@ -39,7 +40,7 @@ def test_reference_reads_the_same_vms(tmp_path):
     store = Store(tmp_path / "state", build_registry().description())
     tables, _ = store.open()
     asyncio.run(store.close())
-    read = load_tables(str(tmp_path / "state" / "state.xml"))
+    read = load_tables(str(tmp_path / "state" / EXPORT_NAME))
     assert set(read["VM"]) == set(tables["VM"])
     for ref, row in tables["VM"].items():
         assert read["VM"][ref]["name_label"] == row["name_label"]

@@ -54,19 +54,19 @@ def test_damaged_snapshot_refuses_the_start_and_fsck_repairs_it(make_server):
     state = server.state_dir
     snap = state / "state.xml"
     data = snap.read_text()
-    assert 'k="b">v<' in data
-    snap.write_text(data.replace('k="b">v<', 'k="b">w<', 1))  # one changed character
+    assert '"b":"v"' in data
+    snap.write_text(data.replace('"b":"v"', '"b":"w"', 1))  # one changed character
 
     one_line_refusal(serve(state), f"snapshot {snap}", "checksum", "xend-ext fsck", "--repair")
     check = run("fsck", "--state-dir", str(state))
     assert check.returncode == 1 and "damaged" in check.stdout and "--repair" in check.stdout
-    assert snap.read_text() == data.replace('k="b">v<', 'k="b">w<', 1)  # a check changes nothing
+    assert snap.read_text() == data.replace('"b":"v"', '"b":"w"', 1)  # a check changes nothing
 
     repair = run("fsck", "--state-dir", str(state), "--repair")
     assert repair.returncode == 0, repair
     assert "could not be located" in repair.stdout  # every object still reads: all kept, said so
     [copy] = state.glob("damaged-*/state.xml")
-    assert copy.read_text() == data.replace('k="b">v<', 'k="b">w<', 1)
+    assert copy.read_text() == data.replace('"b":"v"', '"b":"w"', 1)
     assert run("fsck", "--state-dir", str(state)).returncode == 0
     server = make_server(state_dir=state, unix=False)
     assert stored_keys(server, host) >= {"a", "b", "c"}

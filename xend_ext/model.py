@@ -16,6 +16,7 @@ import operator
 import uuid as _uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .store.journal import ReplayError
@@ -472,6 +473,26 @@ class Database:
         for name in obj.cls.indexed:
             self._index_value((obj.cls.name, name), obj.ref, obj.values[name])
 
+    def _insert_block(self, cls: XenAPIClass, objs: list[Obj], column: Callable[[str], list]) -> None:
+        """:meth:`_insert` for new objects of one class at once (loading); ``column(name)`` is their
+        values of field ``name``, in order."""
+        cname = cls.name
+        refs = [obj.ref for obj in objs]
+        placed = dict(zip(refs, objs, strict=True))
+        self.tables[cname].update(placed)
+        self.by_ref.update(placed)
+        self.by_uuid_index.update(zip(zip(repeat(cname), column("uuid"), strict=False), objs, strict=True))
+        for key in self._reverse_keys(cls):
+            self._index_many(key, zip(refs, column(key[1]), strict=True))
+        for name in cls.indexed:
+            key, values = (cname, name), column(name)
+            index = self.indexes[key]
+            if (isinstance(cls.fields[name].type, (StringType, EnumType, RefType)) and len(set(values)) == len(values)
+                    and index.keys().isdisjoint(values)):
+                index.update(zip(values, refs, strict=True))  # each value held by one object (a uuid, a ref)
+            else:
+                self._index_values(key, zip(refs, values, strict=True))
+
     def _remove(self, obj: Obj) -> None:
         del self.tables[obj.cls.name][obj.ref]
         del self.by_ref[obj.ref]
@@ -485,9 +506,19 @@ class Database:
         return self._reverse_of[cls.name]
 
     def _index(self, key: tuple[str, str], source: str, target: Any) -> None:
+        self._index_many(key, ((source, target),))
+
+    def _index_many(self, key: tuple[str, str], pairs: Iterable[tuple[str, Any]]) -> None:
+        """Back-references from each (source, target) pair: a target is a ref or a list of refs."""
         index = self.reverse[key]
-        for t in _refs(target):
-            index.setdefault(t, {})[source] = None
+        for source, target in pairs:
+            if type(target) is str:  # _refs(target), without a call for the usual one ref
+                if target and target != NULL_REF:
+                    index.setdefault(target, {})[source] = None
+            else:
+                for t in target:
+                    if t != NULL_REF:
+                        index.setdefault(t, {})[source] = None
 
     def _unindex(self, key: tuple[str, str], source: str, target: Any) -> None:
         index = self.reverse[key]
@@ -500,17 +531,22 @@ class Database:
 
     # a value held by one object maps to its ref, by several to an ordered dict of refs (most are one)
     def _index_value(self, key: tuple[str, str], source: str, value: Any) -> None:
+        self._index_values(key, ((source, value),))
+
+    def _index_values(self, key: tuple[str, str], pairs: Iterable[tuple[str, Any]]) -> None:
+        """Index each (source, value) pair: a value, or each item of a list."""
         index = self.indexes[key]
-        for v in value if isinstance(value, list) else (value,):
-            held = index.get(v)
-            if held is None:
-                index[v] = source
-            elif isinstance(held, dict):
-                held[source] = None
-            elif held != source:
-                index[v] = {held: None, source: None}
-            if isinstance(v, int) and v > self._highest.get(key, v - 1):
-                self._highest[key] = v
+        for source, value in pairs:
+            for v in value if isinstance(value, list) else (value,):
+                held = index.get(v)
+                if held is None:
+                    index[v] = source
+                elif isinstance(held, dict):
+                    held[source] = None
+                elif held != source:
+                    index[v] = {held: None, source: None}
+                if isinstance(v, int) and v > self._highest.get(key, v - 1):
+                    self._highest[key] = v
 
     def _unindex_value(self, key: tuple[str, str], source: str, value: Any) -> None:
         index = self.indexes[key]
@@ -587,6 +623,30 @@ class Loader:
         self._add(cname, ref, encoded)
         return True
 
+    def table(self, cname: str, refs: list[str], columns: dict[str, list]) -> bool:
+        """A block of objects (see Sink.table), decoded a column at a time and inserted together."""
+        if cname not in self.plans:
+            return True
+        db = self.db
+        if len(set(refs)) != len(refs) or not db.tables[cname].keys().isdisjoint(refs):
+            return False
+        cls, names, _, _, _ = self.plans[cname]
+        decoded = []
+        for name in names:
+            encoded = columns.get(name)
+            f = cls.fields[name]
+            decoded.append(self.share.column(f.type, encoded) if encoded is not None else [_default(f) for _ in refs])
+        count = len(refs)
+        rows = zip(*decoded, strict=True)  # each object's values, in the order of names
+        objs = list(map(Obj, repeat(cls, count), refs, map(dict, map(zip, repeat(names, count), rows))))
+        generation = db.hub.generation  # changed "at boot", as in _add
+        for obj in objs:
+            obj.ctime = obj.mtime = generation
+        by_name = dict(zip(names, decoded, strict=True))
+        db._insert_block(cls, objs, by_name.__getitem__)
+        self.rows += count
+        return True
+
     def decode(self, cname: str, encoded: dict) -> dict:
         """The field values of an object from their stored (encoded) form."""
         cls, names, decoders, _, _ = self.plans[cname]
@@ -608,10 +668,15 @@ class Loader:
     def apply(self, op: tuple) -> None:
         """One journal op, as :meth:`Database` made it (but without journal, undo or events)."""
         name, cname, ref = op[0], op[1], op[2]
-        if cname not in self.plans:
+        plan = self.plans.get(cname)
+        if plan is None:
             return  # a class whose objects this version does not store
         db = self.db
         obj = db.tables[cname].get(ref)
+        if name == "set" and obj is not None:  # the usual record, straight to the field
+            fname = op[3]
+            db._put(obj, fname, obj.values[fname], plan[3][fname](op[4]))
+            return
         if name == "create":
             if obj is not None:
                 raise ReplayError(f"create of {cname} {ref}, which already exists")
@@ -624,7 +689,7 @@ class Loader:
         if obj is None:
             raise ReplayError(f"{name} on {cname} {ref}, which does not exist")
         fname = op[3]
-        _, _, _, whole, parts = self.plans[cname]
+        _, _, _, whole, parts = plan
         decode = parts[fname]
         old = obj.values[fname]
         if name == "set":
@@ -664,6 +729,28 @@ class _Sharing:
         if isinstance(t, BoolType):
             return "true".__eq__
         return t.decode
+
+    def column(self, t: Any, column: list) -> list:
+        """:meth:`decoder` over a column of a snapshot block (see Sink.table): equal strings and
+        ints once per column (a mostly distinct string column is kept as read), sets shared as the
+        block shares them (a set is never changed in place), maps each of its own."""
+        if isinstance(t, (StringType, EnumType, RefType)):
+            distinct = set(column)
+            if 2 * len(distinct) > len(column):
+                return column
+            canon = {v: self.text(v) for v in distinct}
+            return list(map(canon.__getitem__, column))
+        if isinstance(t, IntType):
+            canon = {v: self.int(v) for v in set(column)}
+            return list(map(canon.__getitem__, column))
+        if isinstance(t, BoolType):
+            return list(map("true".__eq__, column))
+        if isinstance(t, (SetType, MapType)):  # each distinct object of the block decoded once
+            decode = self.decoder(t)
+            made = {key: decode(value) for key, value in dict(zip(map(id, column), column, strict=True)).items()}
+            decoded = list(map(made.__getitem__, map(id, column)))
+            return [dict(m) if m else m for m in decoded] if isinstance(t, MapType) else decoded
+        return list(map(t.decode, column))
 
     def parts(self, t: Any) -> Any:
         """What the ops on one entry of a field of type ``t`` decode: a map's key and value, a

@@ -19,14 +19,14 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lxml import etree
 
 from . import Store, journal, snapshot
 from .errors import JournalDamaged, SnapshotDamaged, StoreError
-from .schema import Description, normalize
+from .schema import FORMAT_V2, Description, normalize
 
 __all__ = ["fsck"]
 
@@ -109,22 +109,21 @@ def _salvage_snapshot(state_dir: Path, damage: SnapshotDamaged, description: Des
     parser = etree.XMLParser(recover=True, resolve_entities=False, no_network=True, load_dtd=False,
                              huge_tree=False, remove_comments=True, remove_pis=True)
     root = etree.fromstring(data, parser)
-    if root is None or root.get("format") != snapshot.FORMAT or not (root.get("seq") or "").isdigit():
-        raise StoreError(f"{path}: cannot find the objects in it (not a format-{snapshot.FORMAT} "
-                         f"snapshot); restore it from a backup (a copy is in {aside})")
+    fmt = root.get("format") if root is not None else None
+    if fmt not in (snapshot.FORMAT, FORMAT_V2) or not (root.get("seq") or "").isdigit():
+        raise StoreError(f"{path}: cannot find the objects in it (not a format-{snapshot.FORMAT} or "
+                         f"{FORMAT_V2} snapshot); restore it from a backup (a copy is in {aside})")
     tables: snapshot.Tables = {cls: {} for cls in classes}
     kept = total = 0
     first_bad = ""
-    for el in root.iter(*classes):
+    for ref, cls, fields in (_blocks if fmt == snapshot.FORMAT else _objects)(path, root, classes):
         total += 1
         if first_bad:
             continue
-        fields = _object(el, classes[el.tag]) if el.getparent() is not None else None
-        ref = el.get("ref")
-        if fields is None or ref is None or ref in tables[el.tag]:
-            first_bad = f"{el.tag} {ref}"
+        if fields is None or ref is None or ref in tables[cls]:
+            first_bad = f"{cls} {ref}" if ref is not None else f"a block of {cls}"
             continue
-        tables[el.tag][ref] = fields
+        tables[cls][ref] = fields
         kept += 1
     seq = int(root.get("seq"))
     validator = snapshot.Validator(description)
@@ -142,6 +141,32 @@ def _salvage_snapshot(state_dir: Path, damage: SnapshotDamaged, description: Des
     else:
         say(f"repaired: every one of the {kept} object(s) of {path.name} reads correctly, so the damage "
             f"could not be located: all kept with a new checksum, check them; the original is in {aside}")
+
+
+def _blocks(path: Path, root: etree._Element, classes: dict) -> Iterator[tuple[str | None, str, dict | None]]:
+    """(ref, class, fields) of each object of a format-3 snapshot, in order; fields None for each
+    object of a block that does not read (ref None when the refs themselves do not)."""
+    for el in root.iter("rows"):
+        table = el.getparent()
+        cls = str(table.get("class")) if table is not None else "?"
+        try:
+            if cls not in classes:
+                raise StoreError(f"unknown class {cls}")
+            refs, columns = snapshot.block_of(path, cls, classes[cls], el)
+        except StoreError:
+            count = el.get("n") or ""
+            for _ in range(int(count) if count.isdigit() else 1):
+                yield None, cls, None
+            continue
+        for k, ref in enumerate(refs):
+            yield ref, cls, {name: column[k] for name, column in columns.items()}
+
+
+def _objects(path: Path, root: etree._Element, classes: dict) -> Iterator[tuple[str | None, str, dict | None]]:
+    """(ref, class, fields) of each object of a format-2 snapshot; fields None if it does not read."""
+    for el in root.iter(*classes):
+        fields = _object(el, classes[el.tag]) if el.getparent() is not None else None
+        yield el.get("ref"), el.tag, fields
 
 
 def _object(el: etree._Element, specs: dict) -> dict | None:

@@ -72,6 +72,10 @@ OPS = ("create", "destroy", "set", "map_add", "map_remove", "set_add", "set_remo
 
 _FILE = re.compile(r"journal-([0-9]{20})\.sxp")
 _RECORD = re.compile(rb"\(([0-9]{1,20}) ([0-9a-f]{8}) (.*)\)\n", re.DOTALL)
+# the most common record whole: a field set to a plain ASCII atom or to a quoted string without escapes
+_ATOM = rb"[^\x00-\x20()\"'#\x7f-\xff]+"
+_SET_RECORD = re.compile(rb'\(([0-9]{1,20}) ([0-9a-f]{8}) (\(set (%s) (%s) (%s) (?:"([^"\\\'#]*)"|(%s))\))\)\n'
+                         % (_ATOM, _ATOM, _ATOM, _ATOM))
 
 
 def file_name(first_seq: int) -> str:
@@ -193,6 +197,16 @@ class ReplayError(Exception):
 
 def parse_record(line: bytes) -> tuple[int, sxp.Sxp]:
     """Split and verify one line; raise ReplayError if torn, damaged or unparsable."""
+    m = _SET_RECORD.fullmatch(line)
+    if m is not None:  # one regex call reads it (what read_op's general path would give)
+        seq_text, crc_text, payload, cls, ref, field, quoted, plain = m.groups()
+        if zlib.crc32(payload, zlib.crc32(seq_text + b" ")) == int(crc_text, 16):
+            try:
+                value = (plain if quoted is None else quoted).decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # the general path below says so
+            else:
+                return int(seq_text), ["set", cls.decode("ascii"), ref.decode("ascii"), field.decode("ascii"), value]
     m = _RECORD.fullmatch(line)
     if m is None:
         if not line.endswith(b"\n"):
@@ -271,21 +285,19 @@ def _scalar(spec: FieldSpec, value: object) -> object:
 
 def decode_op(x: sxp.Sxp, classes: Classes) -> tuple:
     """The op tuple for a parsed record, checked against the description."""
-    if not (isinstance(x, list) and len(x) >= 3 and all(type(a) is str for a in x[:3])):
+    if not (isinstance(x, list) and len(x) >= 3 and type(x[0]) is str and type(x[1]) is str
+            and type(x[2]) is str):
         raise ReplayError("not an operation")
     name, cls, ref = x[0], x[1], x[2]
-    if cls not in classes:
+    specs = classes.get(cls)
+    if specs is None:
         raise ReplayError(f"unknown class {cls!r} (written by a different version?)")
-    specs = classes[cls]
-
-    def spec_of(fname: object) -> FieldSpec:
-        spec = specs.get(fname) if type(fname) is str else None
-        if spec is None:
-            raise ReplayError(f"unknown field {cls}.{fname} (written by a different version?)")
-        return spec
-
     if _ARITY.get(name) != len(x):
         raise ReplayError(f"bad operation {name!r} with {len(x)} elements")
+    if name == "set":  # the most common record: checked without the general path below
+        spec = _spec(specs, cls, x[3])
+        value = x[4]
+        return (name, cls, ref, x[3], value if spec.kind != "map" and spec.check(value) else _scalar(spec, value))
     if name == "create":
         if not isinstance(x[3], list):
             raise ReplayError("create: field list expected")
@@ -293,17 +305,22 @@ def decode_op(x: sxp.Sxp, classes: Classes) -> tuple:
         for pair in x[3]:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ReplayError(f"create: bad field {pair!r}")
-            fields[pair[0]] = _scalar(spec_of(pair[0]), pair[1])
+            fields[pair[0]] = _scalar(_spec(specs, cls, pair[0]), pair[1])
         return (name, cls, ref, fields)
     if name == "destroy":
         return (name, cls, ref)
-    spec = spec_of(x[3])
-    if name == "set":
-        return (name, cls, ref, x[3], _scalar(spec, x[4]))
+    spec = _spec(specs, cls, x[3])
     want = "map" if name.startswith("map") else "set"
     if spec.kind != want or not all(type(a) is str for a in x[4:]):
         raise ReplayError(f"{name} on {spec.kind} field {cls}.{spec.name}")
     return tuple(x)
+
+
+def _spec(specs: dict[str, FieldSpec], cls: str, fname: object) -> FieldSpec:
+    spec = specs.get(fname) if type(fname) is str else None  # type: ignore[arg-type]
+    if spec is None:
+        raise ReplayError(f"unknown field {cls}.{fname} (written by a different version?)")
+    return spec
 
 
 def apply_op(tables: Tables, op: tuple) -> None:

@@ -7,11 +7,11 @@ derived from that, in the same way the wire layer derives accessors.  Values are
 ``list[str]``, a map is a ``dict[str, str]``.
 
 :func:`relaxng` turns the description into the RelaxNG grammar of the snapshot
-(``state.xml``, format 2; :func:`relaxng_v1` is the grammar of format 1, still read).  Its
-output is deterministic (classes sorted by name, fields in declaration order) so a
-checked-in ``schemas/state.rng`` can be compared with it.  Each field is optional and
-fields may come in any order: a snapshot written before a field was added still loads,
-and the model fills in the default.
+(``state.xml``, format 3; :func:`relaxng_v2` and :func:`relaxng_v1` are the grammars of the
+formats older versions wrote, still read).  Its output is deterministic (classes sorted by
+name, fields in declaration order) so a checked-in ``schemas/state.rng`` can be compared with
+it.  Each field is optional and fields may come in any order: a snapshot written before a
+field was added still loads, and the model fills in the default.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "B64",
     "FORMAT",
     "FORMAT_V1",
+    "FORMAT_V2",
     "KINDS",
     "ROOT",
     "Classes",
@@ -36,13 +37,15 @@ __all__ = [
     "normalize",
     "relaxng",
     "relaxng_v1",
+    "relaxng_v2",
     "xml_unsafe",
 ]
 
 Description = Mapping[str, Sequence[tuple[str, str, tuple[str, ...]]]]
 
-#: Snapshot format version written in ``<xend-ext-state format="2">`` (format 1 is still read).
-FORMAT = "2"
+#: Snapshot format version written in ``<xend-ext-state format="3">`` (formats 1 and 2 are still read).
+FORMAT = "3"
+FORMAT_V2 = "2"
 FORMAT_V1 = "1"
 ROOT = "xend-ext-state"
 #: Value of the ``enc`` / ``key-enc`` attributes marking base64 (UTF-8, surrogatepass).
@@ -183,8 +186,49 @@ def _grammar(E: ElementMaker, root_content: list, defines: list, *extra: etree._
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body
 
 
+def _root_attributes(E: ElementMaker, exact: Callable[[str], etree._Element], fmt: str) -> list[etree._Element]:
+    """The root's attributes in formats 2 and 3: the format, the seq, the grammar's digest."""
+    return [
+        E.attribute(exact(fmt), name="format"),
+        E.attribute(E.data(type="nonNegativeInteger"), name="seq"),
+        E.optional(E.attribute(E.data(type="string"), name="grammar")),
+    ]
+
+
 def relaxng(description: Description) -> str:
     """The RelaxNG grammar (XML syntax) of the snapshots written for ``description``.
+
+    Format 3: a table's objects in blocks of rows, ``<rows n="N">``, each holding one element per
+    column, named like its field (``<ref>`` for the objects' refs), whose text is its N values, one
+    a line (see xend_ext.store.snapshot).  The lines of int, bool and enum columns are checked
+    one by one (a pattern); strings, sets and maps are free text here (the reader checks that a
+    set or map is one).
+    """
+    classes = normalize(description)
+    E, exact, _ = _maker()
+    root_content = _root_attributes(E, exact, FORMAT)
+    defines: list[etree._Element] = []
+    for cls in sorted(classes):
+        specs = classes[cls]
+        columns = []
+        for fname, spec in specs.items():
+            if spec.kind in ("int", "bool", "enum"):  # every line one of its values: a pattern
+                one = {"int": "[+\\-]?[0-9]+", "bool": "true|false"}.get(spec.kind) or "|".join(
+                    re.sub(r"([.\\?*+{}()\[\]|^$-])", r"\\\1", v) for v in sorted(spec.values))
+                content = E.data(E.param(f"({one})(\\n({one}))*", name="pattern"), type="string")
+            else:
+                content = E.text()
+            columns.append(E.optional(E.element(content, name=fname)))
+        rows = E.element(E.attribute(E.data(type="positiveInteger"), name="n"),
+                         E.interleave(E.element(E.text(), name="ref"), *columns), name="rows")
+        table = E.element(E.attribute(exact(cls), name="class"), E.zeroOrMore(rows), name="table")
+        defines.append(E.define(table, name=f"table.{cls}"))
+        root_content.append(E.optional(E.ref(name=f"table.{cls}")))
+    return _grammar(E, root_content, defines)
+
+
+def relaxng_v2(description: Description) -> str:
+    """The grammar of format 2, which older versions wrote.
 
     Format 2: one element per object, named like its class, its scalar fields as attributes
     (one C-level call reads them all back); a set item is ``<s f="field">item</s>``, a map entry
@@ -193,11 +237,7 @@ def relaxng(description: Description) -> str:
     """
     classes = normalize(description)
     E, exact, b64_text = _maker()
-    root_content: list[etree._Element] = [
-        E.attribute(exact(FORMAT), name="format"),
-        E.attribute(E.data(type="nonNegativeInteger"), name="seq"),
-        E.optional(E.attribute(E.data(type="string"), name="grammar")),
-    ]
+    root_content = _root_attributes(E, exact, FORMAT_V2)
     defines: list[etree._Element] = []
     for cls in sorted(classes):
         specs = classes[cls]

@@ -1,29 +1,39 @@
 """The snapshot: the whole state as one XML file (``state.xml``), replaced atomically.
 
-Shape, format 2 (one element per object, named like its class; scalar fields are its
-attributes, so one C-level call reads them all back)::
+Shape, format 3 (columns: a table's objects in blocks of at most 1,000 rows, each field one
+element whose text is the block's values, one a line, so that a start reads a block's field
+with one split instead of a parser callback per object and field)::
 
-    <xend-ext-state format="2" seq="1234" grammar="5f0c13aa">
-    <table class="host">
-    <host ref="OpaqueRef:..." name_label="x" host_CPUs="">
-    <s f="resident_VMs">OpaqueRef:a</s><m f="other_config" k="k">v</m></host>
+    <xend-ext-state format="3" seq="1234" grammar="5f0c13aa">
+    <table class="VM">
+    <rows n="2"><ref>OpaqueRef:a
+    OpaqueRef:b</ref><name_label>web 1
+    "two\\nlines</name_label><VCPUs_max>2
+    4</VCPUs_max><groups>["OpaqueRef:g"]
+    []</groups><other_config>{"k":"v"}
+    {}</other_config></rows>
     </table>
     </xend-ext-state>
     <!-- crc32 8d1f03c2 -->
 
-A set item is ``<s f="field">``, a map entry ``<m f="field" k="key">``, an empty set or map
-the attribute ``field=""``.  ``seq`` is the last journal sequence number the snapshot
-includes.  Text XML 1.0 cannot carry (control characters, lone surrogates) is stored as
-base64 of its UTF-8 (``surrogatepass``): a scalar as ``<v f="field" enc="b64">``, an item or
-value with ``enc="b64"``, a key with ``k-enc="b64"``, so every Python string round-trips.
+Line k of every element of a block is the k-th object's.  A scalar (and a ref) is its text,
+unless that text holds a line break, starts with ``"`` or has characters XML 1.0 cannot carry:
+then it is ``"`` and the text in Python's backslash escapes (``unicode_escape``: ASCII, so every
+Python string round-trips).  A set is a JSON array of strings, a map a JSON object (escaped
+the same way if they hold a lone surrogate, which JSON cannot keep apart from a pair).  A
+block holds the fields its objects have (all of them unless the state was written before a
+field was added); consecutive objects with the same fields share blocks.  ``seq`` is the
+last journal sequence number the snapshot includes.
 
 The last line is the CRC-32 of everything before it: a snapshot that does not match it is
 damaged and refuses the start (``xend-ext fsck``).  ``grammar`` is the CRC-32 of the RelaxNG
 grammar (:mod:`.schema`) the snapshot was validated against when it was written: a snapshot
 is validated before it may replace a good one, and again when loaded only if the grammar
-has changed since (another version wrote it) or when asked (``verify``).  Format 1 (one
-element per field, no checksum), written by older versions, is still read, always validated.
-Reading streams the objects into a sink (:mod:`.sink`) as expat reads them (C, no tree built);
+has changed since (another version wrote it) or when asked (``verify``).  Formats 1 (one
+element per field) and 2 (one element per object, scalar fields as attributes), written by
+older versions, are still read, validated against their grammars; the next snapshot is
+written in format 3.  :func:`serialize` still writes format 2 when asked (``fmt``).
+Reading streams the blocks into a sink (:mod:`.sink`) as expat reads them (C, no tree built);
 a snapshot that must be validated is parsed by lxml first.  The parsers are hardened: a DTD is
 refused, no entities, no network, no huge-tree mode.
 
@@ -35,11 +45,12 @@ directory, fsync), :func:`commit` (rename over ``state.xml``, fsync the director
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from xml.parsers import expat
@@ -48,7 +59,19 @@ from lxml import etree
 
 from .errors import SnapshotDamaged, StoreError
 from .fileio import fsync_dir, sync, write_all
-from .schema import B64, FORMAT, FORMAT_V1, ROOT, Classes, relaxng, relaxng_v1, xml_unsafe
+from .schema import (
+    B64,
+    FORMAT,
+    FORMAT_V1,
+    FORMAT_V2,
+    ROOT,
+    Classes,
+    FieldSpec,
+    relaxng,
+    relaxng_v1,
+    relaxng_v2,
+    xml_unsafe,
+)
 
 if TYPE_CHECKING:
     from .sink import Sink
@@ -59,6 +82,7 @@ __all__ = [
     "Tables",
     "SnapshotDamaged",
     "Validator",
+    "block_of",
     "key_of",
     "text_of",
     "commit",
@@ -81,14 +105,17 @@ _TRAILER_SIZE = len(b"<!-- crc32 01234567 -->\n")
 class Validator:
     """The compiled grammars, one per thread (lxml validators are not shared across threads).
 
-    ``get()`` is the grammar of the format written now, ``get(FORMAT_V1)`` the old one;
+    ``get()`` is the grammar of the format written now, ``get(FORMAT_V2)`` and ``get(FORMAT_V1)``
+    the older ones;
     ``digest`` names the current grammar in the snapshots validated against it.
     """
 
     def __init__(self, description: object):
         self._text = {FORMAT: relaxng(description).encode("utf-8"),  # type: ignore[arg-type]
+                      FORMAT_V2: relaxng_v2(description).encode("utf-8"),  # type: ignore[arg-type]
                       FORMAT_V1: relaxng_v1(description).encode("utf-8")}  # type: ignore[arg-type]
-        self.digest = f"{zlib.crc32(self._text[FORMAT]):08x}"
+        self.digests = {fmt: f"{zlib.crc32(text):08x}" for fmt, text in self._text.items()}
+        self.digest = self.digests[FORMAT]
         self._local = threading.local()
         self.get()  # fail early if the grammar itself is broken
 
@@ -132,66 +159,133 @@ def _put_text(el: etree._Element, text: str) -> None:
         el.text = text
 
 
-def serialize(tables: Tables, seq: int, classes: Classes, validator: Validator) -> bytes:
-    """The snapshot document for ``tables`` at ``seq``, validated, checksummed; StoreError if bad."""
+ROWS = 1000  # objects per block of format 3
+
+
+def serialize(tables: Tables, seq: int, classes: Classes, validator: Validator, fmt: str = FORMAT) -> bytes:
+    """The snapshot document for ``tables`` at ``seq``, validated, checksummed; StoreError if bad.
+
+    Format 3 unless ``fmt`` is FORMAT_V2 (the per-object layout of older versions, which tests
+    and tools may still want to write)."""
     unknown = set(tables) - set(classes)
     if unknown:
         raise StoreError(f"snapshot: unknown class(es) {', '.join(sorted(unknown))}")
-    root = etree.Element(ROOT, format=FORMAT, seq=str(int(seq)), grammar=validator.digest)
+    root = etree.Element(ROOT, format=fmt, seq=str(int(seq)), grammar=validator.digests[fmt])
     root.text = "\n"
-    sub = etree.SubElement
     for cls in sorted(classes):
-        specs = classes[cls]
-        table = sub(root, "table", {"class": cls})
+        table = etree.SubElement(root, "table", {"class": cls})
         table.text = table.tail = "\n"
         objects = tables.get(cls) or {}
-        for ref in sorted(objects):
-            if type(ref) is not str or xml_unsafe(ref):
-                raise StoreError(f"snapshot: {cls} reference {ref!r} cannot be stored")
-            fields = objects[ref]
-            extra = set(fields) - set(specs)
-            if extra:
-                raise StoreError(f"snapshot: {cls} {ref} has unknown field(s) {', '.join(sorted(extra))}")
-            attrs = {"ref": ref}
-            children: list[tuple[str, str, str | None, str]] = []  # (tag, field, key, text)
-            for fname, value in fields.items():
-                spec = specs[fname]
-                if not spec.check(value):
-                    raise StoreError(
-                        f"snapshot: {cls} {ref} field {fname} ({spec.kind}) has bad value {value!r}"
-                    )
-                if spec.kind == "set":
-                    if not value:
-                        attrs[fname] = ""
-                    children += [("s", fname, None, item) for item in value]  # type: ignore[union-attr]
-                elif spec.kind == "map":
-                    if not value:
-                        attrs[fname] = ""
-                    children += [("m", fname, k, v) for k, v in value.items()]  # type: ignore[union-attr]
-                elif xml_unsafe(value):  # type: ignore[arg-type]
-                    children.append(("v", fname, None, value))  # type: ignore[arg-type]
-                else:
-                    attrs[fname] = value  # type: ignore[assignment]
-            obj = sub(table, cls, attrs)
-            obj.tail = "\n"
-            for tag, fname, key, text in children:
-                el = sub(obj, tag, f=fname)
-                if key is not None:
-                    if xml_unsafe(key):
-                        el.set("k", _b64(key))
-                        el.set("k-enc", B64)
-                    else:
-                        el.set("k", key)
-                if tag == "v":
-                    el.set("enc", B64)
-                    el.text = _b64(text)
-                else:
-                    _put_text(el, text)
-    rng = validator.get()
+        rows = ((ref, _checked(cls, classes[cls], ref, objects[ref])) for ref in sorted(objects))
+        (_put_objects if fmt == FORMAT_V2 else _put_blocks)(table, cls, classes[cls], rows)
+    rng = validator.get(fmt)
     if not rng.validate(root):
         raise StoreError(f"snapshot would not match the state schema: {rng.error_log.last_error}")
     body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + etree.tostring(root, encoding="UTF-8") + b"\n"
     return body + b"%s%08x -->\n" % (_TRAILER_START, zlib.crc32(body))
+
+
+def _checked(cls: str, specs: dict, ref: object, fields: dict[str, object]) -> dict[str, object]:
+    if type(ref) is not str or xml_unsafe(ref):
+        raise StoreError(f"snapshot: {cls} reference {ref!r} cannot be stored")
+    extra = set(fields) - set(specs)
+    if extra:
+        raise StoreError(f"snapshot: {cls} {ref} has unknown field(s) {', '.join(sorted(extra))}")
+    for fname, value in fields.items():
+        spec = specs[fname]
+        if not spec.check(value):
+            raise StoreError(f"snapshot: {cls} {ref} field {fname} ({spec.kind}) has bad value {value!r}")
+    return fields
+
+
+def _line(text: str) -> str:
+    """One scalar as a line of a format-3 column (see the module docstring)."""
+    if "\n" in text or "\r" in text or text[:1] == '"' or xml_unsafe(text):
+        return _escaped(text)
+    return text
+
+
+def _json_line(value: object) -> str:
+    """A set or map as a line: JSON, escaped like a scalar if it holds a surrogate (a JSON
+    reader would join an escaped pair of them into one character)."""
+    texts = value if type(value) is list else [*value, *value.values()]  # type: ignore[union-attr]
+    if any(map(_SURROGATE.search, texts)):
+        return _escaped(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return json.dumps(value, separators=(",", ":"))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(text: str) -> str:
+    """``"`` and the text in Python's backslash escapes: ASCII, one line, every str round-trips."""
+    return '"' + text.encode("unicode_escape").decode("ascii")
+
+
+def _unescaped(line: str) -> str:
+    return line[1:].encode("ascii").decode("unicode_escape") if line[:1] == '"' else line
+
+
+def _put_blocks(table: etree._Element, cls: str, specs: dict, rows: Iterable[tuple[str, dict]]) -> None:
+    """Format 3: blocks of at most ROWS objects having the same fields, a column per field."""
+    block: list[tuple[str, dict]] = []
+    names: tuple[str, ...] = ()
+
+    def flush() -> None:
+        if not block:
+            return
+        el = etree.SubElement(table, "rows", n=str(len(block)))
+        el.tail = "\n"
+        etree.SubElement(el, "ref").text = "\n".join(_line(ref) for ref, _ in block)
+        for fname in names:
+            line = _json_line if specs[fname].kind in ("set", "map") else _line
+            etree.SubElement(el, fname).text = "\n".join(line(fields[fname]) for _, fields in block)
+        block.clear()
+
+    for ref, fields in rows:
+        have = tuple(f for f in specs if f in fields)
+        if have != names or len(block) == ROWS:
+            flush()
+            names = have
+        block.append((ref, fields))
+    flush()
+
+
+def _put_objects(table: etree._Element, cls: str, specs: dict, rows: Iterable[tuple[str, dict]]) -> None:
+    """Format 2: an element per object, scalars as attributes, set items and map entries as children."""
+    sub = etree.SubElement
+    for ref, fields in rows:
+        attrs = {"ref": ref}
+        children: list[tuple[str, str, str | None, str]] = []  # (tag, field, key, text)
+        for fname, value in fields.items():
+            kind = specs[fname].kind
+            if kind == "set":
+                if not value:
+                    attrs[fname] = ""
+                children += [("s", fname, None, item) for item in value]  # type: ignore[union-attr]
+            elif kind == "map":
+                if not value:
+                    attrs[fname] = ""
+                children += [("m", fname, k, v) for k, v in value.items()]  # type: ignore[union-attr]
+            elif xml_unsafe(value):  # type: ignore[arg-type]
+                children.append(("v", fname, None, value))  # type: ignore[arg-type]
+            else:
+                attrs[fname] = value  # type: ignore[assignment]
+        obj = sub(table, cls, attrs)
+        obj.tail = "\n"
+        for tag, fname, key, text in children:
+            el = sub(obj, tag, f=fname)
+            if key is not None:
+                if xml_unsafe(key):
+                    el.set("k", _b64(key))
+                    el.set("k-enc", B64)
+                else:
+                    el.set("k", key)
+            if tag == "v":
+                el.set("enc", B64)
+                el.text = _b64(text)
+            else:
+                _put_text(el, text)
 
 
 def write_temp(state_dir: Path, data: bytes) -> Path:
@@ -255,18 +349,18 @@ def _load(path: Path, stream: BinaryIO, classes: Classes, validator: Validator, 
     attrs = dict(re.findall(rb'\b(format|grammar)="([^"]*)"', root.group(0))) if root else {}
     if (not verify and end is not None and attrs.get(b"format") == FORMAT.encode()
             and attrs.get(b"grammar") == validator.digest.encode()):
-        return _load_fast(path, _blocks(stream, end), classes, sink)
+        return _load_columns(path, _blocks(stream, end), classes, sink)
     stream.seek(0)
     body = stream.read(end if end is not None else -1)
     tree = _parse(path, body)
     fmt = tree.getroot().get("format")
-    rng = validator.get(FORMAT_V1 if fmt == FORMAT_V1 else FORMAT)
+    rng = validator.get(fmt if fmt in (FORMAT_V1, FORMAT_V2) else FORMAT)
     if not rng.validate(tree):
         raise StoreError(f"snapshot {path} does not match the state schema: {rng.error_log.last_error}")
     if fmt == FORMAT_V1:
         return _decode_v1(path, tree.getroot(), classes, sink)
     del tree
-    return _load_fast(path, [body], classes, sink)
+    return (_load_fast if fmt == FORMAT_V2 else _load_columns)(path, [body], classes, sink)
 
 
 _BLOCK = 1 << 20
@@ -375,11 +469,21 @@ def _load_fast(path: Path, blocks: Iterable[bytes], classes: Classes, sink: Sink
         if depth == 4:
             texts.append(data)
 
+    _parse_stream(path, blocks, start, end, chars)
+    if not seq.isdigit():
+        raise StoreError(f"snapshot {path}: no seq")
+    return int(seq)
+
+
+def _parse_stream(path: Path, blocks: Iterable[bytes], start: Callable, end: Callable, chars: Callable) -> None:
+    """Feed ``blocks`` to expat with these handlers (text buffered); no DTD, no entities."""
+
     def refuse(*_args: object) -> None:
         raise StoreError(f"snapshot {path} has a DOCTYPE/DTD, which a state file never has")
 
     parser = expat.ParserCreate("UTF-8")
     parser.buffer_text = True
+    parser.buffer_size = 1 << 16
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.StartDoctypeDeclHandler = refuse
     parser.EntityDeclHandler = refuse
@@ -394,9 +498,115 @@ def _load_fast(path: Path, blocks: Iterable[bytes], classes: Classes, sink: Sink
         raise StoreError(f"snapshot {path} is not well-formed XML: {exc}") from exc
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"snapshot {path}: unreadable object ({exc!r})") from exc
+
+
+def _load_columns(path: Path, blocks: Iterable[bytes], classes: Classes, sink: Sink) -> int:
+    """Decode format 3 into ``sink`` a block of rows at a time, as expat reads it: what is held
+    at once is the sink's state and one block (its columns split into lists, see :meth:`Sink.table`)."""
+    table = sink.table
+    depth = 0
+    seq = cls = ""
+    specs: dict = {}
+    rows = 0
+    refs: list[str] | None = None
+    columns: dict[str, list] = {}
+    texts: list[str] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal depth, seq, cls, specs, rows, refs, columns
+        depth += 1
+        if depth == 4:
+            texts.clear()
+        elif depth == 3 and tag == "rows":
+            rows, refs, columns = int(attrs["n"]), None, {}
+        elif depth == 2 and tag == "table":
+            cls = attrs["class"]
+            if cls not in classes:
+                raise StoreError(f"snapshot {path}: unknown class {cls!r}")
+            specs = classes[cls]
+        elif depth == 1 and tag == ROOT:
+            seq = attrs.get("seq", "")
+        else:
+            raise StoreError(f"snapshot {path}: unexpected element {tag!r}")
+
+    def end(tag: str) -> None:
+        nonlocal depth, refs
+        if depth == 4:
+            if tag == "ref":
+                refs = _column(path, cls, tag, None, "".join(texts), rows)
+            elif tag not in specs:
+                raise StoreError(f"snapshot {path}: unknown field {cls}.{tag}")
+            elif tag in columns:
+                raise StoreError(f"snapshot {path}: {cls} {tag} twice in a block")
+            else:
+                columns[tag] = _column(path, cls, tag, specs[tag], "".join(texts), rows)
+        elif depth == 3:
+            if refs is None:
+                raise StoreError(f"snapshot {path}: a block of {cls} without refs")
+            if not table(cls, refs, columns):
+                raise StoreError(f"snapshot {path}: a {cls} appears twice")
+        depth -= 1
+
+    def chars(data: str) -> None:
+        if depth == 4:
+            texts.append(data)
+
+    _parse_stream(path, blocks, start, end, chars)
     if not seq.isdigit():
         raise StoreError(f"snapshot {path}: no seq")
     return int(seq)
+
+
+def _column(path: Path, cls: str, tag: str, spec: FieldSpec | None, text: str, rows: int) -> list:
+    """The values of one column of a block (``spec`` None for the refs); StoreError if bad."""
+    lines = text.split("\n")
+    if len(lines) != rows:
+        raise StoreError(f"snapshot {path}: {cls} {tag} has {len(lines)} values in a block of {rows}")
+    if spec is not None and spec.kind in ("set", "map"):
+        return _json_column(path, spec, lines)
+    return list(map(_unescaped, lines)) if text[:1] == '"' or '\n"' in text else lines
+
+
+def block_of(path: Path, cls: str, specs: dict[str, FieldSpec], el: etree._Element) -> tuple[list[str], dict]:
+    """The refs and columns of a format-3 ``<rows>`` element read by lxml (fsck's salvage), every
+    value checked; StoreError if any is bad."""
+    try:
+        rows = int(el.get("n") or "")
+        refs = None
+        columns: dict[str, list] = {}
+        for child in el:
+            if child.tag == "ref" and refs is None:
+                refs = _column(path, cls, "ref", None, child.text or "", rows)
+            elif child.tag in specs and child.tag not in columns:
+                spec = specs[child.tag]
+                columns[child.tag] = column = _column(path, cls, child.tag, spec, child.text or "", rows)
+                if not all(map(spec.check, column)):
+                    raise StoreError(f"snapshot {path}: {cls} {child.tag} has a bad value")
+            else:
+                raise StoreError(f"snapshot {path}: unexpected {child.tag!r} in a block of {cls}")
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"snapshot {path}: unreadable block of {cls} ({exc!r})") from exc
+    if refs is None:
+        raise StoreError(f"snapshot {path}: a block of {cls} without refs")
+    return refs, columns
+
+
+def _json_column(path: Path, spec: FieldSpec, lines: list[str]) -> list:
+    """A set or map column: each distinct line decoded and checked once; equal values of the
+    block are one object."""
+    decoded = {}
+    for line in dict.fromkeys(lines):
+        value = decoded[line] = json.loads(_unescaped(line), object_pairs_hook=_unique_keys)
+        if not spec.check(value):
+            raise StoreError(f"snapshot {path}: {spec.name} has a bad value {line!r}")
+    return list(map(decoded.__getitem__, lines))
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError(f"a map has a key twice: {pairs!r}")
+    return result
 
 
 def _decode_v1(path: Path, root: etree._Element, classes: Classes, sink: Sink) -> int:
