@@ -43,20 +43,6 @@ while [ -z "$dev" ] && [ $i -lt 100 ]; do
   [ -z "$dev" ] && { sleep 0.1; i=$((i+1)); }
 done
 [ -n "$dev" ] || fail "no xlctl virtio port"
-# The second port, xlstream, carries a migration stream (xl-shim.c): `xl migrate-receive` reads
-# and writes it, and `xl migrate -s` runs /run/realxen-stream as its transport, which sends its
-# arguments as a line, then copies between the port and xl. The port opens once at a time: the
-# previous transport's reader may still be going until the host closed its end.
-for p in /sys/class/virtio-ports/*; do [ "$(cat "$p/name" 2>/dev/null)" = xlstream ] && ln -sf "/dev/${p##*/}" /run/xlstream; done
-cat > /run/realxen-stream <<'EOF'
-#!/bin/sh
-i=0; while ! (: <>/run/xlstream) 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-exec 5<>/run/xlstream || exit 1
-echo "$*" >&5
-cat <&5 &
-exec cat >&5
-EOF
-chmod +x /run/realxen-stream
 exec 3<>"$dev"
 # a FIFO nobody writes: `read -t` on it waits without forking (a forked `sleep` 20 times a second
 # kept half a host core busy under emulation while no host client was connected)

@@ -99,7 +99,7 @@ class Machine:
                "-initrd", f"{files / 'vmlinuz'} {dom0_args},{files / 'dom0-initrd.gz'}",
                "-device", "virtio-serial-pci,disable-modern=on",
                "-chardev", f"socket,id=xlctl,path={sock},server=on,wait=off",
-               "-device", "virtserialport,chardev=xlctl,name=xlctl", *self._stream_port()]
+               "-device", "virtserialport,chardev=xlctl,name=xlctl"]
         for i, path in enumerate(self.shares):
             cmd += ["-fsdev", f"local,id=fs{i},path={path},security_model=none",
                     "-device", f"virtio-9p-pci,fsdev=fs{i},mount_tag=share{i},disable-modern=on"]
@@ -126,14 +126,6 @@ class Machine:
             self.stop()
             raise MachineError(f"dom0 is up but `xl info` fails: {check.stderr}{self._tail()}")
         return self.xl
-
-    def _stream_port(self) -> list[str]:
-        """A second port, xlstream.sock here: the migration streams of `xl migrate-receive` and of
-        `xl migrate -s` (xl-shim.c has how), apart from the command channel."""
-        sock = self.run_dir / "xlstream.sock"
-        sock.unlink(missing_ok=True)
-        return ["-chardev", f"socket,id=xlstream,path={sock},server=on,wait=off",
-                "-device", "virtserialport,chardev=xlstream,name=xlstream"]
 
     def _tail(self, lines: int = 40) -> str:
         parts = []

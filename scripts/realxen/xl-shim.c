@@ -22,15 +22,10 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
-#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char SAVE_FIFO[] = "/run/realxen-save.fifo";
-/* dom0's end of the machine's second port (xlstream.sock here), and the -s transport there */
-static const char STREAM_PORT[] = "/run/xlstream";
-static const char STREAM_TRANSPORT[] = "/run/realxen-stream";
 
 /* Append ARG to OUT as one shell word. */
 static void quote(FILE *out, const char *arg)
@@ -56,17 +51,6 @@ static void quote_argv(FILE *out, int argc, char **argv, int replace, const char
     }
 }
 
-/* The index of the value of `xl migrate -s CMD`, or 0. */
-static int migrate_transport(int argc, char **argv)
-{
-    if (argc < 2 || strcmp(argv[1], "migrate") != 0)
-        return 0;
-    for (int i = 2; i + 1 < argc && argv[i][0] == '-'; i++)
-        if (strcmp(argv[i], "-s") == 0)
-            return i + 1;
-    return 0;
-}
-
 /*
  * The dom0 shell line for `xl ARGS`. `xl save` writes guest memory straight from its mapping of
  * the guest's pages, which 9p cannot take (its zero-copy path fails with EFAULT on foreign
@@ -83,14 +67,7 @@ static char *remote_command(int argc, char **argv)
         for (int i = 2; i < argc && !target; i++)
             if (argv[i][0] != '-' && ++positional == 2)
                 target = i;
-    int transport = migrate_transport(argc, argv);
-    if (argc > 1 && strcmp(argv[1], "migrate-receive") == 0) {
-        fprintf(out, "exec 5<>%s || exit 1; ", STREAM_PORT);
-        quote_argv(out, argc, argv, 0, NULL);
-        fputs(" <&5 >&5", out);
-    } else if (transport) {
-        quote_argv(out, argc, argv, transport, STREAM_TRANSPORT);
-    } else if (!target) {
+    if (!target) {
         quote_argv(out, argc, argv, 0, NULL);
     } else {
         fprintf(out, "rm -f %s; mkfifo %s || exit 1; cat %s > ", SAVE_FIFO, SAVE_FIFO, SAVE_FIFO);
@@ -132,76 +109,6 @@ static int connect_machine(const char *path)
     return -1;
 }
 
-/*
- * Streams: `xl migrate-receive` reads the migration stream on stdin and answers on stdout, and
- * `xl migrate -s CMD` runs CMD as its transport, stdin and stdout being the stream. In dom0 both
- * use the machine's second port (xlstream.sock here). For migrate-receive, our stdin and stdout
- * are copied to and from it; for migrate, dom0's transport (/run/realxen-stream, dom0-init.sh)
- * sends the arguments xl gave it as one line, and CMD then runs HERE, as xl would run it
- * (`sh -c "exec CMD ARGS"`), with the port as its stdin and stdout. So xend-ext's transport runs
- * on the host, as it would in a real dom0.
- */
-static void copy_fd(int from, int to)
-{
-    char buf[1 << 16];
-    ssize_t n;
-    while ((n = read(from, buf, sizeof buf)) > 0)
-        for (ssize_t done = 0, w; done < n; done += w)
-            if ((w = write(to, buf + done, n - done)) <= 0)
-                _exit(1);
-    _exit(0);
-}
-
-static pid_t stream_start(int argc, char **argv, int stream)
-{
-    pid_t pid;
-    int transport = migrate_transport(argc, argv);
-    if (argc > 1 && strcmp(argv[1], "migrate-receive") == 0) {
-        if ((pid = fork()) == 0)
-            copy_fd(0, stream);
-        if (fork() == 0)
-            copy_fd(stream, 1);
-        return -pid; /* our stdin's copy: stopped at once, the sender may never close it */
-    }
-    if (!transport)
-        return 0;
-    if ((pid = fork()) != 0)
-        return pid;
-    char args[4096]; /* in the child: xl may end without running its transport */
-    size_t n = 0;
-    while (n + 1 < sizeof args && read(stream, args + n, 1) == 1 && args[n] != '\n')
-        n++;
-    if (n == 0 || args[n] != '\n')
-        _exit(1);
-    args[n] = '\0';
-    char *rune = NULL;
-    if (asprintf(&rune, "exec %s %s", argv[transport], args) < 0)
-        _exit(1);
-    dup2(stream, 0);
-    dup2(stream, 1);
-    execl("/bin/sh", "sh", "-c", rune, (char *)NULL);
-    _exit(127);
-}
-
-/* After the command's exit status: what is still in flight reaches its reader, then the port is
- * closed and the copies or the transport end. */
-static void stream_end(int stream, pid_t pid)
-{
-    struct timespec drain = {0, 300 * 1000 * 1000};
-    nanosleep(&drain, NULL);
-    shutdown(stream, SHUT_RDWR);
-    if (pid < 0)
-        kill(-pid, SIGKILL);
-    if (pid > 0) { /* the transport: it ends when its peer closes */
-        for (int i = 0; i < 300 && waitpid(pid, NULL, WNOHANG) == 0; i++)
-            nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
-    while (waitpid(-1, NULL, 0) > 0)
-        ;
-}
-
 int main(int argc, char **argv)
 {
     char exe[PATH_MAX], sock[PATH_MAX], lock[PATH_MAX];
@@ -233,18 +140,10 @@ int main(int argc, char **argv)
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     snprintf(token, sizeof token, "%d.%ld%09ld", (int)getpid(), (long)now.tv_sec, now.tv_nsec);
-    int stream = -1;
-    if (migrate_transport(argc, argv) || (argc > 1 && strcmp(argv[1], "migrate-receive") == 0)) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/xlstream.sock", dir);
-        if ((stream = connect_machine(path)) < 0)
-            return 255;
-    }
     char *command = remote_command(argc, argv);
     FILE *io = fdopen(s, "r+");
     fprintf(io, "%s %s\n", token, command);
     fflush(io);
-    pid_t streaming = stream < 0 ? 0 : stream_start(argc, argv, stream);
 
     char *out = NULL, *err = NULL, *line = NULL;
     size_t out_size = 0, err_size = 0, line_size = 0;
@@ -260,8 +159,6 @@ int main(int argc, char **argv)
             long out_len = ftell(out_f), err_len = ftell(err_f);
             fflush(out_f);
             fflush(err_f);
-            if (stream >= 0)
-                stream_end(stream, streaming);
             fwrite(out, 1, out_len, stdout);
             fwrite(err, 1, err_len, stderr);
             return atoi(line + 5 + tlen + 1);
