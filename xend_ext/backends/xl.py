@@ -159,8 +159,10 @@ def _now() -> dt.datetime:
 
 class XlBackend(Backend):
     name = "xl"
-    # Migration is save-based (xl save, streamed to the other server, xl restore there); not yet
-    # run between two real Xen hosts. Missing, because Xen/xl cannot do them (NOT_IMPLEMENTED):
+    # Migration is save-based (xl save, streamed to the other server, xl restore there): `xl
+    # migrate` is live only and needs log-dirty paging, which a PV guest has only where Xen has
+    # shadow paging (virt_caps "shadow"); Debian's Xen 4.17 has none (README, Migration).
+    # Missing, because Xen/xl cannot do them (NOT_IMPLEMENTED):
     #   sched_domain  - the "nemesis" scheduling domains were never merged into Xen
     #   utilisation   - xl reports CPU time per vCPU, not the scheduler model's shares
     capabilities = frozenset({
@@ -646,6 +648,18 @@ class XlBackend(Backend):
             raise BackendError(f"{path} is damaged or was changed since it was saved (checksum mismatch)",
                                "INVALID_VALUE", "path", str(path))
         return saved
+
+    # -- migration: the image's record (its sidecar) travels in the VM's record ------------------
+    def image_extra(self, path: Path) -> str:
+        return _sidecar(Path(path)).read_text(encoding="utf-8")
+
+    def take_image(self, path: Path, extra: str) -> None:
+        _write_atomic(_sidecar(Path(path)), extra.encode())
+        self._read_sidecar(Path(path))  # refused now (INVALID_VALUE) if damaged on the way
+
+    def drop_image(self, path: Path) -> None:
+        Path(path).unlink(missing_ok=True)
+        _sidecar(Path(path)).unlink(missing_ok=True)
 
     def _digest(self, path: Path) -> str:
         """The image's SHA-256, computed once per version of the file (a restore reads the image's
