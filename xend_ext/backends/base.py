@@ -315,7 +315,9 @@ class Backend(ABC):
         return ""
 
     def take_image(self, path: Path, extra: str) -> None:
-        """An image arrived from another server with its ``image_extra``: make it restorable here."""
+        """An image arrived from another server with its ``image_extra``: make it restorable here
+        (nothing to do when the image holds all)."""
+        return
 
     def drop_image(self, path: Path) -> None:
         """Remove a saved image and whatever was written beside it."""
