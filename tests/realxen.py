@@ -108,7 +108,7 @@ class Xen:
             if name != "Pool-0":
                 self.run("cpupool-destroy", name)
                 acted = True
-        missing = set(range(NCPUS)) - pools.get("Pool-0", set())
+        missing = set(range(self.machine.cpus)) - pools.get("Pool-0", set())
         if missing:
             self.out("cpupool-cpu-add", "Pool-0", ",".join(str(c) for c in sorted(missing)))
         if acted or missing:
@@ -144,16 +144,33 @@ def machine() -> Xen:
         died.rename(died.with_name(f"serial-{time.monotonic_ns()}.log"))
         _XEN = None
     if _XEN is None:
-        module = _machine_module()
-        m = module.Machine(Path("/tmp") / f"xend-realxen-{os.getpid()}")
-        try:
-            m.prepare(timeout=900)  # apt and the kernel download, when `make system-deps` did not run
-            m.boot(timeout=240)
-        except (module.MachineError, subprocess.TimeoutExpired, OSError) as exc:
-            pytest.fail(f"the real-Xen stage cannot run on this machine: {exc}", pytrace=False)
-        atexit.register(m.stop)
-        _XEN = Xen(m)
+        _XEN = _boot(f"xend-realxen-{os.getpid()}")
     return _XEN
+
+
+def _boot(name: str, **size) -> Xen:
+    module = _machine_module()
+    m = module.Machine(Path("/tmp") / name, **size)
+    try:
+        m.prepare(timeout=900)  # apt and the kernel download, when `make system-deps` did not run
+        m.boot(timeout=240)
+    except (module.MachineError, subprocess.TimeoutExpired, OSError) as exc:
+        pytest.fail(f"the real-Xen stage cannot run on this machine: {exc}", pytrace=False)
+    atexit.register(m.stop)
+    return Xen(m)
+
+
+_XEN2: Xen | None = None
+
+
+def second_machine() -> Xen:
+    """The other host of the migration tests (tests/test_xl_migrate.py), booted on first use and
+    powered off when the session ends: smaller than the first (4 pCPUs, 1 GiB), which is all a
+    destination needs, and costs less to emulate beside it."""
+    global _XEN2
+    if _XEN2 is None or _XEN2.machine.dead():
+        _XEN2 = _boot(f"xend-realxen2-{os.getpid()}", cpus=4, memory_mib=1024)
+    return _XEN2
 
 
 @pytest.fixture(scope="session", name="xen")

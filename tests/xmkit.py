@@ -9,13 +9,13 @@ import sys
 from conftest import ROOT
 
 
-def xm(server, *args, cwd=None, url=None) -> subprocess.CompletedProcess:
+def xm(server, *args, cwd=None, url=None, timeout=60) -> subprocess.CompletedProcess:
     """``xm --url <server> ARGS`` as a subprocess, with no XM_* settings of the machine leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("XM_")}
     env["XM_CONF"] = "/nonexistent/xm.conf"
     target = url if url is not None else server.url
     return subprocess.run([sys.executable, "-m", "xend_ext.cli.main", "--url", target, *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd or ROOT, env=env)
+                          text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
 
 
 def ok(result: subprocess.CompletedProcess) -> str:

@@ -46,6 +46,7 @@ CHUNK = 1 << 20  # bytes read from the image file and sent at a time
 START_TIMEOUT = 60.0  # seconds an import task waits for its PUT to begin
 POLL = 0.25  # seconds between two looks at a task's cancellation while waiting
 PROGRESS_STEP = 8 << 20  # bytes between two progress updates of a task
+IMAGE_EXTRA = "backend_image_extra"  # the record key of what a backend's image needs beside its bytes
 
 
 class Refused(Exception):
@@ -183,10 +184,14 @@ def report(ctx, done, size, start=0.1, span=0.8):
     """Task progress of a transfer: the fraction within [start, start+span], and the bytes in
     ``other_config`` (migration_bytes / migration_size)."""
     ctx.progress(start + span * (done / size if size else 1.0))
+    note(ctx, {"migration_bytes": str(done), "migration_size": str(size)})
+
+
+def note(ctx, figures):
+    """Figures of the migration in its task's other_config (bytes sent, a VM's downtime...)."""
     task = ctx.task
     if task is not None and ctx.db.find(task.ref) is task:
-        ctx.db.set(task, "other_config", {**task.values["other_config"], "migration_bytes": str(done),
-                                          "migration_size": str(size)})
+        ctx.db.set(task, "other_config", {**task.values["other_config"], **figures})
 
 
 async def in_thread(ctx, remote, work, *args, body=None):
@@ -239,6 +244,7 @@ class Departure:
             handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
             os.close(handle)
             self.image = Path(tmp)
+            stopped = time.monotonic()
             if self.mode == "save":  # the domain stops here; its image brings it back if need be
                 await ctx.call_backend(ctx.backend.save, obj.uuid, self.image, self.meta)
                 vms.apply_domain(ctx, obj, None)
@@ -247,8 +253,13 @@ class Departure:
                     vms.apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))
                     self.paused_here = True
                 await ctx.call_backend(ctx.backend.export, obj.uuid, self.image, self.meta)
+            extra = ctx.backend.image_extra(self.image)  # e.g. xl's record of the image, beside it
+            if extra:
+                self.meta = {**self.meta, IMAGE_EXTRA: extra}
             ctx.progress(0.1)
             self.there = await in_thread(ctx, self.remote, self._transfer, body=self._body())
+            if self.mode == "save" and not self.was_paused:  # it runs again, there
+                note(ctx, {f"migration_downtime:{obj.uuid}": f"{time.monotonic() - stopped:.3f}"})
         except (XenAPIError, Refused, OSError) as exc:
             reason = " ".join(exc.description) if isinstance(exc, XenAPIError) else str(exc)
             reason += await self._resume_here()
@@ -293,7 +304,7 @@ class Departure:
 
     def _drop_image(self):
         if self.image is not None:
-            self.image.unlink(missing_ok=True)
+            self.ctx.backend.drop_image(self.image)
             self.image = None
 
     async def commit(self):
@@ -566,6 +577,8 @@ async def receive(ctx, record, size, start_paused):
     try:
         await wait_for(ctx, incoming)
         report(ctx, incoming.received, size, 0.0, 0.9)
+        if record.get(IMAGE_EXTRA):
+            await ctx.call_backend(ctx.backend.take_image, incoming.path, record[IMAGE_EXTRA])
         outcome = await vms.receive(ctx, record, incoming.path, start_paused)
     except XenAPIError as exc:
         outcome = exc
@@ -574,7 +587,7 @@ async def receive(ctx, record, size, start_paused):
         IMPORTS.pop(ctx.task.ref, None)
         incoming.cancelled = True  # a sender still sending is refused
         incoming.abort()
-        incoming.path.unlink(missing_ok=True)
+        ctx.backend.drop_image(incoming.path)
         incoming.outcome.set_result(outcome)
     return outcome
 

@@ -308,6 +308,21 @@ class Backend(ABC):
         """The metadata of a saved image, without restoring it (to find or create its VM)."""
         raise self.missing(Capability.SAVE)
 
+    # -- a saved image travelling to another server (migration) ----------------------------------
+    def image_extra(self, path: Path) -> str:
+        """What must travel with a saved image besides its bytes to be restored elsewhere ('' when
+        the image holds all)."""
+        return ""
+
+    def take_image(self, path: Path, extra: str) -> None:
+        """An image arrived from another server with its ``image_extra``: make it restorable here
+        (nothing to do when the image holds all)."""
+        return
+
+    def drop_image(self, path: Path) -> None:
+        """Remove a saved image and whatever was written beside it."""
+        Path(path).unlink(missing_ok=True)
+
     def set_memory(self, uuid: str, memory: int) -> Domain:
         raise self.missing(Capability.MEMORY_LIVE)
 

@@ -161,9 +161,11 @@ def _now() -> dt.datetime:
 
 class XlBackend(Backend):
     name = "xl"
-    # Migration is save-based (xl save, streamed to the other server, xl restore there); not yet
-    # run between two real Xen hosts. Utilisation is measured from the CPU time Xen keeps, and
-    # scheduling domains (never merged into Xen) are a control loop over caps and weights: xl_sdom.py.
+    # Migration is save-based (xl save, streamed to the other server, xl restore there): `xl
+    # migrate` is live only and needs log-dirty paging, which a PV guest has only where Xen has
+    # shadow paging (virt_caps "shadow"); Debian's Xen 4.17 has none (README, Migration).
+    # Utilisation is measured from the CPU time Xen keeps, and scheduling domains (never merged
+    # into Xen) are a control loop over caps and weights: xl_sdom.py.
     capabilities = frozenset({
         Capability.HOST, Capability.LIFECYCLE, Capability.PAUSE, Capability.SUSPEND, Capability.SAVE,
         Capability.MIGRATE, Capability.MEMORY_LIVE, Capability.MEMORY_MAX_LIVE, Capability.VCPUS_LIVE, Capability.PIN,
@@ -652,6 +654,18 @@ class XlBackend(Backend):
             raise BackendError(f"{path} is damaged or was changed since it was saved (checksum mismatch)",
                                "INVALID_VALUE", "path", str(path))
         return saved
+
+    # -- migration: the image's record (its sidecar) travels in the VM's record ------------------
+    def image_extra(self, path: Path) -> str:
+        return _sidecar(Path(path)).read_text(encoding="utf-8")
+
+    def take_image(self, path: Path, extra: str) -> None:
+        _write_atomic(_sidecar(Path(path)), extra.encode())
+        self._read_sidecar(Path(path))  # refused now (INVALID_VALUE) if damaged on the way
+
+    def drop_image(self, path: Path) -> None:
+        Path(path).unlink(missing_ok=True)
+        _sidecar(Path(path)).unlink(missing_ok=True)
 
     def _digest(self, path: Path) -> str:
         """The image's SHA-256, computed once per version of the file (a restore reads the image's
