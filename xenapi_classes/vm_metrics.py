@@ -53,7 +53,9 @@ vm_metrics = XenAPIClass(
         Field("VCPUs_utilisation", T.Map(T.Int, T.Float), RO,
               compute=_live(lambda d: dict(d.utilisation), dict),
               volatile=True,  # measured on real hosts: it changes every window without a touch
-              doc="share of one pCPU each vCPU gets when every vCPU is busy (the scheduler model)"),
+              doc="share of one pCPU each vCPU gets: on the simulated host the scheduler model's, every vCPU "
+                  "busy; on xl and libvirt's QEMU measured over the last window (10 s on xl, 2 s on "
+                  "libvirt; README, backend tables)"),
         Field("start_time", T.DateTime, RO, compute=_live(lambda d: d.start_time, _EPOCH), doc="when it started"),
         Field("last_updated", T.DateTime, RO, compute=lambda db, m: dt.datetime.fromtimestamp(m.mts or _BOOT, dt.UTC),
               volatile=True,  # a halted VM's: when the VM last changed (made when asked, never touched)
