@@ -46,8 +46,8 @@ def test_parsers_read_xl_formats():
     rows = parse_vcpu_list("Name  ID  VCPU   CPU State   Time(s) Affinity (Hard / Soft)\n"
                            "g1    4     0    3   -b-       9.0  3 / all\n"
                            "g1    4     1    -   --p       2.1  all / all\n")
-    assert rows == {4: [{"vcpu": 0, "cpu": 3, "online": True, "hard": frozenset({3})},
-                        {"vcpu": 1, "cpu": -1, "online": False, "hard": None}]}
+    assert rows == {4: [{"vcpu": 0, "cpu": 3, "online": True, "hard": frozenset({3}), "time": 9.0},
+                        {"vcpu": 1, "cpu": -1, "online": False, "hard": None, "time": 2.1}]}
 
 
 def test_discovers_the_host_dom0_and_pool0(xlb, clean_xen):
