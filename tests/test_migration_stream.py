@@ -111,6 +111,26 @@ def test_a_group_member_whose_pool_the_destination_lacks_stops_the_group_before_
     _nothing_there(dst, y)
 
 
+def test_a_vm_lands_in_the_destinations_pool_of_the_same_name(make_server, tmp_path, backend):
+    """Pools are matched by name (VM.migrate_check): the destination's "p1" is another pool, of
+    another uuid, than the source's, and the domain is restored into it."""
+    src, dst = _servers(make_server, tmp_path)
+    there = PoolKit(dst)
+    pool = there.active_pool([6], name="p1")
+    kit = PoolKit(src)
+    kit.active_pool([7], name="p1")
+    vm = _running(kit.x, pool_name="p1")
+    uuid = kit.x.VM.get_uuid(vm)
+
+    kit.x.VM.migrate(vm, dst.url, False)
+
+    y = there.x
+    moved = y.VM.get_by_uuid(uuid)
+    assert y.VM.get_power_state(moved) == "Running"
+    assert y.VM.get_cpu_pool(moved) == [pool]
+    assert backend_domain(dst, uuid)["pool"] == y.cpu_pool.get_uuid(pool)
+
+
 def test_a_group_that_does_not_fit_in_the_destinations_memory_is_refused_whole(make_server, tmp_path, backend):
     """Each member alone fits, both together do not: the check counts them together."""
     src = make_server("--image-dir", str(tmp_path / "source-images"), unix=False, state_dir=tmp_path / "source")

@@ -310,11 +310,6 @@ def check_vm_start(ctx, vm):
     placement.check_start(ctx.db, vm.values, vm.ref)
 
 
-def pool_uuid_of(ctx, vm):
-    pool = pool_named(ctx, vm.values["pool_name"])
-    return pool.uuid if pool is not None else ""
-
-
 def vm_cpu_pool(db, vm):
     """VM.cpu_pool: the pool its domain runs in; empty when it does not run."""
     domain = db.backend.domain(vm.uuid) if vm.values["power_state"] in ("Running", "Paused") else None

@@ -189,24 +189,29 @@ def _int_param(params, key, default):
 
 def domain_config(ctx, obj):
     """The backend's view of the stored definition."""
-    v = obj.values
+    return _config(ctx, obj.uuid, obj.ref, obj.values)
+
+
+def _config(ctx, uuid, ref, v):
+    """The backend's view of a definition (``ref`` empty: one not stored yet, e.g. an arriving VM)."""
     weight, cap, pins = sched_params(v["VCPUs_params"], v["VCPUs_max"], len(ctx.backend.host_info().cpus))
+    pool = pools.pool_named(ctx, v["pool_name"])
     return DomainConfig(
-        uuid=obj.uuid, name=v["name_label"], memory=v["memory_target"], memory_max=v["memory_static_max"],
+        uuid=uuid, name=v["name_label"], memory=v["memory_target"], memory_max=v["memory_static_max"],
         vcpus=v["VCPUs_at_startup"], vcpus_max=v["VCPUs_max"], weight=weight, cap=cap, pins=pins,
         kernel=v["PV_kernel"], ramdisk=v["PV_ramdisk"], args=v["PV_args"],
-        metadata=_membership(ctx, obj), pool=pools.pool_uuid_of(ctx, obj),
+        metadata=_membership(ctx, ref, v), pool=pool.uuid if pool is not None else "",
     )
 
 
-def _membership(ctx, obj):
+def _membership(ctx, ref, values):
     """What the hypervisor may keep with the domain for us (libvirt's metadata): pool, group, and
     scheduling domain by name and uuid, so a look at the host alone tells where a domain belongs."""
-    kept = {"pool_name": obj.values["pool_name"]}
-    group = next((ctx.db.find(g) for g in obj.values["groups"]), None)
+    kept = {"pool_name": values["pool_name"]}
+    group = next((ctx.db.find(g) for g in values.get("groups", ())), None)  # an arriving VM: none yet
     if group is not None:
         kept["group"] = group.values["name_label"]
-    sd = sdoms.domain_of(ctx.db, obj.ref)
+    sd = sdoms.domain_of(ctx.db, ref)
     master = ctx.db.find(sd.values["master"]) if sd is not None else None
     if master is not None:
         kept["sched_domain_master"] = master.uuid
@@ -514,10 +519,11 @@ async def receive(ctx, meta, image, paused):
         obj = ctx.db.by_uuid_index.get(("VM", uuid))  # again: it may have come or gone while we waited
         if known is not None and obj is not known:
             raise XenAPIError("HANDLE_INVALID", "VM", known.ref)
-        config = None
         if obj is not None:
             require_state(obj, "Halted")
             config = domain_config(ctx, obj)
+        else:  # restored as it will be defined here: in this server's pool of its pool's name
+            config = _config(ctx, uuid, "", values_from_image(ctx, meta))
         placement.check_start(ctx.db, obj.values if obj else values_from_image(ctx, meta), obj.ref if obj else "")
         domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
         if obj is None:  # a VM.create may have given that uuid meanwhile (it takes no lock)
