@@ -337,29 +337,28 @@ class Database:
         """An object as another server of the pool wrote it (None: destroyed there): made,
         changed or removed here, with its events; nothing is journalled (xend_ext.cluster).
         Its events wait for nothing of this server's: a refused write here never takes them back."""
+        seq = self.hub.durable_seq
         obj = self.by_ref.get(ref)
-        touched: list[Any] = []
-        if encoded is None:
-            if obj is None:
-                return
-            self._remove(obj)
-            op = "del"
-            touched = [obj.values[key[1]] for key in self._reverse_keys(obj.cls)]
-        elif obj is None:
-            loader.row(cname, ref, encoded)
-            obj = self.by_ref[ref]
-            op = "add"
-            touched = [obj.values[key[1]] for key in self._reverse_keys(obj.cls)]
-        else:
-            op = "mod"
-            for name, value in loader.decode(cname, encoded).items():
-                old = obj.values[name]
-                if old != value and self._put(obj, name, old, value) in self.reverse:
-                    touched += [old, value]
-        for changed, how in [(obj, op)] + [(t, "mod") for v in touched for t in map(self.by_ref.get, _refs(v))
-                                          if t is not None]:
-            if changed.cls.events:
-                self.hub.changed(changed, how, self.hub.durable_seq)
+        if encoded is None or obj is None:
+            if encoded is None:
+                if obj is None:
+                    return
+                self._remove(obj)
+            else:
+                loader.row(cname, ref, encoded)
+                obj = self.by_ref[ref]
+            self._changed(obj, "add" if encoded is not None else "del", seq)
+            for key in self._reverse_keys(obj.cls):
+                self._touch_targets(obj.values[key[1]], seq)
+            return
+        moved = []  # the old and new values of reference fields that changed
+        for name, value in loader.decode(cname, encoded).items():
+            old = obj.values[name]
+            if old != value and self._put(obj, name, old, value) in self.reverse:
+                moved += [old, value]
+        self._changed(obj, "mod", seq)
+        for target in moved:
+            self._touch_targets(target, seq)
 
     # -- taking back what the journal refused ---------------------------------------------
     def durable(self, seq: int) -> None:
@@ -460,9 +459,10 @@ class Database:
                 found += [t for t in map(self.by_ref.get, _refs(obj.values[key[1]])) if t is not None]
         return found
 
-    def _changed(self, obj: Obj, op: str) -> None:
+    def _changed(self, obj: Obj, op: str, seq: int | None = None) -> None:
+        """Tell the event hub; its event waits until record ``seq`` (default: the last) is durable."""
         if obj.cls.events:
-            self.hub.changed(obj, op, self.last_seq)
+            self.hub.changed(obj, op, self.last_seq if seq is None else seq)
 
     def _insert(self, obj: Obj) -> None:
         self.tables[obj.cls.name][obj.ref] = obj
@@ -559,11 +559,11 @@ class Database:
                 if len(held) == 1:
                     index[v] = next(iter(held))
 
-    def _touch_targets(self, target: Any) -> None:
+    def _touch_targets(self, target: Any, seq: int | None = None) -> None:
         for t in _refs(target):
             obj = self.by_ref.get(t)
             if obj is not None:
-                self._changed(obj, "mod")
+                self._changed(obj, "mod", seq)
 
 
 # what loaded objects with an empty map or set hold, all of them the same one: sets are never changed
