@@ -765,14 +765,18 @@ class XlBackend(Backend):
             if d.power_state == PowerState.SUSPENDED:
                 raise BackendError(f"domain {d.name} is suspended", "VM_BAD_POWER_STATE", uuid, "running",
                                    "suspended")
-            sched = self._sched_of(d)
             if uuid in self._sdoms.controlled():
+                self._sched_of(d)  # a scheduler with weight and cap, or refused before anything changes
                 self._sdoms.ask(uuid, weight, cap)
                 self._save_state()
                 self._control(force=True)
             else:
-                self._act(uuid, f"sched-{sched}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
+                self._give(uuid, d, weight, cap)
             return self._after(uuid, "sched")
+
+    def _give(self, uuid: str, d: Domain, weight: int, cap: int) -> None:
+        """Set a running domain's weight and cap in Xen, with its pool's scheduler's command."""
+        self._act(uuid, f"sched-{self._sched_of(d)}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
 
     def _sched_of(self, d: Domain) -> str:
         pool = self._pool_by_uuid(d.pool)
@@ -805,7 +809,7 @@ class XlBackend(Backend):
                          key=lambda item: item[1][1] - (self._sdoms.given.get(item[0]) or (0, 1 << 30))[1])
         for uuid, (weight, cap) in changes:
             d = self._domains[uuid]
-            self._act(uuid, f"sched-{self._sched_of(d)}", "-d", str(d.domid), "-w", str(weight), "-c", str(cap))
+            self._give(uuid, d, weight, cap)
             self._sdoms.given[uuid] = (weight, cap)
         return wanted
 
@@ -835,8 +839,7 @@ class XlBackend(Backend):
                 self._sdoms.forget(uuid)
                 d = self._domains.get(uuid)
                 if d is not None and own is not None:
-                    self._act(uuid, f"sched-{self._sched_of(d)}", "-d", str(d.domid), "-w", str(own[0]),
-                              "-c", str(own[1]))
+                    self._give(uuid, d, *own)
             self._save_state()
             self._control(force=True)
             for uuid in [*left, *self._sdoms.controlled()]:
