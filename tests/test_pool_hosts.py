@@ -4,9 +4,11 @@ pCPUs) on loopback, driven by the official client through each host."""
 
 from __future__ import annotations
 
+import threading
 import xmlrpc.client
 
 import pytest
+import XenAPI
 from etcdkit import Pool, until
 from test_cluster import names_everywhere
 from vmkit import backend_domain, failure, new_vm, session, unique
@@ -227,3 +229,36 @@ def test_alone_the_one_host_is_this_servers_and_nothing_is_spread(make_server):
     assert x.VM.get_resident_on(vms[0]) == host
     reply = xmlrpc.client.ServerProxy(server.url).session.pool_login("", "root", "pool-admin", "")
     assert reply == {"Status": "Failure", "ErrorDescription": ["SESSION_AUTHENTICATION_FAILED"]}
+
+
+def test_two_hosts_starting_one_vm_at_once_run_it_once(pool, xs, mine):
+    """Through A onto B and through C onto C, at the same moment: the first host to claim the VM in
+    etcd starts it, the other refuses before its hypervisor does anything."""
+    xa = xs[0]
+    vms = [new_vm(xa, unique("twice")) for _ in range(4)]
+    assert until(lambda: all(None not in names_everywhere(xs, vm) for vm in vms))
+    for vm in vms:
+        outcomes = []
+        go = threading.Barrier(2)
+
+        def start(i, host, vm=vm, outcomes=outcomes, go=go):
+            x = session(pool.servers[i]).xenapi
+            go.wait()
+            try:
+                x.VM.start_on(vm, host, False, False)
+                outcomes.append("started")
+            except XenAPI.Failure as exc:
+                outcomes.append(exc.details[0])
+
+        threads = [threading.Thread(target=start, args=(0, mine[1])), threading.Thread(target=start, args=(2, mine[2]))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert outcomes.count("started") == 1, outcomes
+        assert set(outcomes) - {"started"} <= {"STORE_WRITE_FAILED", "OPERATION_NOT_ALLOWED", "VM_BAD_POWER_STATE"}
+        running = [i for i in range(3) if on_host(pool, i, xa, vm) is not None]
+        assert len(running) == 1 and until(lambda vm=vm, i=running[0]: xa.VM.get_resident_on(vm) == mine[i])
+    for vm in vms:
+        xa.VM.hard_shutdown(vm)
+        xa.VM.destroy(vm)

@@ -318,7 +318,12 @@ async def _start_on(ctx, ref, host, start_paused, force):
         require_state(obj, "Halted")
         for hook in ctx.registry.before_start:
             hook(ctx, obj)
-        domain = await ctx.call_backend(ctx.backend.start, domain_config(ctx, obj), start_paused)
+        await hosts.claim(ctx, obj)  # in a pool: no other host starts it meanwhile
+        try:
+            domain = await ctx.call_backend(ctx.backend.start, domain_config(ctx, obj), start_paused)
+        except XenAPIError:
+            hosts.unclaim(ctx, obj)
+            raise
         apply_domain(ctx, obj, domain)
 
 

@@ -21,6 +21,7 @@ import uuid as uuid_module
 from pathlib import Path
 
 from .backends.base import Capability, CpuPool
+from .store.errors import WriteRefused
 from .wire import NULL_REF, REF_PREFIX, XenAPIError
 
 IDENTITY_FILE = "host-uuid"
@@ -276,3 +277,26 @@ def sender(db, vms) -> str | None:
                           "migrate them one by one (VM.migrate), or gather them on one host first")
     host = next(iter(where), NULL_REF)
     return None if is_local(db, host) else host
+
+
+async def claim(ctx, vm) -> None:
+    """In a pool, before a halted VM starts here: its record names this host (``resident_on``) in
+    etcd first. Two hosts starting it at once both write it from the same revision: etcd commits
+    one, the other's start is refused (STORE_WRITE_FAILED) before its hypervisor does anything,
+    and a host that sees the claim of another refuses too. Alone: nothing to claim."""
+    if not in_pool(ctx.db):
+        return
+    held = vm.values["resident_on"]
+    if not is_local(ctx.db, held):
+        raise XenAPIError("OPERATION_NOT_ALLOWED", f"another host of the pool ({held}) is starting it")
+    ctx.db.set(vm, "resident_on", this_ref(ctx.db))
+    try:
+        await ctx.services.commit(ctx.db.last_seq)
+    except WriteRefused as exc:
+        raise XenAPIError("STORE_WRITE_FAILED", exc.cause, getattr(exc, "advice", "")) from None
+
+
+def unclaim(ctx, vm) -> None:
+    """The start failed: the VM is nobody's again."""
+    if in_pool(ctx.db) and ctx.db.find(vm.ref) is vm:
+        ctx.db.set(vm, "resident_on", NULL_REF)
