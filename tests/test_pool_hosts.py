@@ -5,13 +5,14 @@ pCPUs) on loopback, driven by the official client through each host."""
 from __future__ import annotations
 
 import threading
+import time
 import xmlrpc.client
 
 import pytest
 import XenAPI
 from etcdkit import Pool, until
 from test_cluster import names_everywhere
-from vmkit import backend_domain, failure, new_vm, session, unique
+from vmkit import backend_domain, event_from, failure, new_vm, session, token_now, unique
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,10 @@ def test_a_call_on_another_hosts_vm_is_made_by_that_host_and_answered_unchanged(
     assert xa.VM_metrics.get_memory_actual(metrics) == xb.VM_metrics.get_memory_actual(metrics) != "0"
     xc.VM.pin_VCPU(vm, "0", "2", "perm")
     assert on_host(pool, 1, xa, vm)["pins"] == [["pin", "0", "2"]]
+    xc.VM.suspend(vm)  # its image stays on B, and so does the VM: resumed by B, through A
+    assert xa.VM.get_power_state(vm) == "Suspended" and xa.VM.get_resident_on(vm) == mine[1]
+    xa.VM.resume(vm, False, False)
+    assert xa.VM.get_power_state(vm) == "Running" and on_host(pool, 1, xa, vm)["state"] == "Running"
     xc.VM.hard_shutdown(vm)
     assert xc.VM.get_power_state(vm) == "Halted" and on_host(pool, 1, xa, vm) is None
     xa.VM.destroy(vm)
@@ -262,3 +267,24 @@ def test_two_hosts_starting_one_vm_at_once_run_it_once(pool, xs, mine):
     for vm in vms:
         xa.VM.hard_shutdown(vm)
         xa.VM.destroy(vm)
+
+
+def test_forwarding_reuses_one_session_and_no_host_writes_its_record_while_idle(pool, xs, mine):
+    """Work counted: the calls one host hands another go over one session per caller (not a login
+    per call), and a host publishes its facts when they change, never on a poll."""
+    xa, xb, _ = xs
+    vm = new_vm(xa, unique("count"))
+    xa.VM.start_on(vm, mine[1], False, False)
+    for _ in range(5):
+        xa.VM.pause(vm)
+        xa.VM.unpause(vm)
+    forwarded = [r for r in xb.session.get_all_records().values() if r["originator"] == "xend-ext forward"
+                 and r["this_user"] == "root" and r["role"] == "pool-admin"]
+    assert len(forwarded) <= 2  # A's (and C's, from an earlier test): one each
+    token = token_now(xa, ["host"])
+    time.sleep(1.5)
+    assert event_from(xa, ["host"], token, 0.1)["events"] == []
+    xa.VM.hard_shutdown(vm)  # memory freed on B: B's record says so, once
+    changed = [e for e in event_from(xa, ["host"], token, 2.0)["events"] if e["ref"] == mine[1]]
+    assert changed and int(changed[-1]["snapshot"]["facts"]["memory_free"]) == int(xb.host.get_memory_free(mine[1]))
+    xa.VM.destroy(vm)

@@ -269,7 +269,9 @@ def apply_domain(ctx, obj, domain):
     else:
         ctx.db.set(obj, "power_state", domain.power_state)
         ctx.db.set(obj, "domid", domain.domid if domain.power_state != PowerState.SUSPENDED else -1)
-        ctx.db.set(obj, "resident_on", host.ref if host and domain.power_state != PowerState.SUSPENDED else NULL_REF)
+        # a suspended VM is on no host alone (XAPI's way); in a pool its image is on this host, which resumes it
+        here = domain.power_state != PowerState.SUSPENDED or hosts.in_pool(ctx.db)
+        ctx.db.set(obj, "resident_on", host.ref if host and here else NULL_REF)
     if domain is not None or had_domain:  # a VM halted before and after has the same (empty) metrics
         vm_metrics.follow(ctx.db, obj, domain is not None)
         touch_metrics(ctx, obj)
