@@ -121,6 +121,9 @@ def test_a_call_on_another_hosts_cpu_pool_is_made_by_that_host(pool, xs, mine):
 def test_a_pool_login_needs_the_pools_secret(pool):
     reply = xmlrpc.client.ServerProxy(pool.servers[0].url).session.pool_login("guess", "root", "pool-admin", "")
     assert reply == {"Status": "Failure", "ErrorDescription": ["SESSION_AUTHENTICATION_FAILED"]}
+    audit = until(lambda: [line for line in (pool.servers[0].state_dir / "audit.log").read_text().splitlines()
+                           if "call=session.pool_login" in line])
+    assert audit and "user=root" in audit[-1] and "guess" not in audit[-1]  # the user, never the secret
 
 
 def host_index(mine, host):

@@ -191,12 +191,12 @@ class Server:
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
             if self.config.cluster:
-                await self._publish_address(ctx)
+                await self._publish_address()
         except BaseException:
             await self.store.close()
             raise
 
-    async def _publish_address(self, ctx: Context) -> None:
+    async def _publish_address(self) -> None:
         """The URL the other hosts of the pool reach this one at, in its host record."""
         url = self.config.cluster_address or next((a for a in self.addresses if not a.startswith("unix:")), "")
         url = url.replace("//0.0.0.0:", f"//{socket.getfqdn()}:").replace("//[::]:", f"//{socket.getfqdn()}:")
