@@ -12,6 +12,11 @@ free pCPUs, capabilities, the CPUs of their active pools) each host publishes in
 write more per such change, in the same etcd transaction as the change itself. The live state of
 a VM running elsewhere (VM_metrics) is not copied; its host answers for it (xend_ext.forward).
 
+Placement across the hosts is decided here too: the host a halted VM starts on (:func:`place`),
+a distinct host per member of an anti-affinity group (:func:`spread`), the claim a host makes on
+a VM before starting it (:func:`claim`), a migration's destination by host ref, the host a group
+migration is made by.
+
 The class modules ask here; this module asks none of them (classes -> hosts -> model).
 """
 
