@@ -17,6 +17,11 @@ def _free_cpus(db, host):
     return ncpus - sum(len(pool.cpus) for pool in db.backend.pools())
 
 
+def _live(db, host):
+    """Alone, always; in a pool, whether the host holds its etcd lease (xend_ext.cluster.liveness)."""
+    return db.liveness is None or db.liveness.is_live(host.uuid)
+
+
 def _capabilities(db, host):
     """What the backend can do (NOT_IMPLEMENTED [capability] names a missing one) and, as
     sched:<name>, the schedulers a CPU pool can have here: a client can look before it calls."""
@@ -46,6 +51,10 @@ host = XenAPIClass(
         Field("memory_free", T.Int, RO, compute=lambda db, h: db.backend.memory_free(), volatile=True,
               doc="bytes of RAM not used by domains"),
         Field("other_config", T.Map(T.String, T.String), RW, doc="additional configuration"),
+        Field("live", T.Bool, RO, compute=_live,
+              doc="in a pool, whether the host holds its etcd lease (renewed by its server; lost within "
+                  "serve --cluster-lease seconds when the server is killed, frozen or cut from etcd), as "
+                  "XAPI's host_metrics.live; always true alone"),
     ],
     default_role=POOL_ADMIN,
 )

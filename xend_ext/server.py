@@ -80,6 +80,7 @@ class Config:
     audit_log: Path | None = None  # one line per change and failed login (None: into the main log)
     cluster: str | None = None  # etcd endpoints of the pool (xend_ext.cluster); None: the embedded store
     cluster_prefix: str = "/xend-ext/"
+    cluster_lease: int = 5  # seconds of this host's etcd lease: not live that long after it stops renewing
 
 
 def make_backend(config: Config):
@@ -140,6 +141,7 @@ class Server:
         self.addresses: list[str] = []
         self.observer: observe.Observer | None = None
         self._audit_writer = None
+        self.liveness = None  # in a pool: this host's lease (xend_ext.cluster.liveness)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -167,6 +169,10 @@ class Server:
             self.observer = observe.Observer(self.dispatcher, self.services, self.gates, self._audit_writer)
             ctx = Context(self.services, "start")
             current_change.set(Change(live=True))  # reconciling records what the hypervisor has
+            if self.config.cluster:  # this host's lease; its VMs settled before they are reconciled
+                from .cluster import ha
+
+                self.liveness = await ha.join(self.services)
             for hook in self.registry.on_start:
                 result = hook(ctx)
                 if asyncio.iscoroutine(result):
@@ -181,6 +187,8 @@ class Server:
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
         except BaseException:
+            if self.liveness is not None:
+                await self.liveness.close()
             await self.store.close()
             raise
 
@@ -309,6 +317,8 @@ class Server:
         for gate in self.gates:
             for conn in list(gate.connections):
                 conn.close()
+        if self.liveness is not None:  # given back: the pool sees this host not live at once
+            await self.liveness.close()
         await self.store.close()
         if self.backend is not None:
             self.backend.close()
