@@ -14,11 +14,11 @@ import logging
 import re
 
 from xenapi_classes import sched_domain as sdoms
-from xend_ext import placement
+from xend_ext import hosts, placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, Field, XenAPIClass
-from xend_ext.wire import NULL_REF, XenAPIError
+from xend_ext.wire import XenAPIError
 
 log = logging.getLogger("xend_ext.cpu_pool")
 
@@ -36,13 +36,15 @@ def _host_cpus(db, pool):
     live = _active(db, pool)
     if live is None:
         return []
-    by_number = {c.values["number"]: c.ref for c in db.all("host_cpu")}
+    by_number = {c.values["number"]: c.ref for c in hosts.cpus_of(db, pool.values["resident_on"])}
     return [by_number[n] for n in sorted(live.cpus) if n in by_number]
 
 
 def _started_vms(db, pool):
     if _active(db, pool) is None:
         return []
+    if not hosts.is_local(db, pool.values["resident_on"]):
+        return [vm.ref for vm in hosts.running_in_pool(db, pool)]
     running = (db.by_uuid_index.get(("VM", d.uuid)) for d in db.backend.domains()
                if d.pool == pool.uuid and d.power_state in ("Running", "Paused"))
     return [vm.ref for vm in running if vm is not None]
@@ -51,7 +53,8 @@ def _started_vms(db, pool):
 def _check_name(ctx, obj, value):
     if not value or not NAME_RE.fullmatch(value):
         raise XenAPIError("PARAMETER_ERROR", f'Invalid Pool Name "{value}": use letters, digits and _-.:/+')
-    if any(other is not obj for other in ctx.db.find_by("cpu_pool", "name_label", value)):
+    other = hosts.pool_named(ctx.db, value, obj.values["resident_on"] if obj is not None else None)
+    if other is not None and other is not obj:  # unique on its host
         raise XenAPIError("PARAMETER_ERROR", f'Pool name "{value}" already exists')
     if obj is not None and obj.values["name_label"] == POOL0 and value != POOL0:
         raise XenAPIError("OPERATION_NOT_ALLOWED", "Pool-0 cannot be renamed")
@@ -127,19 +130,20 @@ def announce(ctx, pools=None, cpus=None):
     of the ``cpus`` (numbers; default: every pCPU) and the host's free count, and the live state
     of the domains the backend says moved. (A VM's cpu_pool changes only when it moves: the move
     announces it.)"""
-    for obj in ctx.db.all("cpu_pool") if pools is None else pools:
+    for obj in hosts.pools_on(ctx.db) if pools is None else pools:
         ctx.db.touch(obj)
-    for obj in ctx.db.all("host_cpu"):
+    for obj in hosts.cpus_of(ctx.db):
         if cpus is None or obj.values["number"] in cpus:
             ctx.db.touch(obj)
-    for obj in ctx.db.all("host"):
-        ctx.db.touch(obj)
+    host = hosts.this_host(ctx.db)
+    if host is not None:
+        ctx.db.touch(host)
+    hosts.publish(ctx)
     placement.refresh_live(ctx)
 
 
 def _on_create(ctx, values):
-    host = ctx.db.first("host")
-    values["resident_on"] = host.ref if host else NULL_REF
+    values["resident_on"] = hosts.this_ref(ctx.db)
 
 
 def free_cpus(ctx):
@@ -312,6 +316,9 @@ def check_vm_start(ctx, vm):
 
 def vm_cpu_pool(db, vm):
     """VM.cpu_pool: the pool its domain runs in; empty when it does not run."""
+    if not hosts.is_local(db, vm.values["resident_on"]):  # it runs elsewhere: in its pool of that name there
+        pool = hosts.pool_named(db, vm.values["pool_name"] or POOL0, vm.values["resident_on"])
+        return [pool.ref] if pool is not None else []
     domain = db.backend.domain(vm.uuid) if vm.values["power_state"] in ("Running", "Paused") else None
     if domain is None or not domain.pool:
         return []
@@ -379,13 +386,13 @@ def reconcile(ctx):
     (made by another tool) are adopted, as xend did."""
     if Capability.POOLS not in ctx.backend.capabilities:
         return
-    host = ctx.db.first("host")
+    host = hosts.this_host(ctx.db)
     adopted = set()
     for live in ctx.backend.pools():
         if ctx.db.by_uuid_index.get(("cpu_pool", live.uuid)) is not None:
             continue
         name = live.name
-        if ctx.db.find_by("cpu_pool", "name_label", name):  # a stored definition with that name but
+        if hosts.pool_named(ctx.db, name) is not None:  # a stored definition with that name but
             name = f"{name}-{live.poolid}"  # another uuid: keep both apart
         ctx.db.create("cpu_pool", {"uuid": live.uuid, "name_label": name, "resident_on": host.ref,
                                    "ncpu": max(1, len(live.cpus)), "sched_policy": live.sched,
@@ -413,7 +420,7 @@ async def auto_activate(ctx):
     if Capability.POOLS not in ctx.backend.capabilities:
         return
     pool0 = pool_named(ctx, POOL0)
-    for pool in sorted(ctx.db.all("cpu_pool"), key=lambda p: p.values["name_label"]):
+    for pool in sorted(hosts.pools_on(ctx.db), key=lambda p: p.values["name_label"]):
         if not pool.values["auto_power_on"] or _active(ctx.db, pool) is not None:
             continue
         try:

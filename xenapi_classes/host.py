@@ -3,6 +3,7 @@ reconciled with them at every start (a simulated host may be given more pCPUs)."
 
 from __future__ import annotations
 
+from xend_ext import hosts
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
 
@@ -11,10 +12,7 @@ API_VERSION = (2, 0)
 
 def _free_cpus(db, host):
     """pCPUs in no active CPU pool (all of them on a backend without pools)."""
-    ncpus = len(db.backend.host_info().cpus)
-    if "pools" not in db.backend.capabilities:
-        return ncpus
-    return ncpus - sum(len(pool.cpus) for pool in db.backend.pools())
+    return hosts.fact(db, host, "free_cpus", lambda db, h: hosts.local_free_cpus(db.backend), _int)
 
 
 def _live(db, host):
@@ -25,7 +23,19 @@ def _live(db, host):
 def _capabilities(db, host):
     """What the backend can do (NOT_IMPLEMENTED [capability] names a missing one) and, as
     sched:<name>, the schedulers a CPU pool can have here: a client can look before it calls."""
-    return sorted(db.backend.capabilities) + [f"sched:{name}" for name in db.backend.schedulers]
+    return hosts.fact(db, host, "capabilities", lambda db, h: hosts.local_capabilities(db.backend), str.split)
+
+
+def _memory_total(db, host):
+    return hosts.fact(db, host, "memory_total", lambda db, h: db.backend.host_info().memory_total, _int)
+
+
+def _memory_free(db, host):
+    return hosts.fact(db, host, "memory_free", lambda db, h: db.backend.memory_free(), _int)
+
+
+def _int(text):
+    return int(text) if text else 0
 
 
 host = XenAPIClass(
@@ -46,11 +56,17 @@ host = XenAPIClass(
         Field("free_cpus", T.Int, RO, compute=_free_cpus, doc="pCPUs in no CPU pool"),
         Field("capabilities", T.Set(T.String), RO, compute=_capabilities,
               doc="the backend's capabilities, and sched:<name> for each scheduler a CPU pool can have"),
-        Field("memory_total", T.Int, RO, compute=lambda db, h: db.backend.host_info().memory_total,
-              doc="bytes of RAM"),
-        Field("memory_free", T.Int, RO, compute=lambda db, h: db.backend.memory_free(), volatile=True,
+        Field("memory_total", T.Int, RO, compute=_memory_total, doc="bytes of RAM"),
+        Field("memory_free", T.Int, RO, compute=_memory_free, volatile=True,
               doc="bytes of RAM not used by domains"),
         Field("other_config", T.Map(T.String, T.String), RW, doc="additional configuration"),
+        Field("address", T.String, RO,
+              doc="in a pool, the Xen-API URL the other hosts reach this one at (serve --cluster-address); "
+                  "empty alone"),
+        Field("facts", T.Map(T.String, T.String), RO,
+              doc="in a pool, the live state this host last published for the others (memory_total, "
+                  "memory_free, free_cpus, capabilities, pool:<uuid> = scheduler and CPUs of each active CPU "
+                  "pool), written when it changes; empty alone"),
         Field("live", T.Bool, RO, compute=_live,
               doc="in a pool, whether the host holds its etcd lease (renewed by its server; lost within "
                   "serve --cluster-lease seconds when the server is killed, frozen or cut from etcd), as "
@@ -76,12 +92,13 @@ def reconcile(ctx):
         "API_version_major": API_VERSION[0],
         "API_version_minor": API_VERSION[1],
     }
-    hosts = list(ctx.db.all("host"))
-    if not hosts:
-        ctx.db.create("host", {"name_label": info.hostname, **facts})
+    host = hosts.this_host(ctx.db)
+    if host is None:
+        extra = {"uuid": ctx.db.host_uuid} if hosts.in_pool(ctx.db) else {}
+        ctx.db.create("host", {"name_label": info.hostname, **facts, **extra})
         return
     for name, value in facts.items():
-        ctx.db.set(hosts[0], name, value)
+        ctx.db.set(host, name, value)
 
 
 def install(registry):

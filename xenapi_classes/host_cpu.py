@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xend_ext import placement
+from xend_ext import hosts, placement
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
 from xend_ext.wire import XenAPIError
@@ -28,6 +28,11 @@ host_cpu = XenAPIClass(
 
 def host_cpu_pool(db, cpu):
     """host_cpu.cpu_pool: the active pool holding this CPU (0 or 1)."""
+    where = cpu.values["host"]
+    if not hosts.is_local(db, where):  # another host's CPU: its pools as that host published them
+        held = (p for p in hosts.pools_on(db, where) if cpu.values["number"] in getattr(
+            hosts.published_pool(db, p), "cpus", ()))
+        return [p.ref for p in held][:1]
     for live in placement.active_pools(db).values():
         if cpu.values["number"] in live.cpus:
             pool = db.by_uuid_index.get(("cpu_pool", live.uuid))
@@ -37,16 +42,16 @@ def host_cpu_pool(db, cpu):
 
 @host_cpu.message(result=T.Set(T.Ref("host_cpu")), role=READ_ONLY)
 def get_unassigned_cpus(ctx):
-    """The CPUs in no active CPU pool."""
-    return [c.ref for c in sorted(ctx.db.all("host_cpu"), key=lambda c: c.values["number"])
+    """The CPUs in no active CPU pool (of the host answering, in a pool)."""
+    return [c.ref for c in sorted(hosts.cpus_of(ctx.db), key=lambda c: c.values["number"])
             if not ctx.db.field_value(c, "cpu_pool")]
 
 
 def reconcile(ctx):
     """One host_cpu per pCPU the backend reports; CPUs that disappeared are removed."""
     info = ctx.backend.host_info()
-    host = ctx.db.first("host")
-    existing = {c.values["number"]: c for c in ctx.db.all("host_cpu")}
+    host = hosts.this_host(ctx.db)
+    existing = {c.values["number"]: c for c in hosts.cpus_of(ctx.db)}
     for cpu in info.cpus:
         facts = {"host": host.ref, "number": cpu.number, "vendor": cpu.vendor, "modelname": cpu.modelname,
                  "speed": cpu.speed_mhz, "numa_node": cpu.numa_node}
@@ -66,7 +71,7 @@ async def push_occupancy(ctx):
     """The backend gets the whole reservation map; then every running VM's share may change."""
     async with ctx.lock(PUSH_LOCK):  # in the order of the changes: the last map sent is the store's
         occupied = {}
-        for cpu in ctx.db.all("host_cpu"):
+        for cpu in hosts.cpus_of(ctx.db):
             if cpu.values["occupants"]:
                 occupied[cpu.values["number"]] = frozenset(ctx.db.get(v).uuid for v in cpu.values["occupants"])
         await ctx.call_backend(ctx.backend.set_occupancy, occupied)

@@ -6,6 +6,7 @@ consoles read the pool first. Not to be confused with ``cpu_pool``.
 
 from __future__ import annotations
 
+from xend_ext import hosts
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, Field, XenAPIClass
 
@@ -27,12 +28,12 @@ pool = XenAPIClass(
 
 
 def reconcile(ctx):
-    host = ctx.db.first("host")
+    host = hosts.this_host(ctx.db)
     pools = list(ctx.db.all("pool"))
     if not pools:
         ctx.db.create("pool", {"name_label": "", "master": host.ref})
-    else:
-        ctx.db.set(pools[0], "master", host.ref)
+    elif not hosts.in_pool(ctx.db) or ctx.db.find(pools[0].values["master"]) is None:
+        ctx.db.set(pools[0], "master", host.ref)  # in a pool of hosts, the first host stays its master
 
 
 def install(registry):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from xend_ext import hosts
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, Field, XenAPIClass
 from xend_ext.model import new_uuid
@@ -96,7 +97,7 @@ async def login_with_password(ctx, uname, pwd, version, originator):
     if role is None:
         raise XenAPIError("SESSION_AUTHENTICATION_FAILED")
     _make_room(ctx, uname)
-    host = ctx.db.first("host")
+    host = hosts.this_host(ctx.db)
     obj = ctx.db.create("session", {
         "this_host": host.ref if host else "OpaqueRef:NULL",
         "this_user": uname,

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import logging
 
+from xend_ext import hosts
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, RW, Field, XenAPIClass
 from xend_ext.dispatch import Context
@@ -85,7 +86,7 @@ def set_progress(ctx, fraction):
 
 async def start_task(ctx, name, msg, args):
     """Create the task, run the message in the background, answer with the task at once."""
-    host = ctx.db.first("host")
+    host = hosts.this_host(ctx.db)
     obj = ctx.db.create("task", {
         "name_label": name, "status": "pending", "type": msg.result.name if msg.result else "void",
         "resident_on": host.ref if host else "OpaqueRef:NULL",

@@ -18,7 +18,7 @@ from xenapi_classes import cpu_pool as pools
 from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
 from xenapi_classes import vm_metrics
-from xend_ext import cpuset, grouping, migration, placement
+from xend_ext import cpuset, grouping, hosts, migration, placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, Domain, DomainConfig, PowerState
 from xend_ext.datamodel import (
@@ -259,7 +259,7 @@ def not_control_domain(obj, what):
 def apply_domain(ctx, obj, domain):
     """Record what the backend reports (None: no domain any more) and announce the live changes:
     this VM's, and those of the domains the backend says the action changed too."""
-    host = ctx.db.first("host")
+    host = hosts.this_host(ctx.db)
     had_domain = obj.values["power_state"] != "Halted"
     if domain is None:
         ctx.db.set(obj, "power_state", "Halted")
@@ -273,6 +273,7 @@ def apply_domain(ctx, obj, domain):
         vm_metrics.follow(ctx.db, obj, domain is not None)
         touch_metrics(ctx, obj)
     refresh_live(ctx, obj.uuid)
+    hosts.publish(ctx)
 
 
 def touch_metrics(ctx, obj):
@@ -867,7 +868,8 @@ def reconcile(ctx):
     for obj in list(ctx.db.all("VM")):
         if obj.values["metrics"] == NULL_REF:
             _after_create(ctx, obj)
-        apply_domain(ctx, obj, domains.pop(obj.uuid, None))
+        if obj.uuid in domains or hosts.is_local(ctx.db, obj.values["resident_on"]):  # another host's: not ours
+            apply_domain(ctx, obj, domains.pop(obj.uuid, None))
     for domain in domains.values():  # discovered: running here, unknown to the store
         _discover(ctx, domain)
     known = {o.uuid for o in ctx.db.all("VM")}
@@ -915,7 +917,10 @@ async def outside_change(ctx, kind, uuid):
 
 
 async def auto_start(ctx):
-    """At every server start, as xend did: halted VMs with auto_power_on start, in ``order``."""
+    """At every server start, as xend did: halted VMs with auto_power_on start, in ``order``
+    (alone; in a pool a host's start leaves the others' VMs alone)."""
+    if hosts.in_pool(ctx.db):
+        return
     waiting = sorted((o for o in ctx.db.all("VM") if o.values["auto_power_on"] and o.values["power_state"] == "Halted"),
                      key=lambda o: (o.values["order"], o.values["name_label"]))
     for obj in waiting:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from xend_ext import hosts
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, RO, Field, XenAPIClass
 from xend_ext.model import Obj, new_uuid
@@ -28,7 +29,9 @@ def _live(attr, empty):
 
     def compute(db, metrics):
         vm = db.find(metrics.values["VM"])
-        domain = db.backend.domain(vm.uuid) if vm is not None else None
+        # a VM running on another host of a pool: that host answers for it (xend_ext.forward)
+        here = vm is not None and hosts.is_local(db, vm.values["resident_on"])
+        domain = db.backend.domain(vm.uuid) if here else None
         return attr(domain) if domain is not None else (empty() if callable(empty) else empty)
 
     return compute

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "HOST:PORT,... (IPv4 addresses when more than one); default: this host alone")
     serve.add_argument("--cluster-prefix", default="/xend-ext/", metavar="PREFIX",
                        help="the etcd key prefix of the pool's state (default /xend-ext/)")
+    serve.add_argument("--cluster-address", metavar="URL",
+                       help="the Xen-API URL the other hosts of the pool reach this one at, published as "
+                            "host.address (default: the first --listen address)")
     serve.add_argument("--cluster-lease", type=int, default=5, metavar="SECONDS",
                        help="this host's etcd lease: the pool shows it not live that long after its server "
                             "stops renewing it (killed, frozen, cut from etcd); renewed every third (default 5)")
@@ -178,6 +181,7 @@ def _config(args: argparse.Namespace):
                   image_dir=(args.image_dir or state_dir / "images").absolute(),
                   insecure_no_auth=args.insecure_no_auth, verify_state=args.verify_state,
                   cluster=_cluster(args.cluster), cluster_prefix=args.cluster_prefix,
+                  cluster_address=args.cluster_address,
                   cluster_lease=_lease(args.cluster_lease),
                   audit_log=None if args.audit_log == "none" else Path(args.audit_log or state_dir / "audit.log")
                   .absolute(), **connections)

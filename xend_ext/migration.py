@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from . import placement
+from . import hosts, placement
 from .backends.base import Capability
 from .http import Refuse, Request
 from .wire import XenAPIError
@@ -348,7 +348,7 @@ def destroy_there(remote, ref):
 
 
 def failed(ctx, ref, url, reason):
-    host = ctx.db.first("host")
+    host = hosts.this_host(ctx.db)
     return XenAPIError("VM_MIGRATE_FAILED", ref, host.values["name_label"] if host else "", url, reason)
 
 

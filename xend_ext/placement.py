@@ -17,7 +17,7 @@ announces the live state the backend says a change moved (:func:`refresh_live`).
 
 from __future__ import annotations
 
-from xend_ext import cpuset
+from xend_ext import cpuset, hosts
 from xend_ext.wire import XenAPIError
 
 POOL0 = "Pool-0"
@@ -36,13 +36,18 @@ def active_pools(db):
 
 
 def pool_named(db, name):
-    """The cpu_pool a ``pool_name`` names ('' is Pool-0, as xend had it), or None."""
-    return next(iter(db.find_by("cpu_pool", "name_label", name or POOL0)), None)
+    """The cpu_pool a ``pool_name`` names ('' is Pool-0, as xend had it) on this host, or None."""
+    return hosts.pool_named(db, name or POOL0)
 
 
 def live_pool(db, pool):
-    """The hypervisor's view of a stored pool (None while it is inactive)."""
-    return active_pools(db).get(pool.uuid) if pool is not None else None
+    """The hypervisor's view of a stored pool (None while it is inactive); another host's pool as
+    that host published it."""
+    if pool is None:
+        return None
+    if not hosts.is_local(db, pool.values["resident_on"]):
+        return hosts.published_pool(db, pool)
+    return active_pools(db).get(pool.uuid)
 
 
 def running_domain(db, vm):
@@ -65,7 +70,7 @@ def reserved_for_others(db, vm_ref):
     vm = db.find(vm_ref) if vm_ref else None
     if vm is not None and vm.values["is_control_domain"]:
         return set()
-    return {c.values["number"] for c in db.all("host_cpu")
+    return {c.values["number"] for c in hosts.cpus_of(db)
             if c.values["occupants"] and vm_ref not in c.values["occupants"]}
 
 
@@ -125,7 +130,7 @@ def check_reservation(db, number, occupants):
     running VM can be stranded (seed 003: a running domain pinned to that pCPU alone); a halted
     one is told when it starts."""
     pools = active_pools(db)
-    held = {c.values["number"]: c.values["occupants"] for c in db.all("host_cpu") if c.values["occupants"]}
+    held = {c.values["number"]: c.values["occupants"] for c in hosts.cpus_of(db) if c.values["occupants"]}
     for vm, domain in _running_vms(db):
         if vm.ref in occupants or vm.values["is_control_domain"]:
             continue

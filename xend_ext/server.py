@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import jsonrpc, migration, observe, wire
+from . import hosts, jsonrpc, migration, observe, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -80,6 +80,7 @@ class Config:
     audit_log: Path | None = None  # one line per change and failed login (None: into the main log)
     cluster: str | None = None  # etcd endpoints of the pool (xend_ext.cluster); None: the embedded store
     cluster_prefix: str = "/xend-ext/"
+    cluster_address: str | None = None  # the Xen-API URL other hosts of the pool reach this one at
     cluster_lease: int = 5  # seconds of this host's etcd lease: not live that long after it stops renewing
 
 
@@ -160,6 +161,11 @@ class Server:
             if self.config.cluster:  # other hosts' changes, from etcd's watch, into the model
                 self.store.follow(self.db)
             self.backend = wrap_for_tests(make_backend(self.config))
+            if self.config.cluster:  # this server's own host of the pool (xend_ext.hosts)
+                from .cluster.identity import HostIdentities
+
+                self.db.host_uuid = hosts.identity(self.config.state_dir)
+                self.backend = HostIdentities(self.backend, self.db.host_uuid)
             self.db.backend = self.backend
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()
@@ -177,6 +183,7 @@ class Server:
                 result = hook(ctx)
                 if asyncio.iscoroutine(result):
                     await result
+            hosts.publish(ctx)
             try:
                 await self.services.commit(self.db.last_seq)
             except WriteRefused as exc:  # kept in memory, written when the disk takes writes again
@@ -186,11 +193,22 @@ class Server:
             self._pending_changes: set[tuple[str, str]] = set()
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
+            if self.config.cluster:
+                await self._publish_address(ctx)
         except BaseException:
             if self.liveness is not None:
                 await self.liveness.close()
             await self.store.close()
             raise
+
+    async def _publish_address(self, ctx: Context) -> None:
+        """The URL the other hosts of the pool reach this one at, in its host record."""
+        url = self.config.cluster_address or next((a for a in self.addresses if not a.startswith("unix:")), "")
+        url = url.replace("//0.0.0.0:", f"//{socket.getfqdn()}:").replace("//[::]:", f"//{socket.getfqdn()}:")
+        host = hosts.this_host(self.db)
+        if host is not None:
+            self.db.set(host, "address", url)
+            await self.services.commit(self.db.last_seq)
 
     def _outside_change(self, kind: str, ident: str) -> None:
         """The backend saw a change made behind our back; one reconciliation per object at a time."""

@@ -32,9 +32,10 @@ import json
 import logging
 import time
 
+from .. import hosts
 from ..dispatch import Context
 from ..model import Change, current_change
-from ..wire import NULL_REF, REF_PREFIX
+from ..wire import NULL_REF
 from .liveness import Liveness
 
 log = logging.getLogger("xend_ext.cluster.ha")
@@ -138,7 +139,7 @@ class PoolHA:
         the VMs marked unknown here the state the hypervisor reports."""
         from xenapi_classes import vm
 
-        me = REF_PREFIX + self.liveness.host_uuid
+        me = hosts.this_ref(self.db)
         backend = self.services.backend
         ctx = Context(self.services, "settle")
         domains = {d.uuid: d for d in await ctx.call_backend(backend.domains) if not d.is_control_domain}
