@@ -1,0 +1,156 @@
+"""Liveness and HA of a pool of hosts on etcd (issue 20, step 4): three real etcd members and
+three real servers (simulated hosts) on loopback, each holding an etcd lease of LEASE seconds;
+one server is frozen (SIGSTOP) or killed (SIGKILL) and the others are asked, through the official
+client, what they make of its host and its VMs. The backends are read from the simulated hosts'
+state files."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from etcdkit import Pool, until
+from vmkit import backend_domain, event_from, new_vm, session, token_now, unique
+
+LEASE = 2  # seconds; etcd's minimum with etcdkit's 500 ms election timeout is 1
+SLACK = 1.5  # etcd looks for expired leases every 500 ms; the watch, the poll, a busy machine
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    p = Pool(tmp_path_factory.mktemp("live"), 3, "--cluster-lease", str(LEASE)).start()
+    yield p
+    p.stop()
+
+
+def clients(pool):
+    return [session(s).xenapi for s in pool.servers]
+
+
+def own_host(server) -> str:
+    s = session(server)
+    return s.xenapi.session.get_this_host(s._session)
+
+
+def views(xs, call, *args):
+    out = []
+    for x in xs:
+        try:
+            out.append(call(x)(*args))
+        except Exception as exc:  # noqa: BLE001 - a host that does not answer says so in the list
+            out.append(type(exc).__name__)
+    return out
+
+
+def running_copies(pool, uuid) -> list[int]:
+    """The servers whose simulated hypervisor runs (or has paused) the domain."""
+    found = []
+    for i, server in enumerate(pool.servers):
+        domain = backend_domain(server, uuid)
+        if domain is not None and domain["state"] in ("Running", "Paused"):
+            found.append(i)
+    return found
+
+
+def ha(x, on: bool) -> None:
+    x.pool.set_ha_enabled(x.pool.get_all()[0], on)
+
+
+def test_a_frozen_host_is_shown_not_live_within_its_lease_then_live_again(pool):
+    xa, xb, xc = clients(pool)
+    hosts = [own_host(s) for s in pool.servers]
+    assert until(lambda: all(views([xa, xb, xc], lambda x: x.host.get_live, h) == [True] * 3 for h in hosts))
+    ha(xa, False)
+    vm = new_vm(xb, unique("frozen"))
+    xb.VM.start(vm, False, False)
+    assert until(lambda: views([xa, xc], lambda x: x.VM.get_power_state, vm) == ["Running"] * 2)
+    token = token_now(xc, ["host"])
+    pool.servers[1].proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        assert until(lambda: views([xa, xc], lambda x: x.host.get_live, hosts[1]) == [False] * 2, LEASE + SLACK)
+        seen_after = time.monotonic() - stopped
+        # the VMs of a host that is not live: nobody knows whether they run
+        assert until(lambda: views([xa, xc], lambda x: x.VM.get_power_state, vm) == ["Unknown"] * 2)
+        assert xa.VM.get_resident_on(vm) == hosts[1]
+        assert views([xa, xc], lambda x: x.host.get_live, hosts[0]) == [True] * 2
+        events = event_from(xc, ["host"], token, 2.0)["events"]
+        assert any(e["ref"] == hosts[1] and e["operation"] == "mod" and e["snapshot"]["live"] is False
+                   for e in events), events
+        token = event_from(xc, ["host"], token, 0.1)["token"]
+    finally:
+        pool.servers[1].proc.send_signal(signal.SIGCONT)
+    assert seen_after <= LEASE + SLACK
+    # back: it takes a new lease, and its VM shows what its hypervisor says again
+    assert until(lambda: views([xa, xb, xc], lambda x: x.host.get_live, hosts[1]) == [True] * 3, 10)
+    assert until(lambda: views([xa, xb, xc], lambda x: x.VM.get_power_state, vm) == ["Running"] * 3, 10)
+    assert running_copies(pool, xa.VM.get_uuid(vm)) == [1]
+    events = event_from(xc, ["host"], token, 2.0)["events"]
+    assert any(e["ref"] == hosts[1] and e["snapshot"]["live"] is True for e in events), events
+    assert any("this host's lease expired" in line for line in pool.servers[1].log)
+
+
+def test_without_ha_a_killed_hosts_auto_power_on_vm_is_not_restarted(tmp_path):
+    pool = Pool(tmp_path, 3, "--cluster-lease", str(LEASE)).start()
+    try:
+        xa, xb, xc = clients(pool)
+        hosts = [own_host(s) for s in pool.servers]
+        vm = new_vm(xc, unique("noha"), auto_power_on=True)
+        xc.VM.start(vm, False, False)
+        uuid = xa.VM.get_uuid(vm)
+        assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, vm) == ["Running"] * 2)
+        pool.servers[2].kill9()
+        assert until(lambda: views([xa, xb], lambda x: x.host.get_live, hosts[2]) == [False] * 2, LEASE + SLACK)
+        assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, vm) == ["Unknown"] * 2)
+        # the mark is the one claim a lost host's VM gets: nothing restarts it afterwards
+        assert views([xa, xb], lambda x: x.VM.get_resident_on, vm) == [hosts[2]] * 2
+        assert running_copies(pool, uuid) == [2]  # the dead server's simulated host, as it was left
+        # it comes back: its VM is running again, there
+        pool.servers[2].url = ""
+        pool.servers[2].start()
+        xc = session(pool.servers[2]).xenapi
+        assert until(lambda: views([xa, xb, xc], lambda x: x.VM.get_power_state, vm) == ["Running"] * 3, 10)
+        assert views([xa, xb, xc], lambda x: x.VM.get_resident_on, vm) == [hosts[2]] * 3
+        assert views([xa, xb, xc], lambda x: x.host.get_live, hosts[2]) == [True] * 3
+        assert running_copies(pool, uuid) == [2]
+    finally:
+        pool.stop()
+
+
+def test_with_ha_a_killed_hosts_auto_power_on_vm_runs_on_exactly_one_other_host(tmp_path):
+    pool = Pool(tmp_path, 3, "--cluster-lease", str(LEASE)).start()
+    try:
+        xa, xb, xc = clients(pool)
+        hosts = [own_host(s) for s in pool.servers]
+        ha(xb, True)
+        auto = new_vm(xc, unique("ha"), auto_power_on=True)
+        plain = new_vm(xc, unique("plain"))
+        for vm in (auto, plain):
+            xc.VM.start(vm, False, False)
+        uuid = xa.VM.get_uuid(auto)
+        assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, auto) == ["Running"] * 2)
+        pool.servers[2].kill9()
+        assert until(lambda: views([xa, xb], lambda x: x.host.get_live, hosts[2]) == [False] * 2, LEASE + SLACK)
+        # restarted once, on host A or B, and every live host says the same
+        assert until(lambda: set(views([xa, xb], lambda x: x.VM.get_resident_on, auto)) <= {hosts[0], hosts[1]}
+                     and views([xa, xb], lambda x: x.VM.get_power_state, auto) == ["Running"] * 2)
+        where = xa.VM.get_resident_on(auto)
+        assert views([xa, xb], lambda x: x.VM.get_resident_on, auto) == [where] * 2
+        # the dead server's simulated host still lists its copy: it is dead, fenced
+        assert sorted(running_copies(pool, uuid)) == sorted([hosts.index(where), 2])
+        # a VM that is not auto_power_on is left unknown on its host
+        assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, plain) == ["Unknown"] * 2)
+        restarts = [line for s in pool.servers[:2] for line in s.log if "restarted here" in line]
+        assert len(restarts) == 1, restarts
+        # the killed host returns: it stops its copy and does not take the VM back
+        pool.servers[2].url = ""
+        pool.servers[2].start()
+        xc = session(pool.servers[2]).xenapi
+        assert views([xa, xb, xc], lambda x: x.VM.get_resident_on, auto) == [where] * 3
+        assert views([xa, xb, xc], lambda x: x.VM.get_power_state, auto) == ["Running"] * 3
+        assert running_copies(pool, uuid) == [hosts.index(where)]
+        assert any("stopping this host's copy" in line for line in pool.servers[2].log)
+        assert until(lambda: views([xa, xb, xc], lambda x: x.VM.get_power_state, plain) == ["Running"] * 3, 10)
+    finally:
+        pool.stop()
