@@ -12,6 +12,7 @@ import time
 import pytest
 from etcdkit import Pool, until
 from vmkit import backend_domain, event_from, new_vm, session, token_now, unique
+from xmkit import ok, xm
 
 LEASE = 2  # seconds; etcd's minimum with etcdkit's 500 ms election timeout is 1
 SLACK = 1.5  # etcd looks for expired leases every 500 ms; the watch, the poll, a busy machine
@@ -79,6 +80,14 @@ def test_a_frozen_host_is_shown_not_live_within_its_lease_then_live_again(pool):
         assert any(e["ref"] == hosts[1] and e["operation"] == "mod" and e["snapshot"]["live"] is False
                    for e in events), events
         token = event_from(xc, ["host"], token, 0.1)["token"]
+        # xm through any live host says the same
+        rows = {line.split()[1]: line.split() for line in ok(xm(pool.servers[0], "host-list")).splitlines()[1:]}
+        uuids = [xa.host.get_uuid(h) for h in hosts]
+        assert [rows[u][3] for u in uuids] == ["y", "n", "y"]
+        assert rows[uuids[1]][2] == pool.servers[1].url and rows[uuids[1]][4:] == ["1", "-"]
+        name = xa.VM.get_name_label(vm)
+        listed = [line.split() for line in ok(xm(pool.servers[2], "list", name)).splitlines()[1:]]
+        assert listed[0][0] == name and listed[0][4] == "??????"
     finally:
         pool.servers[1].proc.send_signal(signal.SIGCONT)
     assert seen_after <= LEASE + SLACK
@@ -154,3 +163,23 @@ def test_with_ha_a_killed_hosts_auto_power_on_vm_runs_on_exactly_one_other_host(
         assert until(lambda: views([xa, xb, xc], lambda x: x.VM.get_power_state, plain) == ["Running"] * 3, 10)
     finally:
         pool.stop()
+
+
+def test_xm_lists_the_pools_hosts_and_turns_ha_on_and_off(pool):
+    xs = clients(pool)
+    hosts = [own_host(s) for s in pool.servers]
+    out = ok(xm(pool.servers[1], "host-list"))
+    header, *rows = out.splitlines()
+    assert header.split() == ["Name", "UUID", "Address", "Live", "VMs", "Free(M)"]
+    by_uuid = {row.split()[1]: row.split() for row in rows}
+    assert sorted(by_uuid) == sorted(xs[0].host.get_uuid(h) for h in hosts)
+    for server, h in zip(pool.servers, hosts, strict=True):
+        row = by_uuid[xs[0].host.get_uuid(h)]
+        assert row[2:4] == [server.url, "y"]
+        running = [v for v in xs[0].host.get_resident_VMs(h) if not xs[0].VM.get_is_control_domain(v)]
+        assert int(row[4]) == len(running)
+        assert int(row[5]) == int(xs[0].host.get_memory_free(h)) >> 20
+    ok(xm(pool.servers[2], "pool-ha-enable"))
+    assert until(lambda: views(xs, lambda x: x.pool.get_ha_enabled, xs[0].pool.get_all()[0]) == [True] * 3)
+    ok(xm(pool.servers[0], "pool-ha-disable"))
+    assert until(lambda: views(xs, lambda x: x.pool.get_ha_enabled, xs[0].pool.get_all()[0]) == [False] * 3)

@@ -11,14 +11,14 @@ from .client import Client
 from .sxpout import dumps_json
 
 MIB = 1 << 20
-LIVE = ("Running", "Paused")
 LIST_ROW = "%-20s %-36s %-30s %-4s %5s %8s"
 LIST_HEADER = LIST_ROW % ("Name", "UUID", "Address", "Live", "VMs", "Free(M)")
 
 
 def list_hosts(client: Client, args) -> int:
     """List the hosts of the pool: name, uuid, the address the others reach it at, whether it
-    is live (holds its etcd lease), how many VMs run there and its free memory (MiB).
+    is live (holds its etcd lease), how many VMs reside there (running, paused, or unknown while
+    it is not live; Domain-0 not counted) and its free memory (MiB).
 
     A host that is not live stopped renewing its lease (its server was stopped, killed, frozen or
     cut from etcd); its VMs show the state ``Unknown`` (``??????`` in xm list) until it returns,
@@ -26,19 +26,19 @@ def list_hosts(client: Client, args) -> int:
     """
     hosts = sorted(client.call("host.get_all_records").items(), key=lambda pair: pair[1]["name_label"])
     vms = client.call("VM.get_all_records") if hosts else {}
-    running = {ref: 0 for ref, _rec in hosts}
+    resident = {ref: 0 for ref, _rec in hosts}
     for rec in vms.values():
-        if rec["power_state"] in LIVE and not rec["is_control_domain"] and rec["resident_on"] in running:
-            running[rec["resident_on"]] += 1
+        if not rec["is_control_domain"] and rec["resident_on"] in resident:
+            resident[rec["resident_on"]] += 1
     if args.json:
-        print(dumps_json([{**rec, "ref": ref, "running_VMs": running[ref]} for ref, rec in hosts]))
+        print(dumps_json([{**rec, "ref": ref, "resident_VM_count": resident[ref]} for ref, rec in hosts]))
         return 0
     print(LIST_HEADER)
     for ref, rec in hosts:
         live = rec.get("live", True)
         free = int(rec["memory_free"]) // MIB if live else "-"
         print(LIST_ROW % (rec["name_label"], rec["uuid"], rec.get("address", "") or "-", "y" if live else "n",
-                          running[ref], free))
+                          resident[ref], free))
     return 0
 
 
@@ -66,7 +66,7 @@ def ha_disable(client: Client, args) -> int:
 
 COMMANDS = {
     "host-list": (list_hosts, [arg("--json", action="store_true", help="the hosts' records as JSON, with "
-                                   "running_VMs")]),
+                                   "resident_VM_count")]),
     "pool-ha-enable": (ha_enable, []),
     "pool-ha-disable": (ha_disable, []),
 }

@@ -85,9 +85,9 @@ class PoolHA:
         won = []
         for ref in list(self.db.field_value(host, "resident_VMs")):
             obj = self.db.find(ref)
-            if obj is None or obj.values["power_state"] not in LIVE_STATES or obj.values["is_control_domain"]:
+            if obj is None or obj.values["power_state"] not in LIVE_STATES:
                 continue
-            restart = ha and obj.values["auto_power_on"]
+            restart = ha and obj.values["auto_power_on"] and not obj.values["is_control_domain"]
             revision = await self._claim(uuid, obj, restart)
             if revision is not None and restart:
                 won.append((obj, revision))
@@ -142,7 +142,7 @@ class PoolHA:
         me = hosts.this_ref(self.db)
         backend = self.services.backend
         ctx = Context(self.services, "settle")
-        domains = {d.uuid: d for d in await ctx.call_backend(backend.domains) if not d.is_control_domain}
+        domains = {d.uuid: d for d in await ctx.call_backend(backend.domains)}
         mine = [self.db.find(ref) for ref in self.db.reverse.get(("VM", "resident_on"), {}).get(me, ())]
         uuids = set(domains) | {o.uuid for o in mine if o is not None}
         token = current_change.set(Change(live=True))
@@ -158,7 +158,7 @@ class PoolHA:
                 record = json.loads(found.value)
                 domain = domains.get(uuid)
                 if record["resident_on"] != me:
-                    if domain is not None and domain.power_state in LIVE_STATES:
+                    if domain is not None and domain.power_state in LIVE_STATES and not domain.is_control_domain:
                         log.warning("VM %s runs elsewhere now (restarted while this host was not live): "
                                     "stopping this host's copy", obj.values["name_label"])
                         await ctx.call_backend(backend.shutdown, uuid, False)
