@@ -183,3 +183,123 @@ def test_xm_lists_the_pools_hosts_and_turns_ha_on_and_off(pool):
     assert until(lambda: views(xs, lambda x: x.pool.get_ha_enabled, xs[0].pool.get_all()[0]) == [True] * 3)
     ok(xm(pool.servers[0], "pool-ha-disable"))
     assert until(lambda: views(xs, lambda x: x.pool.get_ha_enabled, xs[0].pool.get_all()[0]) == [False] * 3)
+
+
+class Cuttable:
+    """A TCP relay in front of each etcd member for one server (a stand-in for a network cut: the
+    test's only fault injection): ``cut()`` drops every connection and refuses new ones until
+    ``mend()``; the other servers keep talking to etcd directly."""
+
+    def __init__(self, endpoints: str) -> None:
+        import socket
+        import threading
+
+        self.cut_off = threading.Event()
+        self.conns: list = []
+        self.listeners = []
+        ports = []
+        for endpoint in endpoints.split(","):
+            host, port = endpoint.rsplit(":", 1)
+            listener = socket.create_server(("127.0.0.1", 0))
+            ports.append(listener.getsockname()[1])
+            self.listeners.append(listener)
+            threading.Thread(target=self._accept, args=(listener, (host, int(port))), daemon=True).start()
+        self.endpoints = ",".join(f"127.0.0.1:{p}" for p in ports)
+
+    def _accept(self, listener, upstream) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if self.cut_off.is_set():
+                conn.close()
+                continue
+            try:
+                far = socket.create_connection(upstream)
+            except OSError:
+                conn.close()
+                continue
+            self.conns += [conn, far]
+            for a, b in ((conn, far), (far, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.cut_off.set()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+    def mend(self) -> None:
+        self.cut_off.clear()
+
+    def close(self) -> None:
+        self.cut()
+        for listener in self.listeners:
+            listener.close()
+
+
+def test_with_ha_a_host_cut_from_etcd_fences_its_vm_before_the_pool_restarts_it(tmp_path):
+    """Host C loses etcd (its relay is cut) but its server runs on: it stops its auto_power_on VM
+    before its lease can expire; A or B restarts it; when C reaches etcd again it is live again
+    and does not run the VM."""
+    import datetime as dt
+
+    from conftest import ServerProcess
+
+    pool = Pool(tmp_path, 2, "--cluster-lease", str(LEASE))
+    pool.etcd.start()
+    relay = Cuttable(pool.etcd.endpoints)
+    pool.servers.append(ServerProcess(tmp_path / "host2", "--cluster", relay.endpoints, "--cluster-lease", str(LEASE),
+                                      unix=False))
+    try:
+        for server in pool.servers:
+            server.start()
+        xa, xb, xc = clients(pool)
+        hosts = [own_host(s) for s in pool.servers]
+        ha(xa, True)
+        vm = new_vm(xc, unique("cut"), auto_power_on=True)
+        assert until(lambda: xc.pool.get_ha_enabled(xc.pool.get_all()[0]))
+        xc.VM.start(vm, False, False)
+        uuid = xa.VM.get_uuid(vm)
+        relay.cut()
+        assert until(lambda: views([xa, xb], lambda x: x.host.get_live, hosts[2]) == [False] * 2, LEASE + SLACK)
+        assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, vm) == ["Running"] * 2
+                     and xa.VM.get_resident_on(vm) in hosts[:2])
+        where = hosts.index(xa.VM.get_resident_on(vm))
+        assert running_copies(pool, uuid) == [where]  # C's copy was stopped by C itself
+
+        def at(server, text):
+            line = next(line for line in server.log if text in line)
+            return dt.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+
+        assert at(pool.servers[2], "fencing: stopping VM") < at(pool.servers[where], "restarted here")
+        relay.mend()
+        assert until(lambda: views([xa, xb, xc], lambda x: x.host.get_live, hosts[2]) == [True] * 3, 15)
+        assert until(lambda: views([xa, xb, xc], lambda x: x.VM.get_resident_on, vm) == [hosts[where]] * 3, 10)
+        assert running_copies(pool, uuid) == [where]
+    finally:
+        pool.stop()
+        relay.close()

@@ -54,6 +54,7 @@ async def join(services) -> Liveness:
     pool = PoolHA(services, liveness)
     liveness.listeners.append(pool.changed)
     liveness.on_regained.append(pool.settle)
+    liveness.on_fence.append(pool.fence)
     await pool.settle()
     return liveness
 
@@ -132,11 +133,33 @@ class PoolHA:
         except Exception as exc:  # noqa: BLE001 - it stays halted; the log says why
             log.warning("HA: VM %s could not be restarted: %s", obj.values["name_label"], exc)
 
+    # ------------------------------------------------------------------ this host cut off
+
+    async def fence(self) -> None:
+        """Our lease may expire before we can renew it: with HA on, the pool is about to restart
+        our auto_power_on VMs elsewhere, so their domains here are stopped now (the records are
+        left alone: etcd may be out of reach; settle writes what the hypervisor has later)."""
+        pool = self.db.first("pool")
+        if pool is None or not pool.values.get("ha_enabled"):
+            return
+        backend = self.services.backend
+        ctx = Context(self.services, "fence")
+        for ref in list(self.db.reverse.get(("VM", "resident_on"), {}).get(hosts.this_ref(self.db), ())):
+            obj = self.db.find(ref)
+            if (obj is None or not obj.values["auto_power_on"] or obj.values["is_control_domain"]
+                    or obj.values["power_state"] not in LIVE_STATES):
+                continue
+            log.warning("fencing: stopping VM %s, which the pool may restart elsewhere", obj.values["name_label"])
+            try:
+                await ctx.call_backend(backend.shutdown, obj.uuid, False)
+            except Exception as exc:  # noqa: BLE001 - not running here after all
+                log.warning("fencing: VM %s: %s", obj.values["name_label"], exc)
+
     # ------------------------------------------------------------------ this host returning
 
     async def settle(self) -> None:
         """After taking a lease: stop the copies of VMs the pool restarted elsewhere, and give
-        the VMs marked unknown here the state the hypervisor reports."""
+        the VMs resident here (marked unknown, or fenced) the state the hypervisor reports."""
         from xenapi_classes import vm
 
         me = hosts.this_ref(self.db)
@@ -163,7 +186,7 @@ class PoolHA:
                                     "stopping this host's copy", obj.values["name_label"])
                         await ctx.call_backend(backend.shutdown, uuid, False)
                         self.stopped += 1
-                elif record["power_state"] == "Unknown" and await self._caught_up(key, found.mod_revision):
+                elif await self._caught_up(key, found.mod_revision):
                     async with ctx.lock(obj.ref):
                         vm.apply_domain(ctx, obj, domain)
             await self.services.commit(self.db.last_seq)

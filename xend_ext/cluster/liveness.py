@@ -8,6 +8,13 @@ order, which hosts hold a lease. A server whose lease expired (it was frozen, or
 reached for longer than the ttl) grants itself a new one as soon as it can and is live again;
 ``on_regained`` callbacks then run (the host settles what happened to its VMs meanwhile).
 
+A server that has not renewed its lease for three quarters of the ttl (two renewals missed) runs
+its ``on_fence`` callbacks: its lease may expire before it can renew it, and then the pool may
+restart its VMs elsewhere (xend_ext.cluster.ha stops them first). The renewal it was asked at
+started no later than etcd's own count, so this comes before etcd can expire the lease. If the
+lease turns out to have survived, the ``on_regained`` callbacks run at the next renewal all the
+same, to take stock of what was stopped.
+
 The lease is revoked when the server stops cleanly, so a stopped host is shown not live at once.
 """
 
@@ -40,6 +47,9 @@ class Liveness:
         self.listeners: list[Callable[[str, bool], None]] = []
         #: run after this server got a new lease (its old one expired): nothing of it was live meanwhile
         self.on_regained: list[Callable[[], Awaitable[None]]] = []
+        #: run once when the lease was not renewed for 3/4 of the ttl: the pool may soon count us lost
+        self.on_fence: list[Callable[[], Awaitable[None]]] = []
+        self.fenced = False
         self._tasks: list[asyncio.Task] = []
         self._regain_lock = asyncio.Lock()
         self._closed = False
@@ -58,7 +68,8 @@ class Liveness:
             self._seen(kv.key, kv.lease)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keepalive()),
-                       loop.create_task(self._watch(found.header.revision + 1))]
+                       loop.create_task(self._watch(found.header.revision + 1)),
+                       loop.create_task(self._watchdog())]
 
     async def close(self) -> None:
         """Stop renewing and give the lease back: the other hosts see this one not live at once."""
@@ -96,8 +107,20 @@ class Liveness:
                 reply = None
             if reply is not None and reply.TTL > 0:
                 self.renewed = asked
+                if self.fenced:  # fenced, but the lease held: settle all the same
+                    self.fenced = False
+                    await self._run(self.on_regained, "after renewing the lease")
                 continue
             await self._regain()
+
+    async def _watchdog(self) -> None:
+        """Fence this host when its lease has gone unrenewed for 3/4 of the ttl."""
+        while True:
+            await asyncio.sleep(max(0.05, self.renewed + self.ttl * 0.75 - time.monotonic()))
+            if time.monotonic() - self.renewed >= self.ttl * 0.75 and not self.fenced:
+                self.fenced = True
+                log.warning("this host's lease was not renewed for %.1f s: fencing", time.monotonic() - self.renewed)
+                await self._run(self.on_fence, "fencing")
 
     async def _regain(self) -> None:
         """Our lease expired (we were frozen or cut off): take a new one, then settle."""
@@ -115,11 +138,15 @@ class Liveness:
                     log.warning("etcd: cannot take a new lease: %s", _why(exc))
                     await asyncio.sleep(RETRY)
             self.regains += 1
-            for callback in self.on_regained:
-                try:
-                    await callback()
-                except Exception:  # noqa: BLE001 - one failed settlement must not stop the lease
-                    log.exception("after taking a new lease")
+            self.fenced = False
+            await self._run(self.on_regained, "after taking a new lease")
+
+    async def _run(self, callbacks, what: str) -> None:
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception:  # noqa: BLE001 - one failed callback must not stop the lease
+                log.exception(what)
 
     # ------------------------------------------------------------------ the others
 
