@@ -4,9 +4,12 @@ pCPUs) on loopback, driven by the official client through each host."""
 
 from __future__ import annotations
 
+import xmlrpc.client
+
 import pytest
 from etcdkit import Pool, until
-from vmkit import session
+from test_cluster import names_everywhere
+from vmkit import backend_domain, failure, new_vm, session, unique
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +61,55 @@ def test_each_server_is_its_own_host_with_its_domain_0_pool_0_and_cpus(pool, xs,
             other = x.host.get_record(h)
             for name in ("memory_total", "memory_free", "free_cpus", "capabilities"):
                 assert other[name] == own[name], name
+
+
+def on_host(pool, i, x, vm):
+    """The VM's domain as host ``i``'s own hypervisor has it (its simulated host's state file)."""
+    return backend_domain(pool.servers[i], x.VM.get_uuid(vm))
+
+
+def test_a_call_on_another_hosts_vm_is_made_by_that_host_and_answered_unchanged(pool, xs, mine):
+    xa, xb, xc = xs
+    vm = new_vm(xa, unique("fwd"))
+    assert until(lambda: None not in names_everywhere(xs, vm))
+    xb.VM.start(vm, False, False)  # started through B, on B
+    assert xb.VM.get_resident_on(vm) == mine[1]
+    assert until(lambda: xc.VM.get_resident_on(vm) == mine[1])
+    xc.VM.pause(vm)  # through C: made by B, and C's next read already sees it
+    assert xc.VM.get_power_state(vm) == "Paused"
+    assert on_host(pool, 1, xa, vm)["state"] == "Paused"
+    assert on_host(pool, 2, xa, vm) is None and on_host(pool, 0, xa, vm) is None
+    assert failure(xc.VM.pause, vm)[:2] == ["VM_BAD_POWER_STATE", vm]  # B's error, unchanged
+    task = xa.Async.VM.unpause(vm)  # a task on A, following B's
+    assert until(lambda: xa.task.get_status(task) != "pending", 20)
+    assert xa.task.get_status(task) == "success", xa.task.get_error_info(task)
+    assert xa.VM.get_power_state(vm) == "Running" and on_host(pool, 1, xa, vm)["state"] == "Running"
+    metrics = xa.VM.get_metrics(vm)  # the live state: B's answer, through A
+    assert xa.VM_metrics.get_memory_actual(metrics) == xb.VM_metrics.get_memory_actual(metrics) != "0"
+    xc.VM.pin_VCPU(vm, "0", "2", "perm")
+    assert on_host(pool, 1, xa, vm)["pins"] == [["pin", "0", "2"]]
+    xc.VM.hard_shutdown(vm)
+    assert xc.VM.get_power_state(vm) == "Halted" and on_host(pool, 1, xa, vm) is None
+    xa.VM.destroy(vm)
+
+
+def test_a_call_on_another_hosts_cpu_pool_is_made_by_that_host(pool, xs, mine):
+    xa, xb, _ = xs
+    pool0 = next(p for p in xa.host.get_resident_cpu_pools(mine[1]) if xa.cpu_pool.get_name_label(p) == "Pool-0")
+    cpu3 = next(c for c in xa.host.get_host_CPUs(mine[1]) if xa.host_cpu.get_number(c) == "3")
+    spare = xb.cpu_pool.create({"name_label": unique("spare"), "ncpu": "1"})  # defined on B
+    assert failure(xa.cpu_pool.activate, spare) == ["INSUFFICIENT_CPUS", "1", "0"]  # B has no free pCPU
+    xa.cpu_pool.remove_host_CPU_live(pool0, cpu3)  # through A, on B's hypervisor
+    assert xb.host.get_free_cpus(mine[1]) == "1" and xa.host.get_free_cpus(mine[0]) == "0"
+    xa.cpu_pool.activate(spare)
+    assert xa.cpu_pool.get_activated(spare) and xb.cpu_pool.get_host_CPUs(spare) == [cpu3]
+    assert until(lambda: xa.host_cpu.get_cpu_pool(cpu3) == [spare])  # as B published it
+    xa.cpu_pool.deactivate(spare)
+    xa.cpu_pool.add_host_CPU_live(pool0, cpu3)
+    assert xb.host.get_free_cpus(mine[1]) == "0"
+    xa.cpu_pool.destroy(spare)
+
+
+def test_a_pool_login_needs_the_pools_secret(pool):
+    reply = xmlrpc.client.ServerProxy(pool.servers[0].url).session.pool_login("guess", "root", "pool-admin", "")
+    assert reply == {"Status": "Failure", "ErrorDescription": ["SESSION_AUTHENTICATION_FAILED"]}

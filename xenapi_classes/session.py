@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from xend_ext import hosts
+from xend_ext import forward, hosts
 from xend_ext import types as T
-from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, Field, XenAPIClass
+from xend_ext.datamodel import POOL_ADMIN, READ_ONLY, RO, ROLES, Field, XenAPIClass
 from xend_ext.model import new_uuid
 from xend_ext.wire import REF_PREFIX, XenAPIError
 
@@ -97,15 +97,31 @@ async def login_with_password(ctx, uname, pwd, version, originator):
     if role is None:
         raise XenAPIError("SESSION_AUTHENTICATION_FAILED")
     _make_room(ctx, uname)
-    host = hosts.this_host(ctx.db)
+    return _open(ctx, uname, role, originator)
+
+
+def _open(ctx, uname, role, originator):
     obj = ctx.db.create("session", {
-        "this_host": host.ref if host else "OpaqueRef:NULL",
+        "this_host": hosts.this_ref(ctx.db),
         "this_user": uname,
         "role": role,
         "originator": originator,
         "is_local_superuser": role == POOL_ADMIN,
     }, ref=REF_PREFIX + new_uuid())
     return obj.ref
+
+
+@session.message(("secret", T.String), ("uname", T.String), ("role", T.String), ("originator", T.String, ""),
+                 result=T.Ref("session"), session=False, async_ok=False, errors=("SESSION_AUTHENTICATION_FAILED",))
+def pool_login(ctx, secret, uname, role, originator):
+    """Another host of the pool opens a session here for a call it hands over (the call's object
+    is on this host): with the pool's secret, as the user who made the call there, whose role was
+    checked there. Refused (SESSION_AUTHENTICATION_FAILED) on a server alone or with any other
+    secret."""
+    if not forward.accepts(ctx.services, secret) or role not in ROLES:
+        raise XenAPIError("SESSION_AUTHENTICATION_FAILED")
+    _make_room(ctx, uname)
+    return _open(ctx, uname, role, originator)
 
 
 @session.message(result=None, async_ok=False)

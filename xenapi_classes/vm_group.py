@@ -19,7 +19,7 @@ import os
 import uuid as uuid_module
 
 from xenapi_classes import vm as vm_module
-from xend_ext import grouping, sxp
+from xend_ext import forward, grouping, sxp
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, STATIC_RO, VM_OPERATOR, Field, XenAPIClass
 from xend_ext.wire import XenAPIError, dump_value
@@ -289,8 +289,8 @@ def _vm_step(ctx, message, *args):
     msg = vm_module.vm.messages[message]
     full = [*args, *(p.default for p in msg.params[1 + len(args):])]  # the VM message's own defaults
 
-    async def step(vm):
-        await msg.impl(ctx, vm.ref, *full)
+    async def step(vm):  # made by the member's host (in a pool, the one it runs on)
+        await forward.act(ctx, "VM", message, vm.ref, *full)
 
     return step
 
@@ -298,7 +298,7 @@ def _vm_step(ctx, message, *args):
 async def _inverse(ctx, vm, message):
     msg = vm_module.vm.messages[message]
     defaults = [p.default for p in msg.params[1:]]
-    await msg.impl(ctx, vm.ref, *defaults)
+    await forward.act(ctx, "VM", message, vm.ref, *defaults)
 
 
 def _declare(operation, extra=(), doc=""):

@@ -103,6 +103,8 @@ class Message:
     capability: str | None = None  # backend capability the message needs
     raw_reply: bool = False  # system.* replies are not wrapped in the Xen-API envelope
     is_async_impl: bool = dc_field(init=False, default=False)
+    # in a pool, (db, args) -> the host to make the call when its object is on another one (xend_ext.forward)
+    route: Callable[[Any, list], str | None] | None = dc_field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.is_async_impl = inspect.iscoroutinefunction(self.impl)
@@ -188,6 +190,10 @@ class XenAPIClass:
             return fn
 
         return register
+
+    def declared(self, name: str) -> bool:
+        """Whether the class declares message ``name`` itself (not one derived from its fields)."""
+        return name in self._custom
 
     def visible_objects(self, ctx: Context) -> list[Obj]:
         objs = ctx.db.all(self.name)
@@ -421,6 +427,9 @@ class Registry:
         self.before_start: list[Callable[[Context, Obj], None]] = []
         # what to do when the backend reports a change made outside xend-ext: (ctx, kind, ident)
         self.on_backend_change: list[Callable[[Context, str, str], Any]] = []
+        # in a pool, makes a call on the host of its object (xend_ext.forward): (ctx, method, msg,
+        # host, params, run_async) -> awaitable (reply, raw)
+        self.forward: Callable[..., Any] | None = None
 
     def add(self, cls: XenAPIClass) -> None:
         cls.build()

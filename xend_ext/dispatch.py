@@ -182,6 +182,8 @@ class Dispatcher:
             raw = msg.raw_reply
             ctx = Context(services, method)
             args = self._check(ctx, method, msg, params)
+            if msg.route is not None and (host := msg.route(db, args)) is not None:  # another host's object
+                return self.registry.forward(ctx, method, msg, host, params, run_async)
             if run_async or msg.is_async_impl:
                 return self._call_async(ctx, method, msg, args, run_async, before, change)
             value = msg.impl(ctx, *args)

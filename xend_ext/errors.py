@@ -55,6 +55,8 @@ CATALOGUE: dict[str, tuple[tuple[str, ...], str]] = {
                                    "members already changed were rolled back where possible"),
     "VM_BAD_POWER_STATE": (("vm", "expected", "actual"), "the VM is not in a power state this operation needs"),
     "HOST_NOT_ENOUGH_FREE_MEMORY": (("needed", "available"), "the host has not the memory (bytes) this needs"),
+    "HOST_OFFLINE": (("host", "reason"), "in a pool, the host a call had to be made on (its object is there) "
+                     "could not be reached or refused this server"),
     "VM_MIGRATE_FAILED": (("vm", "source", "destination", "reason"), "the migration failed; the VM is back as it "
                           "was on the source"),
     "VM_ALREADY_IN_SCHED_DOMAIN": (("vm", "sched_domain"), "a VM is in at most one scheduling domain"),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import hosts, jsonrpc, migration, observe, wire
+from . import forward, hosts, jsonrpc, migration, observe, wire
 from .auth import FileAuth, NoAuth
 from .dispatch import Context, Dispatcher, Services
 from .events import EventHub
@@ -170,6 +170,8 @@ class Server:
             self.services = Services(self.registry, self.db, self.backend, self.store, self.hub, self.config)
             self.services.auth = self._auth()
             self.dispatcher = Dispatcher(self.services)
+            if self.config.cluster:  # calls on another host's objects are made there
+                forward.install(self.registry, self.services)
             if self.config.audit_log is not None:
                 self._audit_writer = observe.AuditFile(self.config.audit_log)
             self.observer = observe.Observer(self.dispatcher, self.services, self.gates, self._audit_writer)

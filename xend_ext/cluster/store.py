@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,7 @@ class ClusterStore:
         self.held: dict[bytes, tuple[int, dict | None]] = {}
         self.seen = 0  # the newest revision the watch has brought
         self._writer = self.prefix + b"w/" + _writer_id(self.state_dir).encode()
+        self.secret = ""
         self._batch_ids = (f"{uuid.uuid4().hex[:12]}-{n}".encode() for n in itertools.count())
         self.transactions = 0
         self.conflicts = 0
@@ -138,6 +140,24 @@ class ClusterStore:
             self.known[kv.key] = kv.mod_revision
             if cname in self._classes:
                 self._rows.append((cname, ref, json.loads(kv.value)))
+        self.secret = await self._pool_secret()
+
+    async def _pool_secret(self) -> str:
+        """The pool's secret, with which its servers open sessions to each other (xend_ext.forward):
+        made once, by the first server, in a create-if-absent transaction; read by every other."""
+        key, t = self.prefix + b"secret", self.client.transactions
+        made = secrets.token_hex(32).encode()
+        await self.client.transaction(compare=[t.version(key) == 0], success=[t.put(key, made)], failure=[])
+        found = await self.client.get(key)
+        return found.value.decode()
+
+    async def refresh(self, cname: str, ref: str) -> None:
+        """Bring one object up to etcd's value now (a change another host made for our caller, which
+        the watch may not have brought yet); applied as the watch would."""
+        key = self._key(cname, ref)
+        found = await self.client.get(key)
+        if found is not None:
+            self._changed(key, found.mod_revision, json.loads(found.value))
 
     def open_into(self, sink) -> int:
         """The pool's objects, read by :meth:`connect`, into the model's loader; seq 0."""
