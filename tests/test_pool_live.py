@@ -11,7 +11,7 @@ import time
 
 import pytest
 from etcdkit import Pool, until
-from vmkit import backend_domain, event_from, new_vm, session, token_now, unique
+from vmkit import backend_domain, event_from, failure, new_vm, session, token_now, unique
 from xmkit import ok, xm
 
 LEASE = 2  # seconds; etcd's minimum with etcdkit's 500 ms election timeout is 1
@@ -88,6 +88,10 @@ def test_a_frozen_host_is_shown_not_live_within_its_lease_then_live_again(pool):
         name = xa.VM.get_name_label(vm)
         listed = [line.split() for line in ok(xm(pool.servers[2], "list", name)).splitlines()[1:]]
         assert listed[0][0] == name and listed[0][4] == "??????"
+        # an action on it is not forwarded to a host that is not live: refused at once
+        asked = time.monotonic()
+        assert failure(xa.VM.pause, vm)[:2] == ["HOST_OFFLINE", hosts[1]]
+        assert time.monotonic() - asked < 5  # not the 900 s a forwarded call may wait for its answer
     finally:
         pool.servers[1].proc.send_signal(signal.SIGCONT)
     assert seen_after <= LEASE + SLACK

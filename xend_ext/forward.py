@@ -179,6 +179,8 @@ class Peers:
         url = obj.values["address"] if obj is not None else ""
         if not url:
             raise XenAPIError("HOST_OFFLINE", host, "the host has published no address (host.address)")
+        if ctx.db.liveness is not None and not ctx.db.liveness.is_live(obj.uuid):  # frozen or gone: no waiting
+            raise XenAPIError("HOST_OFFLINE", host, "it does not hold its etcd lease (host.live is false)")
         user = ctx.session.values["this_user"] if ctx.session is not None else "root"
         caller = (url, user, ctx.role)
         loop = asyncio.get_running_loop()
