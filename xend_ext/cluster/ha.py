@@ -42,6 +42,7 @@ log = logging.getLogger("xend_ext.cluster.ha")
 
 LIVE_STATES = ("Running", "Paused")
 CATCH_UP = 5.0  # seconds a server waits for its watch to bring a record it read from etcd
+PASSES, AGAIN = 3, 0.5  # tries at marking a lost host's VMs, and seconds between them
 
 
 async def join(services) -> Liveness:
@@ -83,18 +84,24 @@ class PoolHA:
             return
         pool = self.db.first("pool")
         ha = bool(pool is not None and pool.values.get("ha_enabled"))
-        won = []
-        for ref in list(self.db.field_value(host, "resident_VMs")):
-            obj = self.db.find(ref)
-            if obj is None or obj.values["power_state"] not in LIVE_STATES:
-                continue
-            restart = ha and obj.values["auto_power_on"] and not obj.values["is_control_domain"]
-            revision = await self._claim(uuid, obj, restart)
-            if revision is not None and restart:
-                won.append((obj, revision))
-        won.sort(key=lambda pair: (pair[0].values["order"], pair[0].values["name_label"]))
-        for obj, revision in won:
-            await self._restart(obj, revision)
+        for _pass in range(PASSES):  # a compare fails while the watch still brings the newest record
+            waiting = [obj for obj in map(self.db.find, list(self.db.field_value(host, "resident_VMs")))
+                       if obj is not None and obj.values["power_state"] in LIVE_STATES]
+            if not waiting or self.liveness.is_live(uuid):
+                return
+            won, lost_any = [], False
+            for obj in waiting:
+                restart = ha and obj.values["auto_power_on"] and not obj.values["is_control_domain"]
+                revision = await self._claim(uuid, obj, restart)
+                lost_any |= revision is None
+                if revision is not None and restart:
+                    won.append((obj, revision))
+            won.sort(key=lambda pair: (pair[0].values["order"], pair[0].values["name_label"]))
+            for obj, revision in won:
+                await self._restart(obj, revision)
+            if not lost_any:
+                return
+            await asyncio.sleep(AGAIN)
 
     async def _claim(self, uuid: str, obj, restart: bool) -> int | None:
         """The one transaction that marks a lost host's VM: its revision if it was ours."""

@@ -111,7 +111,7 @@ class Liveness:
                     self.fenced = False
                     await self._run(self.on_regained, "after renewing the lease")
                 continue
-            await self._regain()
+            await self._regain(self.lease.id)
 
     async def _watchdog(self) -> None:
         """Fence this host when its lease has gone unrenewed for 3/4 of the ttl."""
@@ -122,11 +122,11 @@ class Liveness:
                 log.warning("this host's lease was not renewed for %.1f s: fencing", time.monotonic() - self.renewed)
                 await self._run(self.on_fence, "fencing")
 
-    async def _regain(self) -> None:
-        """Our lease expired (we were frozen or cut off): take a new one, then settle."""
+    async def _regain(self, lost: int) -> None:
+        """Our lease ``lost`` expired (we were frozen or cut off): take a new one, then settle."""
         async with self._regain_lock:
-            if self.lease is not None and self.host_uuid in self.live and self.live[self.host_uuid] == self.lease.id:
-                return  # another path regained it already
+            if self.lease is not None and self.lease.id != lost:
+                return  # the watch or the renewal saw it first, and a new one is held already
             log.warning("this host's lease expired: the pool saw it not live; taking a new one")
             while not self._closed:
                 try:
@@ -185,11 +185,12 @@ class Liveness:
 
     def _gone(self, key: bytes) -> None:
         uuid = key[len(self.keys):].decode()
-        if self.live.pop(uuid, None) is None:
+        lease = self.live.pop(uuid, None)
+        if lease is None:
             return
         self._tell(uuid, False)
         if uuid == self.host_uuid and not self._closed:  # we were seen not live: take a new lease now
-            asyncio.get_running_loop().create_task(self._regain())
+            asyncio.get_running_loop().create_task(self._regain(lease))
 
     def _tell(self, uuid: str, live: bool) -> None:
         log.info("host %s is %s", uuid, "live" if live else "not live (its lease expired)")
