@@ -88,8 +88,7 @@ class Liveness:
         asked = time.monotonic()
         self.lease = await self.client.lease(self.ttl)
         await self.client.put(self.key, b"", lease=self.lease.id)
-        self.renewed = asked
-        self._seen(self.key, self.lease.id)
+        self.renewed = asked  # the watch tells that the key is back, after the deletion it may still bring
 
     async def _keepalive(self) -> None:
         while True:
