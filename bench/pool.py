@@ -7,16 +7,20 @@ Both cells run the sweep's ``durable-write`` phase (``host.add_to_other_config``
 call, acknowledged once durable) with the load generator of bench/loadgen.py against one server:
 the server alone on its journal (fsync, group commit), then one host of a pool of three etcd
 members (Debian's etcd 3.4, tests/etcdkit.py) and three servers on loopback (etcd transaction,
-group commit; the other two hosts apply every change from their watch meanwhile). Prints the
-figures; asserts nothing.
+group commit; the other two hosts apply every change from their watch meanwhile). Then the
+cost of forwarding (xend_ext/forward.py): the same durable write (``VM.add_to_other_config``)
+through host 0, on a fresh VM running on host 0 and on one running on host 1 (which host 0 hands
+to host 1), with one simple threaded client loop for both. Prints the figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +61,49 @@ def _cell(port: int, clients: int, seconds: float, tag: str) -> str:
             f"  failures {out.failures}")
 
 
+def _writes(url: str, vm: str, clients: int, seconds: float) -> str:
+    """``VM.add_to_other_config`` of ``vm`` through the server at ``url``, ``clients`` threads."""
+    times: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        x = XenAPI.Session(url).xenapi
+        x.login_with_password("root", "")
+        n = 0
+        while time.monotonic() < stop:
+            began = time.perf_counter()
+            x.VM.add_to_other_config(vm, f"fwd-{i}-{n}-{time.monotonic_ns()}", "1")
+            times.append(time.perf_counter() - began)
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return f"{len(times) / seconds:8.0f} calls/s  p50 {statistics.median(times) * 1000:6.2f} ms"
+
+
+def _forwarding(ports: list[int], counts: list[int], seconds: float) -> None:
+    url = f"http://{HOST}:{ports[0]}/"
+    session = XenAPI.Session(url)
+    session.xenapi.login_with_password("root", "")
+    x = session.xenapi
+    own = x.session.get_this_host(session._session)
+    other = next(h for h in x.host.get_all() if h != own and x.host.get_address(h))
+
+    def running_on(host: str) -> str:
+        vm = x.VM.create({"name_label": f"bench-fwd-{time.monotonic_ns()}", "memory_target": str(64 << 20),
+                          "memory_static_max": str(64 << 20)})
+        x.VM.start_on(vm, host, False, False)
+        return vm
+
+    for n in counts:
+        for what, host in (("a VM on host 0", own), ("a VM on host 1 (forwarded)", other)):
+            print(f"through host 0, {what}, {n:2d} clients: {_writes(url, running_on(host), n, seconds)}",
+                  flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="16", help="comma-separated client counts (16)")
@@ -79,6 +126,7 @@ def main() -> int:
                 for n in counts:
                     print(f"pool on etcd,   {n:2d} clients: {_cell(hosts[0][1], n, args.seconds, f'p{n}')}",
                           flush=True)
+                _forwarding([port for _, port in hosts], counts, args.seconds)
             finally:
                 for proc in procs:
                     proc.terminate()

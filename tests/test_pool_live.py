@@ -64,7 +64,7 @@ def test_a_frozen_host_is_shown_not_live_within_its_lease_then_live_again(pool):
     assert until(lambda: all(views([xa, xb, xc], lambda x: x.host.get_live, h) == [True] * 3 for h in hosts))
     ha(xa, False)
     vm = new_vm(xb, unique("frozen"))
-    xb.VM.start(vm, False, False)
+    xb.VM.start_on(vm, hosts[1], False, False)
     assert until(lambda: views([xa, xc], lambda x: x.VM.get_power_state, vm) == ["Running"] * 2)
     token = token_now(xc, ["host"])
     pool.servers[1].proc.send_signal(signal.SIGSTOP)
@@ -110,7 +110,7 @@ def test_without_ha_a_killed_hosts_auto_power_on_vm_is_not_restarted(tmp_path):
         xa, xb, xc = clients(pool)
         hosts = [own_host(s) for s in pool.servers]
         vm = new_vm(xc, unique("noha"), auto_power_on=True)
-        xc.VM.start(vm, False, False)
+        xc.VM.start_on(vm, hosts[2], False, False)
         uuid = xa.VM.get_uuid(vm)
         assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, vm) == ["Running"] * 2)
         pool.servers[2].kill9()
@@ -140,7 +140,7 @@ def test_with_ha_a_killed_hosts_auto_power_on_vm_runs_on_exactly_one_other_host(
         auto = new_vm(xc, unique("ha"), auto_power_on=True)
         plain = new_vm(xc, unique("plain"))
         for vm in (auto, plain):
-            xc.VM.start(vm, False, False)
+            xc.VM.start_on(vm, hosts[2], False, False)
         uuid = xa.VM.get_uuid(auto)
         assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, auto) == ["Running"] * 2)
         pool.servers[2].kill9()
@@ -154,8 +154,8 @@ def test_with_ha_a_killed_hosts_auto_power_on_vm_runs_on_exactly_one_other_host(
         assert sorted(running_copies(pool, uuid)) == sorted([hosts.index(where), 2])
         # a VM that is not auto_power_on is left unknown on its host
         assert until(lambda: views([xa, xb], lambda x: x.VM.get_power_state, plain) == ["Unknown"] * 2)
-        restarts = [line for s in pool.servers[:2] for line in s.log if "restarted here" in line]
-        assert len(restarts) == 1, restarts
+        restarts = [line for s in pool.servers[:2] for line in s.log if "HA: VM" in line and " restarted on " in line]
+        assert len(restarts) == 1 and restarts[0].endswith(xa.host.get_uuid(where)), restarts
         # the killed host returns: it stops its copy and does not take the VM back
         pool.servers[2].url = ""
         pool.servers[2].start()
@@ -286,7 +286,7 @@ def test_with_ha_a_host_cut_from_etcd_fences_its_vm_before_the_pool_restarts_it(
         ha(xa, True)
         vm = new_vm(xc, unique("cut"), auto_power_on=True)
         assert until(lambda: xc.pool.get_ha_enabled(xc.pool.get_all()[0]))
-        xc.VM.start(vm, False, False)
+        xc.VM.start_on(vm, hosts[2], False, False)
         uuid = xa.VM.get_uuid(vm)
         relay.cut()
         assert until(lambda: views([xa, xb], lambda x: x.host.get_live, hosts[2]) == [False] * 2, LEASE + SLACK)
@@ -299,7 +299,8 @@ def test_with_ha_a_host_cut_from_etcd_fences_its_vm_before_the_pool_restarts_it(
             line = next(line for line in server.log if text in line)
             return dt.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
 
-        assert at(pool.servers[2], "fencing: stopping VM") < at(pool.servers[where], "restarted here")
+        restarter = next(s for s in pool.servers[:2] if any(" restarted on " in line for line in s.log))
+        assert at(pool.servers[2], "fencing: stopping VM") < at(restarter, " restarted on ")
         relay.mend()
         assert until(lambda: views([xa, xb, xc], lambda x: x.host.get_live, hosts[2]) == [True] * 3, 15)
         assert until(lambda: views([xa, xb, xc], lambda x: x.VM.get_resident_on, vm) == [hosts[where]] * 3, 10)

@@ -318,7 +318,8 @@ def vm_cpu_pool(db, vm):
     """VM.cpu_pool: the pool its domain runs in; empty when it does not run."""
     if not hosts.is_local(db, vm.values["resident_on"]):  # it runs elsewhere: in its pool of that name there
         pool = hosts.pool_named(db, vm.values["pool_name"] or POOL0, vm.values["resident_on"])
-        return [pool.ref] if pool is not None else []
+        running = vm.values["power_state"] in ("Running", "Paused")
+        return [pool.ref] if pool is not None and running else []
     domain = db.backend.domain(vm.uuid) if vm.values["power_state"] in ("Running", "Paused") else None
     if domain is None or not domain.pool:
         return []

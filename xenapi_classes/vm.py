@@ -18,7 +18,7 @@ from xenapi_classes import cpu_pool as pools
 from xenapi_classes import host_cpu as host_cpus
 from xenapi_classes import sched_domain as sdoms
 from xenapi_classes import vm_metrics
-from xend_ext import cpuset, grouping, hosts, migration, placement
+from xend_ext import cpuset, forward, grouping, hosts, migration, placement
 from xend_ext import types as T
 from xend_ext.backends.base import Capability, Domain, DomainConfig, PowerState
 from xend_ext.datamodel import (
@@ -96,6 +96,8 @@ vm = XenAPIClass(
         Field("domid", T.Int, RO, default=-1, doc="the domain id, -1 when halted"),
         Field("is_control_domain", T.Bool, RO, doc="true for Domain-0"),
         Field("resident_on", T.Ref("host", nullable=True), RO, doc="the host it runs on, NULL when halted"),
+        Field("affinity", T.Ref("host", nullable=True), RW, set_role=VM_OPERATOR,
+              doc="in a pool, the host VM.start picks when it can run the VM there (XAPI's affinity)"),
         Field("pool_name", T.String, RW, default="Pool-0", set_role=VM_OPERATOR, validate=_check_pool_name,
               index=True, doc="the CPU pool it starts in"),
         Field("cpu_pool", T.Set(T.Ref("cpu_pool")), RO, compute=pools.vm_cpu_pool,
@@ -268,7 +270,9 @@ def apply_domain(ctx, obj, domain):
     else:
         ctx.db.set(obj, "power_state", domain.power_state)
         ctx.db.set(obj, "domid", domain.domid if domain.power_state != PowerState.SUSPENDED else -1)
-        ctx.db.set(obj, "resident_on", host.ref if host and domain.power_state != PowerState.SUSPENDED else NULL_REF)
+        # a suspended VM is on no host alone (XAPI's way); in a pool its image is on this host, which resumes it
+        here = domain.power_state != PowerState.SUSPENDED or hosts.in_pool(ctx.db)
+        ctx.db.set(obj, "resident_on", host.ref if host and here else NULL_REF)
     if domain is not None or had_domain:  # a VM halted before and after has the same (empty) metrics
         vm_metrics.follow(ctx.db, obj, domain is not None)
         touch_metrics(ctx, obj)
@@ -292,13 +296,37 @@ LIFECYCLE = dict(role=VM_OPERATOR, capability=Capability.LIFECYCLE)
 @vm.message(("self", T.Ref("VM")), ("start_paused", T.Bool, False), ("force", T.Bool, False), **LIFECYCLE,
             errors=("VM_BAD_POWER_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY"))
 async def start(ctx, ref, start_paused, force):
-    """Start a halted VM from its stored definition (paused if asked)."""
+    """Start a halted VM from its stored definition (paused if asked). In a pool of hosts it starts
+    on its ``affinity`` host if that can run it, else on the host with the most memory free whose
+    CPU pool of its pool name is active (NO_HOSTS_AVAILABLE when none can)."""
+    obj = ctx.current("VM", ref)
+    require_state(obj, "Halted")
+    await _start_on(ctx, ref, hosts.place(ctx.db, obj), start_paused, force)
+
+
+@vm.message(("vm", T.Ref("VM")), ("host", T.Ref("host")), ("start_paused", T.Bool, False), ("force", T.Bool, False),
+            **LIFECYCLE, errors=("VM_BAD_POWER_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY", "HOST_OFFLINE"))
+async def start_on(ctx, ref, host, start_paused, force):
+    """Start a halted VM on the given host of the pool (XAPI's start_on); that host's own checks
+    decide, as for VM.start there."""
+    await _start_on(ctx, ref, host, start_paused, force)
+
+
+async def _start_on(ctx, ref, host, start_paused, force):
+    if not hosts.is_local(ctx.db, host):  # started by that host, which answers for it
+        await forward.call(ctx, host, "VM.start_on", [ref, host, start_paused, force])
+        return
     async with ctx.lock(ref):
         obj = ctx.current("VM", ref)
         require_state(obj, "Halted")
         for hook in ctx.registry.before_start:
             hook(ctx, obj)
-        domain = await ctx.call_backend(ctx.backend.start, domain_config(ctx, obj), start_paused)
+        await hosts.claim(ctx, obj)  # in a pool: no other host starts it meanwhile
+        try:
+            domain = await ctx.call_backend(ctx.backend.start, domain_config(ctx, obj), start_paused)
+        except XenAPIError:
+            hosts.unclaim(ctx, obj)
+            raise
         apply_domain(ctx, obj, domain)
 
 
@@ -387,7 +415,7 @@ async def resume(ctx, ref, start_paused, force):
 
 def record_for_image(ctx, obj):
     """The VM's definition as strings, to travel with a saved image or a migration."""
-    skip = {"power_state", "domid", "resident_on", "metrics", "depends_on", "is_control_domain", "groups"}
+    skip = {"power_state", "domid", "resident_on", "affinity", "metrics", "depends_on", "is_control_domain", "groups"}
     record = {f.name: _text(f.type.encode(obj.values[f.name])) for f in vm.stored_fields() if f.name not in skip}
     # refs mean nothing on another server: dependencies travel as uuids
     record["depends_on_uuids"] = json.dumps([ctx.db.get(r).uuid for r in obj.values["depends_on"] if ctx.db.find(r)])
@@ -403,6 +431,13 @@ def resolve_dependencies(ctx, obj, meta):
     refs = [ctx.db.by_uuid_index[("VM", u)].ref for u in uuids if ("VM", u) in ctx.db.by_uuid_index]
     if refs and refs != obj.values["depends_on"]:
         ctx.db.set(obj, "depends_on", refs)
+
+
+async def _read_back(ctx, obj):
+    """In a pool, the VM's record as etcd has it now (another host changed it just before)."""
+    refresh = getattr(ctx.services.store, "refresh", None)
+    if refresh is not None:
+        await refresh("VM", obj.ref)
 
 
 def _text(encoded):
@@ -522,7 +557,9 @@ async def receive(ctx, meta, image, paused):
         if known is not None and obj is not known:
             raise XenAPIError("HANDLE_INVALID", "VM", known.ref)
         if obj is not None:
-            require_state(obj, "Halted")
+            if hosts.is_local(ctx.db, obj.values["resident_on"]):  # (else: a VM of the pool arriving from its host)
+                require_state(obj, "Halted")
+            await _read_back(ctx, obj)
             config = domain_config(ctx, obj)
         else:  # restored as it will be defined here: in this server's pool of its pool's name
             config = _config(ctx, uuid, "", values_from_image(ctx, meta))
@@ -546,7 +583,9 @@ async def receive(ctx, meta, image, paused):
             capability=Capability.MIGRATE,
             errors=("VM_BAD_POWER_STATE", "VM_MIGRATE_FAILED", "TASK_CANCELLED", "OPERATION_NOT_ALLOWED"))
 async def migrate(ctx, ref, destination_url, live):
-    """Hand a running VM to another xend-ext server; it runs there, and is gone from here.
+    """Hand a running VM to another xend-ext server; it runs there, and is gone from here. In a
+    pool of hosts ``destination_url`` may be another host's ref: the VM moves there by the same
+    streamed transfer and stays the same object of the pool (its record says where it runs).
 
     The destination checks it can take the VM (VM.migrate_check), then its image (exported while
     the domain runs on if the backend can and ``live``, else with the domain paused or saved)
@@ -911,8 +950,8 @@ async def outside_change(ctx, kind, uuid):
             _discover(ctx, domain)
         return
     async with ctx.lock(obj.ref):  # after any operation of ours in flight, which knows best
-        if ctx.db.find(obj.ref) is None:
-            return
+        if ctx.db.find(obj.ref) is None or not hosts.is_local(ctx.db, obj.values["resident_on"]):
+            return  # gone, or it runs on another host of the pool now (it left here)
         apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, uuid))
 
 

@@ -19,7 +19,7 @@ import os
 import uuid as uuid_module
 
 from xenapi_classes import vm as vm_module
-from xend_ext import forward, grouping, sxp
+from xend_ext import forward, grouping, hosts, sxp
 from xend_ext import types as T
 from xend_ext.datamodel import POOL_ADMIN, RO, RW, STATIC_RO, VM_OPERATOR, Field, XenAPIClass
 from xend_ext.wire import XenAPIError, dump_value
@@ -49,7 +49,8 @@ vm_group = XenAPIClass(
         Field("name_description", T.String, RW),
         Field("VMs", T.Set(T.Ref("VM")), RO, reverse=("VM", "groups"), doc="the members"),
         Field("placement", T.Enum("placement_policy", "normal", "anti_affinity"), STATIC_RO,
-              doc="anti_affinity: spread members over hosts where the backend has several (this one has one)"),
+              doc="anti_affinity: in a pool of hosts, the group's start puts each member on a host of its own "
+                  "(alone, one host: nothing to spread)"),
         Field("other_config", T.Map(T.String, T.String), RW),
     ],
     default_role=POOL_ADMIN,
@@ -315,7 +316,29 @@ def _declare(operation, extra=(), doc=""):
                      errors=("OPERATION_PARTIALLY_FAILED", "TASK_CANCELLED"))(body)
 
 
-_declare("start", (("start_paused", T.Bool, False),), "Start the members in ascending order.")
+@vm_group.message(("self", T.Ref("VM_group")), ("start_paused", T.Bool, False), role=VM_OPERATOR,
+                  errors=("OPERATION_PARTIALLY_FAILED", "TASK_CANCELLED", "NO_HOSTS_AVAILABLE"))
+async def start(ctx, ref, start_paused):
+    """Start the members in ascending order. In a pool of hosts, an ``anti_affinity`` group's
+    members each start on a host of their own (none where a member runs already), chosen for all
+    of them before any starts: NO_HOSTS_AVAILABLE, with nothing started, when there are fewer
+    hosts that can run them than members."""
+    group = ctx.current("VM_group", ref)
+    plan = {}
+    if group.values["placement"] == "anti_affinity":
+        members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
+        plan = hosts.spread(ctx.db, [m for m in members if not m.values["is_control_domain"]])
+    starting = _vm_step(ctx, "start", start_paused)
+
+    async def step(vm):
+        if vm.ref in plan:
+            await forward.act(ctx, "VM", "start_on", vm.ref, plan[vm.ref], start_paused, False)
+        else:
+            await starting(vm)
+
+    await run_group(ctx, group, "start", step, lambda vm, inverse: _inverse(ctx, vm, inverse), paused=start_paused)
+
+
 _declare("clean_shutdown", (), "Shut the members down in descending order.")
 _declare("hard_shutdown", (), "Stop the members at once, in descending order (xm grp-destroy).")
 _declare("clean_reboot", (), "Reboot the members in ascending order.")
@@ -419,7 +442,9 @@ async def migrate(ctx, ref, destination_url, live):
     a member that fails (VM_MIGRATE_FAILED), or task.cancel, brings the members already moved
     back, so the group is never split: OPERATION_PARTIALLY_FAILED (or TASK_CANCELLED). A
     scheduling domain travels whole, its master and members all in the group, or the call is
-    refused (OPERATION_NOT_ALLOWED) before anything moves."""
+    refused (OPERATION_NOT_ALLOWED) before anything moves. In a pool of hosts, ``destination_url``
+    may be another host's ref (the group stays the same object), and the call is made by the host
+    its running members are on (OPERATION_NOT_ALLOWED when they run on several)."""
     from xend_ext import migration
 
     group = ctx.current("VM_group", ref)
@@ -427,6 +452,10 @@ async def migrate(ctx, ref, destination_url, live):
               "placement": group.values["placement"]}
     members = [ctx.db.get(r) for r in ctx.db.field_value(group, "VMs")]
     leaving = [m for m in members if m.values["power_state"] in ("Running", "Paused")]
+    source = hosts.sender(ctx.db, leaving)
+    if source is not None:  # they run on another host of the pool: it sends them
+        await forward.call(ctx, source, "VM_group.migrate", [ref, destination_url, live])
+        return
     # dependencies travel as uuids (meaningful on the destination)
     needs = {m.ref: [ctx.db.get(d).uuid for d in m.values["depends_on"] if ctx.db.find(d)] for m in members}
 
@@ -447,7 +476,7 @@ async def migrate(ctx, ref, destination_url, live):
             ctx.db.set(ctx.task, "result", dump_value(outcome))
         raise XenAPIError("OPERATION_PARTIALLY_FAILED", "VM_group.migrate", first.ref) from None
     try:
-        if leaving:
+        if leaving and not remote.pooled:  # (in a pool the group is the same object there)
             await asyncio.get_running_loop().run_in_executor(None, migration.regroup, remote, record,
                                                              [m.uuid for m in leaving])
     finally:

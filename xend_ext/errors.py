@@ -57,6 +57,8 @@ CATALOGUE: dict[str, tuple[tuple[str, ...], str]] = {
     "HOST_NOT_ENOUGH_FREE_MEMORY": (("needed", "available"), "the host has not the memory (bytes) this needs"),
     "HOST_OFFLINE": (("host", "reason"), "in a pool, the host a call had to be made on (its object is there) "
                      "could not be reached or refused this server"),
+    "NO_HOSTS_AVAILABLE": (("reason",), "in a pool, no host can run the VM (or not enough distinct hosts for an "
+                           "anti-affinity group's members; nothing was started): the reason says what each lacks"),
     "VM_MIGRATE_FAILED": (("vm", "source", "destination", "reason"), "the migration failed; the VM is back as it "
                           "was on the source"),
     "VM_ALREADY_IN_SCHED_DOMAIN": (("vm", "sched_domain"), "a VM is in at most one scheduling domain"),

@@ -29,6 +29,7 @@ import functools
 import hmac
 import logging
 import threading
+import urllib.parse
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,6 +43,7 @@ from .wire import XenAPIError, failure, success
 log = logging.getLogger("xend_ext.forward")
 
 HOST_LOCAL = ("host", "host_cpu", "cpu_pool", "VM", "VM_metrics")
+PATH = "/pool/"  # + this server's etcd revision: the other host answers once it has seen as much
 TIMEOUT = (10.0, 900.0)  # seconds to connect, and for the other host to answer
 POLL = (0.01, 0.25)  # first and longest pause between two looks at a task there
 WORKERS = 16  # forwarded calls waiting on other hosts at once (more wait their turn)
@@ -74,6 +76,13 @@ def elsewhere(db, args) -> str | None:
         return None
     host = hosts.host_of(obj)
     return None if hosts.is_local(db, host) else host
+
+
+def caught_up(services, address: str) -> str:
+    """The URL a call to another host goes to: its address, and this server's etcd revision, so
+    that it answers only once it has seen the pool's state as this server has it (what the caller
+    just changed here included)."""
+    return urllib.parse.urljoin(address, f"{PATH}{services.store.revision()}")
 
 
 def accepts(services, secret: str) -> bool:
@@ -176,15 +185,16 @@ class Peers:
     async def send(self, ctx, host: str, method: str, args: list) -> dict:
         """The other host's reply (a Xen-API envelope); HOST_OFFLINE when it cannot be reached."""
         obj = ctx.db.find(host)
-        url = obj.values["address"] if obj is not None else ""
-        if not url:
+        address = obj.values["address"] if obj is not None else ""
+        if not address:
             raise XenAPIError("HOST_OFFLINE", host, "the host has published no address (host.address)")
         if ctx.db.liveness is not None and not ctx.db.liveness.is_live(obj.uuid):  # frozen or gone: no waiting
             raise XenAPIError("HOST_OFFLINE", host, "it does not hold its etcd lease (host.live is false)")
+        url = caught_up(self.services, address)
         user = ctx.session.values["this_user"] if ctx.session is not None else "root"
-        caller = (url, user, ctx.role)
+        caller = (address, user, ctx.role)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._send, host, caller, method, args)
+        return await loop.run_in_executor(self.pool, self._send, host, caller, url, method, args)
 
     async def value(self, ctx, host: str, method: str, args: list):
         reply = await self.send(ctx, host, method, args)
@@ -192,10 +202,10 @@ class Peers:
             raise XenAPIError(*reply["ErrorDescription"])
         return reply["Value"]
 
-    def _send(self, host: str, caller: tuple[str, str, str], method: str, args: list) -> dict:
+    def _send(self, host: str, caller: tuple[str, str, str], url: str, method: str, args: list) -> dict:
         for _attempt in range(2):
             session = self._session(host, caller)
-            reply = self._post(host, caller[0], method, [session, *args])
+            reply = self._post(host, url, method, [session, *args])
             if reply.get("Status") == "Success" or reply.get("ErrorDescription", [""])[0] != "SESSION_INVALID":
                 return reply
             with self._lock:  # that host restarted: a new session, and the call once more
@@ -218,10 +228,11 @@ class Peers:
         return reply["Value"]
 
     def _post(self, host: str, url: str, method: str, params: list) -> dict:
+        where = urllib.parse.urlsplit(url).netloc
         with self._lock:
-            http = self._http.get(url)
+            http = self._http.get(where)
             if http is None:
-                http = self._http[url] = requests.Session()
+                http = self._http[where] = requests.Session()
         try:
             answer = http.post(url, data=xmlrpc.client.dumps(tuple(params), method, allow_none=True).encode(),
                                headers={"Content-Type": "text/xml"}, timeout=TIMEOUT)

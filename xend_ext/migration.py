@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from . import hosts, placement
+from . import forward, hosts, placement
 from .backends.base import Capability
 from .http import Refuse, Request
 from .wire import XenAPIError
@@ -82,12 +82,14 @@ class Remote:
         self.http = requests.Session()
         self.aborted = threading.Event()
         self.session = ""
+        self.pooled = False  # the destination is another host of this pool: the VM's record is shared
+        self.rpc_url = self.url  # where its Xen-API calls go
 
     def call(self, method, *args):
         if self.aborted.is_set():
             raise Refused("the migration was cancelled")
         try:
-            reply = self.http.post(self.url, data=xmlrpc.client.dumps(args, method, allow_none=True).encode(),
+            reply = self.http.post(self.rpc_url, data=xmlrpc.client.dumps(args, method, allow_none=True).encode(),
                                    headers={"Content-Type": "text/xml"}, timeout=CALL_TIMEOUT)
             reply.raise_for_status()
             value = xmlrpc.client.loads(reply.content)[0][0]
@@ -101,6 +103,10 @@ class Remote:
 
     def login(self, originator):
         self.session = self.call("session.login_with_password", self.user, self.password, "1.1", originator)
+
+    def pool_login(self, secret, user, role, originator):
+        """Another host of the pool: a session as the caller, with the pool's secret (xend_ext.forward)."""
+        self.session = self.call("session.pool_login", secret, user, role, originator)
 
     def logout(self):
         with contextlib.suppress(Refused):
@@ -257,6 +263,8 @@ class Departure:
             if extra:
                 self.meta = {**self.meta, IMAGE_EXTRA: extra}
             ctx.progress(0.1)
+            if self.remote.pooled:  # the destination reads the VM's record as etcd has it
+                await ctx.services.commit(ctx.db.last_seq)
             self.there = await in_thread(ctx, self.remote, self._transfer, body=self._body())
             if self.mode == "save" and not self.was_paused:  # it runs again, there
                 note(ctx, {f"migration_downtime:{obj.uuid}": f"{time.monotonic() - stopped:.3f}"})
@@ -267,8 +275,10 @@ class Departure:
             if isinstance(exc, XenAPIError) and exc.code == "TASK_CANCELLED":
                 raise
             raise failed(ctx, obj.ref, self.remote.url, reason) from None
-        if self.mode == "copy" and self.obj.values["power_state"] == "Running":
-            vms.apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.pause, obj.uuid))  # parked
+        if self.mode == "copy" and not (self.paused_here or self.was_paused):  # running here still
+            parked = await ctx.call_backend(ctx.backend.pause, obj.uuid)  # parked
+            if not self.remote.pooled:  # in a pool the record is the destination's now
+                vms.apply_domain(ctx, obj, parked)
             self.paused_here = True
 
     def _body(self):
@@ -313,6 +323,9 @@ class Departure:
 
         ctx, obj = self.ctx, self.obj
         self._drop_image()
+        if self.remote.pooled:
+            await self._leave_pooled()
+            return
         if self.mode == "copy":
             try:
                 await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
@@ -327,9 +340,27 @@ class Departure:
             raise failed(ctx, obj.ref, self.remote.url, "the destination runs it, but it could not be forgotten "
                          "here: " + " ".join(exc.description)) from None
 
+    async def _leave_pooled(self):
+        """Another host of the pool runs it under the same record: only the domain and the
+        hypervisor's definition here go (the record says where it runs, as that host wrote it)."""
+        ctx, obj = self.ctx, self.obj
+        refresh = getattr(ctx.services.store, "refresh", None)
+        if refresh is not None:  # before the backend reports the domain gone here
+            await refresh("VM", obj.ref)
+        try:
+            if self.mode == "copy":
+                await ctx.call_backend(ctx.backend.shutdown, obj.uuid, False)
+            await ctx.call_backend(ctx.backend.undefine, obj.uuid)
+        except XenAPIError as exc:
+            raise failed(ctx, obj.ref, self.remote.url, "the destination runs it, but its domain here could not be "
+                         "stopped: " + " ".join(exc.description)) from None
+
     async def roll_back(self):
         """Undo a sent VM: its copy there is destroyed, the VM runs here again."""
         await asyncio.get_running_loop().run_in_executor(None, destroy_there, self.remote, self.there)
+        refresh = getattr(self.ctx.services.store, "refresh", None)
+        if self.remote.pooled and refresh is not None:  # the record as the destination left it
+            await refresh("VM", self.obj.ref)
         problem = await self._resume_here()
         self._drop_image()
         if problem:
@@ -341,6 +372,8 @@ def destroy_there(remote, ref):
         remote.call("VM.hard_shutdown", remote.session, ref)
     except Refused as exc:
         log.warning("migration roll-back: %s", exc)
+    if remote.pooled:
+        return  # the same record in the pool: only its domain there goes
     try:
         remote.call("VM.destroy", remote.session, ref)
     except Refused as exc:
@@ -396,7 +429,11 @@ async def migrate(ctx, objs, destination_url, live, step=None, depends=None, ori
     in (the caller logs out) and the list of VMs moved."""
     from xenapi_classes import vm as vms
 
-    remote = Remote(destination_url)  # a bad URL is refused before anything
+    url, host = hosts.destination(ctx.db, destination_url)  # another host of the pool: its address
+    remote = Remote(url)  # a bad URL is refused before anything
+    remote.pooled = host is not None
+    if remote.pooled:  # its calls answered once it has seen the pool as this server has
+        remote.rpc_url = forward.caught_up(ctx.services, url)
     ctx.require(Capability.MIGRATE)
     for obj in objs:
         vms.not_control_domain(obj, "migrated")
@@ -405,7 +442,11 @@ async def migrate(ctx, objs, destination_url, live, step=None, depends=None, ori
     records = {o.ref: leaving_record(ctx, o, (depends or {}).get(o.ref)) for o in objs}
     first = objs[0].ref if objs else ""
     try:
-        await in_thread(ctx, remote, remote.login, originator)
+        if remote.pooled:  # as the caller, with the pool's secret
+            await in_thread(ctx, remote, remote.pool_login, ctx.services.store.secret,
+                            ctx.session.values["this_user"] if ctx.session else "root", ctx.role, originator)
+        else:
+            await in_thread(ctx, remote, remote.login, originator)
         await in_thread(ctx, remote, remote.call, "VM.migrate_check", remote.session, list(records.values()))
     except Refused as exc:
         await logout(remote)
@@ -435,7 +476,8 @@ async def migrate(ctx, objs, destination_url, live, step=None, depends=None, ori
                     await send(obj)
             else:
                 await step(send, roll_back)
-            await in_thread(ctx, remote, rebuild_sched_domains, ctx, remote, travelling)
+            if not remote.pooled:  # a pool shares its scheduling domains
+                await in_thread(ctx, remote, rebuild_sched_domains, ctx, remote, travelling)
         except BaseException:
             for ref in reversed(list(departures)):
                 with contextlib.suppress(XenAPIError):
@@ -486,12 +528,13 @@ def check_arrivals(ctx, records):
     for record in records:
         uuid, name = record.get("uuid", ""), record.get("name_label", "")
         known = ctx.db.by_uuid_index.get(("VM", uuid))
-        if known is not None and known.values["power_state"] != "Halted":
+        pooled = known is not None and not hosts.is_local(ctx.db, known.values["resident_on"])  # from its host
+        if known is not None and known.values["power_state"] != "Halted" and not pooled:
             raise XenAPIError("VM_BAD_POWER_STATE", known.ref, "halted", known.values["power_state"].lower())
         if name in names or any(o.uuid != uuid for o in ctx.db.find_by("VM", "name_label", name)):
             raise XenAPIError("VALUE_NOT_SUPPORTED", "name_label", name, "another VM has this name")
         names.add(name)
-        values = vms.values_from_image(ctx, record)
+        values = known.values if pooled else vms.values_from_image(ctx, record)
         pool = placement.pool_named(ctx.db, values["pool_name"])
         if pool is None:
             raise XenAPIError("VALUE_NOT_SUPPORTED", "pool_name", values["pool_name"],
@@ -580,6 +623,7 @@ async def receive(ctx, record, size, start_paused):
         if record.get(IMAGE_EXTRA):
             await ctx.call_backend(ctx.backend.take_image, incoming.path, record[IMAGE_EXTRA])
         outcome = await vms.receive(ctx, record, incoming.path, start_paused)
+        await ctx.services.commit(ctx.db.last_seq)  # recorded before the sender hears it runs here
     except XenAPIError as exc:
         outcome = exc
         raise

@@ -26,7 +26,8 @@ log = logging.getLogger("xend_ext")
 
 #: latency buckets (seconds) of xend_ext_call_duration_seconds
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-LOGINS = ("session.login_with_password", "session.slave_local_login_with_password")
+#: the login calls whose failures are audited, and where their user name is among the params (never a secret)
+LOGINS = {"session.login_with_password": 0, "session.slave_local_login_with_password": 0, "session.pool_login": 1}
 
 
 class Observer:
@@ -75,7 +76,8 @@ class Observer:
         if method in self.mutating:
             self._audit(method, params, reply, failed)
         elif failed and method in LOGINS:
-            user = params[0] if params and isinstance(params[0], str) else "?"
+            at = LOGINS[method]
+            user = params[at] if len(params) > at and isinstance(params[at], str) else "?"
             self.audit(f"user={_word(user)} call={method} result={_outcome(reply)}")
 
     def _audit(self, method: str, params: tuple, reply: Any, failed: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import gc
 import importlib
 import inspect
@@ -196,14 +197,14 @@ class Server:
             self.backend.watch(lambda kind, ident: loop.call_soon_threadsafe(self._outside_change, kind, ident))
             await self._listen()
             if self.config.cluster:
-                await self._publish_address(ctx)
+                await self._publish_address()
         except BaseException:
             if self.liveness is not None:
                 await self.liveness.close()
             await self.store.close()
             raise
 
-    async def _publish_address(self, ctx: Context) -> None:
+    async def _publish_address(self) -> None:
         """The URL the other hosts of the pool reach this one at, in its host record."""
         url = self.config.cluster_address or next((a for a in self.addresses if not a.startswith("unix:")), "")
         url = url.replace("//0.0.0.0:", f"//{socket.getfqdn()}:").replace("//[::]:", f"//{socket.getfqdn()}:")
@@ -301,9 +302,20 @@ class Server:
             return migration.finish(request)
         if path == "/jsonrpc":
             return jsonrpc.handle(self.dispatcher, request)
+        if path.startswith(forward.PATH) and method == "POST":
+            return self._forwarded(request)
         if path not in ("/", "/RPC2"):
             return 404, "text/plain", b"Xen-API is served on POST / and POST /RPC2\n"
         return 405, "text/plain", b"Xen-API needs POST\n"
+
+    async def _forwarded(self, request: Request) -> Response:
+        """A call another host of the pool hands over (xend_ext.forward), answered once this server
+        has seen the pool as that host had it (its etcd revision, the rest of the path)."""
+        revision = request.path.removeprefix(forward.PATH)
+        if revision.isdigit() and self.config.cluster:
+            await self.store.reached(int(revision))
+        result = self.handle(dataclasses.replace(request, path="/"))
+        return (await result) if inspect.isawaitable(result) else result
 
     def _respond(self, result: Any) -> Response | Awaitable[Response]:
         if type(result) is tuple:

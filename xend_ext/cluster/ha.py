@@ -9,8 +9,8 @@ others' compares fail and they take the winner's record from the watch like any 
 - Without HA (``pool.ha_enabled`` false, or the VM not ``auto_power_on``) the record says
   ``power_state`` ``Unknown``, still resident on the lost host: nobody knows whether it runs.
 - With HA and ``auto_power_on`` the record says ``Halted`` (halted by the loss, resident
-  nowhere), and the winner, and it alone, starts the VM again (on itself until placement picks
-  a host for it).
+  nowhere), and the winner, and it alone, starts the VM again: ``VM.start``, which places it on a
+  live host (xend_ext.hosts.place) and has that host start it.
 
 The transaction is the claim: it needs the lost host's lease to be gone (so its VMs are never
 taken while it may still renew it) and it can succeed once per record revision, so two servers
@@ -133,10 +133,12 @@ class PoolHA:
             return
         ctx = Context(self.services, "ha")
         try:
-            await vm.start(ctx, obj.ref, False, False)
+            await vm.start(ctx, obj.ref, False, False)  # placed on a live host (xend_ext.hosts.place)
             await self.services.commit(self.db.last_seq)
             self.restarted += 1
-            log.info("HA: VM %s restarted here", obj.values["name_label"])
+            where = self.db.find(obj.values["resident_on"])
+            log.info("HA: VM %s restarted on host %s", obj.values["name_label"],
+                     where.uuid if where is not None else obj.values["resident_on"])
         except Exception as exc:  # noqa: BLE001 - it stays halted; the log says why
             log.warning("HA: VM %s could not be restarted: %s", obj.values["name_label"], exc)
 

@@ -115,6 +115,8 @@ class ClusterStore:
         self.known: dict[bytes, int] = {}
         self.held: dict[bytes, tuple[int, dict | None]] = {}
         self.seen = 0  # the newest revision the watch has brought
+        self.committed = 0  # the revision of this server's last transaction
+        self._reaching: list[tuple[int, asyncio.Future[None]]] = []  # calls waiting for the watch (reached)
         self._writer = self.prefix + b"w/" + _writer_id(self.state_dir).encode()
         self.secret = ""
         self._batch_ids = (f"{uuid.uuid4().hex[:12]}-{n}".encode() for n in itertools.count())
@@ -244,6 +246,7 @@ class ClusterStore:
                             raise Conflict(self.prefix.decode())
                         for key in chunk:
                             self.known[key] = revision
+                        self.committed = max(self.committed, revision)
                 except WriteRefused as exc:
                     self._inflight = set()
                     self._refuse(exc)
@@ -345,8 +348,33 @@ class ClusterStore:
                 behind = True
                 await asyncio.sleep(RETRY)
 
-    def _changed(self, key: bytes, revision: int, value: dict | None) -> None:
+    def revision(self) -> int:
+        """The pool's state as this server knows it: the newest revision it wrote or watched."""
+        return max(self.seen, self.committed)
+
+    async def reached(self, revision: int, timeout: float = CALL_TIMEOUT) -> None:
+        """Once the watch has brought everything up to ``revision`` (another host's state when it
+        forwarded a call here), or after ``timeout`` s: the call then answers from what is here."""
+        if revision <= self.seen or self._state != "open":
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._reaching.append((revision, fut))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    def _saw(self, revision: int) -> None:
         self.seen = max(self.seen, revision)
+        if self._reaching:
+            still = []
+            for wanted, fut in self._reaching:
+                if wanted > self.seen:
+                    still.append((wanted, fut))
+                elif not fut.done():
+                    fut.set_result(None)
+            self._reaching = still
+
+    def _changed(self, key: bytes, revision: int, value: dict | None) -> None:
+        self._saw(revision)
         if revision <= self.known.get(key, 0):
             return  # ours, or older than what the model holds
         if key in self._queued or key in self._inflight:
@@ -383,7 +411,7 @@ class ClusterStore:
             self._changed(kv.key, kv.mod_revision, json.loads(kv.value))
         for key in [k for k in self.known if k.startswith(self._objects) and k not in present]:
             self._changed(key, found.header.revision, None)
-        self.seen = found.header.revision
+        self._saw(found.header.revision)
 
     # ------------------------------------------------------------------ helpers
 
