@@ -92,6 +92,10 @@ def test_a_frozen_host_is_shown_not_live_within_its_lease_then_live_again(pool):
         asked = time.monotonic()
         assert failure(xa.VM.pause, vm)[:2] == ["HOST_OFFLINE", hosts[1]]
         assert time.monotonic() - asked < 5  # not the 900 s a forwarded call may wait for its answer
+        # placement passes it over, even for a VM whose affinity host it is
+        drawn = new_vm(xa, unique("drawn"), affinity=hosts[1])
+        xa.VM.start(drawn, False, False)
+        assert xa.VM.get_resident_on(drawn) in (hosts[0], hosts[2])
     finally:
         pool.servers[1].proc.send_signal(signal.SIGCONT)
     assert seen_after <= LEASE + SLACK
