@@ -16,6 +16,10 @@ The transaction is the claim: it needs the lost host's lease to be gone (so its 
 taken while it may still renew it) and it can succeed once per record revision, so two servers
 noticing together, or noticing again later, never restart a VM twice.
 
+**A host cut off** (its server runs but cannot renew its lease for 3/4 of its time) fences
+itself when HA is on: it stops its auto_power_on VMs' domains, which the pool is about to
+restart elsewhere, before etcd can expire its lease.
+
 **A host returning** (it took a new lease after its old one expired, or it starts after a
 crash) settles before anything else: for each VM its hypervisor runs or its model says it runs,
 it reads the VM's record from etcd. A record that says the VM resides elsewhere (or nowhere: it
@@ -66,8 +70,6 @@ class PoolHA:
         self.db = services.db
         self.store = services.store
         self.liveness = liveness
-        self.restarted = 0  # VMs this server restarted for a lost host
-        self.stopped = 0  # copies this server stopped on its return
 
     def changed(self, uuid: str, live: bool) -> None:
         host = self.db.by_uuid_index.get(("host", uuid))
@@ -135,7 +137,6 @@ class PoolHA:
         try:
             await vm.start(ctx, obj.ref, False, False)  # placed on a live host (xend_ext.hosts.place)
             await self.services.commit(self.db.last_seq)
-            self.restarted += 1
             where = self.db.find(obj.values["resident_on"])
             log.info("HA: VM %s restarted on host %s", obj.values["name_label"],
                      where.uuid if where is not None else obj.values["resident_on"])
@@ -194,7 +195,6 @@ class PoolHA:
                         log.warning("VM %s runs elsewhere now (restarted while this host was not live): "
                                     "stopping this host's copy", obj.values["name_label"])
                         await ctx.call_backend(backend.shutdown, uuid, False)
-                        self.stopped += 1
                 elif await self._caught_up(key, found.mod_revision):
                     async with ctx.lock(obj.ref):
                         vm.apply_domain(ctx, obj, domain)
