@@ -10,7 +10,7 @@ _xm() {
     done
     local opts
     case $cmd in
-        '') COMPREPLY=($(compgen -W 'console cpu-occupy cpu-policy cpupool-cpu-add cpupool-cpu-remove cpupool-create cpupool-delete cpupool-destroy cpupool-list cpupool-migrate cpupool-new cpupool-numa-split cpupool-rename cpupool-start create delete destroy dmesg domid domname event-monitor grp-create grp-delete grp-destroy grp-join grp-list grp-migrate grp-new grp-pause grp-reboot grp-restore grp-resume grp-save grp-shutdown grp-start grp-suspend grp-unpause info list log mem-max mem-set migrate new pause pool-cpu-add pool-cpu-remove pool-create pool-delete pool-destroy pool-list pool-migrate pool-new pool-start reboot rename reset restore resume save sched-credit sdom-add sdom-create sdom-destroy sdom-list sdom-remove setmaxmem setmem setvcpus shutdown start suspend top unpause uptime vcpu-list vcpu-pin vcpu-set --url -u --user -p --password -k --insecure' -- "$cur")); return ;;
+        '') COMPREPLY=($(compgen -W 'console cpu-occupy cpu-policy cpupool-cpu-add cpupool-cpu-remove cpupool-create cpupool-delete cpupool-destroy cpupool-list cpupool-migrate cpupool-new cpupool-numa-split cpupool-rename cpupool-start create delete destroy dmesg domid domname event-monitor grp-create grp-delete grp-destroy grp-join grp-list grp-migrate grp-new grp-pause grp-reboot grp-restore grp-resume grp-save grp-shutdown grp-start grp-suspend grp-unpause host-list info list log mem-max mem-set migrate new pause pool-cpu-add pool-cpu-remove pool-create pool-delete pool-destroy pool-ha-disable pool-ha-enable pool-list pool-migrate pool-new pool-start reboot rename reset restore resume save sched-credit sdom-add sdom-create sdom-destroy sdom-list sdom-remove setmaxmem setmem setvcpus shutdown start suspend top unpause uptime vcpu-list vcpu-pin vcpu-set --url -u --user -p --password -k --insecure' -- "$cur")); return ;;
         console) opts='--help' ;;
         cpu-occupy) opts='--help --clear --json' ;;
         cpu-policy) opts='--help --json' ;;
@@ -48,6 +48,7 @@ _xm() {
         grp-start) opts='--help -p --paused' ;;
         grp-suspend) opts='--help' ;;
         grp-unpause) opts='--help' ;;
+        host-list) opts='--help --json' ;;
         info) opts='--help --json' ;;
         list) opts='--help -l --long --json --pool' ;;
         log) opts='--help --json' ;;
@@ -61,6 +62,8 @@ _xm() {
         pool-create) opts='--help -f --defconfig -F --config -n --dryrun --path' ;;
         pool-delete) opts='--help' ;;
         pool-destroy) opts='--help' ;;
+        pool-ha-disable) opts='--help' ;;
+        pool-ha-enable) opts='--help' ;;
         pool-list) opts='--help -l --long -c --cpus --json' ;;
         pool-migrate) opts='--help' ;;
         pool-new) opts='--help -f --defconfig -F --config -n --dryrun --path' ;;

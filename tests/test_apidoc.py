@@ -55,7 +55,7 @@ def test_the_readme_points_into_the_repository():
 def test_every_field_has_a_doc_and_every_enum_its_values(api):
     undocumented = [f"{c}.{f}" for c, cls in api["classes"].items() for f, d in cls["fields"].items() if not d["doc"]]
     assert undocumented == []
-    assert api["enums"]["vm_power_state"] == ["Halted", "Running", "Paused", "Suspended"]
+    assert api["enums"]["vm_power_state"] == ["Halted", "Running", "Paused", "Suspended", "Unknown"]
     assert api["errors"]["VM_BAD_POWER_STATE"]["params"] == ["vm", "expected", "actual"]
 
 

@@ -15,6 +15,11 @@ def _free_cpus(db, host):
     return hosts.fact(db, host, "free_cpus", lambda db, h: hosts.local_free_cpus(db.backend), _int)
 
 
+def _live(db, host):
+    """Alone, always; in a pool, whether the host holds its etcd lease (xend_ext.cluster.liveness)."""
+    return db.liveness is None or db.liveness.is_live(host.uuid)
+
+
 def _capabilities(db, host):
     """What the backend can do (NOT_IMPLEMENTED [capability] names a missing one) and, as
     sched:<name>, the schedulers a CPU pool can have here: a client can look before it calls."""
@@ -62,6 +67,10 @@ host = XenAPIClass(
               doc="in a pool, the live state this host last published for the others (memory_total, "
                   "memory_free, free_cpus, capabilities, pool:<uuid> = scheduler and CPUs of each active CPU "
                   "pool), written when it changes; empty alone"),
+        Field("live", T.Bool, RO, compute=_live,
+              doc="in a pool, whether the host holds its etcd lease (renewed by its server; lost within "
+                  "serve --cluster-lease seconds when the server is killed, frozen or cut from etcd), as "
+                  "XAPI's host_metrics.live; always true alone"),
     ],
     default_role=POOL_ADMIN,
 )

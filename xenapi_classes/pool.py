@@ -18,6 +18,10 @@ pool = XenAPIClass(
         Field("name_description", T.String, RW),
         Field("master", T.Ref("host"), RO, doc="the host this server runs on"),
         Field("other_config", T.Map(T.String, T.String), RW),
+        Field("ha_enabled", T.Bool, RW,
+              doc="in a pool of hosts on etcd: when a host is no longer live, its running auto_power_on "
+                  "VMs are restarted on another live host, once (xend_ext.cluster.ha); off: they are shown "
+                  "with power_state Unknown until their host returns"),
     ],
     default_role=POOL_ADMIN,
 )

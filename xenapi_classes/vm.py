@@ -41,7 +41,8 @@ log = logging.getLogger("xend_ext.vm")
 MIB = 1 << 20
 MAX_VCPUS = 128
 DEFAULT_WEIGHT, DEFAULT_CAP = 256, 0
-POWER = T.Enum("vm_power_state", "Halted", "Running", "Paused", "Suspended")
+# Unknown: resident on a host of the pool that is not live (Xen-API 1.0 had it; XAPI dropped it)
+POWER = T.Enum("vm_power_state", "Halted", "Running", "Paused", "Suspended", "Unknown")
 LIVE_STATES = ("Running", "Paused")
 
 

@@ -188,6 +188,8 @@ class Peers:
         address = obj.values["address"] if obj is not None else ""
         if not address:
             raise XenAPIError("HOST_OFFLINE", host, "the host has published no address (host.address)")
+        if ctx.db.liveness is not None and not ctx.db.liveness.is_live(obj.uuid):  # frozen or gone: no waiting
+            raise XenAPIError("HOST_OFFLINE", host, "it does not hold its etcd lease (host.live is false)")
         url = caught_up(self.services, address)
         user = ctx.session.values["this_user"] if ctx.session is not None else "root"
         caller = (address, user, ctx.role)

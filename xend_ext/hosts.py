@@ -193,6 +193,8 @@ def active_pool(db, pool):
 def unfit(db, host, values) -> str | None:
     """Why ``host`` cannot run a VM of definition ``values`` now (None when it can): its CPU pool
     of the VM's pool name must be active there with pCPUs, and the host must have its memory free."""
+    if db.liveness is not None and not db.liveness.is_live(host.uuid):  # xend_ext.cluster.liveness
+        return f"{label(host)} is not live"
     name = values["pool_name"] or POOL0
     pool = pool_named(db, name, host.ref)
     if pool is None:

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster-address", metavar="URL",
                        help="the Xen-API URL the other hosts of the pool reach this one at, published as "
                             "host.address (default: the first --listen address)")
+    serve.add_argument("--cluster-lease", type=int, default=5, metavar="SECONDS",
+                       help="this host's etcd lease: the pool shows it not live that long after its server "
+                            "stops renewing it (killed, frozen, cut from etcd); renewed every third (default 5)")
     serve.add_argument("--verify-state", action="store_true",
                        help="validate the snapshot against the state schema as it loads (it always is when "
                             "written, and when loaded after an upgrade)")
@@ -179,6 +182,7 @@ def _config(args: argparse.Namespace):
                   insecure_no_auth=args.insecure_no_auth, verify_state=args.verify_state,
                   cluster=_cluster(args.cluster), cluster_prefix=args.cluster_prefix,
                   cluster_address=args.cluster_address,
+                  cluster_lease=_lease(args.cluster_lease),
                   audit_log=None if args.audit_log == "none" else Path(args.audit_log or state_dir / "audit.log")
                   .absolute(), **connections)
 
@@ -192,6 +196,12 @@ def _cluster(endpoints: str | None) -> str | None:
             raise ValueError(f"--cluster needs the etcd client ({exc}): pip install 'xend-ext[cluster]'") from None
         parse_endpoints(endpoints)
     return endpoints or None
+
+
+def _lease(seconds: int) -> int:
+    if seconds < 1:
+        raise ValueError("--cluster-lease must be at least 1 second (etcd rounds it up to its own minimum)")
+    return seconds
 
 
 class CannotStart(Exception):

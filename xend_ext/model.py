@@ -103,6 +103,7 @@ class Database:
         self._highest: dict[tuple[str, str], Any] = {}
         self.backend: Any = None  # computed fields read live facts through it
         self.host_uuid: str | None = None  # this server's host in a pool (xend_ext.hosts); None alone
+        self.liveness: Any = None  # in a pool, which hosts hold their lease (xend_ext.cluster.liveness)
         self.last_seq = 0  # the newest journal record this model has written
         # (seq, op, inverse, change) of every record not yet known durable, to take back a write
         # the disk refused; ops kept then (they mirror the hypervisor) wait in ``relog``

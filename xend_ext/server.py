@@ -82,6 +82,7 @@ class Config:
     cluster: str | None = None  # etcd endpoints of the pool (xend_ext.cluster); None: the embedded store
     cluster_prefix: str = "/xend-ext/"
     cluster_address: str | None = None  # the Xen-API URL other hosts of the pool reach this one at
+    cluster_lease: int = 5  # seconds of this host's etcd lease: not live that long after it stops renewing
 
 
 def make_backend(config: Config):
@@ -142,6 +143,7 @@ class Server:
         self.addresses: list[str] = []
         self.observer: observe.Observer | None = None
         self._audit_writer = None
+        self.liveness = None  # in a pool: this host's lease (xend_ext.cluster.liveness)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,6 +178,10 @@ class Server:
             self.observer = observe.Observer(self.dispatcher, self.services, self.gates, self._audit_writer)
             ctx = Context(self.services, "start")
             current_change.set(Change(live=True))  # reconciling records what the hypervisor has
+            if self.config.cluster:  # this host's lease; its VMs settled before they are reconciled
+                from .cluster import ha
+
+                self.liveness = await ha.join(self.services)
             for hook in self.registry.on_start:
                 result = hook(ctx)
                 if asyncio.iscoroutine(result):
@@ -193,6 +199,8 @@ class Server:
             if self.config.cluster:
                 await self._publish_address()
         except BaseException:
+            if self.liveness is not None:
+                await self.liveness.close()
             await self.store.close()
             raise
 
@@ -341,6 +349,8 @@ class Server:
         for gate in self.gates:
             for conn in list(gate.connections):
                 conn.close()
+        if self.liveness is not None:  # given back: the pool sees this host not live at once
+            await self.liveness.close()
         await self.store.close()
         if self.backend is not None:
             self.backend.close()

@@ -66,6 +66,25 @@ def use_up_last_page(proxy, s: str, host: str, tag: str = "pad") -> None:
             raise AssertionError("the disk never refused a write")
 
 
+def end_journal_on_a_page(proxy, s: str, host: str, state: Path, tag: str) -> None:
+    """Before the disk fills: one record ends the journal exactly at a page of the tmpfs, so that
+    any later record needs a new page and is refused, whatever its size (left to chance, a record
+    smaller than the smallest pad still fitted in the last page's rest)."""
+    page = os.statvfs(state).f_bsize
+    path = journal.list_files(state)[-1].path
+    before = path.stat().st_size
+    ok(proxy.host.add_to_other_config(s, host, f"{tag}m", "p"))
+    overhead = path.stat().st_size - before - 1  # the record's bytes but its value's
+    for attempt in range(3):  # the seq may have grown a digit since it was measured
+        need = -path.stat().st_size % page
+        while need < overhead + 1:
+            need += page
+        ok(proxy.host.add_to_other_config(s, host, f"{tag}{attempt}", "p" * (need - overhead)))
+        if path.stat().st_size % page == 0:
+            return
+    raise AssertionError(f"the journal does not end on a page: {path.stat().st_size} bytes")
+
+
 def refused(reply: dict, advice_says: str = "not made") -> None:
     code, cause, advice = fails(reply)
     assert code == "STORE_WRITE_FAILED"
@@ -95,6 +114,7 @@ def test_full_disk_refuses_changes_serves_reads_and_recovers(make_server, small_
     vm = ok(new_vm(proxy, s, "before"))
     ok(new_vm(proxy, s, "gone"))
     ok(proxy.host.add_to_other_config(s, host, "k0", "v0"))
+    end_journal_on_a_page(proxy, s, host, state, "end")
     filler = fill(small_disk)
     use_up_last_page(proxy, s, host)
     token = ok(proxy.event.__getattr__("from")(s, ["VM", "host"], "", 0.1))["token"]
@@ -131,6 +151,7 @@ def test_full_disk_refuses_changes_serves_reads_and_recovers(make_server, small_
     assert other["k0"] == "v0" and "k1" not in other
 
     # Full again, on the running server.
+    end_journal_on_a_page(proxy, s, host, state, "again-end")
     filler = fill(small_disk)
     use_up_last_page(proxy, s, host, "again")
     refused(new_vm(proxy, s, "during"))

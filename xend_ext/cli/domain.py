@@ -25,7 +25,8 @@ def list_domains(client: Client, args) -> int:
 
     Mem and VCPUs are what a running domain has now, else what it gets at its next start. Time(s)
     is the seconds since the domain started (the server reports no CPU time; 0.0 when halted).
-    State: r----- running, --p--- paused, ---s-- suspended, ------ halted.
+    State: r----- running, --p--- paused, ---s-- suspended, ------ halted, ?????? unknown (in a
+    pool, its host is not live).
     """
     if args.pool and args.domains:
         raise UsageError("You may specify either a pool or a particular VM, but not both")

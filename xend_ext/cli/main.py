@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from . import alloc, cpupool, domain, events, groups, host, misc, sched, sdom
+from . import alloc, cpupool, domain, events, groups, host, hosts, misc, sched, sdom
 from .args import Exclusive, UsageError, arg, flush_notes
 from .client import Client
 from .connection import CliError, XenAPIFailure, catch_interrupts, default_url, forget_interrupt, read_conf
 from .errors import explain
 
-GROUPS = (host, domain, misc, sched, alloc, cpupool, sdom, groups, events)
+GROUPS = (host, domain, misc, sched, alloc, cpupool, sdom, groups, events, hosts)
 
 
 def describe(func) -> tuple[str, str]:

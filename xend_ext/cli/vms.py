@@ -19,7 +19,9 @@ from .connection import CliError, XenAPIFailure
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 LIVE = ("Running", "Paused")
 #: xend's six state letters: running, blocked, paused, shutdown, crashed, dying
-STATE_LETTERS = {"Running": "r-----", "Paused": "--p---", "Suspended": "---s--", "Halted": "------"}
+#: and ?????? when its host of the pool is not live (power_state Unknown)
+STATE_LETTERS = {"Running": "r-----", "Paused": "--p---", "Suspended": "---s--", "Halted": "------",
+                 "Unknown": "??????"}
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 

@@ -12,6 +12,7 @@ Keys under the prefix (``/xend-ext/`` unless ``--cluster-prefix``)::
 
     o/<class>/<ref>   one persistent object: its stored fields, encoded as the journal has them (JSON)
     w/<writer>        the id of the last batch a server wrote (an unknown outcome is looked up here)
+    l/<host uuid>     empty, on the host's lease: the host is live while it exists (liveness.py, ha.py)
     secret            the pool's secret: servers open sessions to each other with it (xend_ext.forward)
 """
 
