@@ -6,6 +6,7 @@ state files."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -187,6 +188,8 @@ def test_xm_lists_the_pools_hosts_and_turns_ha_on_and_off(pool):
         running = [v for v in xs[0].host.get_resident_VMs(h) if not xs[0].VM.get_is_control_domain(v)]
         assert int(row[4]) == len(running)
         assert int(row[5]) == int(xs[0].host.get_memory_free(h)) >> 20
+    for server, h in zip(pool.servers, hosts, strict=True):  # xm info: the host of the server it asks
+        assert json.loads(ok(xm(server, "info", "--json")))["uuid"] == xs[0].host.get_uuid(h)
     ok(xm(pool.servers[2], "pool-ha-enable"))
     assert until(lambda: views(xs, lambda x: x.pool.get_ha_enabled, xs[0].pool.get_all()[0]) == [True] * 3)
     ok(xm(pool.servers[0], "pool-ha-disable"))

@@ -35,6 +35,11 @@ class Client:
     def call(self, method: str, *args):
         return self.connection.call(method, *args)
 
+    def this_host(self) -> str:
+        """The host of the server the command talks to (in a pool each server is its own host, and
+        ``host.get_all`` lists them all)."""
+        return self.call("session.get_this_host", self.connection.session)
+
     def remember(self, ref: str, record: dict) -> None:
         """Note a VM's name under its ref and its uuid (errors may carry either)."""
         name = record.get("name_label", "")

@@ -85,7 +85,7 @@ def _show_sched(record: dict, client: Client, cache: dict[str, str]) -> str:
     if record["sched_policy"]:
         return record["sched_policy"]
     if "host" not in cache:
-        cache["host"] = client.call("host.get_sched_policy", client.call("host.get_all")[0])
+        cache["host"] = client.call("host.get_sched_policy", client.this_host())
     return cache["host"]
 
 

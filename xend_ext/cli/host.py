@@ -10,7 +10,7 @@ MIB = 1 << 20
 
 def info(conn, args) -> int:
     """Show the host: CPUs, memory, versions, free CPUs, and what its backend can do."""
-    host = conn.call("host.get_all")[0]
+    host = conn.this_host()
     rec = conn.call("host.get_record", host)
     cfg = rec["cpu_configuration"]
     sw = rec["software_version"]

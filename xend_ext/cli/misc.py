@@ -156,7 +156,7 @@ def log(client: Client, args) -> int:
 
 
 def _backend(client: Client) -> str:
-    host = client.call("host.get_all")[0]
+    host = client.this_host()
     version = client.call("host.get_software_version", host)
     if "libvirt" in version:
         return "libvirt"

@@ -179,5 +179,5 @@ def select(client: Client, names: list[str]) -> list[Domain]:
 
 
 def host_cpus(client: Client) -> int:
-    host = client.call("host.get_all")[0]
+    host = client.this_host()
     return len(client.call("host.get_host_CPUs", host))
