@@ -111,10 +111,9 @@ class PoolHA:
         key = self._key(obj)
         marked = {"power_state": "Halted", "resident_on": NULL_REF, "domid": -1} if restart else {
             "power_state": "Unknown"}
-        values = {f.name: f.type.encode(marked.get(f.name, obj.values[f.name])) for f in obj.cls.stored_fields()}
         t = client.transactions
         compare = [t.create(self.liveness.keys + uuid.encode()) == 0, t.mod(key) == store.known.get(key, 0)]
-        success = [t.put(key, json.dumps(values, separators=(",", ":")).encode())]
+        success = [t.put(key, store.encode(store.record(obj, marked)))]
         try:
             ok, responses = await client.transaction(compare=compare, success=success, failure=[])
         except Exception as exc:  # noqa: BLE001 - etcd unreachable: another server will do it
@@ -205,7 +204,7 @@ class PoolHA:
     # ------------------------------------------------------------------ helpers
 
     def _key(self, obj) -> bytes:
-        return self.store.prefix + f"o/{obj.cls.name}/{obj.ref}".encode()
+        return self.store.key(obj.cls.name, obj.ref)
 
     async def _caught_up(self, key: bytes, revision: int) -> bool:
         """Wait until this server's model holds the object at ``revision`` or later."""

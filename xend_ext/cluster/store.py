@@ -156,7 +156,7 @@ class ClusterStore:
     async def refresh(self, cname: str, ref: str) -> None:
         """Bring one object up to etcd's value now (a change another host made for our caller, which
         the watch may not have brought yet); applied as the watch would."""
-        key = self._key(cname, ref)
+        key = self.key(cname, ref)
         found = await self.client.get(key)
         if found is not None:
             self._changed(key, found.mod_revision, json.loads(found.value))
@@ -212,7 +212,7 @@ class ClusterStore:
             raise StoreError(f"cluster store is {self._state}; cannot record {op[:3]!r}")
         encode_op(op, self._classes)  # a malformed op is a bug: refused here, never sent
         self._queue.append((op[1], op[2], op))
-        self._queued.add(self._key(op[1], op[2]))
+        self._queued.add(self.key(op[1], op[2]))
         self._last_seq += 1
         return self._last_seq
 
@@ -263,11 +263,10 @@ class ClusterStore:
         the batch's ops, which are all it was given (None: destroyed)."""
         values: dict[bytes, dict | None] = {}
         for cname, ref, _op in batch:
-            key = self._key(cname, ref)
+            key = self.key(cname, ref)
             if key not in values:
                 obj = self._db.by_ref.get(ref)
-                values[key] = None if obj is None else {
-                    f.name: f.type.encode(obj.values[f.name]) for f in obj.cls.stored_fields()}
+                values[key] = None if obj is None else self.record(obj)
         return values
 
     async def _commit(self, values: dict[bytes, dict | None]) -> int | None:
@@ -275,8 +274,7 @@ class ClusterStore:
         t = self.client.transactions
         compare = [t.mod(key) == self.known.get(key, 0) for key in values]
         batch_id = next(self._batch_ids)
-        success = [t.put(key, json.dumps(v, separators=(",", ":")).encode()) if v is not None else t.delete(key)
-                   for key, v in values.items()]
+        success = [t.put(key, self.encode(v)) if v is not None else t.delete(key) for key, v in values.items()]
         success.append(t.put(self._writer, batch_id))
         sent = False
         while True:
@@ -415,8 +413,19 @@ class ClusterStore:
 
     # ------------------------------------------------------------------ helpers
 
-    def _key(self, cname: str, ref: str) -> bytes:
+    def key(self, cname: str, ref: str) -> bytes:
+        """The etcd key of an object of the pool."""
         return self._objects + f"{cname}/{ref}".encode()
+
+    @staticmethod
+    def record(obj, changes: dict | None = None) -> dict:
+        """The object's stored fields as its key holds them (``changes`` instead of its values)."""
+        changes = changes or {}
+        return {f.name: f.type.encode(changes.get(f.name, obj.values[f.name])) for f in obj.cls.stored_fields()}
+
+    @staticmethod
+    def encode(record: dict) -> bytes:
+        return json.dumps(record, separators=(",", ":")).encode()
 
     def _split(self, key: bytes) -> tuple[str, str]:
         cname, _, ref = key[len(self._objects):].decode().partition("/")
