@@ -1,0 +1,193 @@
+"""libvirt's own peer-to-peer live migration between two xend-ext servers (issue 21, item 3).
+
+Two private libvirtds of the real-KVM stage (tests/realkvm.py: ``daemon(0)`` and ``daemon(1)``,
+distinct host uuids and migration ports) each run by a xend-ext server told its own daemon's URI
+(``--libvirt-migrate-uri``, the stream on 127.0.0.1). A running guest, then a two-member group
+through ``xm grp-migrate --live``, move live through the Xen-API of the two servers, checked in
+``virsh list`` on both daemons and by the guest's CPU time still growing on the destination.
+Failures: a destination that refuses (a VM of the same name there) and a migration that fails in
+the destination's QEMU (the guest's kernel file deleted after it started: QEMU cannot start
+there) leave the VM running on the source and nothing on the destination; in a group, the member
+already moved comes back. The downtime (libvirt's figure, from the destination) and total time
+are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+
+import pytest
+import XenAPI
+from conftest import ServerProcess
+from hosts import KvmHost
+from realkvm import GUEST, daemon
+from vmkit import MIB, new_vm, unique
+from xmkit import ok, xm
+
+pytestmark = [pytest.mark.realkvm, pytest.mark.timeout(240)]
+
+MEMORY = 32 * MIB  # the tiny guest needs no more; its memory is what pre-copy sends
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Server A on the stage's libvirtd, server B on a second one; both offer live migration."""
+    here, there = daemon(0), daemon(1)
+    root = tmp_path_factory.mktemp("p2p")
+    a = ServerProcess(root / "a", unix=False, host=KvmHost(0, migrate=True)).start()
+    b = ServerProcess(root / "b", unix=False, host=KvmHost(1, migrate=True)).start()
+    yield a, b, here, there
+    a.stop()
+    b.stop()
+    here.clean()
+    there.stop()
+
+
+def login(server):
+    session = XenAPI.Session(server.url)
+    session.xenapi.login_with_password("root", "", "1.0", "p2p")
+    return session.xenapi
+
+
+@pytest.fixture
+def hosts(pair):
+    a, b, here, there = pair
+    x, y = login(a), login(b)
+    yield x, y, pair
+    for api in (x, y):  # whatever a test left, on either server
+        for vm in api.VM.get_all():
+            if api.VM.get_is_control_domain(vm):
+                continue
+            if api.VM.get_power_state(vm) != "Halted":
+                api.VM.hard_shutdown(vm)
+            api.VM.destroy(vm)
+        for group in api.VM_group.get_all():
+            if api.VM_group.get_name_label(group).startswith(("grp-", "half-")):  # ours, not the default group
+                api.VM_group.destroy(group)
+
+
+def guest(x, name, kernel=str(GUEST), order=0):
+    vm = new_vm(x, name, memory_target=str(MEMORY), memory_static_max=str(MEMORY), VCPUs_at_startup="1",
+                VCPUs_max="1", PV_kernel=kernel, PV_args="burn", order=str(order))
+    x.VM.start(vm, False, False)
+    return vm
+
+
+def listed(libvirtd):
+    """virsh list: name -> state, of every domain the daemon has (running or defined)."""
+    rows = libvirtd.virsh("list", "--all").splitlines()[2:]
+    return {cols[1]: " ".join(cols[2:]) for cols in (r.split() for r in rows) if len(cols) >= 3}
+
+
+def cpu_time(libvirtd, name):
+    return float(re.search(r"CPU time:\s+([\d.]+)s", libvirtd.virsh("dominfo", name)).group(1))
+
+
+def runs(libvirtd, name):
+    """It runs there, and its vCPU goes on spinning: its CPU time grows."""
+    before = cpu_time(libvirtd, name)
+    time.sleep(1.0)
+    assert listed(libvirtd)[name] == "running" and cpu_time(libvirtd, name) > before + 0.2
+
+
+def migrate(x, vm, url):
+    """Async.VM.migrate live; the task's record and the seconds it took."""
+    began = time.monotonic()
+    task = x.Async.VM.migrate(vm, url, True)
+    while x.task.get_status(task) == "pending":
+        time.sleep(0.1)
+    took = time.monotonic() - began
+    record = x.task.get_record(task)
+    x.task.destroy(task)
+    return record, took
+
+
+def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
+    x, y, (a, b, here, there) = hosts
+    offer = y.VM.migrate_check([])  # what B offers a source: its libvirtd's URI, the stream's address
+    assert offer["libvirt_migrate_uri"] == there.uri and offer["libvirt_migrate_address"] == "127.0.0.1"
+    name = unique("p2p")
+    vm = guest(x, name)
+    uuid = x.VM.get_uuid(vm)
+    runs(here, name)
+    assert name not in listed(there)
+
+    record, took = migrate(x, vm, b.url)
+    assert record["status"] == "success", record["error_info"]
+    figures = record["other_config"]
+    downtime, total = float(figures[f"migration_downtime:{uuid}"]), float(figures[f"migration_time:{uuid}"])
+    with capsys.disabled():
+        print(f"\n[realkvm] libvirt p2p live migration of a running {MEMORY // MIB} MiB guest: total {total:.2f} s "
+              f"(the task {took:.2f} s), downtime {downtime:.3f} s")
+    assert 0 <= downtime < total <= took
+    assert name not in listed(here) and x.VM.get_by_name_label(name) == []
+    runs(there, name)
+    assert "Persistent:     yes" in there.virsh("dominfo", name)  # defined there, gone here
+    arrived = y.VM.get_by_uuid(uuid)
+    assert y.VM.get_power_state(arrived) == "Running" and y.VM.get_name_label(arrived) == name
+    assert y.VM.get_domid(arrived) == there.virsh("domid", name).strip()
+    assert y.VM.get_pool_name(arrived) == "Pool-0"
+
+
+def test_a_group_moves_live_with_xm_grp_migrate(hosts, capsys):
+    x, y, (a, b, here, there) = hosts
+    members = [guest(x, unique("gp2p"), order=n) for n in range(2)]
+    names = [x.VM.get_name_label(m) for m in members]
+    group = unique("grp")
+    x.VM_group.create({"name_label": group, "VMs": members})
+    began = time.monotonic()
+    ok(xm(a, "grp-migrate", group, b.url, "--live", timeout=200))
+    took = time.monotonic() - began
+    downtimes = [re.search(r"Total downtime:\s+(\d+) ms", there.virsh("domjobinfo", "--completed", n)).group(1)
+                 for n in names]
+    with capsys.disabled():
+        print(f"[realkvm] xm grp-migrate --live of two running guests: total {took:.2f} s, downtimes "
+              f"{', '.join(d + ' ms' for d in downtimes)}")
+    gone = listed(here)
+    for member in names:
+        assert member not in gone
+        runs(there, member)
+        assert y.VM.get_power_state(y.VM.get_by_name_label(member)[0]) == "Running"
+    grouped = y.VM_group.get_by_name_label(group)
+    assert sorted(y.VM.get_name_label(m) for m in y.VM_group.get_VMs(grouped[0])) == sorted(names)
+    assert x.VM_group.get_by_name_label(group) == [] or x.VM_group.get_VMs(x.VM_group.get_by_name_label(group)[0]) == []
+
+
+def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_path):
+    x, y, (a, b, here, there) = hosts
+    # refused by the destination's check, before anything moves
+    name = unique("stay")
+    vm = guest(x, name)
+    y.VM.create({"name_label": name, "memory_target": str(MEMORY), "memory_static_max": str(MEMORY),
+                 "VCPUs_at_startup": "1", "VCPUs_max": "1", "PV_kernel": str(GUEST)})  # its name is taken there
+    record, _ = migrate(x, vm, b.url)
+    assert record["error_info"][0] == "VM_MIGRATE_FAILED" and "another VM has this name" in record["error_info"][-1]
+    runs(here, name)
+    assert name not in listed(there) and x.VM.get_power_state(vm) == "Running"
+
+    # failed in the destination's QEMU: its kernel file is gone, the running guest no longer needs it
+    kernel = tmp_path / "kernel"
+    shutil.copy(GUEST, kernel)
+    broken = unique("broken")
+    vm = guest(x, broken, kernel=str(kernel))
+    os.unlink(kernel)
+    record, _ = migrate(x, vm, b.url)
+    assert record["error_info"][0] == "VM_MIGRATE_FAILED" and "could not open kernel file" in record["error_info"][-1]
+    runs(here, broken)
+    assert x.VM.get_power_state(vm) == "Running" and broken not in listed(there)
+    assert y.VM.get_by_name_label(broken) == []
+    assert all(y.task.get_status(t) != "pending" for t in y.task.get_all())  # its receive ended there
+
+    # a group whose second member fails there: the first, moved already, comes back
+    first = guest(x, unique("back"), order=0)
+    group = unique("half")
+    x.VM_group.create({"name_label": group, "VMs": [first, vm]})
+    done = xm(a, "grp-migrate", group, b.url, "--live", timeout=200)
+    assert done.returncode != 0 and "could not open kernel file" in done.stdout + done.stderr
+    for member in (x.VM.get_name_label(first), broken):
+        runs(here, member)
+        assert member not in listed(there) and y.VM.get_by_name_label(member) == []
+    assert x.VM.get_power_state(first) == "Running"
