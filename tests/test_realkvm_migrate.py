@@ -90,7 +90,7 @@ def runs(libvirtd, name):
     """It runs there, and its vCPU goes on spinning: its CPU time grows."""
     before = cpu_time(libvirtd, name)
     time.sleep(1.0)
-    assert listed(libvirtd)[name] == "running" and cpu_time(libvirtd, name) > before + 0.2
+    assert listed(libvirtd)[name] == "running" and cpu_time(libvirtd, name) > before  # (a paused one: not at all)
 
 
 def migrate(x, vm, url):
@@ -135,17 +135,18 @@ def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
 def test_a_group_moves_live_with_xm_grp_migrate(hosts, capsys):
     x, y, (a, b, here, there) = hosts
     members = [guest(x, unique("gp2p"), order=n) for n in range(2)]
-    names = [x.VM.get_name_label(m) for m in members]
+    names, uuids = [x.VM.get_name_label(m) for m in members], [x.VM.get_uuid(m) for m in members]
     group = unique("grp")
     x.VM_group.create({"name_label": group, "VMs": members})
     began = time.monotonic()
     ok(xm(a, "grp-migrate", group, b.url, "--live", timeout=200))
     took = time.monotonic() - began
-    downtimes = [re.search(r"Total downtime:\s+(\d+) ms", there.virsh("domjobinfo", "--completed", n)).group(1)
-                 for n in names]
+    # each member's downtime, as the destination's receive tasks noted it (libvirt's figure)
+    noted = {k: v for t in y.task.get_all() for k, v in y.task.get_other_config(t).items()}
+    downtimes = [float(noted[f"migration_downtime:{uuid}"]) for uuid in uuids]
     with capsys.disabled():
         print(f"[realkvm] xm grp-migrate --live of two running guests: total {took:.2f} s, downtimes "
-              f"{', '.join(d + ' ms' for d in downtimes)}")
+              f"{', '.join(f'{d:.3f} s' for d in downtimes)}")
     gone = listed(here)
     for member in names:
         assert member not in gone

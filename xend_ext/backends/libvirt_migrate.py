@@ -50,9 +50,10 @@ def fetch(uuid: str, there: dict[str, str], here: dict[str, str]) -> None:
 
 def figures(dom) -> dict[str, str]:
     """What libvirt measured of the migration that brought ``dom`` here (its completed job, kept
-    at the destination): the downtime, in seconds ({} when libvirt has none)."""
+    at the destination, and kept there for virsh domjobinfo --completed): the downtime, in seconds
+    ({} when libvirt has none)."""
     try:
-        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
     except libvirt.libvirtError:
         return {}
     return {"downtime": f"{int(stats['downtime']) / 1000:.3f}"} if "downtime" in stats else {}
