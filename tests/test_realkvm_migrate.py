@@ -86,11 +86,13 @@ def cpu_time(libvirtd, name):
     return float(re.search(r"CPU time:\s+([\d.]+)s", libvirtd.virsh("dominfo", name)).group(1))
 
 
-def runs(libvirtd, name):
-    """It runs there, and its vCPU goes on spinning: its CPU time grows."""
-    before = cpu_time(libvirtd, name)
+def runs(libvirtd, *names):
+    """They run there, and their vCPUs go on spinning: their CPU time grows (a paused one's does not)."""
+    before = [cpu_time(libvirtd, name) for name in names]
     time.sleep(1.0)
-    assert listed(libvirtd)[name] == "running" and cpu_time(libvirtd, name) > before  # (a paused one: not at all)
+    found = listed(libvirtd)
+    for name, then in zip(names, before, strict=True):
+        assert found[name] == "running" and cpu_time(libvirtd, name) > then, name
 
 
 def migrate(x, vm, url):
@@ -112,8 +114,7 @@ def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
     name = unique("p2p")
     vm = guest(x, name)
     uuid = x.VM.get_uuid(vm)
-    runs(here, name)
-    assert name not in listed(there)
+    assert listed(here)[name] == "running" and name not in listed(there)
 
     record, took = migrate(x, vm, b.url)
     assert record["status"] == "success", record["error_info"]
@@ -147,10 +148,9 @@ def test_a_group_moves_live_with_xm_grp_migrate(hosts, capsys):
     with capsys.disabled():
         print(f"[realkvm] xm grp-migrate --live of two running guests: total {took:.2f} s, downtimes "
               f"{', '.join(f'{d:.3f} s' for d in downtimes)}")
-    gone = listed(here)
+    assert not set(names) & set(listed(here))
+    runs(there, *names)
     for member in names:
-        assert member not in gone
-        runs(there, member)
         assert y.VM.get_power_state(y.VM.get_by_name_label(member)[0]) == "Running"
     grouped = y.VM_group.get_by_name_label(group)
     assert sorted(y.VM.get_name_label(m) for m in y.VM_group.get_VMs(grouped[0])) == sorted(names)
@@ -166,18 +166,17 @@ def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_pat
                  "VCPUs_at_startup": "1", "VCPUs_max": "1", "PV_kernel": str(GUEST)})  # its name is taken there
     record, _ = migrate(x, vm, b.url)
     assert record["error_info"][0] == "VM_MIGRATE_FAILED" and "another VM has this name" in record["error_info"][-1]
-    runs(here, name)
     assert name not in listed(there) and x.VM.get_power_state(vm) == "Running"
 
     # failed in the destination's QEMU: its kernel file is gone, the running guest no longer needs it
     kernel = tmp_path / "kernel"
     shutil.copy(GUEST, kernel)
     broken = unique("broken")
-    vm = guest(x, broken, kernel=str(kernel))
+    vm = guest(x, broken, kernel=str(kernel), order=1)
     os.unlink(kernel)
     record, _ = migrate(x, vm, b.url)
     assert record["error_info"][0] == "VM_MIGRATE_FAILED" and "could not open kernel file" in record["error_info"][-1]
-    runs(here, broken)
+    runs(here, name, broken)
     assert x.VM.get_power_state(vm) == "Running" and broken not in listed(there)
     assert y.VM.get_by_name_label(broken) == []
     assert all(y.task.get_status(t) != "pending" for t in y.task.get_all())  # its receive ended there
@@ -188,7 +187,7 @@ def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_pat
     x.VM_group.create({"name_label": group, "VMs": [first, vm]})
     done = xm(a, "grp-migrate", group, b.url, "--live", timeout=200)
     assert done.returncode != 0 and "could not open kernel file" in done.stdout + done.stderr
-    for member in (x.VM.get_name_label(first), broken):
-        runs(here, member)
-        assert member not in listed(there) and y.VM.get_by_name_label(member) == []
+    back = (x.VM.get_name_label(first), broken)
+    runs(here, *back)
+    assert not set(back) & set(listed(there)) and all(y.VM.get_by_name_label(m) == [] for m in back)
     assert x.VM.get_power_state(first) == "Running"
