@@ -191,3 +191,4 @@ def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_pat
     runs(here, *back)
     assert not set(back) & set(listed(there)) and all(y.VM.get_by_name_label(m) == [] for m in back)
     assert x.VM.get_power_state(first) == "Running"
+    print("\n".join(a.log[-20:]))
