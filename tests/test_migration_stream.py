@@ -89,6 +89,27 @@ def test_a_vm_and_a_group_migrate_there_and_the_source_forgets_them(make_server,
     assert sorted(y.VM_group.get_VMs(grouped[0])) == sorted(y.VM.get_by_uuid(uuids[v]) for v in (first, second))
 
 
+def test_a_host_taking_no_live_arrival_offers_none_and_a_live_migration_streams_the_image(make_server, tmp_path,
+                                                                                           backend):
+    """Without a hypervisor's own live migration (the sim; libvirt's test driver, which has none):
+    VM.migrate_check offers nothing, a live arrival is refused before anything, and VM.migrate with
+    live=true streams an image as ever."""
+    src, dst = _servers(make_server, tmp_path)
+    x, y = session(src).xenapi, session(dst).xenapi
+    vm = _running(x)
+    uuid = x.VM.get_uuid(vm)
+    assert y.VM.migrate_check([]) == {} and "libvirt_migrate_uri" not in y.host.get_software_version(
+        y.host.get_all()[0])
+    record = {"uuid": "0e0e0e0e-0000-4000-8000-000000000001", "name_label": unique("arrival"),
+              "memory_target": str(128 * MIB), "memory_static_max": str(128 * MIB)}
+    refused = _wait(y, y.Async.VM.migrate_receive_live(record, False))
+    assert refused["error_info"][:3] == ["VALUE_NOT_SUPPORTED", "live", "true"], refused
+    done = _wait(x, x.Async.VM.migrate(vm, dst.url, True))
+    assert done["status"] == "success", done["error_info"]
+    assert int(done["other_config"]["migration_bytes"]) > 0 and f"migration_time:{uuid}" not in done["other_config"]
+    assert y.VM.get_power_state(y.VM.get_by_uuid(uuid)) == "Running"
+
+
 def test_a_group_member_whose_pool_the_destination_lacks_stops_the_group_before_anything_moves(
         make_server, tmp_path, backend):
     """Issue 17 item 7: the first member moved, then the second failed there with a misleading

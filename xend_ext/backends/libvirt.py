@@ -19,10 +19,15 @@ leave a scheduling domain; it is refused, never restarted behind the caller's ba
 QEMU is measured: every ``UTIL_WINDOW`` seconds a thread reads each running domain's per-vCPU CPU
 time (one ``getAllDomainStats`` call), and a vCPU's utilisation is the CPU time it used over the
 last complete window divided by the window (libvirt reads it from /proc in clock ticks, 10 ms:
-±0.005 of a pCPU per 2 s window). Migration between xend-ext
-servers is save-based (``migration = "save"``: save, stream, restore; the guest is stopped meanwhile)
-on every driver, since libvirt gives no image of a running domain; libvirt's own peer-to-peer live
-migration is not used: the test driver has none (virDomainMigrate* answer code 3 or 74).
+±0.005 of a pCPU per 2 s window).
+
+Migration between xend-ext servers: on QEMU hosts whose servers both have
+``--libvirt-migrate-uri``, a live one is libvirt's own peer-to-peer migration (libvirt_migrate.py:
+``live_target``, ``send_live``, ``adopt``...); otherwise it is save-based on every driver
+(``migration = "save"``: save, stream, restore; the guest is stopped meanwhile), since libvirt
+gives no image of a running domain. The test driver has no migration of its own
+(virDomainMigrate* answer code 3 or 74): the flag refuses the start there, as on Xen and LXC,
+whose drivers are not used for it.
 """
 
 from __future__ import annotations
@@ -137,11 +142,11 @@ class LibvirtBackend(Backend):
         self.driver = self.conn.getType()  # "Xen", "QEMU", "LXC", "TEST"...
         self.sched = SCHED_PARAMS.get(self.driver)
         self.domain_type = domain_type  # of the domains defined anew on a QEMU host
-        if (migrate_uri or migrate_address) and self.driver != "QEMU":
-            raise ValueError(f"--libvirt-migrate-uri: libvirt's {self.driver} driver is not used for live migration "
-                             "here (only QEMU's); leave it out: migration is save-based")
         if migrate_address and not migrate_uri:
             raise ValueError("--libvirt-migrate-address goes with --libvirt-migrate-uri")
+        if migrate_uri and self.driver != "QEMU":
+            raise ValueError(f"--libvirt-migrate-uri: libvirt's {self.driver} driver is not used for live migration "
+                             "here (only QEMU's); leave it out: migration is save-based")
         self._live = libvirt_migrate.target(migrate_uri, migrate_address) if migrate_uri else {}
         self.partitions, reason = self._probe_partitions()
         if self.partitions is None:
@@ -727,14 +732,7 @@ class LibvirtBackend(Backend):
         with self._lock:  # not held while it migrates: the host serves everyone else meanwhile
             self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
             dom = self._lookup(uuid)
-        try:
-            libvirt_migrate.send(dom, target)
-        except libvirt.libvirtError as exc:
-            with self._lock:
-                self._refresh_quietly(uuid)
-            raise _error(exc, uuid) from None
-        with self._lock:
-            self._refresh_quietly(uuid)
+        self._migrating(uuid, libvirt_migrate.send, dom, target)
 
     def abort_live(self, uuid: str) -> None:
         try:
@@ -744,12 +742,17 @@ class LibvirtBackend(Backend):
 
     def fetch_live(self, uuid: str, target: dict[str, str]) -> None:
         if not self._live:
-            raise BackendError("no --libvirt-migrate-uri: another host cannot send a domain back here live",
-                               "NOT_IMPLEMENTED", Capability.MIGRATE)
+            raise self.missing(Capability.MIGRATE)
+        self._migrating(uuid, libvirt_migrate.fetch, uuid, target, self._live)
+
+    def _migrating(self, uuid: str, move, *args) -> None:
         try:
-            libvirt_migrate.fetch(uuid, target, self._live)
+            move(*args)
         except libvirt.libvirtError as exc:
             raise _error(exc, uuid) from None
+        finally:
+            with self._lock:
+                self._refresh_quietly(uuid)
 
     def adopt(self, uuid: str, config: DomainConfig) -> tuple[Domain, dict[str, str]]:
         def action():
