@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the <domain type> of domains defined anew on a QEMU host: kvm (hardware "
                        "virtualisation) or qemu (TCG emulation, where /dev/kvm cannot run guests); default kvm")
     serve.add_argument("--libvirt-migrate-uri", default="", metavar="URI",
-                       help="the libvirt URI other hosts' libvirtds reach this host's by (e.g. qemu+tls://HOST/system): "
-                       "with it, VM.migrate live=true between two servers that both have one is libvirt's own "
-                       "peer-to-peer live migration (QEMU driver only); without, migration is save-based")
+                       help="the libvirt URI other hosts' libvirtds reach this host's by (e.g. "
+                       "qemu+tls://HOST/system): with it, VM.migrate live=true between two servers that both have "
+                       "one is libvirt's own peer-to-peer live migration (QEMU driver only); else save-based")
     serve.add_argument("--libvirt-migrate-address", default="", metavar="ADDRESS",
                        help="the address QEMU's migration stream comes to on this host (QEMU listens there only); "
                        "default: libvirt's choice (qemu.conf migration_host, else the host name)")
