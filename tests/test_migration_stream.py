@@ -296,6 +296,39 @@ def test_cancel_mid_transfer_stops_both_sides(make_server, tmp_path):
         link.close()
 
 
+@sim_only("the simulated host writes images as large as the guest (--sim-image-bytes)")
+def test_cancel_of_a_group_migration_brings_the_member_already_there_back(make_server, tmp_path):
+    """task.cancel while the second member streams: the first, running there already, is removed
+    there and runs here again (the calls that undo the move go out although the migration was
+    cancelled; they were refused before, which split the group)."""
+    src, dst = _servers(make_server, tmp_path, *BIG)
+    x, y = session(src).xenapi, session(dst).xenapi
+    first, second = _running(x, memory=16 * MIB, order="0"), _running(x, memory=256 * MIB, order="1")
+    group = x.VM_group.create({"name_label": unique("grp"), "VMs": [first, second]})
+    uuids = [x.VM.get_uuid(vm) for vm in (first, second)]
+    link = SlowLink(dst.url, 24 << 20)
+    try:
+        task = x.Async.VM_group.migrate(group, link.url, True)
+        deadline = time.monotonic() + 30
+        while int(x.task.get_other_config(task).get("migration_size", "0")) < 256 * MIB \
+                or int(x.task.get_other_config(task)["migration_bytes"]) < 16 * MIB:  # the second, streaming
+            assert x.task.get_status(task) == "pending" and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert y.VM.get_power_state(y.VM.get_by_uuid(uuids[0])) == "Running"  # the first runs there
+        x.task.cancel(task)
+        record = _wait(x, task, 10)
+        assert record["error_info"] == ["OPERATION_PARTIALLY_FAILED", "VM_group.migrate", second], record
+        assert "rolled back" in record["result"] and "TASK_CANCELLED" in record["result"]
+        assert [x.VM.get_power_state(vm) for vm in (first, second)] == ["Running", "Running"]
+        deadline = time.monotonic() + 10  # the destination sees the stream end and cleans up
+        while any(r["status"] == "pending" for r in y.task.get_all_records().values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _nothing_there(dst, y, uuids)
+    finally:
+        link.close()
+
+
 @sim_only("the fault-injecting wrapper counts the simulated host's actions here")
 def test_a_failure_at_the_destination_leaves_nothing_there(make_server, tmp_path):
     from faultbackend import Faults
