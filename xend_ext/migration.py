@@ -14,6 +14,14 @@ a VM that arrived is parked here (paused, or its saved image kept), so a failure
 at any step brings everything back: the copies there are destroyed and the VMs here run as they
 did. ``task.cancel`` on either side stops both: the source stops sending (the destination sees the
 connection end and removes what it received), the destination refuses the next chunk.
+
+Live by the hypervisors themselves: when ``live`` is asked and both hosts offer the same kind of
+``live_target`` (the destination in its answer to the check; libvirt's QEMU with
+``--libvirt-migrate-uri``), a VM goes by its hypervisor's own migration instead of an image: the
+destination opens ``Async.VM.migrate_receive_live`` (it holds the VM's arrival lock, so the domain
+appearing there is adopted, not discovered), the source's backend moves the domain
+(``send_live``; ``task.cancel`` aborts it), then the source's empty ``PUT /import`` tells the
+destination to adopt it (``adopt``). A roll-back brings it back the same way (``fetch_live``).
 """
 
 from __future__ import annotations
