@@ -14,10 +14,14 @@ are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import XenAPI
@@ -32,16 +36,80 @@ pytestmark = [pytest.mark.realkvm, pytest.mark.timeout(240)]
 MEMORY = 32 * MIB  # the tiny guest needs no more; its memory is what pre-copy sends
 
 
+class HeldLink:
+    """The stand-in for a slow network in front of a libvirtd: a relay on a Unix socket of its own,
+    passing bytes both ways, but while held the daemon's answers wait (a peer-to-peer migration
+    to it then waits at its first exchange, so task.cancel can be caught before it is over)."""
+
+    def __init__(self, target: str, path: Path) -> None:
+        self.target, self.uri = target, f"qemu+unix:///system?socket={path}"
+        self.passing = threading.Event()
+        self.passing.set()
+        self.connections = 0
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return
+            far = socket.socket(socket.AF_UNIX)
+            far.connect(self.target)
+            self.connections += 1
+            threading.Thread(target=self._pump, args=(near, far, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(far, near, self.passing), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, gate) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if gate is not None:
+                    gate.wait()
+                dst.sendall(data)
+        for end in (src, dst):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def hold(self) -> None:
+        self.passing.clear()
+
+    def release(self) -> None:
+        self.passing.set()
+
+    def close(self) -> None:
+        self.passing.set()
+        self.listener.close()
+
+
+class KvmHostBehind(KvmHost):
+    """Server B's host, offering the held link's URI to the sources' libvirtds."""
+
+    def __init__(self, link: HeldLink) -> None:
+        super().__init__(1, migrate=True)
+        self.link = link
+
+    def args(self, state_dir, extra):
+        own = super().args(state_dir, extra)
+        return [*own[:own.index("--libvirt-migrate-uri") + 1], self.link.uri, *own[own.index("--libvirt-migrate-uri") + 2:]]
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """Server A on the stage's libvirtd, server B on a second one; both offer live migration."""
+    """Server A on the stage's libvirtd, server B on a second one (behind a HeldLink); both offer
+    live migration."""
     here, there = daemon(0), daemon(1)
     root = tmp_path_factory.mktemp("p2p")
+    link = HeldLink(f"{there.dir}/sock/libvirt-sock", root / "link.sock")
     a = ServerProcess(root / "a", unix=False, host=KvmHost(0, migrate=True)).start()
-    b = ServerProcess(root / "b", unix=False, host=KvmHost(1, migrate=True)).start()
-    yield a, b, here, there
+    b = ServerProcess(root / "b", unix=False, host=KvmHostBehind(link)).start()
+    yield a, b, here, there, link
     a.stop()
     b.stop()
+    link.close()
     here.clean()
     there.stop()
 
@@ -54,7 +122,7 @@ def login(server):
 
 @pytest.fixture
 def hosts(pair):
-    a, b, here, there = pair
+    a, b, here, there, _link = pair
     x, y = login(a), login(b)
     yield x, y, pair
     for api in (x, y):  # whatever a test left, on either server
@@ -108,9 +176,9 @@ def migrate(x, vm, url):
 
 
 def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
-    x, y, (a, b, here, there) = hosts
+    x, y, (a, b, here, there, link) = hosts
     offer = y.VM.migrate_check([])  # what B offers a source: its libvirtd's URI, the stream's address
-    assert offer["libvirt_migrate_uri"] == there.uri and offer["libvirt_migrate_address"] == "127.0.0.1"
+    assert offer["libvirt_migrate_uri"] == link.uri and offer["libvirt_migrate_address"] == "127.0.0.1"
     name = unique("p2p")
     vm = guest(x, name)
     uuid = x.VM.get_uuid(vm)
@@ -134,7 +202,7 @@ def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
 
 
 def test_a_group_moves_live_with_xm_grp_migrate(hosts, capsys):
-    x, y, (a, b, here, there) = hosts
+    x, y, (a, b, here, there, link) = hosts
     members = [guest(x, unique("gp2p"), order=n) for n in range(2)]
     names, uuids = [x.VM.get_name_label(m) for m in members], [x.VM.get_uuid(m) for m in members]
     group = unique("grp")
@@ -158,7 +226,7 @@ def test_a_group_moves_live_with_xm_grp_migrate(hosts, capsys):
 
 
 def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_path):
-    x, y, (a, b, here, there) = hosts
+    x, y, (a, b, here, there, link) = hosts
     # refused by the destination's check, before anything moves
     name = unique("stay")
     vm = guest(x, name)
@@ -181,16 +249,23 @@ def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_pat
     assert y.VM.get_by_name_label(broken) == []
     assert all(y.task.get_status(t) != "pending" for t in y.task.get_all())  # its receive ended there
 
-    # cancelled once the destination waits: libvirt's job is aborted (abortJob) before QEMU there
-    # has started (a few seconds under TCG), and the guest runs on here
+    # cancelled while libvirt migrates (held at its first exchange with the destination's libvirtd):
+    # the source aborts libvirt's job (abortJob), and the guest runs on here
     first = guest(x, unique("back"), order=0)
-    task = x.Async.VM.migrate(first, b.url, True)
-    deadline = time.monotonic() + 60
-    while not any(r["name_label"] == "VM.migrate_receive_live" and r["status"] == "pending"
-                  and r["other_config"].get("import") == "waiting" for r in y.task.get_all_records().values()):
-        assert time.monotonic() < deadline and x.task.get_status(task) == "pending"
-        time.sleep(0.05)
-    x.task.cancel(task)
+    seen, logged = link.connections, len(a.log)
+    link.hold()
+    try:
+        task = x.Async.VM.migrate(first, b.url, True)
+        deadline = time.monotonic() + 60
+        while link.connections == seen:  # the source's libvirtd calls the destination's
+            assert time.monotonic() < deadline and x.task.get_status(task) == "pending"
+            time.sleep(0.05)
+        x.task.cancel(task)
+        while not any("aborting libvirt's migration" in line for line in a.log[logged:]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        link.release()
     while x.task.get_status(task) in ("pending", "cancelling"):
         assert time.monotonic() < deadline
         time.sleep(0.05)

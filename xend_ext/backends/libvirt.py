@@ -735,6 +735,7 @@ class LibvirtBackend(Backend):
         self._migrating(uuid, libvirt_migrate.send, dom, target)
 
     def abort_live(self, uuid: str) -> None:
+        log.info("aborting libvirt's migration of %s", uuid)
         try:
             self.conn.lookupByUUIDString(uuid).abortJob()
         except libvirt.libvirtError as exc:  # no job or no domain (any more): it ended either way
