@@ -94,7 +94,8 @@ class KvmHostBehind(KvmHost):
 
     def args(self, state_dir, extra):
         own = super().args(state_dir, extra)
-        return [*own[:own.index("--libvirt-migrate-uri") + 1], self.link.uri, *own[own.index("--libvirt-migrate-uri") + 2:]]
+        own[own.index("--libvirt-migrate-uri") + 1] = self.link.uri
+        return own
 
 
 @pytest.fixture(scope="module")
