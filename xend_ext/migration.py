@@ -155,7 +155,6 @@ class Remote:
         raise Refused("the image transfer failed: " + (why if reply is None else f"HTTP {reply.status_code} "
                                                        + reply.text.strip()[:200]))
 
-
     def figures(self, task):
         """The figures the destination's hypervisor gave of a live arrival (downtime), from its
         task's other_config."""
