@@ -5,11 +5,12 @@ distinct host uuids and migration ports) each run by a xend-ext server told its 
 (``--libvirt-migrate-uri``, the stream on 127.0.0.1). A running guest, then a two-member group
 through ``xm grp-migrate --live``, move live through the Xen-API of the two servers, checked in
 ``virsh list`` on both daemons and by the guest's CPU time still growing on the destination.
-Failures: a destination that refuses (a VM of the same name there) and a migration that fails in
+Failures: a destination that refuses (a VM of the same name there), a migration that fails in
 the destination's QEMU (the guest's kernel file deleted after it started: QEMU cannot start
-there) leave the VM running on the source and nothing on the destination; in a group, the member
-already moved comes back. The downtime (libvirt's figure, from the destination) and total time
-are printed.
+there) and a task.cancel while libvirt migrates (caught there by a relay held in front of the
+destination's libvirtd: libvirt's job is aborted) leave the VM running on the source and nothing
+on the destination; in a group, the member already moved comes back. The downtime (libvirt's
+figure, from the destination) and total time are printed.
 """
 
 from __future__ import annotations
