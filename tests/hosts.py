@@ -119,14 +119,19 @@ class KvmHost(Host):
 
     name = "kvm"
 
+    def __init__(self, index: int = 0, migrate: bool = False) -> None:
+        self.index = index  # which of the session's libvirtds (realkvm.daemon)
+        self.migrate = migrate  # offer live migration: the daemon's URI, the stream on 127.0.0.1
+
     def args(self, state_dir: Path, extra: list[str]) -> list[str]:
         import realkvm  # the daemon starts lazily: only the stage's tests pay for it
 
         for flag, default in SIM_FLAGS.items():
             if _take(extra, flag, default) != default:
                 raise ValueError(f"the KVM host cannot be given {flag}: it is the machine itself")
-        d = realkvm.daemon()
-        return ["--backend", "libvirt", "--libvirt-uri", d.uri, "--libvirt-domain-type", d.domain_type]
+        d = realkvm.daemon(self.index)
+        live = ["--libvirt-migrate-uri", d.uri, "--libvirt-migrate-address", "127.0.0.1"] if self.migrate else []
+        return ["--backend", "libvirt", "--libvirt-uri", d.uri, "--libvirt-domain-type", d.domain_type, *live]
 
     def boot_fields(self) -> dict[str, str]:
         import realkvm

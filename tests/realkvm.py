@@ -7,7 +7,7 @@ on KVM where /dev/kvm runs one, else on QEMU's TCG: ``KVM_WORKS`` is decided onc
 guest under KVM for a moment. A daemon that cannot start is a test FAILURE, never a skip.
 
 The fixture ``libvirtd`` (import ``libvirtd_fixture``) gives the :class:`Libvirtd`; ``KvmHost`` in
-hosts.py starts servers on it.
+hosts.py starts servers on it. ``daemon(1)`` is a second host beside it, for live migrations.
 """
 
 from __future__ import annotations
@@ -88,27 +88,34 @@ class Libvirtd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-_DAEMON: Libvirtd | None = None
+_DAEMONS: dict[int, Libvirtd] = {}
+_KVM: list[bool] = []  # whether KVM runs the guest, decided once
+MIGRATION_PORTS = 49152  # daemon i takes QEMU's migration streams on 64 ports from MIGRATION_PORTS + 64 i
 
 
-def daemon() -> Libvirtd:
-    """The session's libvirtd, started (and the guest built) on first use."""
-    global _DAEMON
-    if _DAEMON is None:
-        for old in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):  # a run killed before its teardown:
-            if not _alive(old / "owner"):  # its guests would burn CPU for ever
-                Libvirtd(old).stop()
+def daemon(index: int = 0) -> Libvirtd:
+    """The session's libvirtd number ``index`` (0: the stage's host; 1: a second host, to migrate
+    to), started (and the guest built) on first use. Each has its own host uuid and ports."""
+    if index not in _DAEMONS:
+        if not _DAEMONS:
+            for old in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):  # a run killed before its teardown:
+                if not _alive(old / "owner"):  # its guests would burn CPU for ever
+                    Libvirtd(old).stop()
         workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
         (workdir / "owner").write_text(str(os.getpid()))
-        for step in (["bash", str(SCRIPTS / "install-deps.sh")], ["bash", str(SCRIPTS / "build.sh")],
-                     ["bash", str(SCRIPTS / "start-libvirtd.sh"), str(workdir), str(CACHE / "libvirt-cache")]):
+        steps = [] if _DAEMONS else [["bash", str(SCRIPTS / "install-deps.sh")], ["bash", str(SCRIPTS / "build.sh")]]
+        steps.append(["bash", str(SCRIPTS / "start-libvirtd.sh"), str(workdir), str(CACHE / "libvirt-cache"),
+                      str(MIGRATION_PORTS + 64 * index)])
+        for step in steps:
             done = subprocess.run(step, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 pytest.fail(f"the real-KVM stage cannot run here: {' '.join(step)}: {done.stderr.strip()}",
                             pytrace=False)
-        _DAEMON = Libvirtd(workdir, "kvm" if kvm_works() else "qemu")
-        atexit.register(_DAEMON.stop)  # also when the stage's timeout interrupts the session
-    return _DAEMON
+        if not _KVM:
+            _KVM.append(kvm_works())
+        _DAEMONS[index] = Libvirtd(workdir, "kvm" if _KVM[0] else "qemu")
+        atexit.register(_DAEMONS[index].stop)  # also when the stage's timeout interrupts the session
+    return _DAEMONS[index]
 
 
 def _alive(pidfile: Path) -> bool:

@@ -11,6 +11,8 @@ xend-ext" can be made to it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +89,20 @@ def test_host_facts_come_from_libvirt(lv):
     with pytest.raises(BackendError) as err:
         lv.set_sched(UUID_A, 512, 0)
     assert (err.value.code, err.value.params) == ("NOT_IMPLEMENTED", ["sched_credit"])
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--libvirt-migrate-uri", "qemu+tls://elsewhere/system"], "libvirt's TEST driver is not used for live migration"),
+    (["--libvirt-migrate-address", "10.0.0.5"], "--libvirt-migrate-address goes with --libvirt-migrate-uri"),
+])
+def test_live_migration_flags_refuse_the_start_where_libvirt_cannot_migrate(tmp_path, flags, says):
+    """libvirt's test driver has no migration (virDomainMigrate* answer code 3): one line, exit 1."""
+    result = subprocess.run([sys.executable, "-m", "xend_ext", "serve", "--state-dir", str(tmp_path / "s"),
+                             "--listen", "127.0.0.1:0", "--unix", "none", "--backend", "libvirt",
+                             "--libvirt-uri", node_xml(tmp_path / "node.xml"), *flags],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stderr.startswith("xend-ext: cannot start: "), result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
 
 
 def test_partitions_need_cgroup_v1_cpu_and_root(tmp_path):

@@ -89,6 +89,27 @@ def test_a_vm_and_a_group_migrate_there_and_the_source_forgets_them(make_server,
     assert sorted(y.VM_group.get_VMs(grouped[0])) == sorted(y.VM.get_by_uuid(uuids[v]) for v in (first, second))
 
 
+def test_a_host_taking_no_live_arrival_offers_none_and_a_live_migration_streams_the_image(make_server, tmp_path,
+                                                                                           backend):
+    """Without a hypervisor's own live migration (the sim; libvirt's test driver, which has none):
+    VM.migrate_check offers nothing, a live arrival is refused before anything, and VM.migrate with
+    live=true streams an image as ever."""
+    src, dst = _servers(make_server, tmp_path)
+    x, y = session(src).xenapi, session(dst).xenapi
+    vm = _running(x)
+    uuid = x.VM.get_uuid(vm)
+    assert y.VM.migrate_check([]) == {} and "libvirt_migrate_uri" not in y.host.get_software_version(
+        y.host.get_all()[0])
+    record = {"uuid": "0e0e0e0e-0000-4000-8000-000000000001", "name_label": unique("arrival"),
+              "memory_target": str(128 * MIB), "memory_static_max": str(128 * MIB)}
+    refused = _wait(y, y.Async.VM.migrate_receive_live(record, False))
+    assert refused["error_info"][:3] == ["VALUE_NOT_SUPPORTED", "live", "true"], refused
+    done = _wait(x, x.Async.VM.migrate(vm, dst.url, True))
+    assert done["status"] == "success", done["error_info"]
+    assert int(done["other_config"]["migration_bytes"]) > 0 and f"migration_time:{uuid}" not in done["other_config"]
+    assert y.VM.get_power_state(y.VM.get_by_uuid(uuid)) == "Running"
+
+
 def test_a_group_member_whose_pool_the_destination_lacks_stops_the_group_before_anything_moves(
         make_server, tmp_path, backend):
     """Issue 17 item 7: the first member moved, then the second failed there with a misleading
@@ -271,6 +292,39 @@ def test_cancel_mid_transfer_stops_both_sides(make_server, tmp_path):
         imports = [r for r in y.task.get_all_records().values() if r["name_label"] == "VM.migrate_receive"]
         assert [r["status"] for r in imports] == ["failure"] and "stopped after" in " ".join(imports[0]["error_info"])
         _nothing_there(dst, y, [uuid])
+    finally:
+        link.close()
+
+
+@sim_only("the simulated host writes images as large as the guest (--sim-image-bytes)")
+def test_cancel_of_a_group_migration_brings_the_member_already_there_back(make_server, tmp_path):
+    """task.cancel while the second member streams: the first, running there already, is removed
+    there and runs here again (the calls that undo the move go out although the migration was
+    cancelled; they were refused before, which split the group)."""
+    src, dst = _servers(make_server, tmp_path, *BIG)
+    x, y = session(src).xenapi, session(dst).xenapi
+    first, second = _running(x, memory=16 * MIB, order="0"), _running(x, memory=256 * MIB, order="1")
+    group = x.VM_group.create({"name_label": unique("grp"), "VMs": [first, second]})
+    uuids = [x.VM.get_uuid(vm) for vm in (first, second)]
+    link = SlowLink(dst.url, 24 << 20)
+    try:
+        task = x.Async.VM_group.migrate(group, link.url, True)
+        deadline = time.monotonic() + 30
+        while int(x.task.get_other_config(task).get("migration_size", "0")) < 256 * MIB \
+                or int(x.task.get_other_config(task)["migration_bytes"]) < 16 * MIB:  # the second, streaming
+            assert x.task.get_status(task) == "pending" and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert y.VM.get_power_state(y.VM.get_by_uuid(uuids[0])) == "Running"  # the first runs there
+        x.task.cancel(task)
+        record = _wait(x, task, 10)
+        assert record["error_info"] == ["OPERATION_PARTIALLY_FAILED", "VM_group.migrate", second], record
+        assert "rolled back" in record["result"] and "TASK_CANCELLED" in record["result"]
+        assert [x.VM.get_power_state(vm) for vm in (first, second)] == ["Running", "Running"]
+        deadline = time.monotonic() + 10  # the destination sees the stream end and cleans up
+        while any(r["status"] == "pending" for r in y.task.get_all_records().values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _nothing_there(dst, y, uuids)
     finally:
         link.close()
 

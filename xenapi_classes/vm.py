@@ -545,9 +545,10 @@ def define_vm(ctx, values, meta):
     return obj
 
 
-async def receive(ctx, meta, image, paused):
-    """Find or define the VM an image belongs to, then restore its domain from the image. A VM
-    unknown here is defined only once its domain runs, so a failed restore leaves nothing."""
+async def receive(ctx, meta, image, paused, bring=None):
+    """Find or define the VM an image belongs to, then restore its domain from the image (or have
+    ``bring(config)`` give it: a domain that arrived by live migration, adopted). A VM unknown here
+    is defined only once its domain runs, so a failed restore leaves nothing."""
     uuid = meta.get("uuid", "")
     known = ctx.db.by_uuid_index.get(("VM", uuid))
     if known is None:
@@ -564,14 +565,18 @@ async def receive(ctx, meta, image, paused):
         else:  # restored as it will be defined here: in this server's pool of its pool's name
             config = _config(ctx, uuid, "", values_from_image(ctx, meta))
         placement.check_start(ctx.db, obj.values if obj else values_from_image(ctx, meta), obj.ref if obj else "")
-        domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
+        if bring is None:
+            domain, _meta = await ctx.call_backend(ctx.backend.restore, image, paused, config)
+        else:
+            domain = await bring(config)
         if obj is None:  # a VM.create may have given that uuid meanwhile (it takes no lock)
             obj = ctx.db.by_uuid_index.get(("VM", uuid))
         if obj is None:
             try:  # checked again: a VM of that name may have been made while the domain came back
                 obj = define_vm(ctx, values_from_image(ctx, meta), meta)
             except XenAPIError:
-                await ctx.call_backend(ctx.backend.shutdown, uuid, False)
+                if bring is None:  # (one brought live goes back to its source, which fetches it)
+                    await ctx.call_backend(ctx.backend.shutdown, uuid, False)
                 raise
         apply_domain(ctx, obj, domain)
         return obj.ref
@@ -597,13 +602,17 @@ async def migrate(ctx, ref, destination_url, live):
     await migration.logout(remote)
 
 
-@vm.message(("records", T.Set(T.Map(T.String, T.String))), role=POOL_ADMIN, capability=Capability.MIGRATE,
-            async_ok=False, errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "POOL_BAD_STATE",
-                                    "HOST_NOT_ENOUGH_FREE_MEMORY", "NOT_IMPLEMENTED"))
+@vm.message(("records", T.Set(T.Map(T.String, T.String))), result=T.Map(T.String, T.String), role=POOL_ADMIN,
+            capability=Capability.MIGRATE, async_ok=False,
+            errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "POOL_BAD_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY",
+                    "NOT_IMPLEMENTED"))
 def migrate_check(ctx, records):
     """The destination side of a migration, first step: can this server take all these VMs (their
-    records as they travel) together? Nothing changes; the first problem is the error."""
+    records as they travel) together? Nothing changes; the first problem is the error. The answer
+    says how this host takes a running domain from another host's hypervisor (its backend's
+    live_target: ``live_migration``, and for libvirt ``libvirt_migrate_uri``), {} if it takes none."""
     migration.check_arrivals(ctx, records)
+    return ctx.backend.live_target()
 
 
 @vm.message(("record", T.Map(T.String, T.String)), ("size", T.Int), ("start_paused", T.Bool, False),
@@ -614,6 +623,18 @@ async def migrate_receive(ctx, record, size, start_paused):
     """The destination side of a migration, as Async.VM.migrate_receive: its task waits for the
     image (``size`` bytes) on ``PUT /import?session_id=..&task_id=..``, then runs the VM from it."""
     return await migration.receive(ctx, record, size, start_paused)
+
+
+@vm.message(("record", T.Map(T.String, T.String)), ("start_paused", T.Bool, False), result=T.Ref("VM"),
+            role=POOL_ADMIN, capability=Capability.MIGRATE,
+            errors=("VM_BAD_POWER_STATE", "VALUE_NOT_SUPPORTED", "POOL_BAD_STATE", "HOST_NOT_ENOUGH_FREE_MEMORY",
+                    "OPERATION_NOT_ALLOWED"))
+async def migrate_receive_live(ctx, record, start_paused):
+    """The destination side of a live migration by the hypervisors themselves (libvirt's peer to
+    peer), as Async.VM.migrate_receive_live: the VM is checked, then the task waits while the
+    source's hypervisor moves the domain here (to what VM.migrate_check answered) for the
+    source's empty ``PUT /import?session_id=..&task_id=..``, and adopts the domain into the VM."""
+    return await migration.receive_live(ctx, record, start_paused)
 
 
 async def forget(ctx, obj, last=None):
@@ -945,10 +966,13 @@ async def outside_change(ctx, kind, uuid):
         return
     obj = ctx.db.by_uuid_index.get(("VM", uuid))
     if obj is None:
-        domain = await ctx.call_backend(ctx.backend.domain, uuid)
-        if domain is not None and ctx.db.by_uuid_index.get(("VM", uuid)) is None:
-            _discover(ctx, domain)
-        return
+        async with migration.arrival_lock(ctx, uuid):  # one migrating in live is its receive's to adopt
+            obj = ctx.db.by_uuid_index.get(("VM", uuid))
+            if obj is None:
+                domain = await ctx.call_backend(ctx.backend.domain, uuid)
+                if domain is not None and ctx.db.by_uuid_index.get(("VM", uuid)) is None:
+                    _discover(ctx, domain)
+                return
     async with ctx.lock(obj.ref):  # after any operation of ours in flight, which knows best
         if ctx.db.find(obj.ref) is None or not hosts.is_local(ctx.db, obj.values["resident_on"]):
             return  # gone, or it runs on another host of the pool now (it left here)

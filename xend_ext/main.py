@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--libvirt-domain-type", choices=["kvm", "qemu"], default="kvm",
                        help="the <domain type> of domains defined anew on a QEMU host: kvm (hardware "
                        "virtualisation) or qemu (TCG emulation, where /dev/kvm cannot run guests); default kvm")
+    serve.add_argument("--libvirt-migrate-uri", default="", metavar="URI",
+                       help="the libvirt URI other hosts' libvirtds reach this host's by (e.g. "
+                       "qemu+tls://HOST/system): with it, VM.migrate live=true between two servers that both have "
+                       "one is libvirt's own peer-to-peer live migration (QEMU driver only); else save-based")
+    serve.add_argument("--libvirt-migrate-address", default="", metavar="ADDRESS",
+                       help="the address QEMU's migration stream comes to on this host (QEMU listens there only); "
+                       "default: libvirt's choice (qemu.conf migration_host, else the host name)")
     serve.add_argument("--xl-path", default="xl", metavar="PATH", help="the xl command for --backend xl")
     serve.add_argument("--xl-poll", type=float, default=2.0, metavar="SECONDS",
                        help="how often --backend xl looks for changes made outside xend-ext (default 2)")
@@ -173,6 +180,7 @@ def _config(args: argparse.Namespace):
         raise ValueError("--tls-cert and --tls-key go together")
     return Config(state_dir=state_dir, listen=listen, unix=unix, backend=args.backend, cpus=args.cpus,
                   libvirt_uri=args.libvirt_uri, libvirt_domain_type=args.libvirt_domain_type,
+                  libvirt_migrate_uri=args.libvirt_migrate_uri, libvirt_migrate_address=args.libvirt_migrate_address,
                   xl_path=args.xl_path, xl_poll=args.xl_poll,
                   memory_mib=args.memory, numa_nodes=args.numa_nodes, sim_reboot=args.sim_reboot,
                   sim_image_bytes=args.sim_image_bytes,

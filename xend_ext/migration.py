@@ -14,12 +14,21 @@ a VM that arrived is parked here (paused, or its saved image kept), so a failure
 at any step brings everything back: the copies there are destroyed and the VMs here run as they
 did. ``task.cancel`` on either side stops both: the source stops sending (the destination sees the
 connection end and removes what it received), the destination refuses the next chunk.
+
+Live by the hypervisors themselves: when ``live`` is asked and both hosts offer the same kind of
+``live_target`` (the destination in its answer to the check; libvirt's QEMU with
+``--libvirt-migrate-uri``), a VM goes by its hypervisor's own migration instead of an image: the
+destination opens ``Async.VM.migrate_receive_live`` (it holds the VM's arrival lock, so the domain
+appearing there is adopted, not discovered), the source's backend moves the domain
+(``send_live``; ``task.cancel`` aborts it), then the source's empty ``PUT /import`` tells the
+destination to adopt it (``adopt``). A roll-back brings it back the same way (``fetch_live``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -44,6 +53,7 @@ log = logging.getLogger("xend_ext.migration")
 CALL_TIMEOUT = (30.0, 300.0)  # seconds to connect (and for each send), and for the destination to answer
 CHUNK = 1 << 20  # bytes read from the image file and sent at a time
 START_TIMEOUT = 60.0  # seconds an import task waits for its PUT to begin
+LIVE_START_TIMEOUT = 3600.0  # seconds a live arrival waits for its handover (the hypervisor's move comes first)
 POLL = 0.25  # seconds between two looks at a task's cancellation while waiting
 PROGRESS_STEP = 8 << 20  # bytes between two progress updates of a task
 IMAGE_EXTRA = "backend_image_extra"  # the record key of what a backend's image needs beside its bytes
@@ -85,8 +95,10 @@ class Remote:
         self.pooled = False  # the destination is another host of this pool: the VM's record is shared
         self.rpc_url = self.url  # where its Xen-API calls go
 
-    def call(self, method, *args):
-        if self.aborted.is_set():
+    def call(self, method, *args, anyway=False):
+        """One Xen-API call there; refused once the migration is aborted, unless ``anyway`` (the
+        calls that undo what was done there)."""
+        if self.aborted.is_set() and not anyway:
             raise Refused("the migration was cancelled")
         try:
             reply = self.http.post(self.rpc_url, data=xmlrpc.client.dumps(args, method, allow_none=True).encode(),
@@ -94,7 +106,7 @@ class Remote:
             reply.raise_for_status()
             value = xmlrpc.client.loads(reply.content)[0][0]
         except Exception as exc:  # noqa: BLE001 - whatever the destination does (not HTTP, not XML-RPC...)
-            raise Refused("the migration was cancelled" if self.aborted.is_set()
+            raise Refused("the migration was cancelled" if self.aborted.is_set() and not anyway
                           else f"cannot talk to the destination: {type(exc).__name__}: {exc}") from None
         if not isinstance(value, dict) or value.get("Status") != "Success":
             detail = value.get("ErrorDescription", []) if isinstance(value, dict) else [str(value)]
@@ -149,6 +161,14 @@ class Remote:
         raise Refused("the image transfer failed: " + (why if reply is None else f"HTTP {reply.status_code} "
                                                        + reply.text.strip()[:200]))
 
+    def figures(self, task):
+        """The figures the destination's hypervisor gave of a live arrival (downtime), from its
+        task's other_config."""
+        with contextlib.suppress(Refused):
+            found = self.call("task.get_other_config", self.session, task)
+            return {key.split(":")[0].removeprefix("migration_"): value for key, value in found.items()
+                    if key.startswith("migration_downtime:")}
+        return {}
 
     def error_of(self, task, wait=5.0):
         """The import task's error once it has ended (it ends soon after its stream does), or []."""
@@ -232,9 +252,12 @@ class Departure:
     """One VM on its way: sent, then committed (gone from here) or rolled back (running here
     again, and nothing of it there). Holds the VM's lock from send to commit or roll-back."""
 
-    def __init__(self, ctx, obj, remote, meta, live):
+    def __init__(self, ctx, obj, remote, meta, live, target=None):
         self.ctx, self.obj, self.remote, self.meta, self.live = ctx, obj, remote, meta, live
-        self.mode = ctx.backend.migration
+        # live by the hypervisors themselves where both hosts can (not a VM of a scheduling domain:
+        # its cgroup partition must exist there before its domain, which their migration does not see to)
+        self.target = target if live and target and not meta.get("sched_domain") else {}
+        self.mode = "live" if self.target else ctx.backend.migration
         self.was_paused = obj.values["power_state"] == "Paused"
         self.paused_here = False
         self.image: Path | None = None
@@ -246,6 +269,8 @@ class Departure:
         from xenapi_classes import vm as vms
 
         ctx, obj = self.ctx, self.obj
+        if self.mode == "live":
+            return await self._send_live()
         try:
             handle, tmp = tempfile.mkstemp(prefix="migrate-", suffix=".img", dir=ctx.services.config.state_dir)
             os.close(handle)
@@ -280,6 +305,69 @@ class Departure:
             if not self.remote.pooled:  # in a pool the record is the destination's now
                 vms.apply_domain(ctx, obj, parked)
             self.paused_here = True
+
+    async def _send_live(self):
+        """The destination expects the domain (its receive task), the hypervisor moves it there, and
+        the destination adopts it on our word (the handover). Until the move the domain runs here;
+        a failure or task.cancel aborts the move and ends the task there, leaving nothing there."""
+        from xenapi_classes import vm as vms
+
+        ctx, obj, remote = self.ctx, self.obj, self.remote
+        began, task = time.monotonic(), ""
+        try:
+            task = await in_thread(ctx, remote, remote.call, "Async.VM.migrate_receive_live", remote.session,
+                                   self.meta, self.was_paused)
+            await in_thread(ctx, remote, remote.ready, task)
+            ctx.progress(0.1)
+            await self._move()
+        except (XenAPIError, Refused) as exc:
+            if task:
+                await asyncio.get_running_loop().run_in_executor(None, end_task, remote, task)
+            vms.apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, obj.uuid))
+            if isinstance(exc, XenAPIError) and exc.code == "TASK_CANCELLED":
+                raise
+            reason = " ".join(exc.description) if isinstance(exc, XenAPIError) else str(exc)
+            raise failed(ctx, obj.ref, remote.url, reason) from None
+        vms.apply_domain(ctx, obj, None)  # it runs there now; too late to cancel
+        loop = asyncio.get_running_loop()
+        try:
+            self.there = await loop.run_in_executor(None, remote.put_image, task, b"")
+        except Refused as exc:  # the destination did not adopt it: its hypervisor gives it back
+            raise failed(ctx, obj.ref, remote.url, str(exc) + await self._fetch_back()) from None
+        figures = await loop.run_in_executor(None, remote.figures, task)
+        note(ctx, {f"migration_time:{obj.uuid}": f"{time.monotonic() - began:.3f}",
+                   **{f"migration_{k}:{obj.uuid}": v for k, v in figures.items()}})
+
+    async def _move(self):
+        """The hypervisor's move; task.cancel aborts it (unless it was over just then)."""
+        ctx = self.ctx
+        moving = asyncio.ensure_future(ctx.call_backend(ctx.backend.send_live, self.obj.uuid, self.target))
+        cancelled = None
+        while not (await asyncio.wait({moving}, timeout=POLL))[0]:
+            if cancelled is None:
+                try:
+                    ctx.checkpoint()
+                except XenAPIError as exc:
+                    cancelled = exc
+                    await ctx.call_backend(ctx.backend.abort_live, self.obj.uuid)
+        if cancelled is not None and moving.exception() is not None:
+            raise cancelled
+        moving.result()
+
+    async def _fetch_back(self):
+        """Bring the domain back from the destination's hypervisor and run the VM here again; the
+        text of what went wrong, if anything."""
+        from xenapi_classes import vm as vms
+
+        ctx, obj = self.ctx, self.obj
+        try:
+            await ctx.call_backend(ctx.backend.fetch_live, obj.uuid, self.target)
+            domain, _figures = await ctx.call_backend(ctx.backend.adopt, obj.uuid, vms.domain_config(ctx, obj))
+        except XenAPIError as again:
+            vms.apply_domain(ctx, obj, await ctx.call_backend(ctx.backend.domain, obj.uuid))
+            return "; and it could not be brought back here: " + " ".join(again.description)
+        vms.apply_domain(ctx, obj, domain)
+        return ""
 
     def _body(self):
         self.body = ImageBody(self.image, self.remote.aborted)
@@ -357,6 +445,12 @@ class Departure:
 
     async def roll_back(self):
         """Undo a sent VM: its copy there is destroyed, the VM runs here again."""
+        if self.mode == "live":  # its domain comes back first; the VM there is then halted, and removed
+            problem = await self._fetch_back()
+            await asyncio.get_running_loop().run_in_executor(None, forget_there, self.remote, self.there)
+            if problem:
+                raise failed(self.ctx, self.obj.ref, self.remote.url, problem.lstrip("; "))
+            return
         await asyncio.get_running_loop().run_in_executor(None, destroy_there, self.remote, self.there)
         refresh = getattr(self.ctx.services.store, "refresh", None)
         if self.remote.pooled and refresh is not None:  # the record as the destination left it
@@ -369,15 +463,36 @@ class Departure:
 
 def destroy_there(remote, ref):
     try:
-        remote.call("VM.hard_shutdown", remote.session, ref)
+        remote.call("VM.hard_shutdown", remote.session, ref, anyway=True)
     except Refused as exc:
         log.warning("migration roll-back: %s", exc)
     if remote.pooled:
         return  # the same record in the pool: only its domain there goes
     try:
-        remote.call("VM.destroy", remote.session, ref)
+        remote.call("VM.destroy", remote.session, ref, anyway=True)
     except Refused as exc:
         log.warning("migration roll-back: the VM could not be removed from the destination: %s", exc)
+
+
+def forget_there(remote, ref, wait=10.0):
+    """Remove the record of a VM whose domain left the destination (taken back live): once the
+    destination has seen its domain go (libvirt's event, within moments) it is halted there."""
+    deadline = time.monotonic() + wait
+    try:
+        while remote.call("VM.get_power_state", remote.session, ref, anyway=True) != "Halted" \
+                and time.monotonic() < deadline:
+            time.sleep(POLL / 5)
+        remote.call("VM.destroy", remote.session, ref, anyway=True)
+    except Refused as exc:
+        log.warning("migration roll-back: the VM could not be removed from the destination: %s", exc)
+
+
+def end_task(remote, task):
+    """Cancel an import task there that will get nothing (its receive then ends)."""
+    try:
+        remote.call("task.cancel", remote.session, task, anyway=True)
+    except Refused as exc:  # it ended already (failed, or the destination is gone)
+        log.info("migration: the destination's task %s: %s", task, exc)
 
 
 def failed(ctx, ref, url, reason):
@@ -447,7 +562,8 @@ async def migrate(ctx, objs, destination_url, live, step=None, depends=None, ori
                             ctx.session.values["this_user"] if ctx.session else "root", ctx.role, originator)
         else:
             await in_thread(ctx, remote, remote.login, originator)
-        await in_thread(ctx, remote, remote.call, "VM.migrate_check", remote.session, list(records.values()))
+        offer = await in_thread(ctx, remote, remote.call, "VM.migrate_check", remote.session,
+                                list(records.values()))
     except Refused as exc:
         await logout(remote)
         raise failed(ctx, first, remote.url, str(exc)) from None
@@ -461,7 +577,7 @@ async def migrate(ctx, objs, destination_url, live, step=None, depends=None, ori
             obj = ctx.current("VM", obj.ref)
             vms.require_state(obj, "Running", "Paused")
             record = records.get(obj.ref) or leaving_record(ctx, obj, (depends or {}).get(obj.ref))
-            departure = Departure(ctx, obj, remote, record, live)
+            departure = Departure(ctx, obj, remote, record, live, live_way(ctx, offer))
             await departure.send()
             departures[obj.ref] = departure
 
@@ -488,6 +604,16 @@ async def migrate(ctx, objs, destination_url, live, step=None, depends=None, ori
         for departure in departures.values():
             await departure.commit()
     return remote
+
+
+def live_way(ctx, offer):
+    """The destination's live_target (its answer to VM.migrate_check) when the two hosts'
+    hypervisors can move a running domain between them themselves: both offer the same kind (this
+    one too, so that a roll-back can bring a domain back); else {}."""
+    mine = ctx.backend.live_target()
+    if mine and isinstance(offer, dict) and offer.get("live_migration") == mine.get("live_migration"):
+        return offer
+    return {}
 
 
 async def logout(remote):
@@ -555,10 +681,11 @@ IMPORTS: dict[str, Import] = {}  # task ref -> the import it waits for
 
 
 class Import:
-    """An image arriving for an import task: the HTTP body sink of ``PUT /import``."""
+    """An image arriving for an import task: the HTTP body sink of ``PUT /import``. With no
+    ``path``, a handover: an empty body, the source's word that its hypervisor moved the domain."""
 
-    def __init__(self, ctx, size: int, path: Path) -> None:
-        self.ctx, self.size, self.path = ctx, size, path
+    def __init__(self, ctx, size: int, path: Path | None, patience: float = START_TIMEOUT) -> None:
+        self.ctx, self.size, self.path, self.patience = ctx, size, path, patience
         self.session = ctx.session.ref
         self.file = None
         self.received = 0
@@ -569,7 +696,7 @@ class Import:
         self.outcome = asyncio.get_running_loop().create_future()  # the VM's ref, or the XenAPIError
 
     def begin(self) -> Import:
-        self.file = open(self.path, "xb")  # noqa: SIM115 - closed when the body ends
+        self.file = open(self.path, "xb") if self.path else io.BytesIO()  # noqa: SIM115 - closed when the body ends
         return self
 
     def write(self, data: bytes) -> None:
@@ -614,15 +741,62 @@ async def receive(ctx, record, size, start_paused):
     if size < 0 or size > shutil.disk_usage(folder).free:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "size", size, f"the image directory {folder} has not that room")
     incoming = Import(ctx, size, folder / f".import-{uuid_module.uuid4()}.part")
+
+    async def restore():
+        if record.get(IMAGE_EXTRA):
+            await ctx.call_backend(ctx.backend.take_image, incoming.path, record[IMAGE_EXTRA])
+        return await vms.receive(ctx, record, incoming.path, start_paused)
+
+    return await importing(ctx, incoming, restore)
+
+
+async def receive_live(ctx, record, start_paused):
+    """VM.migrate_receive_live's body, run as a task: check, then wait for the source's handover
+    (an empty PUT on /import, once its hypervisor moved the domain here by the live_target this
+    host offers) and adopt the domain into the VM of ``record``. Meanwhile a domain of its uuid
+    appearing here is this VM arriving, not one to discover (the arrival lock)."""
+    from xenapi_classes import vm as vms
+
+    if ctx.task is None:
+        raise XenAPIError("OPERATION_NOT_ALLOWED", "call Async.VM.migrate_receive_live, then have the hypervisor "
+                          "move the domain and PUT an empty body to /import?session_id=<session>&task_id=<the task>")
+    check_arrivals(ctx, [record])
+    if not ctx.backend.live_target():
+        raise XenAPIError("VALUE_NOT_SUPPORTED", "live", "true", "this host takes no live migration from another "
+                          "host's hypervisor (libvirt: serve --libvirt-migrate-uri)")
+    uuid, figures = record.get("uuid", ""), {}
+
+    async def adopt(config):
+        domain, found = await ctx.call_backend(ctx.backend.adopt, uuid, config)
+        figures.update(found)
+        return domain
+
+    async def arrived():
+        ref = await vms.receive(ctx, record, None, start_paused, adopt)
+        if "downtime" in figures:
+            note(ctx, {f"migration_downtime:{uuid}": figures["downtime"]})
+        return ref
+
+    async with arrival_lock(ctx, uuid):
+        return await importing(ctx, Import(ctx, 0, None, LIVE_START_TIMEOUT), arrived)
+
+
+def arrival_lock(ctx, uuid):
+    """Held while a VM of this uuid migrates in live: a domain of an unknown uuid is discovered
+    (made a VM of its own) only under it, so not the one a migration is bringing."""
+    return ctx.lock("arriving:" + uuid)
+
+
+async def importing(ctx, incoming, then):
+    """An import task's wait: ``incoming`` waits on /import, then ``then()`` makes the VM of it; the
+    sender of the PUT hears the outcome (the VM's ref or the error)."""
     IMPORTS[ctx.task.ref] = incoming
     ctx.db.set(ctx.task, "other_config", {**ctx.task.values["other_config"], "import": "waiting"})
     outcome = XenAPIError("INTERNAL_ERROR", "the import ended without an outcome")
     try:
         await wait_for(ctx, incoming)
-        report(ctx, incoming.received, size, 0.0, 0.9)
-        if record.get(IMAGE_EXTRA):
-            await ctx.call_backend(ctx.backend.take_image, incoming.path, record[IMAGE_EXTRA])
-        outcome = await vms.receive(ctx, record, incoming.path, start_paused)
+        report(ctx, incoming.received, incoming.size, 0.0, 0.9)
+        outcome = await then()
         await ctx.services.commit(ctx.db.last_seq)  # recorded before the sender hears it runs here
     except XenAPIError as exc:
         outcome = exc
@@ -631,7 +805,8 @@ async def receive(ctx, record, size, start_paused):
         IMPORTS.pop(ctx.task.ref, None)
         incoming.cancelled = True  # a sender still sending is refused
         incoming.abort()
-        ctx.backend.drop_image(incoming.path)
+        if incoming.path is not None:
+            ctx.backend.drop_image(incoming.path)
         incoming.outcome.set_result(outcome)
     return outcome
 
@@ -649,8 +824,8 @@ async def wait_for(ctx, incoming):
         except XenAPIError:
             incoming.cancelled = True
             raise
-        if incoming.file is None and waited > START_TIMEOUT:
-            raise XenAPIError("VALUE_NOT_SUPPORTED", "image", "", f"no image came within {START_TIMEOUT:.0f} s")
+        if incoming.file is None and waited > incoming.patience:
+            raise XenAPIError("VALUE_NOT_SUPPORTED", "image", "", f"nothing came within {incoming.patience:.0f} s")
     if incoming.problem:
         raise XenAPIError("VALUE_NOT_SUPPORTED", "image", "", incoming.problem)
 

@@ -53,6 +53,8 @@ class Config:
     backend: str = "sim"
     libvirt_uri: str | None = None
     libvirt_domain_type: str = "kvm"
+    libvirt_migrate_uri: str = ""  # the URI other hosts' libvirtds reach ours by (live migration)
+    libvirt_migrate_address: str = ""  # where QEMU's migration stream comes to ("" = libvirt's choice)
     xl_path: str = "xl"
     xl_poll: float = 2.0
     cpus: int = 8
@@ -97,7 +99,8 @@ def make_backend(config: Config):
             raise ValueError("--backend libvirt needs --libvirt-uri (e.g. qemu:///system or xen:///system)")
         from .backends.libvirt import LibvirtBackend
 
-        return LibvirtBackend(config.libvirt_uri, config.state_dir, config.libvirt_domain_type)
+        return LibvirtBackend(config.libvirt_uri, config.state_dir, config.libvirt_domain_type,
+                              config.libvirt_migrate_uri, config.libvirt_migrate_address)
     if config.backend == "xl":
         from .backends.xl import XlBackend
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Start a private libvirtd (and its virtlogd) for the KVM/QEMU test stage, without systemd:
-#   start-libvirtd.sh DIR [CACHE]
+#   start-libvirtd.sh DIR [CACHE [PORT]]
 # The daemons run as root in their own mount namespace, where DIR's etc, lib, run, log and cache
 # are mounted over /etc/libvirt, /var/lib/libvirt, /run/libvirt, /var/log/libvirt and
 # /var/cache/libvirt: the host's libvirt configuration and domains are never seen or touched, and
@@ -9,11 +9,15 @@
 # DIR/virtlogd.pid; the socket is DIR/sock/libvirt-sock (URI qemu+unix:///system?socket=...).
 # QEMU runs as root without a security driver (the test guest's kernel may be anywhere), and the
 # cpu and cpuacct cgroup controllers are the only ones libvirt manages (the scheduler needs no
-# others). Returns once the socket answers.
+# others). Each daemon gets a host uuid of its own (libvirt refuses to migrate a domain to a host
+# of the same uuid) and listens for QEMU's migration streams on 127.0.0.1, ports PORT..PORT+63
+# (default 49152): two daemons side by side migrate to each other with distinct PORTs. Returns
+# once the socket answers.
 set -euo pipefail
 
 DIR=$(realpath "$1")
 CACHEDIR=${2:-$DIR/cache}
+PORT=${3:-49152}
 mkdir -p "$DIR"/{etc/qemu,lib,run,log,sock} "$CACHEDIR"
 cat > "$DIR/etc/libvirtd.conf" <<CONF
 unix_sock_dir = "$DIR/sock"
@@ -21,6 +25,7 @@ unix_sock_rw_perms = "0700"
 auth_unix_rw = "none"
 auth_unix_ro = "none"
 log_outputs = "3:file:$DIR/libvirtd.log"
+host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
 CONF
 cat > "$DIR/etc/virtlogd.conf" <<CONF
 log_outputs = "3:file:$DIR/virtlogd.log"
@@ -34,6 +39,8 @@ remember_owner = 0
 namespaces = []
 cgroup_controllers = [ "cpu", "cpuacct" ]
 stdio_handler = "logd"
+migration_port_min = $PORT
+migration_port_max = $((PORT + 63))
 CONF
 for d in /etc/libvirt /var/lib/libvirt /run/libvirt /var/log/libvirt /var/cache/libvirt; do
   mkdir -p "$d"

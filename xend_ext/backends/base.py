@@ -323,6 +323,34 @@ class Backend(ABC):
         """Remove a saved image and whatever was written beside it."""
         Path(path).unlink(missing_ok=True)
 
+    # -- the hypervisor's own live migration between two servers' hosts (libvirt's peer-to-peer) --
+    def live_target(self) -> dict[str, str]:
+        """How another host's hypervisor sends a running domain here live, as the other server's
+        backend needs it: ``live_migration`` names the kind (both sides must have the same), the
+        rest is the kind's own (libvirt: the URI other hosts reach this host's libvirtd by).
+        {} when this host takes none (the server then migrates by ``migration``)."""
+        return {}
+
+    def send_live(self, uuid: str, target: dict[str, str]) -> None:
+        """Move a running or paused domain to the host of ``target`` (the other server's
+        live_target) by the hypervisor's own live migration: it runs there and is gone here once
+        this returns; when it fails, it still runs here."""
+        raise self.missing(Capability.MIGRATE)
+
+    def abort_live(self, uuid: str) -> None:
+        """Stop a send_live in progress, from another thread (the domain stays here)."""
+        raise self.missing(Capability.MIGRATE)
+
+    def fetch_live(self, uuid: str, target: dict[str, str]) -> None:
+        """Bring back live a domain send_live moved to the host of ``target`` (a roll-back)."""
+        raise self.missing(Capability.MIGRATE)
+
+    def adopt(self, uuid: str, config: DomainConfig) -> tuple[Domain, dict[str, str]]:
+        """A domain that arrived by live migration runs here: make it ours as ``config`` says
+        (pool, pins, metadata). Returns it and the hypervisor's figures of the migration
+        (``downtime`` in seconds, if it measured it)."""
+        raise self.missing(Capability.MIGRATE)
+
     def set_memory(self, uuid: str, memory: int) -> Domain:
         raise self.missing(Capability.MEMORY_LIVE)
 

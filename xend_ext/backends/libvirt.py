@@ -19,10 +19,15 @@ leave a scheduling domain; it is refused, never restarted behind the caller's ba
 QEMU is measured: every ``UTIL_WINDOW`` seconds a thread reads each running domain's per-vCPU CPU
 time (one ``getAllDomainStats`` call), and a vCPU's utilisation is the CPU time it used over the
 last complete window divided by the window (libvirt reads it from /proc in clock ticks, 10 ms:
-±0.005 of a pCPU per 2 s window). Migration between xend-ext
-servers is save-based (``migration = "save"``: save, stream, restore; the guest is stopped meanwhile)
-on every driver, since libvirt gives no image of a running domain; libvirt's own peer-to-peer live
-migration is not used: the test driver has none (virDomainMigrate* answer code 3 or 74).
+±0.005 of a pCPU per 2 s window).
+
+Migration between xend-ext servers: on QEMU hosts whose servers both have
+``--libvirt-migrate-uri``, a live one is libvirt's own peer-to-peer migration (libvirt_migrate.py:
+``live_target``, ``send_live``, ``adopt``...); otherwise it is save-based on every driver
+(``migration = "save"``: save, stream, restore; the guest is stopped meanwhile), since libvirt
+gives no image of a running domain. The test driver has no migration of its own
+(virDomainMigrate* answer code 3 or 74): the flag refuses the start there, as on Xen and LXC,
+whose drivers are not used for it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 
 from .. import cpuset, sxp
-from . import partitions
+from . import libvirt_migrate, partitions
 from .base import (
     POOL0_UUID,
     Backend,
@@ -126,7 +131,8 @@ def _now() -> dt.datetime:
 class LibvirtBackend(Backend):
     name = "libvirt"
 
-    def __init__(self, uri: str, state_dir: str | Path, domain_type: str = "kvm") -> None:
+    def __init__(self, uri: str, state_dir: str | Path, domain_type: str = "kvm", migrate_uri: str = "",
+                 migrate_address: str = "") -> None:
         _start_event_loop()
         try:
             self.conn = libvirt.open(uri)
@@ -136,6 +142,12 @@ class LibvirtBackend(Backend):
         self.driver = self.conn.getType()  # "Xen", "QEMU", "LXC", "TEST"...
         self.sched = SCHED_PARAMS.get(self.driver)
         self.domain_type = domain_type  # of the domains defined anew on a QEMU host
+        if migrate_address and not migrate_uri:
+            raise ValueError("--libvirt-migrate-address goes with --libvirt-migrate-uri")
+        if migrate_uri and self.driver != "QEMU":
+            raise ValueError(f"--libvirt-migrate-uri: libvirt's {self.driver} driver is not used for live migration "
+                             "here (only QEMU's); leave it out: migration is save-based")
+        self._live = libvirt_migrate.target(migrate_uri, migrate_address) if migrate_uri else {}
         self.partitions, reason = self._probe_partitions()
         if self.partitions is None:
             log.info("no scheduling domains on this libvirt host: %s", reason)
@@ -193,7 +205,8 @@ class LibvirtBackend(Backend):
             sched_policy=sched if sched in SCHEDULERS else "credit",
             software_version={"product_brand": "xend-ext", "libvirt": str(libvirt.getVersion()),
                               "hypervisor": f"{self.driver} {version}", "libvirt_uri": self.uri,
-                              "hostname": self.conn.getHostname()},
+                              "hostname": self.conn.getHostname(),
+                              **({"libvirt_migrate_uri": self._live["libvirt_migrate_uri"]} if self._live else {})},
             cpu_configuration={"nr_cpus": str(cpus), "nr_nodes": str(max(1, len(set(node_of.values())))),
                                "sockets": str(sockets), "cores_per_socket": str(cores),
                                "threads_per_core": str(threads)},
@@ -710,6 +723,46 @@ class LibvirtBackend(Backend):
             self._repin(uuid)
             return self._refresh(uuid), meta
         return self._act("", action)
+
+    # -- libvirt's own live migration, to and from another xend-ext server's host (libvirt_migrate.py) --
+    def live_target(self) -> dict[str, str]:
+        return dict(self._live)
+
+    def send_live(self, uuid: str, target: dict[str, str]) -> None:
+        with self._lock:  # not held while it migrates: the host serves everyone else meanwhile
+            self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            dom = self._lookup(uuid)
+        self._migrating(uuid, libvirt_migrate.send, dom, target)
+
+    def abort_live(self, uuid: str) -> None:
+        log.info("aborting libvirt's migration of %s", uuid)
+        try:
+            self.conn.lookupByUUIDString(uuid).abortJob()
+        except libvirt.libvirtError as exc:  # no job or no domain (any more): it ended either way
+            log.info("abortJob of %s: %s", uuid, exc.get_error_message())
+
+    def fetch_live(self, uuid: str, target: dict[str, str]) -> None:
+        if not self._live:
+            raise self.missing(Capability.MIGRATE)
+        self._migrating(uuid, libvirt_migrate.fetch, uuid, target, self._live)
+
+    def _migrating(self, uuid: str, move, *args) -> None:
+        try:
+            move(*args)
+        except libvirt.libvirtError as exc:
+            raise _error(exc, uuid) from None
+        finally:
+            with self._lock:
+                self._refresh_quietly(uuid)
+
+    def adopt(self, uuid: str, config: DomainConfig) -> tuple[Domain, dict[str, str]]:
+        def action():
+            self._get(uuid, PowerState.RUNNING, PowerState.PAUSED)
+            dom = self._lookup(uuid)
+            self._write_meta(dom, keep=config.metadata, pool=config.pool or POOL0_UUID)
+            self._repin(uuid)
+            return self._refresh(uuid), libvirt_migrate.figures(dom)
+        return self._act(uuid, action)
 
     # -- allocation ---------------------------------------------------------------------------------
     def set_memory(self, uuid: str, memory: int) -> Domain:
