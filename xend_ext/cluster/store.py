@@ -357,8 +357,10 @@ class ClusterStore:
             return
         fut = asyncio.get_running_loop().create_future()
         self._reaching.append((revision, fut))
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:  # not kept waiting (a revision from a caller's path may never come)
+            self._reaching = [(r, f) for r, f in self._reaching if f is not fut]
 
     def _saw(self, revision: int) -> None:
         self.seen = max(self.seen, revision)
