@@ -1,6 +1,6 @@
 """What a pool on etcd costs and how far it scales: ``python -m bench.poolscale``.
 
-    .venv/bin/python -m bench.poolscale                          # 1k, 10k, 50k VMs; 1, 3, 5 hosts
+    .venv/bin/python -m bench.poolscale                   # 0, 1k, 10k, 50k, 100k VMs; 1, 3, 5 hosts (5 min)
     .venv/bin/python -m bench.poolscale --sizes 1000 --hosts 1,3 --seconds 3
 
 **Objects.** For each size N, a fresh pool of three etcd members on loopback (tests/etcdkit.py)
@@ -83,7 +83,8 @@ def _writes(server: servers.ServerProcess, clients: int, seconds: float, tag: st
     out = measure(CellSpec(DURABLE_WRITE, clients, seconds, 0.5, endpoint, tag), lambda _: None)
     if out.error:
         return f"error: {out.error}"
-    return f"{out.calls / out.elapsed:.0f} (p50 {out.p50_ms:.1f} ms{f', {out.failures} failed' if out.failures else ''})"
+    failed = f", {out.failures} failed" if out.failures else ""
+    return f"{out.calls / out.elapsed:.0f} (p50 {out.p50_ms:.1f} ms{failed})"
 
 
 def _load() -> str:
@@ -96,8 +97,8 @@ def _start(state: Path | None = None, cluster: str | None = None, timeout: float
 
 
 def objects(sizes: list[int], clients: int, seconds: float, root: Path) -> None:
-    print(f"| VMs | store | fill (s), VM keys in etcd | start → login (s) | RSS (MB) | etcd db per member (MB) | bytes per VM "
-          f"| durable writes/s at {clients} clients | load (1 min) |")
+    print(f"| VMs | store | fill (s), VM keys in etcd | start → login (s) | RSS (MB) | etcd db per member (MB) "
+          f"| bytes per VM | durable writes/s at {clients} clients | load (1 min) |")
     print("|---|---|---|---|---|---|---|---|---|")
     empty = None
     for vms in sizes:
@@ -114,8 +115,8 @@ def objects(sizes: list[int], clients: int, seconds: float, root: Path) -> None:
             db = _db_sizes(etcd)
             per_vm = f"{(max(db) - empty) / vms:,.0f}" if vms else "—"
             with _start(cluster=etcd.endpoints) as member:
-                print(f"| {vms:,} | pool | {fill:.1f}, {_vm_keys(etcd):,} | {member.ready_s:.2f} | {member.rss_bytes() / 2**20:.0f} "
-                      f"| {' / '.join(f'{d / 2**20:.1f}' for d in db)} | {per_vm} "
+                print(f"| {vms:,} | pool | {fill:.1f}, {_vm_keys(etcd):,} | {member.ready_s:.2f} "
+                      f"| {member.rss_bytes() / 2**20:.0f} | {' / '.join(f'{d / 2**20:.1f}' for d in db)} | {per_vm} "
                       f"| {_writes(member, clients, seconds, f'p{vms}')} | {_load()} |", flush=True)
         finally:
             etcd.stop()
@@ -139,7 +140,8 @@ def hosts(counts: list[int], clients: int, seconds: float, root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.poolscale", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="0,1000,10000,50000", help="VM counts (0,1000,10000,50000)")
+    parser.add_argument("--sizes", default="0,1000,10000,50000,100000",
+                        help="VM counts (0,1000,10000,50000,100000)")
     parser.add_argument("--hosts", default="1,3,5", help="servers joined, in turn (1,3,5); empty: skip")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients per write cell (16)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per write cell (5)")
