@@ -212,6 +212,7 @@ def start(
     timeout: float = STARTUP_TIMEOUT,
     login: bool = False,
     code: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> ServerProcess:
     """Launch a server and return once it accepts TCP connections.
 
@@ -228,7 +229,7 @@ def start(
         shutil.copytree(state_from, state_dir)
     else:
         os.mkdir(state_dir)
-    command = _command(name, objects, port, state_dir, state_from)
+    command = _command(name, objects, port, state_dir, state_from) + list(extra)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code or REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "wb") as log:

@@ -57,6 +57,21 @@ def typed(cls, record: dict, db) -> dict:
     return values
 
 
+def define_vms(server: Server, indexes: range) -> list:
+    """Define halted VMs in ``server``'s model as ``VM.create`` would, numbered after the VMs
+    already there (control domains aside): ``vm-<first + i>`` for each i of ``indexes``."""
+    db, vm_class = server.db, server.registry.classes["VM"]
+    ctx = Context(server.services, "bench.statedir")
+    first = sum(1 for vm in db.values("VM") if not vm.values["is_control_domain"])
+    made = []
+    for i in indexes:
+        values = typed(vm_class, vm_values(first + i), db)
+        vm_class.on_create(ctx, values)
+        made.append(db.create("VM", values))
+        vm_class.after_create(ctx, made[-1])
+    return made
+
+
 async def build(state_dir: Path, vms: int, records: int) -> dict[str, float]:
     """Add ``vms`` VMs and then ``records`` journal records to the state in ``state_dir``;
     returns the seconds taken and the bytes of the snapshot and of the journal."""
@@ -65,17 +80,9 @@ async def build(state_dir: Path, vms: int, records: int) -> dict[str, float]:
     server = Server(config)
     await server.start()
     db, store = server.db, server.store
-    vm_class = server.registry.classes["VM"]
-    ctx = Context(server.services, "bench.statedir")
-    first = sum(1 for vm in db.values("VM") if not vm.values["is_control_domain"])
     db.store = None  # the snapshot below holds them all: no journal record per object
     try:
-        made = []
-        for i in range(first, first + vms):
-            values = typed(vm_class, vm_values(i), db)
-            vm_class.on_create(ctx, values)
-            made.append(db.create("VM", values))
-            vm_class.after_create(ctx, made[-1])
+        made = define_vms(server, range(vms))
     finally:
         db.store = store
     await store.compact()
