@@ -29,7 +29,7 @@ import XenAPI
 from conftest import ServerProcess
 from hosts import KvmHost
 from realkvm import GUEST, daemon
-from vmkit import MIB, new_vm, unique
+from vmkit import MIB, migrate_live, new_vm, unique
 from xmkit import ok, xm
 
 pytestmark = [pytest.mark.realkvm, pytest.mark.timeout(240)]
@@ -165,18 +165,6 @@ def runs(libvirtd, *names):
         assert found[name] == "running" and cpu_time(libvirtd, name) > then, name
 
 
-def migrate(x, vm, url):
-    """Async.VM.migrate live; the task's record and the seconds it took."""
-    began = time.monotonic()
-    task = x.Async.VM.migrate(vm, url, True)
-    while x.task.get_status(task) == "pending":
-        time.sleep(0.1)
-    took = time.monotonic() - began
-    record = x.task.get_record(task)
-    x.task.destroy(task)
-    return record, took
-
-
 def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
     x, y, (a, b, here, there, link) = hosts
     offer = y.VM.migrate_check([])  # what B offers a source: its libvirtd's URI, the stream's address
@@ -186,7 +174,7 @@ def test_a_running_guest_moves_live_to_the_other_libvirt_host(hosts, capsys):
     uuid = x.VM.get_uuid(vm)
     assert listed(here)[name] == "running" and name not in listed(there)
 
-    record, took = migrate(x, vm, b.url)
+    record, took = migrate_live(x, vm, b.url)
     assert record["status"] == "success", record["error_info"]
     figures = record["other_config"]
     downtime, total = float(figures[f"migration_downtime:{uuid}"]), float(figures[f"migration_time:{uuid}"])
@@ -234,7 +222,7 @@ def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_pat
     vm = guest(x, name)
     y.VM.create({"name_label": name, "memory_target": str(MEMORY), "memory_static_max": str(MEMORY),
                  "VCPUs_at_startup": "1", "VCPUs_max": "1", "PV_kernel": str(GUEST)})  # its name is taken there
-    record, _ = migrate(x, vm, b.url)
+    record, _ = migrate_live(x, vm, b.url)
     assert record["error_info"][0] == "VM_MIGRATE_FAILED" and "another VM has this name" in record["error_info"][-1]
     assert name not in listed(there) and x.VM.get_power_state(vm) == "Running"
 
@@ -244,7 +232,7 @@ def test_a_refusal_or_a_failed_move_leaves_the_guest_running_here(hosts, tmp_pat
     broken = unique("broken")
     vm = guest(x, broken, kernel=str(kernel), order=1)
     os.unlink(kernel)
-    record, _ = migrate(x, vm, b.url)
+    record, _ = migrate_live(x, vm, b.url)
     assert record["error_info"][0] == "VM_MIGRATE_FAILED" and "could not open kernel file" in record["error_info"][-1]
     runs(here, name, broken)
     assert x.VM.get_power_state(vm) == "Running" and broken not in listed(there)

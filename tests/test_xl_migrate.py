@@ -22,7 +22,7 @@ from realxen import (  # noqa: F401 - clean_xen_fixture and xen_fixture are the 
     second_machine,
     xen_fixture,
 )
-from vmkit import new_vm, session, unique
+from vmkit import migrate_live, new_vm, session, unique
 from xmkit import ok, xm
 
 # the bound is on the test itself: a machine boot has its own (240 s)
@@ -59,13 +59,7 @@ def running_guest(x, name):
 def migrated(x, vm, url):
     """Async.VM.migrate; (total seconds, downtime seconds from the task's figures)."""
     uuid = x.VM.get_uuid(vm)
-    began = time.monotonic()
-    task = x.Async.VM.migrate(vm, url, True)
-    while x.task.get_status(task) == "pending":
-        time.sleep(0.2)
-    total = time.monotonic() - began
-    record = x.task.get_record(task)
-    x.task.destroy(task)
+    record, total = migrate_live(x, vm, url)
     assert record["status"] == "success", record["error_info"]
     return total, float(record["other_config"][f"migration_downtime:{uuid}"])
 

@@ -232,6 +232,19 @@ def everything(server, x, vm: str) -> tuple:
     return x.VM.get_record(vm), metrics(x, vm), backend_domain(server, x.VM.get_uuid(vm), x)
 
 
+def migrate_live(x, vm: str, url: str) -> tuple[dict, float]:
+    """``Async.VM.migrate(vm, url, live)``, waited for: the task's record (the task is then
+    destroyed) and the seconds from the call to its end."""
+    began = time.monotonic()
+    task = x.Async.VM.migrate(vm, url, True)
+    while x.task.get_status(task) == "pending":
+        time.sleep(0.1)
+    took = time.monotonic() - began
+    record = x.task.get_record(task)
+    x.task.destroy(task)
+    return record, took
+
+
 def event_from(x, classes, token, timeout=5.0) -> dict:
     return getattr(x.event, "from")(classes, token, float(timeout))
 
