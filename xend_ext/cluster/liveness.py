@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .store import RETRY, UNREACHABLE
+from .store import RETRY, UNREACHABLE, why
 
 log = logging.getLogger("xend_ext.cluster.liveness")
 
@@ -99,10 +99,10 @@ class Liveness:
             except asyncio.CancelledError:
                 raise
             except UNREACHABLE as exc:
-                log.warning("etcd: cannot renew this host's lease: %s", _why(exc))
+                log.warning("etcd: cannot renew this host's lease: %s", why(exc))
                 continue
             except Exception as exc:  # noqa: BLE001 - a lease etcd no longer knows: take a new one
-                log.warning("etcd: renewing this host's lease failed: %s", _why(exc))
+                log.warning("etcd: renewing this host's lease failed: %s", why(exc))
                 reply = None
             if reply is not None and reply.TTL > 0:
                 self.renewed = asked
@@ -134,7 +134,7 @@ class Liveness:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - etcd unreachable: keep trying
-                    log.warning("etcd: cannot take a new lease: %s", _why(exc))
+                    log.warning("etcd: cannot take a new lease: %s", why(exc))
                     await asyncio.sleep(RETRY)
             self.regains += 1
             self.fenced = False
@@ -164,7 +164,7 @@ class Liveness:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a member gone or history compacted: read again
-                log.warning("etcd watch of the pool's leases: %s; reading them again", _why(exc))
+                log.warning("etcd watch of the pool's leases: %s; reading them again", why(exc))
                 await asyncio.sleep(RETRY)
                 with contextlib.suppress(Exception):
                     found = await self.client.get_prefix(self.keys)
@@ -198,7 +198,3 @@ class Liveness:
                 listener(uuid, live)
             except Exception:  # noqa: BLE001 - one listener must not stop the watch
                 log.exception("telling of host %s's liveness", uuid)
-
-
-def _why(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -135,7 +135,7 @@ class ClusterStore:
         except Exception as exc:  # noqa: BLE001 - every failure to reach etcd is one line
             self._unlock()
             where = ",".join(f"{h}:{p}" for h, p in self.endpoints)
-            raise StoreError(f"cannot reach etcd at {where}: {_why(exc)}") from None
+            raise StoreError(f"cannot reach etcd at {where}: {why(exc)}") from None
         self.seen = found.header.revision
         for kv in found:
             cname, ref = self._split(kv.key)
@@ -294,10 +294,10 @@ class ClusterStore:
                 if self._state != "open":
                     raise WriteRefused(self.prefix.decode(), "the server is stopping") from None
                 self.retries += 1
-                log.warning("etcd: %s; trying again", _why(exc))
+                log.warning("etcd: %s; trying again", why(exc))
                 await asyncio.sleep(RETRY)
             except Exception as exc:  # noqa: BLE001 - etcd refused the transaction itself (its size...)
-                raise WriteRefused(self.prefix.decode(), f"etcd refused the transaction: {_why(exc)}") from None
+                raise WriteRefused(self.prefix.decode(), f"etcd refused the transaction: {why(exc)}") from None
 
     def _refuse(self, exc: WriteRefused) -> None:
         """The batch is not in etcd: undo it and every op after it, then apply what was held."""
@@ -342,7 +342,7 @@ class ClusterStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a member gone: read and watch through another
-                log.warning("etcd watch: %s; reading the pool again and watching from there", _why(exc))
+                log.warning("etcd watch: %s; reading the pool again and watching from there", why(exc))
                 behind = True
                 await asyncio.sleep(RETRY)
 
@@ -465,5 +465,6 @@ def _writer_id(state_dir: Path) -> str:
         return name
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
+    """An etcd client error in one line (gRPC's texts span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
