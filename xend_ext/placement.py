@@ -43,11 +43,7 @@ def pool_named(db, name):
 def live_pool(db, pool):
     """The hypervisor's view of a stored pool (None while it is inactive); another host's pool as
     that host published it."""
-    if pool is None:
-        return None
-    if not hosts.is_local(db, pool.values["resident_on"]):
-        return hosts.published_pool(db, pool)
-    return active_pools(db).get(pool.uuid)
+    return hosts.active_pool(db, pool) if pool is not None else None
 
 
 def running_domain(db, vm):
